@@ -1,0 +1,780 @@
+"""A private Mosquitto + InfluxDB 1.x on free loopback ports, everything under one run directory.
+
+Used by ``cityos stack up|status|down``, the demo and the test fixtures. Nothing here touches system
+services or system-wide paths: config, data, logs and pid files all live under the run directory, so several
+stacks (one per test session, one for the demo) can run side by side and ``rm -r`` of the run directory after
+``down`` leaves no trace.
+
+Layout of a run directory::
+
+    stack.json            connection info (StackInfo + InfluxDB RPC port); written by up(), removed by down()
+    credentials.json      passwords, generated once per run directory; survives down() because the InfluxDB
+                          meta store keeps the admin user across restarts
+    mosquitto/            mosquitto.conf, passwd, data/ (persistence), mosquitto.log, mosquitto.pid
+    influxdb/             influxdb.conf, meta/, data/, wal/, influxd.log, influxd.pid
+
+The services are started as detached children (own session, output to their log file), so they outlive the
+Python process that started them: ``cityos stack up`` returns and the stack keeps running until ``down``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Stack", "StackError", "StackInfo", "find_binary", "load_info"]
+
+HOST = "127.0.0.1"
+MQTT_USERNAME = "cityos"
+INFLUX_USERNAME = "cityos"
+DEFAULT_DB = "cityos"
+
+#: Searched after $PATH: Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH.
+EXTRA_BIN_DIRS: tuple[str, ...] = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+#: Binary → Debian package that provides it, for the "not found" message.
+PACKAGES: dict[str, str] = {"mosquitto": "mosquitto", "mosquitto_passwd": "mosquitto", "influxd": "influxdb"}
+
+#: Graceful stop: SIGTERM, then SIGKILL if the process is still there after this long.
+STOP_GRACE_S = 10.0
+
+_STACK_JSON = "stack.json"
+_CREDENTIALS_JSON = "credentials.json"
+
+#: Children started by this Python process, so stop() can reap them (otherwise they linger as zombies and look
+#: alive in /proc). Services started by another process (e.g. an earlier ``cityos stack up``) are not in here.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+# Loopback requests must never go through an HTTP proxy from the environment.
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class StackError(RuntimeError):
+    """A stack operation failed; the message is meant for the user (CLI prints it as is)."""
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """Everything a client needs to reach the stack; persisted as run_dir/stack.json."""
+
+    run_dir: Path
+    mqtt_host: str
+    mqtt_port: int
+    mqtt_username: str
+    mqtt_password: str
+    influx_url: str
+    influx_db: str
+    influx_username: str
+    influx_password: str
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["run_dir"] = str(self.run_dir)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StackInfo:
+        """Build from a stack.json dict; unknown keys (e.g. ``influx_rpc_port``) are ignored."""
+        try:
+            return cls(
+                run_dir=Path(d["run_dir"]),
+                mqtt_host=str(d["mqtt_host"]),
+                mqtt_port=int(d["mqtt_port"]),
+                mqtt_username=str(d["mqtt_username"]),
+                mqtt_password=str(d["mqtt_password"]),
+                influx_url=str(d["influx_url"]),
+                influx_db=str(d["influx_db"]),
+                influx_username=str(d["influx_username"]),
+                influx_password=str(d["influx_password"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise StackError(f"malformed stack info ({e!r})") from e
+
+    @property
+    def influx_port(self) -> int:
+        return int(urllib.parse.urlsplit(self.influx_url).port or 8086)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def find_binary(name: str) -> str:
+    """Path of ``name`` on $PATH or in :data:`EXTRA_BIN_DIRS`; else StackError naming the package."""
+    search = os.pathsep.join([os.environ.get("PATH", os.defpath), *EXTRA_BIN_DIRS])
+    found = shutil.which(name, path=search)
+    if found is None:
+        package = PACKAGES.get(name, name)
+        raise StackError(
+            f"{name} not found on PATH (or /usr/sbin): install it with `apt-get install {package}`"
+        )
+    return found
+
+
+def load_info(run_dir: Path | str) -> StackInfo:
+    """Connection info of the stack running in ``run_dir`` (StackError if it is not up)."""
+    path = Path(run_dir) / _STACK_JSON
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StackError(
+            f"no stack is up in {run_dir} (no {_STACK_JSON}): "
+            f"start one with `cityos stack up --run-dir {run_dir}`"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise StackError(f"cannot read {path}: {e}") from e
+    return StackInfo.from_json(data)
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (held open together so they differ)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _port_bindable(port: int) -> bool:
+    """Could a server listen on ``port`` now? SO_REUSEADDR like the servers: TIME_WAIT is ok."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _tcp_open(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie (an unreaped dead process still has a /proc entry)."""
+    if pid in _CHILDREN:
+        return _CHILDREN[pid].poll() is None  # reaps it if it died
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # Format: "pid (comm) state ..."; comm may contain spaces/parentheses, so split after the last ')'.
+    state = stat.rpartition(")")[2].split()[:1]
+    return bool(state) and state[0] not in ("Z", "X")
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file readable by the owner only (it holds passwords), atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def _influx_request(
+    base_url: str,
+    path: str,
+    *,
+    method: str = "GET",
+    params: dict[str, str] | None = None,
+    auth: tuple[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, bytes]:
+    """One InfluxDB v1 HTTP API request, stdlib only (so ``cityos stack`` works with the base install)."""
+    url = base_url + path
+    data = None
+    if params and method == "POST":
+        data = urllib.parse.urlencode(params).encode()
+    elif params:
+        url += "?" + urllib.parse.urlencode(params)
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/x-www-form-urlencoded")
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    try:
+        with _HTTP.open(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _influx_error(status: int, body: bytes) -> str | None:
+    """The error of a /query response (HTTP-level or per-statement), or None if every statement succeeded."""
+    try:
+        doc = json.loads(body or b"{}")
+    except ValueError:
+        return f"HTTP {status}: {body[:200]!r}"
+    if status != 200:
+        return f"HTTP {status}: {doc.get('error', body[:200])}"
+    if "error" in doc:
+        return str(doc["error"])
+    for result in doc.get("results", []):
+        if "error" in result:
+            return str(result["error"])
+    return None
+
+
+def _quote_ident(name: str) -> str:
+    """InfluxQL double-quoted identifier."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the stack
+
+
+@dataclass(frozen=True)
+class _Service:
+    name: str  # key in status()
+    binary: str
+    dir_name: str
+    conf_name: str
+    log_name: str
+    pid_name: str
+
+
+_MQTT = _Service("mosquitto", "mosquitto", "mosquitto", "mosquitto.conf", "mosquitto.log", "mosquitto.pid")
+_INFLUX = _Service("influxdb", "influxd", "influxdb", "influxdb.conf", "influxd.log", "influxd.pid")
+
+
+class Stack:
+    """Mosquitto + InfluxDB 1.x under ``run_dir``; every method is safe to call twice."""
+
+    def __init__(self, run_dir: Path | str, *, db: str = DEFAULT_DB) -> None:
+        # Absolute and resolved: it ends up in the services' command lines, which is how we recognise them.
+        self.run_dir = Path(run_dir).expanduser().resolve()
+        self.db = db
+
+    def __repr__(self) -> str:
+        return f"Stack({str(self.run_dir)!r}, db={self.db!r})"
+
+    # ---- paths
+
+    def _dir(self, svc: _Service) -> Path:
+        return self.run_dir / svc.dir_name
+
+    def _conf(self, svc: _Service) -> Path:
+        return self._dir(svc) / svc.conf_name
+
+    def _log(self, svc: _Service) -> Path:
+        return self._dir(svc) / svc.log_name
+
+    def _pidfile(self, svc: _Service) -> Path:
+        return self._dir(svc) / svc.pid_name
+
+    # ---- public API
+
+    def up(self, timeout: float = 30) -> StackInfo:
+        """Start both services, wait until they serve, write stack.json; return existing info if up.
+
+        A service that died (e.g. killed) is restarted on its recorded port if that port is still free.
+        On failure, whatever this call started is stopped again so no half stack is left behind.
+        """
+        deadline = time.monotonic() + timeout
+        for binary in ("mosquitto", "mosquitto_passwd", "influxd"):
+            find_binary(binary)  # fail before starting anything
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            state = self._read_state()
+            mqtt_pid = self._running_pid(_MQTT)
+            influx_pid = self._running_pid(_INFLUX)
+            if state is not None and mqtt_pid and influx_pid:
+                info = StackInfo.from_json(state)
+                if info.influx_db != self.db:
+                    self._ensure_database(info, self.db)
+                    info = StackInfo(**{**asdict(info), "influx_db": self.db})
+                    self._write_state(info, int(state["influx_rpc_port"]))
+                return info
+
+            if state is None and (mqtt_pid or influx_pid):
+                # Running but stack.json is gone (deleted by hand?): its ports are unknown, start afresh.
+                for svc in (_MQTT, _INFLUX):
+                    self._stop(svc, kill=False)
+                mqtt_pid = influx_pid = None
+            creds = self._credentials()
+            ports = self._choose_ports(state, mqtt_running=bool(mqtt_pid), influx_running=bool(influx_pid))
+            mqtt_port, http_port, rpc_port = ports
+            info = StackInfo(
+                run_dir=self.run_dir,
+                mqtt_host=HOST,
+                mqtt_port=mqtt_port,
+                mqtt_username=MQTT_USERNAME,
+                mqtt_password=creds["mqtt_password"],
+                influx_url=f"http://{HOST}:{http_port}",
+                influx_db=self.db,
+                influx_username=INFLUX_USERNAME,
+                influx_password=creds["influx_password"],
+            )
+            started: list[_Service] = []
+            try:
+                if not mqtt_pid:
+                    self._start_mqtt(info, deadline)
+                    started.append(_MQTT)
+                if not influx_pid:
+                    self._start_influx(info, rpc_port, deadline)
+                    started.append(_INFLUX)
+                self._ensure_influx_admin(info)
+                self._ensure_database(info, info.influx_db)
+            except BaseException:
+                for svc in started:
+                    with contextlib.suppress(StackError):
+                        self._stop(svc, kill=False)
+                raise
+            self._write_state(info, rpc_port)
+            return info
+
+    def down(self) -> None:
+        """Stop both services (only processes we started, recognised by their config path); remove stack.json.
+
+        Both are attempted even if one fails, so ``down`` after one service crashed still stops the other.
+        """
+        if not self.run_dir.is_dir():
+            return
+        with self._lock():
+            errors: list[str] = []
+            for svc in (_MQTT, _INFLUX):
+                try:
+                    self._stop(svc, kill=False)
+                except StackError as e:
+                    errors.append(str(e))
+            if errors:
+                raise StackError("; ".join(errors))
+            with contextlib.suppress(FileNotFoundError):
+                (self.run_dir / _STACK_JSON).unlink()
+
+    def status(self) -> dict[str, Any]:
+        """Liveness of both services, for ``cityos stack status`` and for tests."""
+        state = self._read_state() or {}
+        mqtt_pid = self._running_pid(_MQTT)
+        influx_pid = self._running_pid(_INFLUX)
+        influx_url = state.get("influx_url")
+        ready = False
+        if influx_pid and influx_url:
+            with contextlib.suppress(OSError):
+                ready = _influx_request(influx_url, "/ping", timeout=2)[0] == 204
+        http_port = urllib.parse.urlsplit(influx_url).port if influx_url else None
+        return {
+            "run_dir": str(self.run_dir),
+            "up": bool(state) and bool(mqtt_pid) and ready,
+            "mosquitto": {
+                "running": mqtt_pid is not None,
+                "pid": mqtt_pid,
+                "port": state.get("mqtt_port"),
+                "log": str(self._log(_MQTT)),
+            },
+            "influxdb": {
+                "running": influx_pid is not None,
+                "ready": ready,
+                "pid": influx_pid,
+                "port": http_port,
+                "url": influx_url,
+                "log": str(self._log(_INFLUX)),
+            },
+        }
+
+    def info(self) -> StackInfo:
+        """Connection info from stack.json (StackError if the stack is not up)."""
+        return load_info(self.run_dir)
+
+    def stop_mqtt(self, kill: bool = False) -> None:
+        """Stop the broker (SIGKILL at once with ``kill=True``, to simulate a crash); stack.json stays."""
+        with self._lock():
+            self._stop(_MQTT, kill=kill)
+
+    def start_mqtt(self, timeout: float = 30) -> None:
+        """Restart the broker on its recorded port with the same persistence directory (no-op if running)."""
+        with self._lock():
+            info = self._require_state()[0]
+            if self._running_pid(_MQTT) is None:
+                self._start_mqtt(info, time.monotonic() + timeout)
+
+    def stop_influx(self, kill: bool = False) -> None:
+        """Stop InfluxDB (SIGKILL at once with ``kill=True``); stack.json stays."""
+        with self._lock():
+            self._stop(_INFLUX, kill=kill)
+
+    def start_influx(self, timeout: float = 30) -> None:
+        """Restart InfluxDB on its recorded ports with the same data directory (no-op if running)."""
+        with self._lock():
+            info, rpc_port = self._require_state()
+            if self._running_pid(_INFLUX) is None:
+                self._start_influx(info, rpc_port, time.monotonic() + timeout)
+
+    def create_database(self, name: str) -> None:
+        """``CREATE DATABASE`` (idempotent in InfluxDB 1.x)."""
+        self._ensure_database(self.info(), name)
+
+    def drop_database(self, name: str) -> None:
+        """``DROP DATABASE`` (no error if it does not exist)."""
+        self._influx_query(self.info(), f"DROP DATABASE {_quote_ident(name)}")
+
+    # ---- state
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Serialise up/down/start/stop on one run directory across processes (two CLIs, test workers)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / ".stack.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _read_state(self) -> dict[str, Any] | None:
+        path = self.run_dir / _STACK_JSON
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise StackError(f"cannot read {path}: {e}") from e
+
+    def _require_state(self) -> tuple[StackInfo, int]:
+        state = self._read_state()
+        if state is None:
+            raise StackError(f"no stack is up in {self.run_dir}: call up() first")
+        return StackInfo.from_json(state), int(state["influx_rpc_port"])
+
+    def _write_state(self, info: StackInfo, rpc_port: int) -> None:
+        _write_private(
+            self.run_dir / _STACK_JSON,
+            json.dumps({**info.to_json(), "influx_rpc_port": rpc_port}, indent=2) + "\n",
+        )
+
+    def _credentials(self) -> dict[str, str]:
+        """Passwords for this run directory, generated on first use and kept across down/up.
+
+        They must survive ``down``: the InfluxDB admin user lives in the meta store, which the next up reuses.
+        """
+        path = self.run_dir / _CREDENTIALS_JSON
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            creds = json.loads(path.read_text())
+            if isinstance(creds, dict) and {"mqtt_password", "influx_password"} <= creds.keys():
+                return creds
+        # URL-safe alphabet: nothing to escape in InfluxQL string literals, mosquitto_passwd arguments, URLs.
+        creds = {"mqtt_password": secrets.token_urlsafe(18), "influx_password": secrets.token_urlsafe(18)}
+        _write_private(path, json.dumps(creds, indent=2) + "\n")
+        return creds
+
+    def _choose_ports(
+        self, state: dict[str, Any] | None, *, mqtt_running: bool, influx_running: bool
+    ) -> tuple[int, int, int]:
+        """(mqtt, influx http, influx rpc): the recorded ones where possible, fresh free ports otherwise."""
+        fresh = iter(_free_ports(3))
+        if state is None:
+            return next(fresh), next(fresh), next(fresh)
+        mqtt = int(state["mqtt_port"])
+        http = StackInfo.from_json(state).influx_port
+        rpc = int(state["influx_rpc_port"])
+        if not mqtt_running and not _port_bindable(mqtt):
+            mqtt = next(fresh)
+        if not influx_running and not (_port_bindable(http) and _port_bindable(rpc)):
+            http, rpc = next(fresh), next(fresh)
+        return mqtt, http, rpc
+
+    # ---- processes
+
+    def _running_pid(self, svc: _Service) -> int | None:
+        """Pid from the pid file if that process is alive *and* is ours (its command line names our config).
+
+        A stale pid file after a SIGKILL or a reboot may name an unrelated process that reused the pid.
+        """
+        try:
+            pid = int(self._pidfile(svc).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if pid <= 0 or not _pid_alive(pid):
+            return None
+        if str(self._conf(svc)) not in _cmdline(pid):
+            return None
+        return pid
+
+    def _spawn(
+        self, svc: _Service, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a detached child (own session, output appended to its log) that outlives this process."""
+        log = self._log(svc)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                cwd=self._dir(svc),
+                env=env,
+            )
+        _CHILDREN[proc.pid] = proc
+        # The services write it too (and remove it on a clean exit); writing it now closes the window before.
+        self._pidfile(svc).write_text(f"{proc.pid}\n")
+        return proc
+
+    def _wait_ready(
+        self,
+        svc: _Service,
+        proc: subprocess.Popen[bytes],
+        port: int,
+        deadline: float,
+        probe: Callable[[], bool],
+    ) -> None:
+        """Poll ``probe()`` until it succeeds; StackError + log tail if the process dies/times out."""
+        while True:
+            if proc.poll() is not None:
+                raise StackError(
+                    f"{svc.binary} exited with status {proc.returncode} during startup; "
+                    f"last lines of {self._log(svc)}:\n{_log_tail(self._log(svc))}"
+                )
+            if probe():
+                # A foreign listener would also answer: make sure ours did not just die on "address in use".
+                if proc.poll() is None:
+                    return
+                continue
+            if time.monotonic() > deadline:
+                with contextlib.suppress(StackError):
+                    self._stop(svc, kill=True)
+                raise StackError(
+                    f"{svc.binary} not ready on port {port} in time; last lines of {self._log(svc)}:\n"
+                    f"{_log_tail(self._log(svc))}"
+                )
+            time.sleep(0.05)
+
+    def _stop(self, svc: _Service, *, kill: bool) -> None:
+        """SIGTERM (or SIGKILL), wait for the process to be gone, SIGKILL after :data:`STOP_GRACE_S`."""
+        pid = self._running_pid(svc)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+            if not self._wait_gone(pid, STOP_GRACE_S):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                if not self._wait_gone(pid, 5.0):
+                    raise StackError(f"{svc.binary} (pid {pid}) did not exit after SIGKILL")
+            _CHILDREN.pop(pid, None)
+        # Clean exits remove it themselves; after a SIGKILL it is stale.
+        with contextlib.suppress(FileNotFoundError):
+            self._pidfile(svc).unlink()
+
+    @staticmethod
+    def _wait_gone(pid: int, timeout: float) -> bool:
+        proc = _CHILDREN.get(pid)
+        if proc is not None:
+            try:
+                proc.wait(timeout=timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    # ---- mosquitto
+
+    def _mosquitto_conf(self, port: int) -> str:
+        d = self._dir(_MQTT)
+        lines = [
+            "# Written by cityos.stack: regenerated on every start, edits are lost.",
+            "per_listener_settings false",
+        ]
+        if os.geteuid() == 0:
+            # As root, mosquitto would switch to user "mosquitto", which cannot write our run directory.
+            lines.append("user root")
+        lines += [
+            f"listener {port} {HOST}",
+            "allow_anonymous false",
+            f"password_file {d / 'passwd'}",
+            "persistence true",
+            f"persistence_location {d / 'data'}/",
+            # Save every second (by time, not change count) so a SIGKILLed broker loses as little as possible.
+            "autosave_interval 1",
+            "autosave_on_changes false",
+            # Default 1000 silently drops messages for an offline durable session; default 20 in flight
+            # throttles a batched ingest. max_packet_size unset (no limit): the wire contract has its own.
+            "max_queued_messages 1000000",
+            "max_queued_bytes 0",
+            "max_inflight_messages 1000",
+            f"log_dest file {self._log(_MQTT)}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+            "connection_messages true",
+            f"pid_file {self._pidfile(_MQTT)}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def _start_mqtt(self, info: StackInfo, deadline: float) -> None:
+        mosquitto = find_binary("mosquitto")
+        passwd_tool = find_binary("mosquitto_passwd")
+        d = self._dir(_MQTT)
+        (d / "data").mkdir(parents=True, exist_ok=True)
+        if not _port_bindable(info.mqtt_port):
+            raise StackError(
+                f"MQTT port {info.mqtt_port} is in use by another process; run down() and up() again"
+            )
+        passwd = d / "passwd"
+        res = subprocess.run(
+            [passwd_tool, "-b", "-c", str(passwd), info.mqtt_username, info.mqtt_password],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if res.returncode != 0:
+            raise StackError(f"mosquitto_passwd failed: {(res.stderr or res.stdout).strip()}")
+        passwd.chmod(0o600)
+        conf = self._conf(_MQTT)
+        conf.write_text(self._mosquitto_conf(info.mqtt_port))
+        proc = self._spawn(_MQTT, [mosquitto, "-c", str(conf)])
+        self._wait_ready(_MQTT, proc, info.mqtt_port, deadline, lambda: _tcp_open(info.mqtt_port))
+
+    # ---- influxdb
+
+    def _influxdb_conf(self, http_port: int, rpc_port: int) -> str:
+        d = self._dir(_INFLUX)
+        return f"""\
+# Written by cityos.stack: regenerated on every start, edits are lost.
+reporting-disabled = true
+# RPC (backup/restore) port: a free one, the default 8088 may clash with another InfluxDB.
+bind-address = "{HOST}:{rpc_port}"
+
+[meta]
+  dir = "{d / "meta"}"
+
+[data]
+  dir = "{d / "data"}"
+  wal-dir = "{d / "wal"}"
+  query-log-enabled = false
+
+[monitor]
+  store-enabled = false
+
+[subscriber]
+  enabled = false
+
+[http]
+  enabled = true
+  bind-address = "{HOST}:{http_port}"
+  auth-enabled = true
+  log-enabled = false
+  max-row-limit = 0
+
+[logging]
+  suppress-logo = true
+
+[continuous_queries]
+  enabled = false
+"""
+
+    def _start_influx(self, info: StackInfo, rpc_port: int, deadline: float) -> None:
+        influxd = find_binary("influxd")
+        d = self._dir(_INFLUX)
+        for sub in ("meta", "data", "wal"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        for port in (info.influx_port, rpc_port):
+            if not _port_bindable(port):
+                raise StackError(
+                    f"InfluxDB port {port} is in use by another process; run down() and up() again"
+                )
+        conf = self._conf(_INFLUX)
+        conf.write_text(self._influxdb_conf(info.influx_port, rpc_port))
+        # influxd lets INFLUXDB_* environment variables override the config file: keep ours authoritative.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}
+        proc = self._spawn(
+            _INFLUX, [influxd, "run", "-config", str(conf), "-pidfile", str(self._pidfile(_INFLUX))], env=env
+        )
+
+        def ping() -> bool:
+            try:
+                return _influx_request(info.influx_url, "/ping", timeout=1)[0] == 204
+            except OSError:
+                return False
+
+        self._wait_ready(_INFLUX, proc, info.influx_port, deadline, ping)
+
+    def _influx_query(self, info: StackInfo, q: str, *, auth: bool = True) -> None:
+        creds = (info.influx_username, info.influx_password) if auth else None
+        try:
+            status, body = _influx_request(
+                info.influx_url, "/query", method="POST", params={"q": q}, auth=creds
+            )
+        except OSError as e:
+            raise StackError(f"InfluxDB at {info.influx_url} unreachable: {e}") from e
+        err = _influx_error(status, body)
+        if err is not None:
+            raise StackError(f"InfluxDB query failed ({q.split(' WITH PASSWORD')[0]}): {err}")
+
+    def _ensure_influx_admin(self, info: StackInfo) -> None:
+        """Create the admin user on first start (allowed unauthenticated only while no user exists)."""
+        status, body = _influx_request(
+            info.influx_url,
+            "/query",
+            method="POST",
+            params={"q": "SHOW DATABASES"},
+            auth=(info.influx_username, info.influx_password),
+        )
+        if status == 200:
+            return
+        q = (
+            f"CREATE USER {_quote_ident(info.influx_username)} WITH PASSWORD '{info.influx_password}' "
+            "WITH ALL PRIVILEGES"
+        )
+        try:
+            self._influx_query(info, q, auth=False)
+        except StackError as e:
+            raise StackError(
+                f"cannot log in to InfluxDB in {self._dir(_INFLUX)} as {info.influx_username!r} "
+                f"({_influx_error(status, body)}) and cannot create that user ({e}); "
+                f"was {self.run_dir / _CREDENTIALS_JSON} changed? Remove {self._dir(_INFLUX)} to start afresh"
+            ) from e
+
+    def _ensure_database(self, info: StackInfo, name: str) -> None:
+        self._influx_query(info, f"CREATE DATABASE {_quote_ident(name)}")

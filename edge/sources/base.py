@@ -1,0 +1,76 @@
+"""The source plug-in interface: a device protocol is one module plus one config section.
+
+A source module defines a pydantic config model whose ``type`` field is a ``Literal`` naming it, and a class
+implementing :class:`Source`. It registers both with :func:`register`. The agent runs each source in its own
+thread (one thread per serial bus, so the bus needs no further lock), hands it a :class:`SourceContext` whose ``emit``
+commits a reading (and the source's state) to the durable outbox, and reads ``health()`` for the status message.
+
+Why threads and not asyncio: the protocol libraries we use on the edge (pymodbus' sync client over pyserial,
+paho's network thread, sqlite3) are blocking, and one thread per bus is exactly the per-bus serialisation the
+hardware needs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from cityos.wire import Reading
+
+
+
+class SourceContext(Protocol):
+    """What the agent hands a running source."""
+
+    #: The source's persisted state as it was last committed (empty on first start).
+    state: dict[str, Any]
+
+    def emit(self, reading: Reading, state: dict[str, Any] | None = None) -> None:
+        """Commit ``reading`` to the durable outbox, and ``state`` (if given) in the same transaction.
+
+        Committing the reading and the state that produced it together is what makes a source exact across a
+        crash: e.g. the last sample number and rain-tip count are never ahead of or behind the readings.
+        """
+
+
+class SourceConfig(BaseModel):
+    """Base of every source's config section (``[[sources]]`` in the gateway TOML)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str
+    name: str
+
+
+class Source(Protocol):
+    name: str
+
+    def run(self, ctx: SourceContext, stop: threading.Event) -> None:
+        """Read the device until ``stop`` is set. Must not raise for device faults: count them and retry."""
+
+    def health(self) -> dict[str, float]:
+        """Counters and gauges for the status message (e.g. ``crc_errors``, ``timeouts``, ``readings``)."""
+
+
+class SourcePlugin:
+    config_model: ClassVar[type[SourceConfig]]
+
+    def __init__(self, config_model: type[SourceConfig], factory: Callable[[Any], Source]) -> None:
+        self.config_model = config_model
+        self.factory = factory
+
+
+_REGISTRY: dict[str, SourcePlugin] = {}
+
+
+def register(type_name: str, config_model: type[SourceConfig], factory: Callable[[Any], Source]) -> None:
+    _REGISTRY[type_name] = SourcePlugin(config_model, factory)
+
+
+def registry() -> dict[str, SourcePlugin]:
+    # Import the built-in plug-ins so that they register themselves.
+    from edge.sources import forest  # noqa: F401
+
+    return dict(_REGISTRY)

@@ -1,0 +1,314 @@
+"""Uplink: outbox → MQTT (paho-mqtt 2.x, MQTT v5, QoS 1), deleting rows only after the broker's PUBACK.
+
+Decisions, and why:
+
+* **A fresh paho client per connection.** paho re-sends its own in-flight messages after a reconnect; so does our
+  outbox (the rows are still there). Two owners of retransmission would double-send and make in-flight accounting
+  guesswork, so the outbox is the only owner: on disconnect everything in flight is forgotten and resent from
+  the outbox on the next connection.
+* **Two streams after an outage.** At connect time the highest outbox id is the *boundary*. Rows up to it are the
+  backlog, drained oldest first at full speed; rows after it are live and go out as they come, ahead of the
+  backlog, so a landslide sensor's current reading is not stuck behind a day of history. Order per device is kept
+  within each stream; readings older than ``backfill_after_s`` when sent carry ``backfill: true``.
+* **PUBACK reason codes are honoured.** A v5 PUBACK >= 0x80 (not authorised, quota exceeded, ...) is a refusal:
+  the rows stay. So is 0x10 *no matching subscribers*: the broker accepted the message but nothing will ever
+  receive it (e.g. a broker that lost the ingest's durable session). Deleting on it would be silent loss; the
+  uplink keeps the rows, backs off and retries, and counts it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cityos import wire
+from edge.config import MqttSection
+from edge.outbox import Outbox, Row
+
+log = logging.getLogger("cityos.edge.uplink")
+
+RC_NO_MATCHING_SUBSCRIBERS = 0x10
+
+
+@dataclass
+class _Inflight:
+    lo: int
+    hi: int
+    n: int
+    sent: float
+    stream: str
+
+
+@dataclass
+class UplinkStats:
+    published_messages: int = 0
+    published_readings: int = 0
+    acked_readings: int = 0
+    refused_acks: int = 0
+    no_subscribers: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+    disconnects: int = 0
+    ack_timeouts: int = 0
+    oversize_splits: int = 0
+    connected: bool = False
+    last_ack_ms: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, float]:
+        d = {k: float(v) for k, v in self.__dict__.items() if isinstance(v, int | float | bool)}
+        return d
+
+
+class Uplink:
+    def __init__(
+        self,
+        gateway_id: str,
+        outbox: Outbox,
+        cfg: MqttSection,
+        *,
+        boot_id: str,
+        backfill_after_s: float,
+        status_fn: Any,
+    ) -> None:
+        self.gateway_id = gateway_id
+        self.outbox = outbox
+        self.cfg = cfg
+        self.boot_id = boot_id
+        self.backfill_after_ms = int(backfill_after_s * 1000)
+        self.status_fn = status_fn  # () -> dict of extra status fields (counters, versions)
+        self.stats = UplinkStats()
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._client: mqtt.Client | None = None
+        self._gen = 0
+
+    # --- connection ------------------------------------------------------------------------------------------
+
+    def _new_client(self, gen: int) -> mqtt.Client:
+        c = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"{self.gateway_id}-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        if self.cfg.username:
+            pw = self.cfg.password.get_secret_value() if self.cfg.password else None
+            c.username_pw_set(self.cfg.username, pw)
+        if self.cfg.tls:
+            c.tls_set(ca_certs=str(self.cfg.ca_file) if self.cfg.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
+        c.max_inflight_messages_set(self.cfg.max_inflight + 2)  # +2: room for status messages
+        c.max_queued_messages_set(0)
+        c.will_set(
+            wire.status_topic(self.gateway_id),
+            self._status_payload("offline"),
+            qos=1,
+            retain=True,
+        )
+        c.on_connect = lambda _c, _u, _f, rc, _p: self._events.put(("connect", (gen, rc)))
+        c.on_disconnect = lambda _c, _u, _f, rc, _p: self._events.put(("disconnect", (gen, rc)))
+        c.on_publish = lambda _c, _u, mid, rc, _p: self._events.put(("puback", (gen, mid, rc)))
+        return c
+
+    def _status_payload(self, state: str) -> bytes:
+        extra = self.status_fn() if state == "online" else {}
+        status = wire.GatewayStatus(
+            gateway_id=self.gateway_id,
+            state=state,  # type: ignore[arg-type]
+            boot_id=self.boot_id,
+            ts=int(time.time() * 1000),
+            **extra,
+        )
+        return status.model_dump_json(exclude_none=True).encode()
+
+    # --- main loop -------------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        backoff = self.cfg.backoff_min_s
+        while not stop.is_set():
+            ok = self._session(stop)
+            if stop.is_set():
+                break
+            if ok:
+                backoff = self.cfg.backoff_min_s
+            delay = random.uniform(backoff / 2, backoff)  # jitter: a city's gateways must not reconnect in step
+            log.info("uplink: reconnecting in %.1f s", delay)
+            stop.wait(delay)
+            backoff = min(backoff * 2, self.cfg.backoff_max_s)
+
+    def _session(self, stop: threading.Event) -> bool:
+        """One connection's life. Returns True if it got connected at all (resets the backoff)."""
+        self._gen += 1
+        gen = self._gen
+        client = self._new_client(gen)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0
+        try:
+            client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, clean_start=True,
+                           properties=props)
+        except (OSError, ValueError) as exc:
+            self.stats.connect_failures += 1
+            log.warning("uplink: cannot connect to %s:%s: %s", self.cfg.host, self.cfg.port, exc)
+            return False
+        client.loop_start()
+        self._client = client
+        try:
+            return self._pump(client, gen, stop)
+        finally:
+            self.stats.connected = False
+            if stop.is_set():
+                self._goodbye(client)
+            client.disconnect()
+            client.loop_stop()
+            self._client = None
+
+    def _goodbye(self, client: mqtt.Client) -> None:
+        """Clean exit: say offline ourselves (a clean DISCONNECT suppresses the last will)."""
+        try:
+            info = client.publish(wire.status_topic(self.gateway_id), self._status_payload("offline"), 1, True)
+            info.wait_for_publish(timeout=2)
+        except (RuntimeError, ValueError):
+            pass
+
+    def _pump(self, client: mqtt.Client, gen: int, stop: threading.Event) -> bool:
+        connected = False
+        deadline = time.monotonic() + 15
+        while not connected:
+            try:
+                kind, data = self._events.get(timeout=0.2)
+            except queue.Empty:
+                if stop.is_set() or time.monotonic() > deadline:
+                    self.stats.connect_failures += 1
+                    return False
+                continue
+            if data[0] != gen:
+                continue
+            if kind == "connect":
+                if data[1].is_failure:
+                    self.stats.connect_failures += 1
+                    log.warning("uplink: broker refused connection: %s", data[1])
+                    return False
+                connected = True
+            elif kind == "disconnect":
+                self.stats.connect_failures += 1
+                return False
+
+        self.stats.connects += 1
+        self.stats.connected = True
+        boundary = self.outbox.max_id()
+        backlog_cursor = 0
+        live_cursor = boundary
+        inflight: dict[int, _Inflight] = {}
+        status_mids: set[int] = set()
+        last_status = 0.0
+        log.info(
+            "uplink: connected to %s:%s; backlog %d readings (oldest %.0f s)",
+            self.cfg.host, self.cfg.port, self.outbox.depth, self.outbox.oldest_age_s(),
+        )
+        while not stop.is_set():
+            now = time.monotonic()
+            if now - last_status >= self.cfg.status_interval_s:
+                info = client.publish(wire.status_topic(self.gateway_id), self._status_payload("online"), 1, True)
+                status_mids.add(info.mid)
+                last_status = now
+
+            # Fill the window: live first, then backlog.
+            while len(inflight) < self.cfg.max_inflight:
+                rows = self.outbox.fetch(live_cursor, self.cfg.readings_per_message)
+                stream = "live"
+                if not rows and backlog_cursor < boundary:
+                    rows = self.outbox.fetch(backlog_cursor, self.cfg.readings_per_message, upto_id=boundary)
+                    stream = "backlog"
+                    if not rows:
+                        backlog_cursor = boundary
+                if not rows:
+                    break
+                sent_rows = self._publish(client, rows, inflight, stream)
+                if sent_rows is None:
+                    return True  # connection lost while publishing
+                if stream == "live":
+                    live_cursor = sent_rows
+                else:
+                    backlog_cursor = sent_rows
+
+            if inflight and now - min(m.sent for m in inflight.values()) > self.cfg.ack_timeout_s:
+                self.stats.ack_timeouts += 1
+                log.warning("uplink: no PUBACK for %.0f s, reconnecting", self.cfg.ack_timeout_s)
+                return True
+
+            try:
+                kind, data = self._events.get(timeout=0.05 if not inflight else 0.5)
+            except queue.Empty:
+                continue
+            if data[0] != gen:
+                continue  # an event of an earlier connection
+            if kind == "disconnect":
+                self.stats.disconnects += 1
+                log.warning("uplink: disconnected: %s", data[1])
+                return True
+            if kind != "puback":
+                continue
+            _, mid, rc = data
+            if mid in status_mids:
+                status_mids.discard(mid)
+                continue
+            msg = inflight.pop(mid, None)
+            if msg is None:
+                continue
+            code = getattr(rc, "value", rc)
+            if code == RC_NO_MATCHING_SUBSCRIBERS or (isinstance(code, int) and code >= 0x80):
+                # Not accepted for delivery: keep the rows; rewind the stream so they are resent.
+                if code == RC_NO_MATCHING_SUBSCRIBERS:
+                    self.stats.no_subscribers += 1
+                else:
+                    self.stats.refused_acks += 1
+                log.warning("uplink: broker did not take message (%s); keeping %d readings", rc, msg.n)
+                # Simplest correct rewind: end this connection; the next one starts again from the outbox.
+                stop.wait(min(self.cfg.backoff_max_s, 5.0))
+                return True
+            self.outbox.delete_range(msg.lo, msg.hi)
+            self.stats.acked_readings += msg.n
+            self.stats.last_ack_ms = int(time.time() * 1000)
+        return True
+
+    def _publish(self, client: mqtt.Client, rows: list[Row], inflight: dict[int, _Inflight], stream: str) -> int | None:
+        """Publish rows as one message (splitting if oversize); returns the last id sent, None if disconnected."""
+        now_ms = int(time.time() * 1000)
+        readings = []
+        for r in rows:
+            d = json.loads(r.body)
+            if now_ms - r.created_ms > self.backfill_after_ms or now_ms - r.ts > self.backfill_after_ms:
+                d["backfill"] = True
+            readings.append(d)
+        payload = json.dumps(
+            {
+                "v": wire.SCHEMA_VERSION,
+                "gateway_id": self.gateway_id,
+                "boot_id": self.boot_id,
+                "seq": self.outbox.next_seq(),
+                "sent_at": now_ms,
+                "readings": readings,
+            },
+            separators=(",", ":"),
+        ).encode()
+        if len(payload) > wire.MAX_PAYLOAD_BYTES and len(rows) > 1:
+            self.stats.oversize_splits += 1
+            return self._publish(client, rows[: len(rows) // 2], inflight, stream)
+        info = client.publish(wire.telemetry_topic(self.gateway_id), payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("uplink: publish failed: %s", mqtt.error_string(info.rc))
+            return None
+        inflight[info.mid] = _Inflight(rows[0].id, rows[-1].id, len(rows), time.monotonic(), stream)
+        self.stats.published_messages += 1
+        self.stats.published_readings += len(rows)
+        return rows[-1].id

@@ -1,0 +1,195 @@
+"""Ingest configuration: pydantic models loaded from TOML.
+
+Every section forbids unknown keys, and a load error is a :class:`ConfigError` whose message names the field and
+the problem, e.g. ``influx.batch_lines: Input should be a valid integer, got 'many'``.
+
+Example (all keys shown with their defaults unless marked *required*)::
+
+    [mqtt]
+    host = "127.0.0.1"
+    port = 1883
+    username = "ingest"          # optional
+    password = "secret"          # optional
+    client_id = "cityos-ingest"  # fixed: it names the durable session on the broker
+    session_expiry_s = 604800    # 7 days of queueing while the ingest is down
+    share_group = ""             # e.g. "ingest" -> subscribe $share/ingest/<filter>
+    receive_maximum = 10000      # MQTT v5 Receive Maximum: unacked messages the broker may send us
+    keepalive = 30
+
+    [influx]
+    url = "http://127.0.0.1:8086"
+    db = "cityos"
+    username = ""                # optional (HTTP Basic)
+    password = ""
+    timeout_s = 10.0
+    batch_lines = 5000
+    flush_interval_s = 1.0
+    gzip = true
+
+    [ingest]
+    data_dir = "/var/lib/cityos-ingest"   # required: dead-letter DB and health.json
+    stall_after_s = 30
+    health_port = 0              # 0 = no HTTP health endpoint
+    max_past_s = 7776000         # readings older than 90 days are dead-lettered
+    max_future_s = 600
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cityos import wire
+from cityos.config import ConfigError, load_toml, validate
+
+if TYPE_CHECKING:  # pragma: no cover - typing only; cityos.stack is a test/demo dependency
+    from cityos.stack import StackInfo
+
+__all__ = ["ConfigError", "InfluxConfig", "IngestConfig", "IngestSection", "MqttConfig", "load_config"]
+
+_SHARE_GROUP_RE = re.compile(r"^[^/+#$\s]{1,64}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    client_id: str = Field(default="cityos-ingest", min_length=1, max_length=128)
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, le=0xFFFFFFFF)
+    share_group: str | None = None
+    receive_maximum: int = Field(default=10000, ge=1, le=65535)
+    keepalive: int = Field(default=30, ge=5, le=65535)
+    reconnect_min_s: int = Field(default=1, ge=1)
+    reconnect_max_s: int = Field(default=30, ge=1)
+
+    @field_validator("share_group")
+    @classmethod
+    def _share_group(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not _SHARE_GROUP_RE.match(v):
+            raise ValueError("must be 1-64 characters without '/', '+', '#', '$' or spaces")
+        return v
+
+    def filters(self) -> list[str]:
+        """The topic filters to subscribe to (wrapped in ``$share/<group>/`` when a share group is set)."""
+        base = [wire.TELEMETRY_FILTER, wire.STATUS_FILTER]
+        if self.share_group:
+            return [f"$share/{self.share_group}/{f}" for f in base]
+        return base
+
+
+class InfluxConfig(_Section):
+    url: str = "http://127.0.0.1:8086"
+    db: str = Field(default="cityos", min_length=1)
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    timeout_s: float = Field(default=10.0, gt=0)
+    batch_lines: int = Field(default=5000, ge=1, le=100_000)
+    #: Also flush when the uncompressed body reaches this size (InfluxDB 1.x max-body-size is 25 MB).
+    batch_bytes: int = Field(default=8_000_000, ge=1024, le=25_000_000)
+    flush_interval_s: float = Field(default=1.0, gt=0)
+    gzip: bool = True
+    #: Cap of the exponential retry backoff while InfluxDB fails.
+    retry_max_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class IngestSection(_Section):
+    data_dir: Path
+    stall_after_s: float = Field(default=30.0, gt=0)
+    health_port: int = Field(default=0, ge=0, le=65535)
+    max_past_s: int = Field(default=wire.DEFAULT_MAX_PAST_S, ge=0)
+    max_future_s: int = Field(default=wire.DEFAULT_MAX_FUTURE_S, ge=0)
+    #: Decoded-or-received messages held in memory at most; beyond it the MQTT thread waits (backpressure).
+    max_pending_messages: int = Field(default=20000, ge=10)
+    #: On SIGTERM, how long to keep retrying the last flush before giving up (unacked messages are redelivered).
+    shutdown_timeout_s: float = Field(default=10.0, ge=0)
+    log_every_s: float = Field(default=10.0, gt=0)
+
+
+class IngestConfig(_Section):
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    influx: InfluxConfig = Field(default_factory=InfluxConfig)
+    ingest: IngestSection
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> IngestConfig:
+        return load_toml(cls, path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> IngestConfig:
+        return validate(cls, data, source)
+
+    @classmethod
+    def from_stack(
+        cls,
+        info: StackInfo,
+        data_dir: str | Path,
+        client_id: str = "cityos-ingest",
+        *,
+        db: str | None = None,
+        mqtt: dict[str, Any] | None = None,
+        influx: dict[str, Any] | None = None,
+        ingest: dict[str, Any] | None = None,
+    ) -> IngestConfig:
+        """A config pointing at a private :class:`cityos.stack.Stack` (demo and tests); extra keys override."""
+        data = {
+            "mqtt": {
+                "host": info.mqtt_host,
+                "port": info.mqtt_port,
+                "username": info.mqtt_username,
+                "password": info.mqtt_password,
+                "client_id": client_id,
+                **(mqtt or {}),
+            },
+            "influx": {
+                "url": info.influx_url,
+                "db": db or info.influx_db,
+                "username": info.influx_username,
+                "password": info.influx_password,
+                **(influx or {}),
+            },
+            "ingest": {"data_dir": str(data_dir), **(ingest or {})},
+        }
+        return cls.from_dict(data, "from_stack")
+
+    def to_toml(self) -> str:
+        """Render as TOML (for starting the service as a subprocess); ``None`` values are omitted."""
+        out: list[str] = []
+        for section in ("mqtt", "influx", "ingest"):
+            out.append(f"[{section}]")
+            for key, value in getattr(self, section).model_dump(mode="json").items():
+                if value is None:
+                    continue
+                out.append(f"{key} = {_toml_value(value)}")
+            out.append("")
+        return "\n".join(out)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+def load_config(path: str | Path) -> IngestConfig:
+    """Load and validate a TOML file; raises :class:`ConfigError` naming the field and the problem."""
+    return IngestConfig.from_toml(path)
