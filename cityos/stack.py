@@ -659,7 +659,8 @@ class Stack:
         (d / "data").mkdir(parents=True, exist_ok=True)
         if not _port_bindable(info.mqtt_port):
             raise StackError(
-                f"MQTT port {info.mqtt_port} is in use by another process; run down() and up() again"
+                f"MQTT port {info.mqtt_port} is taken by another process; "
+                "`cityos stack down` then `up` picks new ports"
             )
         passwd = d / "passwd"
         res = subprocess.run(
@@ -722,7 +723,8 @@ bind-address = "{HOST}:{rpc_port}"
         for port in (info.influx_port, rpc_port):
             if not _port_bindable(port):
                 raise StackError(
-                    f"InfluxDB port {port} is in use by another process; run down() and up() again"
+                    f"InfluxDB port {port} is taken by another process; "
+                    "`cityos stack down` then `up` picks new ports"
                 )
         conf = self._conf(_INFLUX)
         conf.write_text(self._influxdb_conf(info.influx_port, rpc_port))

@@ -1,7 +1,8 @@
 """Pure batching logic: no I/O, no threads of its own, a clock you can pass in.
 
 * :class:`Batcher` accumulates decoded messages and says when to flush (``batch_lines`` lines, ``batch_bytes``
-  bytes, or ``flush_interval_s`` after the first line of the batch arrived).
+  bytes, half the MQTT Receive Maximum in messages, or ``flush_interval_s`` after the first line of the batch
+  arrived).
 * :class:`Batch` is one flush: the messages it covers (so their MQTT packet ids can be acked after a 204) and the
   line protocol body, built once by joining the per-message blocks.
 * :class:`AckSequencer` releases acknowledgements in the order the messages were received (MQTT 5 §4.6 asks
@@ -30,6 +31,7 @@ class Item:
     body: str  # line protocol, lines joined by "\n"
     n_lines: int
     received_at_ms: int
+    done: bool = False  # written (204) or dead-lettered
 
     @property
     def ack_key(self) -> tuple[int, int] | None:
@@ -72,13 +74,17 @@ class Batcher:
         max_lines: int = 5000,
         max_age_s: float = 1.0,
         max_bytes: int = 8_000_000,
+        max_messages: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_lines < 1 or max_age_s <= 0 or max_bytes < 1:
-            raise ValueError("max_lines, max_age_s and max_bytes must be positive")
+        if max_lines < 1 or max_age_s <= 0 or max_bytes < 1 or (max_messages is not None and max_messages < 1):
+            raise ValueError("max_lines, max_age_s, max_bytes and max_messages must be positive")
         self.max_lines = max_lines
         self.max_age_s = max_age_s
         self.max_bytes = max_bytes
+        #: Flush at this many messages even if the lines are few: the broker sends at most Receive Maximum unacked
+        #: messages, so waiting for ``max_lines`` of small messages would idle until the age limit.
+        self.max_messages = max_messages
         self._clock = clock
         self._items: list[Item] = []
         self._lines = 0
@@ -100,7 +106,11 @@ class Batcher:
         self._bytes += len(item.body) + 1
 
     def full(self) -> bool:
-        return self._lines >= self.max_lines or self._bytes >= self.max_bytes
+        return (
+            self._lines >= self.max_lines
+            or self._bytes >= self.max_bytes
+            or (self.max_messages is not None and len(self._items) >= self.max_messages)
+        )
 
     def due(self, now: float | None = None) -> bool:
         """Flush now? (full, or the first line has waited ``max_age_s``)."""

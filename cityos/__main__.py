@@ -1,0 +1,5 @@
+import sys
+
+from cityos.cli import main
+
+sys.exit(main())

@@ -1,0 +1,162 @@
+"""MQTT side of the ingest, the only module that imports paho.
+
+* MQTT v5 persistent session: fixed client id, ``clean_start=False`` and a Session Expiry Interval, so the broker
+  queues our QoS 1 messages while the ingest is down.
+* ``manual_ack=True``: nothing is acked until the service says so (after a 204 from InfluxDB or a committed
+  dead-letter).
+* Receive Maximum in CONNECT: how many unacked messages the broker may have in flight to us; it is also what bounds
+  memory while InfluxDB is down (the broker keeps the rest in the durable session).
+* Subscribes on *every* connect, also when the broker says the session is present: Mosquitto 2.0.11 does not
+  restore ``$share`` subscriptions of a durable client that reconnects (fixed in 2.0.12), and re-subscribing is
+  harmless for ordinary ones.
+* Connection generations: every successful connect starts a new generation. A packet id is only acked on the
+  connection it arrived on; acks for an older generation are dropped (the broker redelivers those messages).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ingest.config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Inbound:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    retain: bool
+    gen: int
+    received_at_ms: int
+
+
+class MqttIn:
+    """Paho adapter. ``sink`` is called on paho's network thread for every message; it may block (backpressure:
+    paho then stops reading the socket) but must return when ``stopping`` is set."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        sink: Callable[[Inbound], None],
+        *,
+        on_connected: Callable[[], None] | None = None,
+        on_disconnected: Callable[[], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._sink = sink
+        self._on_connected = on_connected
+        self._on_disconnected = on_disconnected
+        self._lock = threading.Lock()  # guards generation/connected against ack() from the writer threads
+        self._gen = 0
+        self._connected = False
+        self.stopping = threading.Event()
+        self.session_present: bool | None = None
+
+        c = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if cfg.username:
+            c.username_pw_set(cfg.username, cfg.password)
+        c.reconnect_delay_set(cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s))
+        c.on_connect = self._handle_connect
+        c.on_disconnect = self._handle_disconnect
+        c.on_message = self._handle_message
+        c.on_subscribe = self._handle_subscribe
+        self._client = c
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.cfg.session_expiry_s
+        props.ReceiveMaximum = self.cfg.receive_maximum
+        # connect_async + loop_start: the network thread connects (and keeps retrying with backoff), so a broker
+        # that is down at start-up is waited for instead of crashing the service.
+        self._client.connect_async(
+            self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive, clean_start=False, properties=props
+        )
+        self._client.loop_start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Send the PUBACKs already queued, DISCONNECT (session kept), stop the network thread."""
+        self.stopping.set()
+        with self._lock:
+            self._connected = False
+        try:
+            self._client.disconnect()
+        except Exception:  # pragma: no cover - best effort on shutdown
+            log.debug("disconnect failed", exc_info=True)
+        deadline = time.monotonic() + timeout_s
+        while self._client._thread is not None and time.monotonic() < deadline:  # noqa: SLF001
+            time.sleep(0.02)
+        self._client.loop_stop()
+
+    @property
+    def generation(self) -> int:
+        return self._gen
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # --- acking ------------------------------------------------------------------------------------------------
+    def ack(self, gen: int, mid: int) -> bool:
+        """PUBACK ``mid`` if it arrived on the current connection; False (dropped) otherwise."""
+        with self._lock:
+            if not self._connected or gen != self._gen:
+                return False
+            rc = self._client.ack(mid, 1)
+        return rc == mqtt.MQTT_ERR_SUCCESS
+
+    # --- paho callbacks (network thread) ------------------------------------------------------------------------
+    def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        if reason_code.is_failure:
+            log.error("MQTT connect to %s:%s refused: %s", self.cfg.host, self.cfg.port, reason_code)
+            return
+        with self._lock:
+            self._gen += 1
+            self._connected = True
+            gen = self._gen
+        self.session_present = bool(flags.session_present)
+        opts = SubscribeOptions(qos=1)
+        filters = self.cfg.filters()
+        client.subscribe([(f, opts) for f in filters])
+        log.info(
+            "MQTT connected to %s:%s as %s (session_present=%s, generation=%d); subscribing %s",
+            self.cfg.host, self.cfg.port, self.cfg.client_id, self.session_present, gen, ", ".join(filters),
+        )
+        if self._on_connected:
+            self._on_connected()
+
+    def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # noqa: ANN001
+        bad = [rc for rc in reason_codes if rc.is_failure]
+        if bad:
+            log.error("MQTT subscribe refused: %s (check the broker ACL for %s)", bad, self.cfg.username)
+
+    def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        with self._lock:
+            was = self._connected
+            self._connected = False
+        if was and not self.stopping.is_set():
+            log.warning("MQTT connection lost (%s); reconnecting with backoff", reason_code)
+        if self._on_disconnected:
+            self._on_disconnected()
+
+    def _handle_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # noqa: ANN001
+        self._sink(
+            Inbound(msg.topic, msg.payload, msg.mid, msg.qos, bool(msg.retain), self._gen, int(time.time() * 1000))
+        )

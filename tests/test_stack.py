@@ -1,0 +1,333 @@
+"""The private Mosquitto + InfluxDB stack, with real processes.
+
+Tests that only read use the session ``stack``; tests that stop, kill or restart services start their own
+``Stack(tmp_path)`` so the session stack stays undisturbed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import queue
+import stat
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from helpers import influx_count, influx_query, influx_write
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+import cityos.stack as stack_mod
+from cityos.stack import Stack, StackError, StackInfo
+
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+# ---- helpers
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        st = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return st.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+class _Mqtt:
+    """A paho 2.x MQTTv5 client run on its own thread, with CONNACKs and messages in queues."""
+
+    def __init__(self, info: StackInfo, client_id: str, password: str | None = None) -> None:
+        self.info = info
+        self.client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
+        self.client.username_pw_set(info.mqtt_username, info.mqtt_password if password is None else password)
+        self.connacks: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.subacks: queue.Queue[Any] = queue.Queue()
+        self.client.on_connect = lambda _c, _u, flags, rc, _p: self.connacks.put((rc, flags))
+        self.client.on_message = lambda _c, _u, msg: self.messages.put(msg)
+        self.client.on_subscribe = lambda _c, _u, _mid, rcs, _p: self.subacks.put(rcs)
+
+    def connect(self, *, clean_start: bool = True, session_expiry: int = 0) -> tuple[Any, Any]:
+        """Connect and return (reason_code, connect_flags) of the CONNACK."""
+        props = Properties(PacketTypes.CONNECT)
+        if session_expiry:
+            props.SessionExpiryInterval = session_expiry
+        self.client.connect(
+            self.info.mqtt_host, self.info.mqtt_port, clean_start=clean_start, properties=props
+        )
+        self.client.loop_start()
+        return self.connacks.get(timeout=10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def own_stack(tmp_path: Path) -> Iterator[Stack]:
+    """A Stack of this test's own (may be stopped, killed, restarted); always torn down."""
+    s = Stack(tmp_path / "run")
+    try:
+        s.up()
+        yield s
+    finally:
+        s.down()
+
+
+def _http(
+    info: StackInfo,
+    path: str,
+    params: dict[str, str],
+    *,
+    auth: tuple[str, str] | None,
+    body: bytes | None = None,
+) -> int:
+    req = urllib.request.Request(
+        f"{info.influx_url}{path}?{urllib.parse.urlencode(params)}",
+        data=body,
+        method="POST" if body is not None else "GET",
+    )
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+    try:
+        with _HTTP.open(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+# ---- session stack: reachable, authenticated
+
+
+def test_stack_json_and_status(stack: Stack) -> None:
+    info = stack.info()
+    doc = json.loads((stack.run_dir / "stack.json").read_text())
+    assert StackInfo.from_json(doc) == info
+    assert StackInfo.from_json(info.to_json()) == info
+    assert doc["influx_rpc_port"] not in (info.mqtt_port, info.influx_port)
+    assert info.mqtt_host == "127.0.0.1" and info.influx_url.startswith("http://127.0.0.1:")
+    assert info.influx_db == "cityos" and info.mqtt_username == "cityos" and info.influx_username == "cityos"
+    assert len(info.mqtt_password) >= 16 and len(info.influx_password) >= 16
+    # It holds passwords: owner-only.
+    assert stat.S_IMODE((stack.run_dir / "stack.json").stat().st_mode) == 0o600
+
+    st = stack.status()
+    assert st["up"] is True
+    assert st["mosquitto"]["running"] and st["mosquitto"]["port"] == info.mqtt_port
+    assert (
+        st["influxdb"]["running"] and st["influxdb"]["ready"] and st["influxdb"]["port"] == info.influx_port
+    )
+
+    conf = (stack.run_dir / "mosquitto" / "mosquitto.conf").read_text()
+    assert f"listener {info.mqtt_port} 127.0.0.1" in conf and "allow_anonymous false" in conf
+    # up() on a running stack returns the same info and starts nothing new.
+    assert stack.up() == info
+    assert stack.status()["mosquitto"]["pid"] == st["mosquitto"]["pid"]
+
+
+def test_mqtt_requires_credentials(stack: Stack) -> None:
+    info = stack.info()
+    good = _Mqtt(info, f"ok-{uuid.uuid4().hex[:8]}")
+    rc, _flags = good.connect()
+    assert rc == 0, rc
+    good.close()
+
+    bad = _Mqtt(info, f"bad-{uuid.uuid4().hex[:8]}", password="wrong")
+    rc, _flags = bad.connect()
+    bad.close()
+    assert rc.is_failure and rc in ("Bad user name or password", "Not authorized"), rc
+
+
+def test_influx_ping_auth_and_roundtrip(stack: Stack, influx_db: str) -> None:
+    info = stack.info()
+    assert _http(info, "/ping", {}, auth=None) == 204
+    # Unauthenticated or wrong password: refused.
+    assert _http(info, "/query", {"q": "SHOW DATABASES"}, auth=None) == 401
+    assert _http(info, "/query", {"q": "SHOW DATABASES"}, auth=(info.influx_username, "wrong")) == 401
+    assert _http(info, "/write", {"db": influx_db}, auth=None, body=b"m v=1") == 401
+
+    now_ms = int(time.time() * 1000)
+    influx_write(
+        info, influx_db, [f"forest,device=d1 temp=21.5 {now_ms}", f"forest,device=d2 temp=19 {now_ms}"]
+    )
+    series = influx_query(info, influx_db, "SELECT temp FROM forest GROUP BY device")
+    got = {s["tags"]["device"]: s["values"] for s in series}
+    assert got == {"d1": [[now_ms, 21.5]], "d2": [[now_ms, 19.0]]}
+    assert influx_count(info, influx_db, "forest") == 2
+    assert influx_count(info, influx_db, "forest", field="temp") == 2
+    assert influx_count(info, influx_db, "nothing_here") == 0
+    names = [v[0] for s in influx_query(info, influx_db, "SHOW DATABASES") for v in s["values"]]
+    assert influx_db in names and "cityos" in names
+
+
+# ---- own stacks: lifecycle and fault injection
+
+
+def test_down_stops_exactly_our_processes_and_is_idempotent(tmp_path: Path) -> None:
+    s = Stack(tmp_path / "run")
+    info = s.up()
+    st = s.status()
+    pids = [st["mosquitto"]["pid"], st["influxdb"]["pid"]]
+    assert all(pids) and not any(_pid_gone(p) for p in pids)
+    # The pid files name processes started with our config files.
+    assert str(s.run_dir / "mosquitto" / "mosquitto.conf") in Path(f"/proc/{pids[0]}/cmdline").read_text()
+
+    s.down()
+    assert all(_pid_gone(p) for p in pids)
+    assert not (s.run_dir / "stack.json").exists()
+    with pytest.raises(StackError, match="no stack is up"):
+        s.info()
+    st = s.status()
+    assert not st["up"] and not st["mosquitto"]["running"] and not st["influxdb"]["running"]
+    s.down()  # harmless
+
+    # A second up in the same run dir reuses the credentials (the InfluxDB admin user persists).
+    info2 = s.up()
+    try:
+        assert (info2.mqtt_password, info2.influx_password) == (info.mqtt_password, info.influx_password)
+        creds = (info2.influx_username, info2.influx_password)
+        assert _http(info2, "/query", {"q": "SHOW DATABASES"}, auth=creds) == 200
+    finally:
+        s.down()
+
+
+def test_down_after_one_service_crashed_stops_the_other(own_stack: Stack) -> None:
+    influx_pid = own_stack.status()["influxdb"]["pid"]
+    own_stack.stop_mqtt(kill=True)
+    own_stack.stop_mqtt(kill=True)  # already stopped: no-op
+    assert not own_stack.status()["mosquitto"]["running"]
+    own_stack.down()
+    assert _pid_gone(influx_pid)
+
+
+def test_stale_pid_file_is_not_trusted(tmp_path: Path) -> None:
+    """A pid file naming some other process (pid reuse after a crash) must not make us signal it."""
+    s = Stack(tmp_path / "run")
+    (s.run_dir / "mosquitto").mkdir(parents=True)
+    (s.run_dir / "mosquitto" / "mosquitto.pid").write_text(f"{os.getpid()}\n")
+    assert s.status()["mosquitto"]["running"] is False
+    s.down()  # would SIGTERM pytest itself if it trusted the pid file
+    assert not (s.run_dir / "mosquitto" / "mosquitto.pid").exists()
+
+
+def _durable_subscriber(info: StackInfo, client_id: str, topic: str) -> None:
+    sub = _Mqtt(info, client_id)
+    assert sub.connect(clean_start=False, session_expiry=3600)[0] == 0
+    sub.client.subscribe(topic, qos=1)
+    assert sub.subacks.get(timeout=5)[0] == 1  # granted QoS 1
+    sub.close()
+
+
+def _publish(info: StackInfo, topic: str, payload: bytes) -> None:
+    pub = _Mqtt(info, f"pub-{uuid.uuid4().hex[:8]}")
+    assert pub.connect()[0] == 0
+    pub.client.publish(topic, payload, qos=1).wait_for_publish(timeout=5)
+    pub.close()
+
+
+def _reconnect_and_receive(info: StackInfo, client_id: str) -> mqtt.MQTTMessage:
+    sub = _Mqtt(info, client_id)
+    try:
+        rc, flags = sub.connect(clean_start=False, session_expiry=3600)
+        assert rc == 0 and flags.session_present, "durable session lost across the broker restart"
+        return sub.messages.get(timeout=5)
+    finally:
+        sub.close()
+
+
+def test_offline_durable_session_survives_graceful_restart(own_stack: Stack) -> None:
+    info = own_stack.info()
+    topic, client_id = "cityos/v1/gw-1/telemetry", "durable-sub"
+    _durable_subscriber(info, client_id, topic)
+    _publish(info, topic, b'{"n": 1}')
+
+    own_stack.stop_mqtt()
+    assert not own_stack.status()["mosquitto"]["running"]
+    own_stack.start_mqtt()
+    assert own_stack.info().mqtt_port == info.mqtt_port  # same port, clients need no new config
+
+    msg = _reconnect_and_receive(info, client_id)
+    assert (msg.topic, msg.payload, msg.qos) == (topic, b'{"n": 1}', 1)
+
+
+def test_offline_durable_session_survives_sigkill_after_autosave(own_stack: Stack) -> None:
+    info = own_stack.info()
+    topic, client_id = "cityos/v1/gw-2/telemetry", "durable-sub-2"
+    _durable_subscriber(info, client_id, topic)
+    _publish(info, topic, b"queued")
+
+    # autosave_interval 1: wait until the broker has saved once after the PUBACK, then crash it.
+    db = own_stack.run_dir / "mosquitto" / "data" / "mosquitto.db"
+    before = db.stat().st_mtime_ns if db.exists() else 0
+    deadline = time.monotonic() + 5
+    while (db.stat().st_mtime_ns if db.exists() else 0) == before:
+        assert time.monotonic() < deadline, "mosquitto did not autosave within 5 s"
+        time.sleep(0.05)
+    own_stack.stop_mqtt(kill=True)
+    own_stack.start_mqtt()
+
+    msg = _reconnect_and_receive(info, client_id)
+    assert (msg.payload, msg.qos) == (b"queued", 1)
+
+
+def test_influx_restart_after_sigkill_keeps_data_and_port(own_stack: Stack) -> None:
+    info = own_stack.info()
+    influx_write(info, info.influx_db, "forest,device=d1 temp=1 1700000000000")
+    own_stack.stop_influx(kill=True)
+    assert not own_stack.status()["influxdb"]["running"]
+    own_stack.start_influx()
+    assert own_stack.info() == info
+    assert own_stack.status()["influxdb"]["ready"]
+    assert influx_count(info, info.influx_db, "forest") == 1  # the WAL is fsynced per write
+
+
+def test_create_database_is_idempotent(stack: Stack) -> None:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        stack.create_database(name)
+        stack.create_database(name)
+        dbs = [v[0] for s in influx_query(stack.info(), name, "SHOW DATABASES") for v in s["values"]]
+        assert dbs.count(name) == 1
+    finally:
+        stack.drop_database(name)
+        stack.drop_database(name)
+
+
+# ---- missing binaries
+
+
+def test_missing_mosquitto_names_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setattr(stack_mod, "EXTRA_BIN_DIRS", ())
+    with pytest.raises(StackError, match=r"mosquitto not found on PATH .*`apt-get install mosquitto`"):
+        Stack(tmp_path / "run").up()
+    with pytest.raises(StackError, match=r"influxd not found on PATH .*`apt-get install influxdb`"):
+        stack_mod.find_binary("influxd")
+
+
+def test_missing_influxd_starts_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("mosquitto", "mosquitto_passwd"):
+        (bin_dir / name).symlink_to(stack_mod.find_binary(name))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setattr(stack_mod, "EXTRA_BIN_DIRS", ())
+    s = Stack(tmp_path / "run")
+    with pytest.raises(StackError, match=r"`apt-get install influxdb`"):
+        s.up()
+    assert not s.status()["mosquitto"]["running"]
+    assert not (s.run_dir / "stack.json").exists()
