@@ -1,16 +1,17 @@
 """Pseudo-terminal plumbing: one pty pair = one simulated RS-485 bus.
 
-The gateway opens the *slave* side (``/dev/pts/N``) with pyserial exactly as it would open ``/dev/ttyUSB0``; the
-simulator reads requests from and writes replies to the *master* fd. Details that matter:
+The gateway opens the *slave* side (``/dev/pts/N``) with pyserial exactly as it would open ``/dev/ttyUSB0``;
+the simulator reads requests from and writes replies to the *master* fd. Details that matter:
 
 * The slave is put in raw mode here, before anyone opens it, and the simulator keeps its own slave fd open for
-  the life of the link. Otherwise the line discipline could echo or cook bytes before the gateway configures the
-  port, and reading the master would fail with EIO whenever the gateway has the port closed.
-* The master fd is non-blocking: when nobody drains the slave (gateway disconnected) the kernel buffer fills and
-  a blocking write would hang the bus; such bytes are dropped, as on a real line with no listener.
+  the life of the link. Otherwise the line discipline could echo or cook bytes before the gateway configures
+  the port, and reading the master would fail with EIO whenever the gateway has the port closed.
+* The master fd is non-blocking: when nobody drains the slave (gateway disconnected) the kernel buffer fills
+  and a blocking write would hang the bus; such bytes are dropped, as on a real line with no listener.
 * ``close()`` is the USB-serial adapter being unplugged: both fds close, the gateway's open fd starts failing
-  with EIO (pyserial: ``OSError``/``SerialException``), and the symlink, if any, is removed. Opening again gives
-  a new ``/dev/pts/M`` and re-points the symlink (atomically, like udev re-creating ``/dev/serial/by-id/...``).
+  with EIO (pyserial: ``OSError``/``SerialException``), and the symlink, if any, is removed. Opening again
+  gives a new ``/dev/pts/M`` and re-points the symlink (atomically, like udev re-creating
+  ``/dev/serial/by-id/...``).
 """
 
 from __future__ import annotations

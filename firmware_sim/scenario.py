@@ -1,10 +1,11 @@
 """What the forest stations measure: a dry spell, then a storm. Deterministic from seed + scenario time.
 
-Scenario time runs ``accel`` scenario seconds per real second (``accel=3600``: one hour per second), so a test of a
-few seconds sees the dry spell turn into the storm. Every quantity is a pure function of ``(seed, unit, t)``:
+Scenario time runs ``accel`` scenario seconds per real second (``accel=3600``: one hour per second), so a test
+of a few seconds sees the dry spell turn into the storm. Every quantity is a pure function of
+``(seed, unit, t)``:
 
-* rain: cumulative rainfall is an integral of the rain rate (0 in the dry spell; a rise to a peak and a decay in
-  the storm), so the tip counter derived from it never goes backwards;
+* rain: cumulative rainfall is an integral of the rain rate (0 in the dry spell; a rise to a peak and a decay
+  in the storm), so the tip counter derived from it never goes backwards;
 * soil moisture rises with cumulative rain toward saturation (~47 %VWC), the 10 cm sensor first, the 30 cm one
   lagging, and dries slowly before the storm;
 * tilt creeps slowly once the storm has soaked the slope;
@@ -41,7 +42,7 @@ class Scenario:
     noise_pct: float = 0.15
     noise_tilt_deg: float = 0.01
 
-    # --- rain ------------------------------------------------------------------------------------------------
+    # --- rain -----------------------------------------------------------------------------------------------
     def rain_rate_mm_h(self, t_s: float) -> float:
         """Rain rate at scenario time ``t_s``: a smooth bump (sin²) over the storm."""
         h = t_s / 3600 - self.dry_hours
@@ -56,7 +57,7 @@ class Scenario:
         # ∫ sin²(πx/d) dx = x/2 - d/(4π)·sin(2πx/d)
         return self.peak_rain_mm_h * (h / 2 - d / (4 * math.pi) * math.sin(2 * math.pi * h / d))
 
-    # --- per station -------------------------------------------------------------------------------------------
+    # --- per station ----------------------------------------------------------------------------------------
     def state(self, seed: int, unit: int, t_s: float) -> SensorState:
         site = random.Random(f"forest-site:{seed}:{unit}")  # fixed per station: where it stands
         rain_factor = site.uniform(0.85, 1.15)

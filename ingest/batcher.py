@@ -28,7 +28,7 @@ class Item:
     gen: int  # connection generation the message arrived on
     topic: str
     payload: bytes  # kept for the dead-letter store in case InfluxDB rejects it
-    body: str  # line protocol, lines joined by "\n"
+    body: bytes  # line protocol, UTF-8, lines joined by "\n"
     n_lines: int
     received_at_ms: int
     done: bool = False  # written (204) or dead-lettered
@@ -48,7 +48,7 @@ class Batch:
     def body(self) -> bytes:
         """The line protocol for every item, built once (one join over the per-message blocks)."""
         if self._body is None:
-            self._body = "\n".join(i.body for i in self.items).encode()
+            self._body = b"\n".join(i.body for i in self.items)
         return self._body
 
     def ack_keys(self) -> list[tuple[int, int]]:

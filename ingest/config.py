@@ -32,6 +32,7 @@ Example (all keys shown with their defaults unless marked *required*)::
     health_port = 0              # 0 = no HTTP health endpoint
     max_past_s = 7776000         # readings older than 90 days are dead-lettered
     max_future_s = 600
+    decode_workers = 1           # processes that decode/validate; 0 = in the service process
 """
 
 from __future__ import annotations
@@ -115,8 +116,12 @@ class IngestSection(_Section):
     health_port: int = Field(default=0, ge=0, le=65535)
     max_past_s: int = Field(default=wire.DEFAULT_MAX_PAST_S, ge=0)
     max_future_s: int = Field(default=wire.DEFAULT_MAX_FUTURE_S, ge=0)
-    #: Decoded-or-received messages held in memory at most; beyond it the MQTT thread waits (backpressure).
+    #: Received messages waiting to be decoded, at most; beyond it the MQTT thread waits (backpressure).
     max_pending_messages: int = Field(default=20000, ge=10)
+    #: Worker processes that decode/validate (0 = in the service process). Validation is most of the CPU.
+    decode_workers: int = Field(default=1, ge=0, le=64)
+    #: Validate with the wire models in pydantic's JSON mode (same results as wire.decode_batch, less CPU).
+    fast_decode: bool = True
     #: On SIGTERM, how long to keep retrying the last flush before giving up (unacked messages are redelivered).
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
     log_every_s: float = Field(default=10.0, gt=0)

@@ -50,6 +50,7 @@ class Health:
         self._lock = threading.Lock()
         self.started_at = clock_ms()
         self.connected = False
+        self.subscribed = False
         self.connects = 0
         self.messages_received = 0
         self.messages_acked = 0
@@ -76,6 +77,11 @@ class Health:
     def on_disconnected(self) -> None:
         with self._lock:
             self.connected = False
+            self.subscribed = False
+
+    def on_subscribed(self, ok: bool) -> None:
+        with self._lock:
+            self.subscribed = ok
 
     def on_received(self, n: int = 1) -> None:
         with self._lock:
@@ -146,6 +152,7 @@ class Health:
                 "ts": now,
                 "uptime_s": round((now - self.started_at) / 1000, 1),
                 "connected": self.connected,
+                "subscribed": self.subscribed,
                 "connects": self.connects,
                 "reconnects": max(0, self.connects - 1),
                 "messages_received": self.messages_received,

@@ -53,11 +53,13 @@ class MqttIn:
         *,
         on_connected: Callable[[], None] | None = None,
         on_disconnected: Callable[[], None] | None = None,
+        on_subscribed: Callable[[bool], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self._sink = sink
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
+        self._on_subscribed = on_subscribed
         self._lock = threading.Lock()  # guards generation/connected against ack() from the writer threads
         self._gen = 0
         self._connected = False
@@ -146,6 +148,8 @@ class MqttIn:
         bad = [rc for rc in reason_codes if rc.is_failure]
         if bad:
             log.error("MQTT subscribe refused: %s (check the broker ACL for %s)", bad, self.cfg.username)
+        if self._on_subscribed:
+            self._on_subscribed(not bad)
 
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         with self._lock:

@@ -1,16 +1,18 @@
 """The ingest service: MQTT in → decode/validate → batch → InfluxDB, at-least-once, nothing dropped.
 
-Threads and hand-offs (each arrow is bounded, so a wedged InfluxDB cannot grow memory without limit)::
+Threads and hand-offs; every queue is bounded, so a wedged InfluxDB cannot grow memory without limit::
 
-    paho network thread ──Inbound──▶ [inbound queue, max_pending_messages] ──▶ processor (run() thread)
-        decode_message → Item ─▶ Batcher ──Batch──▶ [hand-off, 1 batch] ──▶ writer thread ──POST /write──▶ InfluxDB
-        ContractError ─▶ dead-letter store (committed) ─▶ ack                   204 ─▶ ack all mids of the batch
-                                                                               400 ─▶ bisect, dead-letter culprits
+    paho thread ─▶ [inbound: max_pending_messages] ─▶ dispatcher (the run() thread): register for ack,
+        drop stale, send chunks to decode (worker processes, or inline) ─▶ [decoded: a few chunks]
+    ─▶ collector thread: results in receive order; invalid → dead-letter store (commit) → ack;
+        valid → Batcher ─▶ [hand-off: 1 batch] ─▶ writer thread ─▶ POST /write
+            204 → ack every message of the batch;  400/413 → bisect, dead-letter the culprits, ack the rest;
+            anything else → keep the batch, retry with exponential backoff + jitter (cap retry_max_s)
 
-While InfluxDB fails, the writer keeps its batch and retries with exponential backoff and jitter; the processor
-blocks on the hand-off, the inbound queue fills, the broker stops sending once Receive Maximum messages are unacked
-and keeps the rest in the durable session. Acks go out in receive order, only for messages that were written
-(HTTP 204) or dead-lettered (SQLite commit), and only on the connection they arrived on.
+While InfluxDB fails the writer holds its batch, the collector blocks on the hand-off, the dispatcher on the
+decoded queue, the paho thread on the inbound queue; the broker stops sending once Receive Maximum messages are
+unacked and keeps the rest in the durable session. Acks go out in receive order, only for messages that were
+written (HTTP 204) or dead-lettered (SQLite commit), and only on the connection they arrived on.
 
 Run: ``python -m ingest.service --config ingest.toml``.
 """
@@ -18,7 +20,9 @@ Run: ``python -m ingest.service --config ingest.toml``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import multiprocessing
 import queue
 import random
 import signal
@@ -26,13 +30,16 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from cityos.wire import ContractError
 from ingest.batcher import AckSequencer, Batch, Batcher, Item
 from ingest.config import ConfigError, IngestConfig, load_config
 from ingest.deadletter import DeadLetter, DeadLetterStore
-from ingest.decode import decode_message
+from ingest.decode import ChunkResult, decode_chunk, worker_init
 from ingest.health import Health, HealthServer, write_health_file
 from ingest.influx import InfluxWriter, WriteResult
 from ingest.mqtt_in import Inbound, MqttIn
@@ -40,12 +47,19 @@ from ingest.mqtt_in import Inbound, MqttIn
 log = logging.getLogger("ingest")
 
 HEALTH_FILE = "health.json"
-_CHUNK = 512  # messages taken from the inbound queue per processing pass
+_CHUNK = 64  # messages per decode task
 _RETRY_BASE_S = 0.2
 
 
 class _Aborted(Exception):
-    """Shutdown deadline passed while InfluxDB was still failing: leave the rest unacked (it is redelivered)."""
+    """Shutdown deadline passed while InfluxDB was still failing: the rest stays unacked (it is redelivered)."""
+
+
+@dataclass(slots=True)
+class _Chunk:
+    messages: list[Inbound]
+    args: tuple[Any, ...]  # decode_chunk arguments, to decode inline if the worker pool breaks
+    result: Future[list[ChunkResult]] | list[ChunkResult]
 
 
 class IngestService:
@@ -55,12 +69,15 @@ class IngestService:
         self.data_dir = Path(config.ingest.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.health_path = self.data_dir / HEALTH_FILE
+        workers = config.ingest.decode_workers
 
         self._inbound: queue.Queue[Inbound] = queue.Queue(maxsize=config.ingest.max_pending_messages)
+        self._decoded: queue.Queue[_Chunk | None] = queue.Queue(maxsize=2 * workers + 2)
         self._handoff: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
-        self._abort = threading.Event()  # writer: stop retrying (shutdown deadline)
+        self._abort = threading.Event()  # writer: stop retrying (shutdown deadline passed)
         self._abort_lock = threading.Lock()
         self._abort_timer: threading.Timer | None = None
+        self._pool: ProcessPoolExecutor | None = None
 
         self.health = Health(config.ingest.stall_after_s, queued=self._inbound.qsize)
         self.deadletters = DeadLetterStore.in_dir(self.data_dir)
@@ -84,13 +101,15 @@ class IngestService:
             self._sink,
             on_connected=self.health.on_connected,
             on_disconnected=self.health.on_disconnected,
+            on_subscribed=self.health.on_subscribed,
         )
+        self._collector = threading.Thread(target=self._collector_main, name="ingest-collector", daemon=True)
         self._writer = threading.Thread(target=self._writer_main, name="ingest-writer", daemon=True)
         self._reporter = threading.Thread(target=self._reporter_main, name="ingest-health", daemon=True)
         self._reporter_stop = threading.Event()
         self.health_server: HealthServer | None = None
 
-    # --- paho thread ---------------------------------------------------------------------------------------------
+    # --- paho thread -------------------------------------------------------------------------------------------
     def _sink(self, m: Inbound) -> None:
         self.health.on_received()
         while True:
@@ -98,11 +117,12 @@ class IngestService:
                 self._inbound.put(m, timeout=0.5)
                 return
             except queue.Full:
-                # Backpressure: paho stops reading the socket while we wait. Unacked, so on shutdown just drop it.
+                # Backpressure: paho stops reading the socket while we wait. On shutdown drop it: it is unacked,
+                # the broker redelivers it.
                 if self.mqtt.stopping.is_set():
                     return
 
-    # --- main loop -----------------------------------------------------------------------------------------------
+    # --- lifecycle ---------------------------------------------------------------------------------------------
     def run(self) -> None:
         cfg = self.cfg
         log.info(
@@ -110,69 +130,135 @@ class IngestService:
             cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.client_id, cfg.mqtt.share_group, cfg.influx.url,
             cfg.influx.db, self.data_dir,
         )
+        if cfg.ingest.decode_workers:
+            self._pool = self._new_pool()
+            # Start the workers now (they import pydantic and the wire models), not on the first message.
+            for f in [self._pool.submit(decode_chunk, [], 0) for _ in range(cfg.ingest.decode_workers)]:
+                f.result(timeout=60)
         if cfg.ingest.health_port:
             self.health_server = HealthServer(self.health, cfg.ingest.health_port).start()
             log.info("health endpoint on http://127.0.0.1:%d/health", self.health_server.port)
         self._writer.start()
+        self._collector.start()
         self._reporter.start()
         self.mqtt.start()
         try:
-            self._process_loop()
+            self._dispatch_loop()
         finally:
             self._shutdown()
 
-    def _process_loop(self) -> None:
-        inbound, batcher = self._inbound, self.batcher
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # forkserver, not fork: this process has threads (paho's) that a fork would copy mid-flight.
+        return ProcessPoolExecutor(
+            self.cfg.ingest.decode_workers,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=worker_init,
+        )
+
+    # --- dispatcher (run() thread) -----------------------------------------------------------------------------
+    def _dispatch_loop(self) -> None:
         while not self.stop_event.is_set():
+            chunk = self._take_inbound(timeout=0.25)
+            if chunk:
+                self._dispatch(chunk)
+
+    def _take_inbound(self, timeout: float) -> list[Inbound]:
+        chunk: list[Inbound] = []
+        try:
+            chunk.append(self._inbound.get(timeout=timeout) if timeout > 0 else self._inbound.get_nowait())
+            while len(chunk) < _CHUNK:
+                chunk.append(self._inbound.get_nowait())
+        except queue.Empty:
+            pass
+        return chunk
+
+    def _dispatch(self, chunk: Sequence[Inbound]) -> None:
+        """Register the messages for acking in receive order, then send them to be decoded."""
+        gen = self.mqtt.generation
+        keep: list[Inbound] = []
+        stale = 0
+        for m in chunk:
+            # A QoS 1 message from a connection that is gone: the broker redelivers it on the current one.
+            if m.qos > 0 and (m.gen < gen or not self.acks.received(m.gen, m.mid)):
+                stale += 1
+                continue
+            keep.append(m)
+        if stale:
+            self.health.on_stale(stale)
+        if not keep:
+            return
+        cfg = self.cfg.ingest
+        args = ([(m.topic, m.payload) for m in keep], int(time.time() * 1000), cfg.max_past_s, cfg.max_future_s,
+                cfg.fast_decode)
+        result: Future[list[ChunkResult]] | list[ChunkResult]
+        if self._pool is not None:
+            try:
+                result = self._pool.submit(decode_chunk, *args)
+            except (BrokenProcessPool, RuntimeError):
+                result = decode_chunk(*args)
+        else:
+            result = decode_chunk(*args)
+        item = _Chunk(keep, args, result)
+        while True:  # blocks while the collector is blocked (InfluxDB down): backpressure
+            try:
+                self._decoded.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if self.stop_event.is_set():
+                    self._arm_abort()
+
+    # --- collector thread --------------------------------------------------------------------------------------
+    def _collector_main(self) -> None:
+        batcher = self.batcher
+        while True:
             wait = batcher.time_until_due()
             wait = 0.25 if wait is None else min(wait, 0.25)
-            chunk: list[Inbound] = []
             try:
-                chunk.append(inbound.get(timeout=wait) if wait > 0 else inbound.get_nowait())
-                while len(chunk) < _CHUNK:
-                    chunk.append(inbound.get_nowait())
+                c = self._decoded.get(timeout=wait) if wait > 0 else self._decoded.get_nowait()
             except queue.Empty:
-                pass
-            if chunk:
-                self._process(chunk)
+                c = False
+            if c is None:  # shutdown: flush what is decoded
+                if len(batcher):
+                    self._hand_off(batcher.take())
+                self._put_until_done(self._handoff, None, self._writer)
+                return
+            if c:
+                try:
+                    self._collect(c)
+                except Exception:  # pragma: no cover - a bug: these stay unacked, the broker redelivers them
+                    log.exception("collector failed on %d messages; they stay unacked", len(c.messages))
             if batcher.due():
                 self._hand_off(batcher.take())
 
-    def _process(self, chunk: Sequence[Inbound]) -> None:
-        """Decode a chunk: valid messages into the batcher, invalid ones into the dead-letter store (one commit)."""
-        cfg = self.cfg.ingest
-        now_ms = int(time.time() * 1000)
-        gen = self.mqtt.generation
-        dead: list[DeadLetter] = []
-        finished: list[tuple[int, int]] = []  # ack keys of messages needing no write
-        stale = 0
-        for m in chunk:
-            key = (m.gen, m.mid) if m.qos > 0 else None
-            # A QoS 1 message from a connection that is gone: the broker redelivers it on the current one.
-            if key is not None and (m.gen < gen or not self.acks.received(m.gen, m.mid)):
-                stale += 1
-                continue
+    def _collect(self, c: _Chunk) -> None:
+        if isinstance(c.result, list):
+            results = c.result
+        else:
             try:
-                decoded = decode_message(
-                    m.topic, m.payload, now_ms=now_ms, max_past_s=cfg.max_past_s, max_future_s=cfg.max_future_s
-                )
-            except ContractError as exc:
-                dead.append(DeadLetter(m.received_at_ms, m.topic, m.payload, exc.reason, exc.detail))
-                if key is not None:
-                    finished.append(key)
+                results = c.result.result()
+            except BrokenProcessPool:
+                log.error("decode worker died; decoding inline and restarting the pool")
+                self._restart_pool()
+                results = decode_chunk(*c.args)
+        dead: list[DeadLetter] = []
+        finished: list[tuple[int, int]] = []  # ack keys of messages that need no write
+        batcher = self.batcher
+        for m, r in zip(c.messages, results, strict=True):
+            tag = r[0]
+            if tag == "ok":
+                _, body, n_lines, kind = r
+                if kind == "status":
+                    self.health.on_status()
+                batcher.add(Item(m.mid, m.qos, m.gen, m.topic, m.payload, body, n_lines, m.received_at_ms))
+                self.health.on_pending(1, n_lines)
+                if batcher.full():
+                    self._hand_off(batcher.take())
                 continue
-            if decoded is None:  # empty retained status (a cleared status): nothing to store
-                if key is not None:
-                    finished.append(key)
-                continue
-            if decoded.kind == "status":
-                self.health.on_status()
-            self.batcher.add(
-                Item(m.mid, m.qos, m.gen, m.topic, m.payload, decoded.body, decoded.n_lines, m.received_at_ms)
-            )
-            self.health.on_pending(1, decoded.n_lines)
-        if stale:
-            self.health.on_stale(stale)
+            if tag == "dead":
+                dead.append(DeadLetter(m.received_at_ms, m.topic, m.payload, r[1], r[2]))
+            # "dead" and "skip" (an empty retained status: a cleared status, nothing to store)
+            if m.qos > 0:
+                finished.append((m.gen, m.mid))
         if dead:
             self.deadletters.add_many(dead)  # committed before any of them is acked
             for d in dead:
@@ -181,8 +267,16 @@ class IngestService:
         if finished:
             self._ack(self.acks.done(finished))
 
+    def _restart_pool(self) -> None:
+        old, self._pool = self._pool, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            self._pool = self._new_pool()
+
     def _hand_off(self, batch: Batch) -> None:
-        # Blocks while the writer is busy with the previous batch (e.g. InfluxDB down): that is the backpressure.
+        # Blocks while the writer is busy with the previous batch (e.g. InfluxDB down): the backpressure.
         while True:
             try:
                 self._handoff.put(batch, timeout=0.5)
@@ -213,7 +307,7 @@ class IngestService:
     def _drop(self, items: Sequence[Item]) -> None:
         self.health.on_done(len(items), sum(i.n_lines for i in items))
 
-    # --- writer thread ---------------------------------------------------------------------------------------------
+    # --- writer thread -----------------------------------------------------------------------------------------
     def _writer_main(self) -> None:
         while True:
             batch = self._handoff.get()
@@ -224,9 +318,10 @@ class IngestService:
             except _Aborted:
                 left = [i for i in batch.items if not i.done]
                 self._drop(left)
-                log.warning("shutdown: %d messages left unacked (InfluxDB still failing); the broker keeps them",
-                            len(left))
-            except Exception:  # pragma: no cover - a bug; keep running, the messages stay unacked
+                log.warning(
+                    "shutdown: %d messages left unacked (InfluxDB still failing); the broker keeps them", len(left)
+                )
+            except Exception:  # pragma: no cover - a bug: keep running, these messages stay unacked
                 left = [i for i in batch.items if not i.done]
                 log.exception("writer failed on a batch; %d messages stay unacked", len(left))
                 self._drop(left)
@@ -236,16 +331,19 @@ class IngestService:
         if result.ok:
             self._complete(batch.items)
         else:
-            log.warning("InfluxDB rejected a batch of %d messages (%s: %s); finding the culprits",
-                        len(batch.items), result.outcome, result.message[:300])
+            log.warning(
+                "InfluxDB rejected a batch of %d messages (%s: %s); finding the culprits",
+                len(batch.items), result.outcome, result.message[:300],
+            )
             self._bisect(batch, result)
 
     def _bisect(self, batch: Batch, result: WriteResult) -> None:
         """``batch`` was rejected (400/413): split by message until the rejected messages are isolated."""
         if len(batch.items) == 1:
             item = batch.items[0]
-            self.deadletters.add_many([DeadLetter(item.received_at_ms, item.topic, item.payload, "influx_rejected",
-                                                  f"HTTP {result.status}: {result.message}")])
+            detail = f"HTTP {result.status}: {result.message}"
+            letter = DeadLetter(item.received_at_ms, item.topic, item.payload, "influx_rejected", detail)
+            self.deadletters.add_many([letter])
             self.health.on_dead_letter("influx_rejected")
             log.warning("dead-lettered message on %s: influx_rejected %s", item.topic, result.message[:300])
             self._complete(batch.items)
@@ -274,12 +372,16 @@ class IngestService:
             attempt += 1
             delay = min(self.cfg.influx.retry_max_s, _RETRY_BASE_S * 2 ** min(attempt, 16))
             delay *= random.uniform(0.5, 1.0)
-            level = logging.ERROR if r.outcome == "auth" else logging.WARNING
             if attempt <= 3 or attempt % 10 == 0 or r.outcome == "auth":
-                hint = " (check [influx] username/password and the user's WRITE grant)" if r.outcome == "auth" else ""
-                log.log(level, "InfluxDB write failed (%s, HTTP %s: %s)%s; attempt %d, retrying in %.1fs; "
-                        "%d messages held, none acked", r.outcome, r.status, r.message[:300], hint, attempt, delay,
-                        self.health.pending)
+                auth = r.outcome == "auth"
+                log.log(
+                    logging.ERROR if auth else logging.WARNING,
+                    "InfluxDB write failed (%s, HTTP %s: %s)%s; attempt %d, retrying in %.1fs; "
+                    "%d messages held, none acked",
+                    r.outcome, r.status, r.message[:300],
+                    " (check [influx] username/password and the user's WRITE grant)" if auth else "",
+                    attempt, delay, self.health.pending,
+                )
             if self._abort.wait(delay):
                 raise _Aborted
 
@@ -290,7 +392,7 @@ class IngestService:
         self._ack(self.acks.done(k for k in (i.ack_key for i in items) if k is not None))
         self._drop(items)
 
-    # --- reporting -------------------------------------------------------------------------------------------------
+    # --- reporting ---------------------------------------------------------------------------------------------
     def _reporter_main(self) -> None:
         next_log = time.monotonic() + self.cfg.ingest.log_every_s
         while not self._reporter_stop.wait(1.0):
@@ -303,43 +405,39 @@ class IngestService:
                 next_log += self.cfg.ingest.log_every_s
                 log.info("ingest: %s", self.health.summary_line(snap))
 
-    # --- shutdown --------------------------------------------------------------------------------------------------
+    # --- shutdown ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _put_until_done(q: queue.Queue[Any], item: Any, consumer: threading.Thread) -> None:
+        while consumer.is_alive():
+            try:
+                q.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                pass
+
     def _shutdown(self) -> None:
         log.info("ingest stopping: flushing what is decoded")
         self._arm_abort()
         try:
-            self.mqtt.stopping.set()  # the paho thread stops queueing (anything it drops is unacked: redelivered)
-            rest: list[Inbound] = []
-            try:
-                while True:
-                    rest.append(self._inbound.get_nowait())
-            except queue.Empty:
-                pass
-            for i in range(0, len(rest), _CHUNK):
-                self._process(rest[i : i + _CHUNK])
-            if len(self.batcher):
-                self._hand_off(self.batcher.take())
-            while True:
-                try:
-                    self._handoff.put(None, timeout=0.5)
-                    break
-                except queue.Full:
-                    if not self._writer.is_alive():
-                        break
+            self.mqtt.stopping.set()  # the paho thread stops queueing (what it drops is unacked: redelivered)
+            while chunk := self._take_inbound(timeout=0):
+                self._dispatch(chunk)
+            self._put_until_done(self._decoded, None, self._collector)
+            self._collector.join()
             self._writer.join()
         finally:
             with self._abort_lock:
                 if self._abort_timer is not None:
                     self._abort_timer.cancel()
-            self.mqtt.stop()
+            self.mqtt.stop()  # the PUBACKs queued above go out before DISCONNECT
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
             self._reporter_stop.set()
             if self._reporter.is_alive():
                 self._reporter.join(timeout=5)
             snap = self.health.snapshot()
-            try:
+            with contextlib.suppress(OSError):
                 write_health_file(self.health_path, snap)
-            except OSError:
-                pass
             if self.health_server:
                 self.health_server.stop()
             self.influx.close()
@@ -348,7 +446,7 @@ class IngestService:
 
 
 def run(config: IngestConfig, stop: threading.Event | None = None) -> None:
-    """Run the ingest until ``stop`` is set (or forever); on stop, flush and ack what is decoded, then disconnect."""
+    """Run the ingest until ``stop`` is set (or forever); then flush and ack what is decoded, and disconnect."""
     IngestService(config, stop).run()
 
 
@@ -358,8 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     try:
         config = load_config(args.config)
     except ConfigError as exc:

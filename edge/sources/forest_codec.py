@@ -2,13 +2,13 @@
 
 Nothing here touches a serial port. :func:`decode_sample` turns the 12 input registers into a :class:`Sample`,
 :func:`reading_values` turns a sample (and the previous emitted rain-tip count) into the value/unit dicts of a
-``Reading``, and :func:`classify_reply` looks at the raw bytes that came back for one Modbus request so that the
-bus driver can count CRC errors, garbage bytes and timeouts (pymodbus itself reports all three as the same
+``Reading``, and :func:`classify_reply` looks at the raw bytes that came back for one Modbus request so that
+the bus driver can count CRC errors, garbage bytes and timeouts (pymodbus itself reports all three as the same
 "no response" timeout). The register map is ``hardware/forest-station/register-map.md``.
 
-Float arithmetic is part of the contract: every value is ``register / scale`` (one division of an integer), and
-rain is ``Δtips * resolution / 1000`` (an integer product, then one division), so the device simulator, which
-implements the same map independently, produces bit-identical floats for its ground truth.
+Float arithmetic is part of the contract: every value is ``register / scale`` (one division of an integer),
+and rain is ``Δtips * resolution / 1000`` (an integer product, then one division), so the device simulator,
+which implements the same map independently, produces bit-identical floats for its ground truth.
 """
 
 from __future__ import annotations
@@ -169,8 +169,8 @@ def decode_holding(registers: list[int]) -> StationInfo:
 def rain_mm(prev_tips: int | None, tips: int, res_x1000: int) -> float:
     """Rain since the previous emitted sample.
 
-    ``prev_tips`` is None on the very first sample ever (no state): 0.0. A counter that went backwards means the
-    station was power-cycled (the counter is "since power-on"), so all of the new count is new rain.
+    ``prev_tips`` is None on the very first sample ever (no state): 0.0. A counter that went backwards means
+    the station was power-cycled (the counter is "since power-on"), so all of the new count is new rain.
     """
     if prev_tips is None:
         return 0.0
@@ -207,8 +207,8 @@ def sample_jump(prev_no: int, new_no: int) -> int:
 def missed_samples(prev_no: int, new_no: int, elapsed_s: float | None, interval_s: float | None) -> int:
     """Samples the station produced between two we saw, or 0 when the counter evidently restarted.
 
-    A jump larger than the elapsed time can explain (station power cycle: the counter starts again at 0) is not
-    a gap. ``elapsed_s``/``interval_s`` unknown → only the 16-bit jump is used.
+    A jump larger than the elapsed time can explain (station power cycle: the counter starts again at 0) is
+    not a gap. ``elapsed_s``/``interval_s`` unknown → only the 16-bit jump is used.
     """
     jump = sample_jump(prev_no, new_no)
     if jump == 0:
@@ -222,7 +222,7 @@ def missed_samples(prev_no: int, new_no: int, elapsed_s: float | None, interval_
     return jump - 1
 
 
-# --- raw reply classification (for error counters) -------------------------------------------------------------
+# --- raw reply classification (for error counters) ----------------------------------------------------------
 
 
 def reply_size(function_code: int, count: int = 0) -> int:
@@ -248,17 +248,23 @@ class ReplyVerdict:
 
 
 def classify_reply(raw: bytes, unit: int, function_code: int, size: int) -> ReplyVerdict:
-    """Classify the bytes received after one request to ``unit``; ``size`` from :func:`reply_size`."""
+    """Classify the bytes received after one request to ``unit``; ``size`` from :func:`reply_size`.
+
+    A frame with a good CRC is "ok" even when its register count is not what was asked for: that is for the
+    decoder to reject (counted once, there). Bytes around the frame are garbage.
+    """
     if not raw:
         return ReplyVerdict("timeout")
     n = len(raw)
-    for k in range(n):
-        if raw[k] != unit or k + 1 >= n:
+    for k in range(n - 1):
+        if raw[k] != unit:
             continue
         fc = raw[k + 1]
-        if fc == function_code and k + size <= n and crc_ok(raw[k : k + size]):
-            return ReplyVerdict("ok", n - size)
-        if fc == function_code | 0x80 and k + 5 <= n and crc_ok(raw[k : k + 5]):
+        if fc == function_code:
+            got = raw[k + 2] + 5 if fc in (FC_READ_HOLDING, FC_READ_INPUT) and k + 2 < n else size
+            if k + got <= n and crc_ok(raw[k : k + got]):
+                return ReplyVerdict("ok", n - got)
+        elif fc == function_code | 0x80 and k + 5 <= n and crc_ok(raw[k : k + 5]):
             return ReplyVerdict("exception", n - 5)
     for k in range(n):
         if raw[k] == unit and k + 1 < n and raw[k + 1] == function_code and k + size <= n:

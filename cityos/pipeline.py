@@ -1,0 +1,330 @@
+"""The whole path as processes on this machine: simulated stations → gateway agents → broker → ingest → InfluxDB.
+
+Used by ``cityos demo`` and by the end-to-end tests, which kill and restart its pieces. Every piece runs as its own
+OS process started exactly as an operator would start it (``python -m cityos gateway run --config ...``), so a
+SIGKILL here is a real crash, not a simulated one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from base64 import b64encode
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cityos.stack import StackInfo
+
+
+class Proc:
+    """One child process with its log file; stop() is SIGTERM then SIGKILL, kill() is SIGKILL at once."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.popen = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
+        log.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            assert self.popen is not None
+            self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 15) -> int | None:
+        if self.popen is None:
+            return None
+        if self.alive:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.alive:
+            assert self.popen is not None
+            self.popen.kill()
+            self.popen.wait(5)
+
+    def tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class GatewaySpec:
+    gateway_id: str
+    stations: list[tuple[str, int]]  # (device_id, unit)
+    fault: str = ""
+    dir: Path = field(default_factory=Path)
+
+    @property
+    def tty(self) -> Path:
+        return self.dir / "ttyFOREST0"
+
+    @property
+    def ground_truth(self) -> Path:
+        return self.dir / "ground-truth.jsonl"
+
+    @property
+    def outbox(self) -> Path:
+        return self.dir / "outbox.db"
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "gateway.toml"
+
+
+def _toml_value(v: Any) -> str:
+    return json.dumps(str(v)) if isinstance(v, Path) else json.dumps(v)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        run_dir: Path,
+        info: StackInfo,
+        *,
+        gateways: int = 2,
+        stations: int = 3,
+        db: str | None = None,
+        ingest_client_id: str = "cityos-ingest",
+        accel: float = 600.0,
+        sample_interval: float = 1.0,
+        fault: str = "",
+        prefix: str = "gw-forest",
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.info = info
+        self.db = db or info.influx_db
+        self.accel = accel
+        self.sample_interval = sample_interval
+        self.ingest_client_id = ingest_client_id
+        self.gateways: list[GatewaySpec] = []
+        for g in range(gateways):
+            gid = f"{prefix}-{g + 1:02d}"
+            st = [(f"forest-{g + 1:02d}-{s + 1:02d}", s + 1) for s in range(stations)]
+            self.gateways.append(GatewaySpec(gid, st, fault, self.run_dir / gid))
+        self.sims: dict[str, Proc] = {}
+        self.agents: dict[str, Proc] = {}
+        self.ingest: Proc | None = None
+        self.ingest_dir = self.run_dir / "ingest"
+
+    # --- configs -------------------------------------------------------------------------------------------
+
+    def write_configs(self) -> None:
+        for gw in self.gateways:
+            gw.dir.mkdir(parents=True, exist_ok=True)
+            lines = [
+                "[gateway]",
+                f"id = {_toml_value(gw.gateway_id)}",
+                "",
+                "[mqtt]",
+                f"host = {_toml_value(self.info.mqtt_host)}",
+                f"port = {self.info.mqtt_port}",
+                f"username = {_toml_value(self.info.mqtt_username)}",
+                f"password = {_toml_value(self.info.mqtt_password)}",
+                "backoff_min_s = 0.2",
+                "backoff_max_s = 2.0",
+                "status_interval_s = 2.0",
+                "",
+                "[outbox]",
+                f"path = {_toml_value(gw.outbox)}",
+                "",
+                "[[sources]]",
+                'type = "forest_station"',
+                'name = "bus0"',
+                f"port = {_toml_value(gw.tty)}",
+                "",
+            ]
+            for dev, unit in gw.stations:
+                lines += ["[[sources.stations]]", f"device_id = {_toml_value(dev)}", f"unit = {unit}", ""]
+            gw.config.write_text("\n".join(lines))
+        self.ingest_dir.mkdir(parents=True, exist_ok=True)
+        i = self.info
+        (self.run_dir / "ingest.toml").write_text(
+            "\n".join(
+                [
+                    "[mqtt]",
+                    f"host = {_toml_value(i.mqtt_host)}",
+                    f"port = {i.mqtt_port}",
+                    f"username = {_toml_value(i.mqtt_username)}",
+                    f"password = {_toml_value(i.mqtt_password)}",
+                    f"client_id = {_toml_value(self.ingest_client_id)}",
+                    "reconnect_max_s = 2",
+                    "",
+                    "[influx]",
+                    f"url = {_toml_value(i.influx_url)}",
+                    f"db = {_toml_value(self.db)}",
+                    f"username = {_toml_value(i.influx_username)}",
+                    f"password = {_toml_value(i.influx_password)}",
+                    "retry_max_s = 2.0",
+                    "",
+                    "[ingest]",
+                    f"data_dir = {_toml_value(self.ingest_dir)}",
+                    "stall_after_s = 5",
+                    "",
+                ]
+            )
+        )
+
+    # --- processes -----------------------------------------------------------------------------------------
+
+    def _py(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", *args]
+
+    def start_ingest(self) -> None:
+        self.ingest = Proc(
+            "ingest", self._py("cityos", "ingest", "--config", str(self.run_dir / "ingest.toml")),
+            self.run_dir / "logs" / "ingest.log",
+        )
+        self.ingest.start()
+
+    def start_sim(self, gw: GatewaySpec) -> None:
+        stations = ",".join(f"{d}:{u}" for d, u in gw.stations)
+        argv = self._py(
+            "firmware_sim.forest_station", "--stations", stations, "--link", str(gw.tty),
+            "--ground-truth", str(gw.ground_truth), "--accel", str(self.accel),
+            "--sample-interval", str(self.sample_interval), "--seed", str(abs(hash(gw.gateway_id)) % 1000),
+        )
+        if gw.fault:
+            argv += ["--fault", gw.fault]
+        p = Proc(f"sim-{gw.gateway_id}", argv, self.run_dir / "logs" / f"sim-{gw.gateway_id}.log")
+        p.start()
+        self.sims[gw.gateway_id] = p
+
+    def start_agent(self, gw: GatewaySpec) -> None:
+        p = Proc(
+            f"agent-{gw.gateway_id}", self._py("cityos", "gateway", "run", "--config", str(gw.config)),
+            self.run_dir / "logs" / f"agent-{gw.gateway_id}.log",
+        )
+        p.start()
+        self.agents[gw.gateway_id] = p
+
+    def start(self) -> None:
+        """Ingest first (its durable session must exist before gateways publish), then devices, then agents."""
+        self.write_configs()
+        self.start_ingest()
+        self.wait_for(lambda: self.ingest_health().get("connected") is True, 30, "ingest to connect")
+        for gw in self.gateways:
+            self.start_sim(gw)
+        self.wait_for(lambda: all(gw.tty.exists() for gw in self.gateways), 30, "simulators' ptys")
+        for gw in self.gateways:
+            self.start_agent(gw)
+
+    def freeze_devices(self) -> None:
+        """Stations stop taking new samples but keep answering, so the agents can read everything produced."""
+        for p in self.sims.values():
+            p.signal(signal.SIGUSR1)
+
+    def stop(self) -> None:
+        for p in [*self.agents.values(), *self.sims.values()]:
+            p.stop()
+        if self.ingest:
+            self.ingest.stop()
+
+    def procs(self) -> list[Proc]:
+        return [*self.sims.values(), *self.agents.values(), *([self.ingest] if self.ingest else [])]
+
+    # --- observation ---------------------------------------------------------------------------------------
+
+    def wait_for(self, cond: Any, timeout: float, what: str) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond():
+                return
+            time.sleep(0.1)
+        dead = [f"{p.name} exited {p.popen.returncode}:\n{p.tail()}" for p in self.procs() if p.popen and not p.alive]
+        raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}" + ("\n" + "\n".join(dead)))
+
+    def ingest_health(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.ingest_dir / "health.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def ground_truth(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for gw in self.gateways:
+            if gw.ground_truth.exists():
+                for line in gw.ground_truth.read_text().splitlines():
+                    d = json.loads(line)
+                    if "sample_no" in d:
+                        out.append({**d, "gateway_id": gw.gateway_id})
+        return out
+
+    def backlog(self) -> int:
+        total = 0
+        for gw in self.gateways:
+            if gw.outbox.exists():
+                with sqlite3.connect(f"file:{gw.outbox}?mode=ro", uri=True, timeout=5) as db:
+                    try:
+                        total += db.execute("SELECT count(*) FROM readings").fetchone()[0]
+                    except sqlite3.OperationalError:
+                        pass
+        return total
+
+    def query(self, q: str) -> list[dict[str, Any]]:
+        url = f"{self.info.influx_url}/query?" + urllib.parse.urlencode({"db": self.db, "q": q, "epoch": "ms"})
+        req = urllib.request.Request(url)
+        auth = b64encode(f"{self.info.influx_username}:{self.info.influx_password}".encode()).decode()
+        req.add_header("Authorization", f"Basic {auth}")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            data = json.loads(resp.read())
+        return data["results"][0].get("series", [])
+
+    def influx_count(self, measurement: str = "forest") -> int:
+        series = self.query(f'SELECT count("battery_v") FROM "{measurement}"')
+        return int(series[0]["values"][0][1]) if series else 0
+
+    def influx_points(self, measurement: str = "forest") -> list[dict[str, Any]]:
+        out = []
+        for s in self.query(f'SELECT * FROM "{measurement}" GROUP BY "device", "gateway"'):
+            cols = s["columns"]
+            for row in s["values"]:
+                d = dict(zip(cols, row, strict=True))
+                ts = d.pop("time")
+                out.append({"ts": ts, **s["tags"], "values": {k: v for k, v in d.items() if v is not None}})
+        return out
+
+    def settle(self, timeout: float = 120) -> None:
+        """Freeze the stations, then wait until every sample is in InfluxDB or nothing moves any more."""
+        self.freeze_devices()
+        time.sleep(max(1.0, 3 * self.sample_interval))
+        expected = len(self.ground_truth())
+        last, still_since = -1, time.monotonic()
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            n = self.influx_count()
+            if n >= expected and self.backlog() == 0:
+                return
+            if n != last:
+                last, still_since = n, time.monotonic()
+            elif time.monotonic() - still_since > 30:
+                return  # stuck: let the caller's comparison say what is missing
+            time.sleep(0.5)

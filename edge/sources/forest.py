@@ -1,0 +1,605 @@
+"""Forest sensor stations on an RS-485 Modbus RTU bus: the gateway side.
+
+One :class:`ForestBus` per serial port, run in its own thread. It owns the pymodbus ``ModbusSerialClient``
+(synchronous, RTU framer), so the bus needs no further lock: every request, clock sync and reconnect happens
+in this one thread, round-robin over the bus's stations every poll interval. Decoding is in
+:mod:`edge.sources.forest_codec` (sans-I/O); the register map is ``hardware/forest-station/register-map.md``.
+
+Behaviour
+---------
+* Each station keeps its latest sample in input registers 0..11. The bus reads that block every poll interval
+  and emits one ``forest_station`` reading per *new* sample (new sample number or time), timestamped with the
+  station's sample time.
+* Clock: on start (and after every reconnect), then every ``clock_sync_interval_s``, the bus reads holding
+  registers 0..3 (RTC, sample interval, rain resolution) and writes the gateway's time into the RTC when it is
+  more than ``max_clock_skew_s`` off. A sample with status bit 3 (RTC lost power) is not emitted
+  (``clock_unset_skips``) and triggers an early clock check. Nothing is emitted from a station before its
+  holding registers have been read once (the rain resolution is needed for ``rain_mm``).
+* Exactly once across restarts: the per-station state ``{sample_no, ts, tips}`` of the last *emitted* sample
+  is committed with the reading (``ctx.emit(reading, state=...)``). A sample whose time is not after the last
+  emitted one is skipped, so a restarted agent re-reading the same sample emits nothing; ``rain_mm`` is the
+  tips since the last emitted sample, so rain is right across restarts and gaps. Jumps in the sample number
+  are counted as ``missed_samples``.
+
+Faults and how pymodbus 3.16 reports them (read from its source, checked against the simulator)
+---------------------------------------------------------------------------------------------
+* Silent slave, CRC error, junk before a reply: all look the same from the outside. The sync client's
+  ``sync_get_response`` hands the received bytes to ``FramerRTU``; a bad CRC — including a junk byte that
+  merely looks like the start of a frame, since the framer hunts byte by byte and its first candidate with a
+  plausible function code decides — makes the framer drop the *whole* buffer (valid reply included), the next
+  read times out, and the request is re-sent up to ``retries`` times. After that ``ModbusIOException("No
+  response received after N retries")`` is raised. No exception tells CRC from timeout from junk, so this
+  module records the raw bytes of every attempt (``send``/``recv`` overrides) and classifies them with
+  :func:`forest_codec.classify_reply` to count ``timeouts``, ``crc_errors``, ``garbage_bytes`` and
+  ``framing_errors`` precisely.
+* Junk that arrives between frames would sit in the input buffer; pymodbus' ``send`` reads it away with a
+  WARNING log line per request. We read it away first (and count it as ``garbage_bytes``).
+* A reply with a good CRC that does not decode as a PDU raises ``ModbusIOException("Unable to decode
+  request")`` (no retry); a reply with a good CRC but fewer registers than asked for is *accepted* by pymodbus
+  (the byte count is not checked against the request), so :func:`forest_codec.decode_sample` checks it. Both
+  count as ``framing_errors``. A Modbus exception reply is a normal response with ``isError()``
+  (``exception_responses``).
+* An I/O error (adapter unplugged: EIO on ``in_waiting``/``read``/``write``) makes pymodbus close the port and
+  raise ``ConnectionException``; ``connect()`` returns False (and logs at ERROR) when the port cannot be
+  opened. We close, and reopen with backoff (0.25 s doubling to 5 s), by the configured path, so a udev
+  symlink that now points elsewhere is followed; a symlink that changed under an open port also triggers a
+  reopen.
+* pymodbus 3.16 takes ``device_id=`` (``slave=``/``unit=`` are gone); its sync client ignores
+  ``reconnect_delay``. After ``retries + 3`` failed requests in a row it raises a "CLOSING CONNECTION" error
+  text but, for serial, does not actually close anything.
+* pymodbus logs every failed request at ERROR with the last frames appended. On a noisy bus that is a line per
+  poll, so a filter on the ``pymodbus.logging`` logger passes at most one record per message per minute (all
+  of them when that logger is set to DEBUG). This module's own warnings are rate-limited the same way.
+
+A station that keeps failing is polled less often (doubling backoff, never longer than half its sample
+interval or 5 s), so a dead station costs the others little bus time.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pymodbus.client import ModbusSerialClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
+
+from cityos.wire import DeviceId, Reading
+from edge.sources import forest_codec as codec
+from edge.sources.base import SourceConfig, SourceContext, register
+
+log = logging.getLogger(__name__)
+
+KIND = "forest_station"
+STATE_VERSION = 1
+_OPEN_BACKOFF_MIN_S = 0.25
+_OPEN_BACKOFF_MAX_S = 5.0
+_STATION_BACKOFF_MAX_S = 5.0
+_LOG_PERIOD_S = 60.0
+
+COUNTERS = (
+    "polls",
+    "readings",
+    "missed_samples",
+    "timeouts",
+    "crc_errors",
+    "garbage_bytes",
+    "framing_errors",
+    "exception_responses",
+    "port_errors",
+    "reconnects",
+    "clock_syncs",
+    "clock_unset_skips",
+    "stale_skips",
+)
+
+
+# --- config -------------------------------------------------------------------------------------------------
+
+
+class StationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: DeviceId
+    unit: int = Field(ge=1, le=247)
+    clock_sync_interval_s: float = Field(default=600.0, gt=0)
+    max_clock_skew_s: float = Field(default=2.0, gt=0)
+
+
+class ForestBusConfig(SourceConfig):
+    type: Literal["forest_station"]
+    port: str = Field(min_length=1, description='serial device path, e.g. "/dev/ttyUSB0" or a udev symlink')
+    baudrate: int = Field(default=9600, gt=0)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    timeout_s: float = Field(default=0.3, gt=0)
+    poll_interval_s: float = Field(default=0.25, gt=0)
+    retries: int = Field(default=2, ge=0, le=10)
+    stations: list[StationConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ForestBusConfig:
+        units = [s.unit for s in self.stations]
+        ids = [s.device_id for s in self.stations]
+        if len(set(units)) != len(units):
+            raise ValueError(f"duplicate unit ids on one bus: {units}")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate device ids on one bus: {ids}")
+        return self
+
+
+# --- logging helpers ----------------------------------------------------------------------------------------
+
+
+class _RateLimited:
+    """At most one log line per key per period; the next one says how many were suppressed."""
+
+    def __init__(self, logger: logging.Logger, period_s: float = _LOG_PERIOD_S) -> None:
+        self.logger, self.period_s = logger, period_s
+        self._seen: dict[str, list[float]] = {}  # key -> [last logged (monotonic), suppressed]
+
+    def __call__(self, level: int, key: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        entry = self._seen.get(key)
+        if entry is not None and now - entry[0] < self.period_s:
+            entry[1] += 1
+            return
+        suppressed = int(entry[1]) if entry else 0
+        self._seen[key] = [now, 0]
+        if suppressed:
+            msg += " (%d similar suppressed)"
+            args = (*args, suppressed)
+        self.logger.log(level, msg, *args)
+
+
+class _PymodbusLogFilter(logging.Filter):
+    """Rate-limit pymodbus' own per-request ERROR/WARNING lines (see the module docstring)."""
+
+    def __init__(self, period_s: float = _LOG_PERIOD_S) -> None:
+        super().__init__("pymodbus")
+        self.period_s = period_s
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger("pymodbus.logging").getEffectiveLevel() <= logging.DEBUG:
+            return True
+        key = str(record.msg).split("\n", 1)[0][:80]
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -math.inf) < self.period_s:
+                return False
+            self._last[key] = now
+        return True
+
+
+_filter_installed = False
+_filter_lock = threading.Lock()
+
+
+def _install_pymodbus_log_filter() -> None:
+    global _filter_installed
+    with _filter_lock:
+        if not _filter_installed:
+            logging.getLogger("pymodbus.logging").addFilter(_PymodbusLogFilter())
+            _filter_installed = True
+
+
+# --- the client ---------------------------------------------------------------------------------------------
+
+
+class _BusClient(ModbusSerialClient):
+    """pymodbus' sync serial client, recording the raw bytes of each request attempt.
+
+    ``send`` starts an attempt (after reading away stale input), ``recv`` appends to it; the bus driver
+    classifies the attempts after each request to tell timeouts, CRC errors and junk apart.
+    """
+
+    def __init__(self, port: str, **kwargs: Any) -> None:
+        super().__init__(port, **kwargs)
+        self.attempts: list[bytearray] = []
+        self.stale_bytes = 0
+
+    def send(self, request: bytes, addr: tuple | None = None) -> int:
+        if self.socket is not None and request:
+            try:
+                waiting = self.socket.in_waiting
+                if waiting:
+                    self.stale_bytes += len(self.socket.read(waiting))
+            except OSError:
+                self.close()
+                raise ConnectionException(f"I/O error on {self.comm_params.host}") from None
+        self.attempts.append(bytearray())
+        return super().send(request, addr)
+
+    def recv(self, size: int | None) -> bytes:
+        data = super().recv(size)
+        if data and self.attempts:
+            self.attempts[-1] += data
+        return data
+
+
+# --- the bus ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Station:
+    cfg: StationConfig
+    info: codec.StationInfo | None = None
+    next_poll: float = 0.0
+    next_clock_check: float = 0.0
+    last_clock_check: float = -math.inf
+    force_clock_write: bool = False
+    fails: int = 0
+    last_seen: tuple[int, int] | None = None  # (sample_no, ts) of the last sample read, emitted or not
+    last_seen_mono: float = 0.0
+    unset_streak: int = 0
+
+
+class _RequestFailed(Exception):
+    """A request got no usable reply (already counted)."""
+
+
+class ForestBus:
+    """The source for one RS-485 bus of forest stations (see the module docstring)."""
+
+    def __init__(self, config: ForestBusConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self._stations = [_Station(cfg) for cfg in config.stations]
+        self._counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._lock = threading.Lock()
+        self._port_open = False
+        self._client: _BusClient | None = None
+        self._opened_target: str | None = None
+        self._next_open = 0.0
+        self._open_backoff = _OPEN_BACKOFF_MIN_S
+        self._port_failed = False
+        self._state: dict[str, Any] = {"v": STATE_VERSION, "stations": {}}
+        self._warn = _RateLimited(log)
+        _install_pymodbus_log_filter()
+
+    # --- Source interface ----------------------------------------------------------------------------------
+    def health(self) -> dict[str, float]:
+        with self._lock:
+            out = {k: float(v) for k, v in self._counters.items()}
+        out["port_open"] = 1.0 if self._port_open else 0.0
+        return out
+
+    def run(self, ctx: SourceContext, stop: threading.Event) -> None:
+        self._state = self._load_state(ctx.state)
+        try:
+            while not stop.is_set():
+                if not self._ensure_open():
+                    stop.wait(max(0.05, min(self._next_open - time.monotonic(), 0.5)))
+                    continue
+                for st in self._stations:
+                    if stop.is_set() or self._client is None:
+                        break
+                    if time.monotonic() >= st.next_poll:
+                        self._service(st, ctx)
+                if self._client is not None:
+                    wait = min(st.next_poll for st in self._stations) - time.monotonic()
+                    if wait > 0:
+                        stop.wait(wait)
+        finally:
+            self._close()
+
+    # --- state ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _load_state(raw: dict[str, Any] | None) -> dict[str, Any]:
+        state = copy.deepcopy(raw) if raw else {}
+        stations = state.get("stations")
+        if state.get("v") != STATE_VERSION or not isinstance(stations, dict):
+            return {"v": STATE_VERSION, "stations": {}}
+        return state
+
+    # --- port ----------------------------------------------------------------------------------------------
+    def _count(self, name: str, n: int = 1) -> None:
+        if n:
+            with self._lock:
+                self._counters[name] += n
+
+    def _ensure_open(self) -> bool:
+        port = self.config.port
+        if self._client is not None:
+            if os.path.realpath(port) == self._opened_target:
+                return True
+            self._count("port_errors")
+            what = "now leads to " + os.path.realpath(port) if os.path.exists(port) else "vanished"
+            self._warn(logging.WARNING, "moved", "%s: %s %s; reopening", self.name, port, what)
+            self._close(failed=True)
+        now = time.monotonic()
+        if now < self._next_open:
+            return False
+        client = _BusClient(
+            port,
+            framer=FramerType.RTU,
+            baudrate=self.config.baudrate,
+            bytesize=8,
+            parity=self.config.parity,
+            stopbits=self.config.stopbits,
+            timeout=self.config.timeout_s,
+            retries=self.config.retries,
+            name=f"forest:{self.name}",
+        )
+        if not os.path.exists(port) or not client.connect():
+            client.close()
+            self._count("port_errors")
+            self._warn(
+                logging.WARNING,
+                "open",
+                "%s: cannot open %s (%s); retrying in %.2g s",
+                self.name,
+                port,
+                "missing" if not os.path.exists(port) else "open failed",
+                self._open_backoff,
+            )
+            self._port_failed = True
+            self._next_open = now + self._open_backoff
+            self._open_backoff = min(self._open_backoff * 2, _OPEN_BACKOFF_MAX_S)
+            return False
+        self._client = client
+        self._opened_target = os.path.realpath(port)
+        self._port_open = True
+        self._open_backoff = _OPEN_BACKOFF_MIN_S
+        if self._port_failed:
+            self._count("reconnects")
+            log.info("%s: reopened %s (%s)", self.name, port, self._opened_target)
+        else:
+            log.info("%s: opened %s (%s)", self.name, port, self._opened_target)
+        self._port_failed = False
+        now = time.monotonic()
+        for st in self._stations:  # whatever is on the bus now may have rebooted: check the clocks first
+            st.next_clock_check = st.next_poll = now
+            st.fails = 0
+        return True
+
+    def _close(self, failed: bool = False) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = None
+        self._port_open = False
+        if failed:
+            self._port_failed = True
+            self._next_open = time.monotonic() + self._open_backoff
+            self._open_backoff = min(self._open_backoff * 2, _OPEN_BACKOFF_MAX_S)
+
+    # --- requests ------------------------------------------------------------------------------------------
+    def _request(
+        self, st: _Station, fc: int, size: int, call: Callable[[_BusClient], ModbusPDU]
+    ) -> ModbusPDU:
+        """One request with pymodbus' retries; each attempt's reply bytes are classified and counted."""
+        client = self._client
+        assert client is not None
+        client.attempts = []
+        client.stale_bytes = 0
+        unit = st.cfg.unit
+        try:
+            response = call(client)
+        except ConnectionException:
+            self._account(client, unit, fc, size)
+            raise
+        except ModbusIOException as exc:
+            verdicts = self._account(client, unit, fc, size)
+            if verdicts and verdicts[-1] in ("ok", "exception"):  # a good frame that would not decode
+                self._count("framing_errors")
+            self._warn(logging.WARNING, f"noreply:{unit}", "%s: unit %d: %s", self.name, unit, _short(exc))
+            raise _RequestFailed from None
+        except (ModbusException, ValueError, IndexError) as exc:  # pymodbus choking on odd bytes
+            self._account(client, unit, fc, size)
+            self._count("framing_errors")
+            self._warn(
+                logging.WARNING, f"bad:{unit}", "%s: unit %d: bad reply: %s", self.name, unit, _short(exc)
+            )
+            raise _RequestFailed from None
+        self._account(client, unit, fc, size)
+        if response.isError():
+            self._count("exception_responses")
+            self._warn(
+                logging.WARNING,
+                f"exc:{unit}:{fc}",
+                "%s: unit %d: Modbus exception %s to function %d",
+                self.name,
+                unit,
+                getattr(response, "exception_code", "?"),
+                fc,
+            )
+            raise _RequestFailed
+        return response
+
+    def _account(self, client: _BusClient, unit: int, fc: int, size: int) -> list[str]:
+        kinds = []
+        garbage = client.stale_bytes
+        for raw in client.attempts:
+            v = codec.classify_reply(bytes(raw), unit, fc, size)
+            kinds.append(v.kind)
+            garbage += v.garbage_bytes
+            if v.kind == "timeout":
+                self._count("timeouts")
+            elif v.kind == "crc":
+                self._count("crc_errors")
+            elif v.kind == "framing":
+                self._count("framing_errors")
+        self._count("garbage_bytes", garbage)
+        client.attempts = []
+        client.stale_bytes = 0
+        return kinds
+
+    # --- per station ---------------------------------------------------------------------------------------
+    def _service(self, st: _Station, ctx: SourceContext) -> None:
+        started = time.monotonic()
+        unit = st.cfg.unit
+        try:
+            if started >= st.next_clock_check:
+                self._clock_check(st)
+            if st.info is None:
+                raise _RequestFailed
+            self._count("polls")
+            rr = self._request(
+                st,
+                codec.FC_READ_INPUT,
+                codec.reply_size(codec.FC_READ_INPUT, codec.INPUT_BLOCK_COUNT),
+                lambda c: c.read_input_registers(
+                    codec.INPUT_BLOCK_ADDRESS, count=codec.INPUT_BLOCK_COUNT, device_id=unit
+                ),
+            )
+            try:
+                sample = codec.decode_sample(list(rr.registers))
+            except codec.CodecError as exc:
+                self._count("framing_errors")
+                self._warn(logging.WARNING, f"codec:{unit}", "%s: unit %d: %s", self.name, unit, exc)
+                raise _RequestFailed from None
+        except _RequestFailed:
+            st.fails += 1
+            st.next_poll = started + self._backoff(st)
+            return
+        except (ConnectionException, OSError) as exc:
+            self._count("port_errors")
+            self._warn(
+                logging.WARNING,
+                "io",
+                "%s: I/O error on %s (%s); reopening",
+                self.name,
+                self.config.port,
+                _short(exc),
+            )
+            self._close(failed=True)
+            return
+        if st.fails >= 2:
+            log.info("%s: unit %d answers again", self.name, unit)
+        st.fails = 0
+        st.next_poll = started + self.config.poll_interval_s
+        self._on_sample(st, sample, ctx)
+
+    def _backoff(self, st: _Station) -> float:
+        poll = self.config.poll_interval_s
+        if st.fails < 2:
+            return poll
+        cap = _STATION_BACKOFF_MAX_S
+        if st.info is not None and st.info.sample_interval_ds:
+            cap = min(cap, st.info.sample_interval_s / 2)
+        return max(poll, min(cap, poll * 2 ** (st.fails - 1)))
+
+    def _clock_check(self, st: _Station) -> None:
+        unit = st.cfg.unit
+        rr = self._request(
+            st,
+            codec.FC_READ_HOLDING,
+            codec.reply_size(codec.FC_READ_HOLDING, codec.HOLDING_BLOCK_COUNT),
+            lambda c: c.read_holding_registers(
+                codec.HOLDING_BLOCK_ADDRESS, count=codec.HOLDING_BLOCK_COUNT, device_id=unit
+            ),
+        )
+        try:
+            info = codec.decode_holding(list(rr.registers))
+        except codec.CodecError as exc:
+            self._count("framing_errors")
+            self._warn(logging.WARNING, f"codec:{unit}", "%s: unit %d: %s", self.name, unit, exc)
+            raise _RequestFailed from None
+        st.info = info
+        skew = info.rtc_seconds - time.time()
+        if abs(skew) > st.cfg.max_clock_skew_s or st.force_clock_write:
+            seconds = round(time.time())
+            self._request(
+                st,
+                codec.FC_WRITE_MULTIPLE,
+                codec.reply_size(codec.FC_WRITE_MULTIPLE),
+                lambda c: c.write_registers(codec.HOLDING_RTC, codec.encode_time(seconds), device_id=unit),
+            )
+            self._count("clock_syncs")
+            log.info(
+                "%s: set the clock of %s (unit %d), it was %+.1f s off",
+                self.name,
+                st.cfg.device_id,
+                unit,
+                skew,
+            )
+            st.force_clock_write = False
+        now = time.monotonic()
+        st.last_clock_check = now
+        st.next_clock_check = now + st.cfg.clock_sync_interval_s
+
+    def _on_sample(self, st: _Station, s: codec.Sample, ctx: SourceContext) -> None:
+        key = (s.sample_no, s.ts_ms)
+        if st.last_seen == key:
+            return  # the same sample as last poll
+        now = time.monotonic()
+        prev_seen, prev_mono = st.last_seen, st.last_seen_mono
+        st.last_seen, st.last_seen_mono = key, now
+        info = st.info
+        assert info is not None
+        device_id = st.cfg.device_id
+        if s.clock_unset:
+            self._count("clock_unset_skips")
+            st.unset_streak += 1
+            holdoff = max(1.0, 1.5 * info.sample_interval_s)
+            st.next_clock_check = min(st.next_clock_check, st.last_clock_check + holdoff)
+            st.force_clock_write = st.unset_streak >= 3  # RTC reads right but the station still says unset
+            self._warn(
+                logging.WARNING, f"unset:{device_id}", "%s: %s clock not set; waiting", self.name, device_id
+            )
+            return
+        st.unset_streak = 0
+        persisted = self._state["stations"].get(device_id)
+        if persisted is not None and s.ts_ms <= persisted["ts"]:
+            if (s.sample_no, s.ts_ms) != (persisted["sample_no"], persisted["ts"]):
+                self._count("stale_skips")
+                self._warn(
+                    logging.WARNING,
+                    f"stale:{device_id}",
+                    "%s: %s sample %d time %d is not after the last emitted (%d); skipped",
+                    self.name,
+                    device_id,
+                    s.sample_no,
+                    s.ts_ms,
+                    persisted["ts"],
+                )
+            return
+        interval = info.sample_interval_s
+        if prev_seen is not None:
+            missed = codec.missed_samples(prev_seen[0], s.sample_no, now - prev_mono, interval)
+        elif persisted is not None:
+            elapsed = (s.ts_ms - persisted["ts"]) / 1000
+            missed = codec.missed_samples(persisted["sample_no"], s.sample_no, elapsed, interval)
+        else:
+            missed = 0
+        prev_tips = persisted.get("tips") if persisted is not None else None
+        values, units = codec.reading_values(s, prev_tips, info.rain_res_x1000)
+        reading = Reading(device_id=device_id, kind=KIND, ts=s.ts_ms, values=values, units=units)
+        stations = dict(self._state["stations"])
+        stations[device_id] = {
+            "sample_no": s.sample_no,
+            "ts": s.ts_ms,
+            "tips": s.rain_tips if s.rain_ok else prev_tips,
+        }
+        new_state = {**self._state, "stations": stations}
+        ctx.emit(reading, state=new_state)
+        self._state = new_state
+        self._count("readings")
+        if missed:
+            self._count("missed_samples", missed)
+            self._warn(
+                logging.WARNING,
+                f"missed:{device_id}",
+                "%s: %s: %d sample(s) missed",
+                self.name,
+                device_id,
+                missed,
+            )
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).split("\n", 1)[0][:160]
+
+
+register("forest_station", ForestBusConfig, ForestBus)
