@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import threading
@@ -27,6 +28,8 @@ def run_demo(*, run_dir: Path, duration: float | None, stations: int, gateways: 
         print(f"cityos demo: {exc}", file=sys.stderr)
         return 1
     _say(f"stack: mosquitto on {info.mqtt_host}:{info.mqtt_port}, InfluxDB on {info.influx_url} (db {info.influx_db})")
+    # A fresh city each run (the InfluxDB data of earlier runs stays): its counts then describe this run.
+    shutil.rmtree(run_dir / "city", ignore_errors=True)
     pipe = Pipeline(run_dir / "city", info, gateways=gateways, stations=stations, accel=600.0)
     stop = threading.Event()
 
@@ -37,6 +40,7 @@ def run_demo(*, run_dir: Path, duration: float | None, stations: int, gateways: 
     rc = 0
     try:
         pipe.start()
+        pipe.watch_status()
         _say(
             f"started {gateways} gateway(s) × {stations} forest station(s) (scenario at 600× speed: a dry spell, "
             "then a storm), their agents and the ingest"
@@ -74,12 +78,10 @@ def run_demo(*, run_dir: Path, duration: float | None, stations: int, gateways: 
 
 def _progress_line(pipe: Pipeline, elapsed: float) -> str:
     produced = len(pipe.ground_truth())
-    health = pipe.ingest_health()
-    written = int(health.get("points_written", 0))
-    dead = health.get("dead_lettered", {})
-    dead_n = sum(dead.values()) if isinstance(dead, dict) else int(dead or 0)
+    dead_n = int(pipe.ingest_health().get("dead_lettered_total", 0))
+    written = pipe.influx_count()
     backlog = pipe.backlog()
-    published = produced - backlog  # readings that left the gateways (all produced minus what waits in outboxes)
+    published = pipe.published()
     return f"{elapsed:6.0f}  {produced:9d}  {published:9d}  {written:9d}  {backlog:7d}  {dead_n:11d}"
 
 

@@ -243,6 +243,11 @@ class Pipeline:
             p.signal(signal.SIGUSR1)
 
     def stop(self) -> None:
+        c = getattr(self, "_status_client", None)
+        if c is not None:
+            c.disconnect()
+            c.loop_stop()
+            self._status_client = None
         for p in [*self.agents.values(), *self.sims.values()]:
             p.stop()
         if self.ingest:
@@ -261,6 +266,37 @@ class Pipeline:
             time.sleep(0.1)
         dead = [f"{p.name} exited {p.popen.returncode}:\n{p.tail()}" for p in self.procs() if p.popen and not p.alive]
         raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}" + ("\n" + "\n".join(dead)))
+
+    def watch_status(self) -> None:
+        """Follow the gateways' retained status messages (what a fleet view sees), for progress displays."""
+        import paho.mqtt.client as mqtt
+
+        from cityos import wire
+
+        self.status: dict[str, dict[str, Any]] = {}
+        c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        c.username_pw_set(self.info.mqtt_username, self.info.mqtt_password)
+
+        def _on_message(_c: Any, _u: Any, msg: Any) -> None:
+            try:
+                st = json.loads(msg.payload)
+                self.status[st["gateway_id"]] = st
+            except (ValueError, KeyError, TypeError):
+                pass
+
+        c.on_message = _on_message
+        c.on_connect = lambda cl, *_: cl.subscribe(wire.STATUS_FILTER, qos=1)
+        c.connect_async(self.info.mqtt_host, self.info.mqtt_port)
+        c.loop_start()
+        self._status_client = c
+
+    def published(self) -> int:
+        """Readings the gateways had handed to the broker (PUBACKed), from their latest status messages."""
+        return sum(
+            int(st.get("counters", {}).get("uplink_acked_readings", 0))
+            for gid, st in getattr(self, "status", {}).items()
+            if any(g.gateway_id == gid for g in self.gateways)
+        )
 
     def ingest_health(self) -> dict[str, Any]:
         try:
@@ -282,11 +318,13 @@ class Pipeline:
         total = 0
         for gw in self.gateways:
             if gw.outbox.exists():
-                with sqlite3.connect(f"file:{gw.outbox}?mode=ro", uri=True, timeout=5) as db:
-                    try:
-                        total += db.execute("SELECT count(*) FROM readings").fetchone()[0]
-                    except sqlite3.OperationalError:
-                        pass
+                db = sqlite3.connect(f"file:{gw.outbox}?mode=ro", uri=True, timeout=5)
+                try:
+                    total += db.execute("SELECT count(*) FROM readings").fetchone()[0]
+                except sqlite3.OperationalError:
+                    pass  # created but no table yet
+                finally:
+                    db.close()
         return total
 
     def query(self, q: str) -> list[dict[str, Any]]:

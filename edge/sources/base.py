@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict
 from cityos.wire import Reading
 
 
-
 class SourceContext(Protocol):
     """What the agent hands a running source."""
 
