@@ -96,6 +96,10 @@ _SENSOR_BITS = {"rain": STATUS_RAIN_FAULT, "tilt": STATUS_TILT_FAULT, "soil": ST
 ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE = 1, 2, 3
 
 N_INPUT = 12
+#: History ring: the record of sample n is at input address HISTORY_BASE + (n % HISTORY_DEPTH) * HISTORY_STRIDE.
+HISTORY_BASE = 0x1000
+HISTORY_DEPTH = 256
+HISTORY_STRIDE = 16
 N_HOLDING = 4
 #: Silence that ends a partial request frame (RTU's 3.5 character times, generous for a pty).
 _INTER_FRAME_GAP_S = 0.05
@@ -156,6 +160,7 @@ class _Station:
         self.interval_ds = spec.sample_interval_ds
         self.sensor_faults: set[str] = set()
         self.inputs = [0] * N_INPUT
+        self.history: dict[int, list[int]] = {}  # slot → the 12 registers of the sample stored there
         self.prev_truth_tips: int | None = None
         self.power_on(power_on, tips_total)
 
@@ -163,6 +168,7 @@ class _Station:
         self.rtc_base_ms, self.rtc_ref = RTC_POWER_ON_MS, mono
         self.clock_set = False
         self.sample_no = -1
+        self.history = {}  # the ring is RAM: a power cycle empties it
         self.tips_at_power_on = tips_total
         self.next_due = mono  # the first sample is taken at power-on
 
@@ -201,6 +207,7 @@ class ForestStationSim:
         self.ground_truth = Path(ground_truth)
         self._rng = random.Random(f"forest-faults:{seed}")
         self._lock = threading.RLock()
+        self._frozen = False
         self._faults: dict[str, Any] = {"garbage": 0.0, "crc": 0.0, "malformed": 0.0, "silent": set()}
         for name, value in (faults or {}).items():
             self.set_fault(name, value)
@@ -321,6 +328,12 @@ class ForestStationSim:
             (st.sensor_faults.add if on else st.sensor_faults.discard)(sensor)
             self._event("sensor_fault", unit=unit, sensor=sensor, on=on)
 
+    def freeze(self) -> None:
+        """Stop taking samples (every station keeps answering with what it has). Tests use it to end a run:
+        once frozen, the ground truth is final and the gateway can be checked to have read all of it."""
+        with self._lock:
+            self._frozen = True
+
     def set_sample_interval(self, unit: int, interval_ds: int) -> None:
         """As if a technician changed holding register 2 (takes effect from the next sample)."""
         with self._lock:
@@ -415,10 +428,10 @@ class ForestStationSim:
         now = time.monotonic()
         reply: ModbusPDU
         if fc == 0x04:
-            if not (req.count >= 1 and req.address + req.count <= N_INPUT):
+            regs = self._input_registers(st, req.address, req.count)
+            if regs is None:
                 reply = self._exception(fc, ILLEGAL_ADDRESS)
             else:
-                regs = st.inputs[req.address : req.address + req.count]
                 if self._rng.random() < self._faults["malformed"] and len(regs) > 1:
                     self._counters["malformed"] += 1
                     regs = regs[: self._rng.randrange(1, len(regs))]
@@ -438,6 +451,17 @@ class ForestStationSim:
         if reply.isError():
             self._counters["exceptions"] += 1
         return reply
+
+    @staticmethod
+    def _input_registers(st: _Station, address: int, count: int) -> list[int] | None:
+        """The live block (0..11) or one record of the history ring (an unwritten slot reads as 0xFFFF)."""
+        if count >= 1 and address + count <= N_INPUT:
+            return st.inputs[address : address + count]
+        off = address - HISTORY_BASE
+        if 0 <= off < HISTORY_DEPTH * HISTORY_STRIDE and off % HISTORY_STRIDE + count <= N_INPUT and count >= 1:
+            rec = st.history.get(off // HISTORY_STRIDE, [0xFFFF] * N_INPUT)
+            return rec[off % HISTORY_STRIDE : off % HISTORY_STRIDE + count]
+        return None
 
     def _write(self, st: _Station, req: ModbusPDU, now: float) -> ModbusPDU:
         fc, addr, regs = req.function_code, req.address, list(req.registers)
@@ -518,6 +542,8 @@ class ForestStationSim:
 
     def _take_due_samples(self, now: float) -> None:
         for st in self._stations.values():
+            if self._frozen:
+                break
             while st.next_due <= now:
                 self._sample(st, st.next_due)
                 st.next_due += st.interval_ds / 10
@@ -547,6 +573,7 @@ class ForestStationSim:
             (secs >> 16) & 0xFFFF, secs & 0xFFFF, millis, st.sample_no, soil, deep,
             (tips >> 16) & 0xFFFF, tips & 0xFFFF, _u16(tilt_x), _u16(tilt_y), battery, status,
         ]  # fmt: skip
+        st.history[st.sample_no % HISTORY_DEPTH] = list(st.inputs)
         self._counters["samples"] += 1
         values = self._truth_values(st)
         if st.inputs[11] & STATUS_RAIN_FAULT == 0:
@@ -646,6 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, _on_signal)
+        # SIGUSR1: stop sampling but keep answering (end of a test run: the ground truth is then final)
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: sim.freeze())
     try:
         sim.start()
         link = f" (link {args.link})" if args.link else ""

@@ -12,8 +12,9 @@ Behaviour
   station's sample time.
 * Clock: on start (and after every reconnect), then every ``clock_sync_interval_s``, the bus reads holding
   registers 0..3 (RTC, sample interval, rain resolution) and writes the gateway's time into the RTC when it is
-  more than ``max_clock_skew_s`` off. A sample with status bit 3 (RTC lost power) is not emitted
-  (``clock_unset_skips``) and triggers an early clock check. Nothing is emitted from a station before its
+  more than ``max_clock_skew_s`` off, timed to arrive on a second boundary (see ``_schedule_clock_write``).
+  A sample with status bit 3 (RTC lost power) is not emitted (``clock_unset_skips``) and triggers an early
+  clock check. Nothing is emitted from a station before its
   holding registers have been read once (the rain resolution is needed for ``rain_mm``).
 * Exactly once across restarts: the per-station state ``{sample_no, ts, tips}`` of the last *emitted* sample
   is committed with the reading (``ctx.emit(reading, state=...)``). A sample whose time is not after the last
@@ -44,6 +45,8 @@ Faults and how pymodbus 3.16 reports them (read from its source, checked against
   opened. We close, and reopen with backoff (0.25 s doubling to 5 s), by the configured path, so a udev
   symlink that now points elsewhere is followed; a symlink that changed under an open port also triggers a
   reopen.
+* RTU has no transaction id, and pymodbus matches a reply to its request by unit id only: a late reply to an
+  earlier request (another function code) would be returned as the response. We check the function code.
 * pymodbus 3.16 takes ``device_id=`` (``slave=``/``unit=`` are gone); its sync client ignores
   ``reconnect_delay``. After ``retries + 3`` failed requests in a row it raises a "CLOSING CONNECTION" error
   text but, for serial, does not actually close anything.
@@ -85,11 +88,14 @@ _OPEN_BACKOFF_MIN_S = 0.25
 _OPEN_BACKOFF_MAX_S = 5.0
 _STATION_BACKOFF_MAX_S = 5.0
 _LOG_PERIOD_S = 60.0
+#: How far from a second boundary an RTC write may still arrive.
+_CLOCK_WRITE_SLACK_S = 0.1
 
 COUNTERS = (
     "polls",
     "readings",
     "missed_samples",
+    "recovered_samples",
     "timeouts",
     "crc_errors",
     "garbage_bytes",
@@ -231,7 +237,7 @@ class _BusClient(ModbusSerialClient):
 # --- the bus ------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class _Station:
     cfg: StationConfig
     info: codec.StationInfo | None = None
@@ -243,6 +249,8 @@ class _Station:
     last_seen: tuple[int, int] | None = None  # (sample_no, ts) of the last sample read, emitted or not
     last_seen_mono: float = 0.0
     unset_streak: int = 0
+    clock_write_at: float | None = None  # gateway wall time at which to send the RTC write
+    clock_skew: float = 0.0
 
 
 class _RequestFailed(Exception):
@@ -266,6 +274,8 @@ class ForestBus:
         self._port_failed = False
         self._state: dict[str, Any] = {"v": STATE_VERSION, "stations": {}}
         self._warn = _RateLimited(log)
+        bits = 1 + 8 + (config.parity != "N") + config.stopbits
+        self._write_lead_s = 13 * bits / config.baudrate  # time on the wire of the 13-byte RTC write
         _install_pymodbus_log_filter()
 
     # --- Source interface ----------------------------------------------------------------------------------
@@ -282,7 +292,7 @@ class ForestBus:
                 if not self._ensure_open():
                     stop.wait(max(0.05, min(self._next_open - time.monotonic(), 0.5)))
                     continue
-                for st in self._stations:
+                for st in self._round_order():
                     if stop.is_set() or self._client is None:
                         break
                     if time.monotonic() >= st.next_poll:
@@ -293,6 +303,12 @@ class ForestBus:
                         stop.wait(wait)
         finally:
             self._close()
+
+    def _round_order(self) -> list[_Station]:
+        """Round-robin order, but a station whose RTC write is due goes first (it has a deadline)."""
+        now = time.time()
+        due = [st for st in self._stations if st.clock_write_at is not None and st.clock_write_at <= now]
+        return due + [st for st in self._stations if st not in due]
 
     # --- state ---------------------------------------------------------------------------------------------
     @staticmethod
@@ -403,6 +419,19 @@ class ForestBus:
             )
             raise _RequestFailed from None
         self._account(client, unit, fc, size)
+        if response.function_code & 0x7F != fc:
+            # a late reply to an earlier request (pymodbus matches the unit id, not the function code)
+            self._count("framing_errors")
+            self._warn(
+                logging.WARNING,
+                f"fc:{unit}",
+                "%s: unit %d: reply to function %d while waiting for %d",
+                self.name,
+                unit,
+                response.function_code,
+                fc,
+            )
+            raise _RequestFailed
         if response.isError():
             self._count("exception_responses")
             self._warn(
@@ -442,6 +471,8 @@ class ForestBus:
         try:
             if started >= st.next_clock_check:
                 self._clock_check(st)
+            if st.clock_write_at is not None and time.time() >= st.clock_write_at:
+                self._write_clock(st)
             if st.info is None:
                 raise _RequestFailed
             self._count("polls")
@@ -462,6 +493,7 @@ class ForestBus:
         except _RequestFailed:
             st.fails += 1
             st.next_poll = started + self._backoff(st)
+            self._keep_clock_write_time(st)
             return
         except (ConnectionException, OSError) as exc:
             self._count("port_errors")
@@ -479,7 +511,13 @@ class ForestBus:
             log.info("%s: unit %d answers again", self.name, unit)
         st.fails = 0
         st.next_poll = started + self.config.poll_interval_s
+        self._keep_clock_write_time(st)
         self._on_sample(st, sample, ctx)
+
+    def _keep_clock_write_time(self, st: _Station) -> None:
+        if st.clock_write_at is not None:
+            due = time.monotonic() + (st.clock_write_at - time.time())
+            st.next_poll = min(st.next_poll, due)
 
     def _backoff(self, st: _Station) -> float:
         poll = self.config.poll_interval_s
@@ -509,25 +547,58 @@ class ForestBus:
         st.info = info
         skew = info.rtc_seconds - time.time()
         if abs(skew) > st.cfg.max_clock_skew_s or st.force_clock_write:
-            seconds = round(time.time())
+            st.clock_skew = skew
+            self._schedule_clock_write(st)
+        now = time.monotonic()
+        st.last_clock_check = now
+        st.next_clock_check = now + st.cfg.clock_sync_interval_s
+
+    # The RTC takes whole seconds and starts the written second at ms 0 when the request arrives. Writing
+    # round(now) at any moment would leave the station up to 0.5 s off; instead the write is sent so that it
+    # arrives on a second boundary (the bus keeps polling the other stations meanwhile), which keeps the
+    # station within a few tens of ms of the gateway clock.
+
+    def _schedule_clock_write(self, st: _Station) -> None:
+        lead = self._write_lead_s
+        now = time.time()
+        st.clock_write_at = math.floor(now + lead) + 1 - lead
+        st.next_poll = min(st.next_poll, time.monotonic() + (st.clock_write_at - now))
+
+    def _write_clock(self, st: _Station) -> None:
+        unit = st.cfg.unit
+        arrive = time.time() + self._write_lead_s
+        seconds = round(arrive)
+        if abs(arrive - seconds) > _CLOCK_WRITE_SLACK_S:  # the bus was busy at the moment: next second
+            self._schedule_clock_write(st)
+            return
+        st.clock_write_at = None
+        client = self._client
+        assert client is not None
+        # Not retried by pymodbus: a re-sent write would carry a second that is already stale. A write whose
+        # reply got lost is simply scheduled again for the next second boundary.
+        saved, client.transaction.retries = client.transaction.retries, 0
+        try:
             self._request(
                 st,
                 codec.FC_WRITE_MULTIPLE,
                 codec.reply_size(codec.FC_WRITE_MULTIPLE),
                 lambda c: c.write_registers(codec.HOLDING_RTC, codec.encode_time(seconds), device_id=unit),
             )
-            self._count("clock_syncs")
-            log.info(
-                "%s: set the clock of %s (unit %d), it was %+.1f s off",
-                self.name,
-                st.cfg.device_id,
-                unit,
-                skew,
-            )
-            st.force_clock_write = False
-        now = time.monotonic()
-        st.last_clock_check = now
-        st.next_clock_check = now + st.cfg.clock_sync_interval_s
+        except _RequestFailed:
+            self._schedule_clock_write(st)
+            raise
+        finally:
+            client.transaction.retries = saved
+        self._count("clock_syncs")
+        st.force_clock_write = False
+        st.unset_streak = 0
+        log.info(
+            "%s: set the clock of %s (unit %d), it was %+.1f s off",
+            self.name,
+            st.cfg.device_id,
+            unit,
+            st.clock_skew,
+        )
 
     def _on_sample(self, st: _Station, s: codec.Sample, ctx: SourceContext) -> None:
         key = (s.sample_no, s.ts_ms)
@@ -541,10 +612,13 @@ class ForestBus:
         device_id = st.cfg.device_id
         if s.clock_unset:
             self._count("clock_unset_skips")
+            if st.clock_write_at is not None:
+                return  # the clock write is on its way
             st.unset_streak += 1
             holdoff = max(1.0, 1.5 * info.sample_interval_s)
             st.next_clock_check = min(st.next_clock_check, st.last_clock_check + holdoff)
-            st.force_clock_write = st.unset_streak >= 3  # RTC reads right but the station still says unset
+            # still unset well after a write (or with an RTC that reads right): write anyway
+            st.force_clock_write = st.unset_streak >= 3
             self._warn(
                 logging.WARNING, f"unset:{device_id}", "%s: %s clock not set; waiting", self.name, device_id
             )
@@ -565,16 +639,67 @@ class ForestBus:
                     persisted["ts"],
                 )
             return
-        interval = info.sample_interval_s
-        if prev_seen is not None:
-            missed = codec.missed_samples(prev_seen[0], s.sample_no, now - prev_mono, interval)
-        elif persisted is not None:
+        missed = 0
+        if persisted is not None:
             elapsed = (s.ts_ms - persisted["ts"]) / 1000
-            missed = codec.missed_samples(persisted["sample_no"], s.sample_no, elapsed, interval)
-        else:
-            missed = 0
+            gap = codec.missed_samples(persisted["sample_no"], s.sample_no, elapsed, info.sample_interval_s)
+            if gap:
+                try:
+                    missed = self._catch_up(st, persisted, gap, s.ts_ms, ctx)
+                except _RequestFailed:
+                    st.last_seen, st.last_seen_mono = prev_seen, prev_mono  # retry on the next poll
+                    return
+        elif prev_seen is not None:
+            missed = codec.missed_samples(prev_seen[0], s.sample_no, now - prev_mono, info.sample_interval_s)
+        self._emit(st, s, ctx)
+        if missed:
+            self._count("missed_samples", missed)
+            self._warn(
+                logging.WARNING,
+                f"missed:{device_id}",
+                "%s: %s: %d sample(s) missed",
+                self.name,
+                device_id,
+                missed,
+            )
+
+    def _catch_up(self, st: _Station, persisted: dict[str, Any], gap: int, until_ts: int, ctx: SourceContext) -> int:
+        """Read the samples this gateway never saw (agent down, cable out) from the station's history ring.
+
+        Returns how many could not be recovered (older than the ring, or not valid). Raises _RequestFailed when the
+        bus fails mid-way: what was emitted so far is committed, the rest is retried on the next poll.
+        """
+        first_no, last_ts = persisted["sample_no"], persisted["ts"]
+        lost = max(0, gap - (codec.HISTORY_DEPTH - 1))  # overwritten in the ring already
+        for k in range(lost + 1, gap + 1):
+            n = (first_no + k) & 0xFFFF
+            address = codec.history_address(n)
+            rr = self._request(
+                st,
+                codec.FC_READ_INPUT,
+                codec.reply_size(codec.FC_READ_INPUT, codec.INPUT_BLOCK_COUNT),
+                lambda c, a=address: c.read_input_registers(a, count=codec.INPUT_BLOCK_COUNT, device_id=st.cfg.unit),
+            )
+            try:
+                rec = codec.decode_sample(list(rr.registers))
+            except codec.CodecError:
+                self._count("framing_errors")
+                raise _RequestFailed from None
+            if rec.sample_no != n or rec.clock_unset or not last_ts < rec.ts_ms < until_ts:
+                lost += 1
+                continue
+            self._emit(st, rec, ctx)
+            last_ts = rec.ts_ms
+            self._count("recovered_samples")
+        return lost
+
+    def _emit(self, st: _Station, s: codec.Sample, ctx: SourceContext) -> None:
+        """Commit one sample as a reading, with the station state that makes it exact across a crash."""
+        assert st.info is not None
+        device_id = st.cfg.device_id
+        persisted = self._state["stations"].get(device_id)
         prev_tips = persisted.get("tips") if persisted is not None else None
-        values, units = codec.reading_values(s, prev_tips, info.rain_res_x1000)
+        values, units = codec.reading_values(s, prev_tips, st.info.rain_res_x1000)
         reading = Reading(device_id=device_id, kind=KIND, ts=s.ts_ms, values=values, units=units)
         stations = dict(self._state["stations"])
         stations[device_id] = {
@@ -586,16 +711,6 @@ class ForestBus:
         ctx.emit(reading, state=new_state)
         self._state = new_state
         self._count("readings")
-        if missed:
-            self._count("missed_samples", missed)
-            self._warn(
-                logging.WARNING,
-                f"missed:{device_id}",
-                "%s: %s: %d sample(s) missed",
-                self.name,
-                device_id,
-                missed,
-            )
 
 
 def _short(exc: BaseException) -> str:

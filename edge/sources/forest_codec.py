@@ -21,6 +21,10 @@ from pymodbus.framer import FramerRTU
 INPUT_BLOCK_ADDRESS = 0
 INPUT_BLOCK_COUNT = 12
 #: Holding registers 0..3: RTC hi/lo, sample interval (ds), rain resolution (mm per tip x1000).
+#: The station's history ring: sample n's 12-register record is at HISTORY_BASE + (n % HISTORY_DEPTH) * STRIDE.
+HISTORY_BASE = 0x1000
+HISTORY_DEPTH = 256
+HISTORY_STRIDE = 16
 HOLDING_BLOCK_ADDRESS = 0
 HOLDING_BLOCK_COUNT = 4
 HOLDING_RTC = 0
@@ -202,6 +206,10 @@ def reading_values(
 def sample_jump(prev_no: int, new_no: int) -> int:
     """How far the 16-bit sample counter moved (1 = the next sample; wraps 65535 → 0)."""
     return (new_no - prev_no) & 0xFFFF
+
+
+def history_address(sample_no: int) -> int:
+    return HISTORY_BASE + (sample_no % HISTORY_DEPTH) * HISTORY_STRIDE
 
 
 def missed_samples(prev_no: int, new_no: int, elapsed_s: float | None, interval_s: float | None) -> int:
