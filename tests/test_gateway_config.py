@@ -67,7 +67,7 @@ def test_bad_config_names_the_field(tmp_path, edit, expected):
 
 
 def test_broken_toml_says_where(tmp_path):
-    with pytest.raises(ConfigError, match="not valid TOML.*line"):
+    with pytest.raises(ConfigError, match=r"not valid TOML.*line"):
         load_config(_write(tmp_path, GOOD.replace("port = 1883", "port = ")))
 
 
