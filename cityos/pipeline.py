@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+import zlib
 from base64 import b64encode
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,7 +211,7 @@ class Pipeline:
         argv = self._py(
             "firmware_sim.forest_station", "--stations", stations, "--link", str(gw.tty),
             "--ground-truth", str(gw.ground_truth), "--accel", str(self.accel),
-            "--sample-interval", str(self.sample_interval), "--seed", str(abs(hash(gw.gateway_id)) % 1000),
+            "--sample-interval", str(self.sample_interval), "--seed", str(zlib.crc32(gw.gateway_id.encode()) % 1000),
         )
         if gw.fault:
             argv += ["--fault", gw.fault]
