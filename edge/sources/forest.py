@@ -476,20 +476,7 @@ class ForestBus:
             if st.info is None:
                 raise _RequestFailed
             self._count("polls")
-            rr = self._request(
-                st,
-                codec.FC_READ_INPUT,
-                codec.reply_size(codec.FC_READ_INPUT, codec.INPUT_BLOCK_COUNT),
-                lambda c: c.read_input_registers(
-                    codec.INPUT_BLOCK_ADDRESS, count=codec.INPUT_BLOCK_COUNT, device_id=unit
-                ),
-            )
-            try:
-                sample = codec.decode_sample(list(rr.registers))
-            except codec.CodecError as exc:
-                self._count("framing_errors")
-                self._warn(logging.WARNING, f"codec:{unit}", "%s: unit %d: %s", self.name, unit, exc)
-                raise _RequestFailed from None
+            sample = self._read_sample(st, codec.INPUT_BLOCK_ADDRESS)
         except _RequestFailed:
             st.fails += 1
             st.next_poll = started + self._backoff(st)
@@ -513,6 +500,22 @@ class ForestBus:
         st.next_poll = started + self.config.poll_interval_s
         self._keep_clock_write_time(st)
         self._on_sample(st, sample, ctx)
+
+    def _read_sample(self, st: _Station, address: int) -> codec.Sample:
+        """One sample record: the live block (address 0) or a slot of the history ring."""
+        unit = st.cfg.unit
+        rr = self._request(
+            st,
+            codec.FC_READ_INPUT,
+            codec.reply_size(codec.FC_READ_INPUT, codec.INPUT_BLOCK_COUNT),
+            lambda c: c.read_input_registers(address, count=codec.INPUT_BLOCK_COUNT, device_id=unit),
+        )
+        try:
+            return codec.decode_sample(list(rr.registers))
+        except codec.CodecError as exc:
+            self._count("framing_errors")
+            self._warn(logging.WARNING, f"codec:{unit}", "%s: unit %d: %s", self.name, unit, exc)
+            raise _RequestFailed from None
 
     def _keep_clock_write_time(self, st: _Station) -> None:
         if st.clock_write_at is not None:
@@ -673,18 +676,7 @@ class ForestBus:
         lost = max(0, gap - (codec.HISTORY_DEPTH - 1))  # overwritten in the ring already
         for k in range(lost + 1, gap + 1):
             n = (first_no + k) & 0xFFFF
-            address = codec.history_address(n)
-            rr = self._request(
-                st,
-                codec.FC_READ_INPUT,
-                codec.reply_size(codec.FC_READ_INPUT, codec.INPUT_BLOCK_COUNT),
-                lambda c, a=address: c.read_input_registers(a, count=codec.INPUT_BLOCK_COUNT, device_id=st.cfg.unit),
-            )
-            try:
-                rec = codec.decode_sample(list(rr.registers))
-            except codec.CodecError:
-                self._count("framing_errors")
-                raise _RequestFailed from None
+            rec = self._read_sample(st, codec.history_address(n))
             if rec.sample_no != n or rec.clock_unset or not last_ts < rec.ts_ms < until_ts:
                 lost += 1
                 continue
