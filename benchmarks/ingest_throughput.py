@@ -36,13 +36,16 @@ import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cityos import wire  # noqa: E402
-from cityos.stack import Stack, StackInfo  # noqa: E402
-from ingest.config import IngestConfig  # noqa: E402
-from ingest.service import IngestService  # noqa: E402
+from cityos import wire
+from cityos.stack import Stack, StackInfo
+from ingest.config import IngestConfig
+from ingest.mqtt_in import discard_session
+from ingest.service import IngestService
 
 
-def make_messages(n_points: int, per_msg: int, gateways: int, now_ms: int) -> list[tuple[str, bytes, list[str]]]:
+def make_messages(
+    n_points: int, per_msg: int, gateways: int, now_ms: int
+) -> list[tuple[str, bytes, list[str]]]:
     """(topic, payload, lines) per message; forest-station-like readings, 4 float fields, 20 devices/gateway."""
     out = []
     n_msgs = -(-n_points // per_msg)
@@ -65,14 +68,17 @@ def make_messages(n_points: int, per_msg: int, gateways: int, now_ms: int) -> li
             )
             for i in range(k)
         ]
-        batch = wire.TelemetryBatch(gateway_id=gw, boot_id="bench-boot-0001", seq=m, sent_at=now_ms,
-                                    readings=readings)
+        batch = wire.TelemetryBatch(
+            gateway_id=gw, boot_id="bench-boot-0001", seq=m, sent_at=now_ms, readings=readings
+        )
         out.append((wire.telemetry_topic(gw), wire.encode_batch(batch), wire.batch_to_lines(batch)))
     return out
 
 
 def _client(info: StackInfo) -> httpx.Client:
-    return httpx.Client(base_url=info.influx_url, auth=(info.influx_username, info.influx_password), timeout=60)
+    return httpx.Client(
+        base_url=info.influx_url, auth=(info.influx_username, info.influx_password), timeout=60
+    )
 
 
 def count_points(info: StackInfo, db: str) -> int:
@@ -98,8 +104,12 @@ def run_ceiling(stack: Stack, info: StackInfo, lines: list[str], batch: int, pre
         t0 = time.perf_counter()
         for k, raw in enumerate(raws):
             body = pre[k] if pre is not None else gzip1(raw)
-            r = c.post("/write", params={"db": db, "precision": "ms"}, content=body,
-                       headers={"Content-Encoding": "gzip"})
+            r = c.post(
+                "/write",
+                params={"db": db, "precision": "ms"},
+                content=body,
+                headers={"Content-Encoding": "gzip"},
+            )
             if r.status_code != 204:
                 raise RuntimeError(f"ceiling write failed: {r.status_code} {r.text[:200]}")
         elapsed = time.perf_counter() - t0
@@ -111,8 +121,11 @@ def run_ceiling(stack: Stack, info: StackInfo, lines: list[str], batch: int, pre
 
 
 def publish_all(info: StackInfo, messages: list[tuple[str, bytes, list[str]]]) -> None:
-    pub = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-                      client_id=f"bench-pub-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+    pub = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=f"bench-pub-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv5,
+    )
     pub.username_pw_set(info.mqtt_username, info.mqtt_password)
     pub.max_inflight_messages_set(200)
     pub.connect(info.mqtt_host, info.mqtt_port)
@@ -128,12 +141,22 @@ def publish_all(info: StackInfo, messages: list[tuple[str, bytes, list[str]]]) -
         pub.loop_stop()
 
 
-def run_ingest(stack: Stack, info: StackInfo, messages: list[tuple[str, bytes, list[str]]], n_points: int,
-               work: Path, timeout_s: float = 300, ingest_overrides: dict | None = None) -> tuple[float, dict]:
+def run_ingest(
+    stack: Stack,
+    info: StackInfo,
+    messages: list[tuple[str, bytes, list[str]]],
+    n_points: int,
+    work: Path,
+    timeout_s: float = 300,
+    ingest_overrides: dict | None = None,
+    influx_overrides: dict | None = None,
+) -> tuple[float, dict]:
     db = f"bench_ingest_{uuid.uuid4().hex[:8]}"
     stack.create_database(db)
     client_id = f"bench-ingest-{uuid.uuid4().hex[:8]}"
-    cfg = IngestConfig.from_stack(info, work / client_id, client_id=client_id, db=db, ingest=ingest_overrides)
+    cfg = IngestConfig.from_stack(
+        info, work / client_id, client_id=client_id, db=db, ingest=ingest_overrides, influx=influx_overrides
+    )
 
     # 1. create the durable session (subscribe once), then go away
     stop = threading.Event()
@@ -143,8 +166,9 @@ def run_ingest(stack: Stack, info: StackInfo, messages: list[tuple[str, bytes, l
     _wait(lambda: svc.health.subscribed, 30, "first subscribe")
     stop.set()
     t.join(30)
-    # 2. queue every message in the session while the ingest is down
+    # 2. queue every message in the session while the ingest is down; let the broker's autosave settle
     publish_all(info, messages)
+    time.sleep(2)
     # 3. start the ingest and time the drain
     stop = threading.Event()
     svc = IngestService(cfg, stop)
@@ -158,12 +182,16 @@ def run_ingest(stack: Stack, info: StackInfo, messages: list[tuple[str, bytes, l
     while svc.health.points_written < n_points:
         if time.monotonic() > deadline:
             stop.set()
-            raise RuntimeError(f"ingest: only {svc.health.points_written}/{n_points} points after {timeout_s}s")
+            raise RuntimeError(
+                f"ingest: only {svc.health.points_written}/{n_points} points after {timeout_s}s"
+            )
         time.sleep(0.005)
     elapsed = time.perf_counter() - t0
     snap = svc.health.snapshot()
     stop.set()
     t.join(30)
+    # An offline durable session subscribed to the wildcard would queue every later run's messages: remove it.
+    discard_session(cfg.mqtt)
     stored = count_points(info, db)
     if stored != n_points:
         raise RuntimeError(f"ingest: {stored} points stored, expected {n_points}")
@@ -171,7 +199,7 @@ def run_ingest(stack: Stack, info: StackInfo, messages: list[tuple[str, bytes, l
     return n_points / elapsed, snap
 
 
-def _wait(cond, timeout: float, what: str, poll: float = 0.02) -> None:  # noqa: ANN001
+def _wait(cond, timeout: float, what: str, poll: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -186,16 +214,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gateways", type=int, default=8)
     ap.add_argument("--ceiling-batch", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--run-dir", type=Path, help="stack run directory (default: a temp dir, stack stopped after)")
+    ap.add_argument(
+        "--run-dir", type=Path, help="stack run directory (default: a temp dir, stack stopped after)"
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--decode-workers", type=int, help="override [ingest] decode_workers (default: the default)")
-    ap.add_argument("--slow-decode", action="store_true", help="[ingest] fast_decode = false")
+    ap.add_argument(
+        "--decode-workers", type=int, help="override [ingest] decode_workers (default: the default)"
+    )
+    ap.add_argument("--batch-lines", type=int, help="override [influx] batch_lines (default: the default)")
+    ap.add_argument("--writers", type=int, help="override [influx] writers (default: the default)")
     args = ap.parse_args(argv)
     overrides: dict = {}
     if args.decode_workers is not None:
         overrides["decode_workers"] = args.decode_workers
-    if args.slow_decode:
-        overrides["fast_decode"] = False
+    influx_overrides: dict = {}
+    if args.batch_lines is not None:
+        influx_overrides["batch_lines"] = args.batch_lines
+    if args.writers is not None:
+        influx_overrides["writers"] = args.writers
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     tmp = None
@@ -209,20 +245,33 @@ def main(argv: list[str] | None = None) -> int:
     work = run_dir.parent / f"bench-ingest-{uuid.uuid4().hex[:6]}"
     results: dict[str, list[float]] = {"ceiling_precompressed": [], "ceiling_gzip_in_loop": [], "ingest": []}
     try:
-        print(f"generating {args.points} readings ({args.per_msg}/message, {args.gateways} gateways)...",
-              file=sys.stderr)
+        print(
+            f"generating {args.points} readings ({args.per_msg}/message, {args.gateways} gateways)...",
+            file=sys.stderr,
+        )
         messages = make_messages(args.points, args.per_msg, args.gateways, int(time.time() * 1000))
         lines = [line for _, _, ls in messages for line in ls]
         for i in range(args.repeat):
             a = run_ceiling(stack, info, lines, args.ceiling_batch, precompress=True)
             b = run_ceiling(stack, info, lines, args.ceiling_batch, precompress=False)
-            r, snap = run_ingest(stack, info, messages, len(lines), work, ingest_overrides=overrides)
+            r, snap = run_ingest(
+                stack,
+                info,
+                messages,
+                len(lines),
+                work,
+                ingest_overrides=overrides,
+                influx_overrides=influx_overrides,
+            )
             results["ceiling_precompressed"].append(a)
             results["ceiling_gzip_in_loop"].append(b)
             results["ingest"].append(r)
-            print(f"run {i + 1}: ceiling {a:,.0f} (pre-gzipped) / {b:,.0f} (gzip in loop) points/s; "
-                  f"ingest {r:,.0f} readings/s (write p95 {snap['write_latency_ms']['p95']} ms, "
-                  f"{snap['write_requests']} requests)", file=sys.stderr)
+            print(
+                f"run {i + 1}: ceiling {a:,.0f} (pre-gzipped) / {b:,.0f} (gzip in loop) points/s; "
+                f"ingest {r:,.0f} readings/s (write p95 {snap['write_latency_ms']['p95']} ms, "
+                f"{snap['write_requests']} requests)",
+                file=sys.stderr,
+            )
     finally:
         if tmp is not None:
             stack.down()
@@ -242,11 +291,20 @@ def main(argv: list[str] | None = None) -> int:
     r2 = med["ingest"] / med["ceiling_gzip_in_loop"]
     print(f"| **ingest / ceiling (pre-gzipped)** | | **{r1:.0%}** |")
     print(f"| **ingest / ceiling (gzip timed)** | | **{r2:.0%}** |")
-    print(f"\n{args.points:,} points per run, {args.repeat} runs alternating, fresh database each; target ≥ 50%.")
+    print(
+        f"\n{args.points:,} points per run, {args.repeat} runs alternating, fresh database each; target ≥ 50%."
+    )
     if args.json:
-        doc = {"points": args.points, "per_msg": args.per_msg, "gateways": args.gateways,
-               "ceiling_batch": args.ceiling_batch, "runs": results, "median": med,
-               "ratio_vs_precompressed": r1, "ratio_vs_gzip_timed": r2}
+        doc = {
+            "points": args.points,
+            "per_msg": args.per_msg,
+            "gateways": args.gateways,
+            "ceiling_batch": args.ceiling_batch,
+            "runs": results,
+            "median": med,
+            "ratio_vs_precompressed": r1,
+            "ratio_vs_gzip_timed": r2,
+        }
         args.json.write_text(json.dumps(doc, indent=2))
     return 0
 

@@ -253,6 +253,12 @@ class Pipeline:
             p.stop()
         if self.ingest:
             self.ingest.stop()
+            # The ingest's durable session would otherwise queue every later message for days on this broker.
+            from ingest.config import IngestConfig
+            from ingest.mqtt_in import discard_session
+
+            discard_session(IngestConfig.from_toml(self.run_dir / "ingest.toml").mqtt)
+            self.ingest = None
 
     def procs(self) -> list[Proc]:
         return [*self.sims.values(), *self.agents.values(), *([self.ingest] if self.ingest else [])]

@@ -16,11 +16,19 @@ Design points (see docs/wire-protocol.md for the full text):
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "cityos/v1"
@@ -88,20 +96,12 @@ class Reading(_Strict):
 
     device_id: DeviceId
     kind: Kind
-    ts: int = Field(description="Edge timestamp, integer milliseconds since the Unix epoch, UTC", ge=0)
+    ts: StrictInt = Field(description="Edge timestamp, integer milliseconds since the Unix epoch, UTC", ge=0)
     values: dict[FieldName, Value] = Field(min_length=1, max_length=MAX_VALUES_PER_READING)
     units: dict[FieldName, Annotated[str, StringConstraints(max_length=16)]] = Field(default_factory=dict)
     backfill: bool = Field(
         default=False, description="Sent late, from the backlog after an outage: not for live alerting"
     )
-
-    @field_validator("values")
-    @classmethod
-    def _finite(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for name, x in v.items():
-            if isinstance(x, float) and not math.isfinite(x):
-                raise ValueError(f"value {name!r} is not finite")
-        return v
 
     @model_validator(mode="after")
     def _units_name_values(self) -> Reading:
@@ -117,9 +117,16 @@ class TelemetryBatch(_Strict):
     v: Literal[1] = SCHEMA_VERSION
     gateway_id: GatewayId
     boot_id: Annotated[str, StringConstraints(min_length=8, max_length=64)]
-    seq: int = Field(ge=0, description="Per-gateway message number, increasing; survives agent restarts")
-    sent_at: int = Field(ge=0, description="When the gateway built this message, ms since epoch UTC")
+    seq: StrictInt = Field(ge=0, description="Per-gateway message number, increasing; survives agent restarts")
+    sent_at: StrictInt = Field(ge=0, description="When the gateway built this message, ms since epoch UTC")
     readings: list[Reading] = Field(min_length=1, max_length=MAX_READINGS_PER_MESSAGE)
+
+    @field_validator("v", mode="before")
+    @classmethod
+    def _integer_version(cls, v: Any) -> Any:
+        if type(v) is not int:  # JSON `true` and `1.0` equal 1 in Python; neither is version 1
+            raise ValueError("v must be the integer 1")
+        return v
 
 
 class GatewayStatus(_Strict):
@@ -129,7 +136,7 @@ class GatewayStatus(_Strict):
     gateway_id: GatewayId
     state: Literal["online", "offline"]
     boot_id: Annotated[str, StringConstraints(min_length=8, max_length=64)]
-    ts: int = Field(ge=0)
+    ts: StrictInt = Field(ge=0)
     agent_version: str | None = None
     config_hash: str | None = None
     backlog_depth: int | None = Field(default=None, ge=0)
@@ -165,31 +172,94 @@ def decode_batch(
     max_past_s: int = DEFAULT_MAX_PAST_S,
     max_future_s: int = DEFAULT_MAX_FUTURE_S,
 ) -> TelemetryBatch:
-    """Validate a telemetry message as received on ``topic``; raise :class:`ContractError` with a reason."""
+    """Validate a telemetry message as received on ``topic``; raise :class:`ContractError` with a reason.
+
+    Two paths, one contract: valid messages (nearly all of them) are validated by pydantic-core straight from
+    the bytes (JSON mode), which is a third cheaper per reading than ``json.loads`` + ``model_validate`` and is
+    most of the ingest's CPU. Anything the fast path does not accept cleanly goes through the checked path, so
+    every rejection and its reason come from one place; the fast path only ever accepts.
+    """
+    topic_gw = gateway_from_topic(topic)
+    if topic_gw is not None and len(payload) <= MAX_PAYLOAD_BYTES:
+        try:
+            batch = TelemetryBatch.model_validate_json(payload)
+        except ValueError:
+            pass  # the checked path says why
+        else:
+            # JSON mode fills in an absent "v", which the contract rejects: only accept it when present.
+            if "v" in batch.model_fields_set and batch.gateway_id == topic_gw:
+                lo, hi = now_ms - max_past_s * 1000, now_ms + max_future_s * 1000
+                if all(lo <= r.ts <= hi for r in batch.readings):
+                    return batch
+    return _decode_checked(topic, payload, now_ms=now_ms, max_past_s=max_past_s, max_future_s=max_future_s)
+
+
+def _load_object(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ContractError("oversize", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
-    topic_gw = gateway_from_topic(topic)
-    if topic_gw is None:
-        raise ContractError("bad_topic", topic[:200])
     try:
         raw = json.loads(payload, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ContractError("bad_json", str(exc)[:200]) from None
+    except RecursionError:
+        raise ContractError("bad_json", "JSON nested too deeply") from None
     if not isinstance(raw, dict):
         raise ContractError("schema", "payload is not a JSON object")
-    if raw.get("v") != SCHEMA_VERSION:
-        raise ContractError("unsupported_version", repr(raw.get("v"))[:40])
+    v = raw.get("v")
+    if type(v) is not int or v != SCHEMA_VERSION:  # `true == 1` in Python: not a version
+        raise ContractError("unsupported_version", repr(v)[:40])
+    return raw
+
+
+def _check_gateway(claimed: str, topic_gw: str) -> None:
+    if claimed != topic_gw:
+        raise ContractError("gateway_mismatch", f"payload says {claimed!r}, topic says {topic_gw!r}")
+
+
+def _decode_checked(
+    topic: str, payload: bytes, *, now_ms: int, max_past_s: int, max_future_s: int
+) -> TelemetryBatch:
+    """The slow, explicit path: each check in turn, each failure with its reason."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ContractError("oversize", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    topic_gw = gateway_from_topic(topic)
+    if topic_gw is None or not topic.endswith("/telemetry"):
+        raise ContractError("bad_topic", topic[:200])
+    raw = _load_object(payload)
     try:
         batch = TelemetryBatch.model_validate(raw)
-    except ValueError as exc:
+    except ValidationError as exc:
         raise ContractError("schema", _short_validation_error(exc)) from None
-    if batch.gateway_id != topic_gw:
-        raise ContractError("gateway_mismatch", f"payload says {batch.gateway_id!r}, topic says {topic_gw!r}")
+    _check_gateway(batch.gateway_id, topic_gw)
     lo, hi = now_ms - max_past_s * 1000, now_ms + max_future_s * 1000
     for r in batch.readings:
         if not lo <= r.ts <= hi:
             raise ContractError("timestamp_out_of_range", f"{r.device_id} ts={r.ts} outside [{lo}, {hi}]")
     return batch
+
+
+def decode_status(
+    topic: str,
+    payload: bytes,
+    *,
+    now_ms: int,
+    max_past_s: int = DEFAULT_MAX_PAST_S,
+    max_future_s: int = DEFAULT_MAX_FUTURE_S,
+) -> GatewayStatus:
+    """Validate a status message, with the same reasons as :func:`decode_batch`."""
+    topic_gw = gateway_from_topic(topic)
+    if topic_gw is None or not topic.endswith("/status"):
+        raise ContractError("bad_topic", topic[:200])
+    raw = _load_object(payload)
+    try:
+        status = GatewayStatus.model_validate(raw)
+    except ValidationError as exc:
+        raise ContractError("schema", _short_validation_error(exc)) from None
+    _check_gateway(status.gateway_id, topic_gw)
+    lo, hi = now_ms - max_past_s * 1000, now_ms + max_future_s * 1000
+    if not lo <= status.ts <= hi:
+        raise ContractError("timestamp_out_of_range", f"status ts={status.ts} outside [{lo}, {hi}]")
+    return status
 
 
 def _short_validation_error(exc: Exception) -> str:
@@ -210,26 +280,59 @@ def measurement_for(kind: str) -> str:
     return MEASUREMENTS.get(kind, kind)
 
 
-def _field(value: float | bool | str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(float(value))
+def _str_field(value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
 
 
-def reading_to_line(gateway_id: str, r: Reading) -> str:
-    """One line of line protocol. Tags sorted by key (InfluxDB's fast path); all ids are escape-free by pattern."""
-    fields = ",".join(f"{k}={_field(v)}" for k, v in sorted(r.values.items()))
-    if r.backfill:
-        # A field, not a tag: a tag would make a redelivered backfill point a second series (a double count).
-        fields += ",backfill=true"
-    return f"{measurement_for(r.kind)},device={r.device_id},gateway={gateway_id} {fields} {r.ts}"
+def _field(value: float | bool | str) -> str:
+    t = type(value)
+    if t is float:
+        return repr(value)
+    if t is bool:
+        return "true" if value else "false"
+    if t is str:
+        return _str_field(value)  # type: ignore[arg-type]
+    return repr(float(value))  # an int from a caller that built a Reading by hand without validation
 
 
 def batch_to_lines(batch: TelemetryBatch) -> list[str]:
-    return [reading_to_line(batch.gateway_id, r) for r in batch.readings]
+    """Line protocol for a batch: one line per reading, tags sorted by key (InfluxDB's fast path), numbers as
+    floats, the edge timestamp in ms. Ids are escape-free by their patterns, so only strings need escaping."""
+    gw = batch.gateway_id
+    prefixes: dict[tuple[str, str], str] = {}
+    out: list[str] = []
+    for r in batch.readings:
+        prefix = prefixes.get((r.kind, r.device_id))
+        if prefix is None:
+            prefix = prefixes[(r.kind, r.device_id)] = f"{measurement_for(r.kind)},device={r.device_id},gateway={gw} "
+        fields = ",".join(f"{k}={_field(v)}" for k, v in sorted(r.values.items()))
+        if r.backfill:
+            # A field, not a tag: a tag would make a redelivered backfill point a second series (a double count).
+            fields += ",backfill=true"
+        out.append(f"{prefix}{fields} {r.ts}")
+    return out
+
+
+STATUS_MEASUREMENT = "gateway_status"
+
+
+def status_to_line(s: GatewayStatus) -> str:
+    """``gateway_status,gateway=<id> state="online",backlog_depth=…,c_<counter>=… <ts>``: the fleet view's data.
+    Numbers as floats, so no field can ever change type."""
+    fields: dict[str, str] = {"state": _str_field(s.state), "boot_id": _str_field(s.boot_id)}
+    if s.backlog_depth is not None:
+        fields["backlog_depth"] = repr(float(s.backlog_depth))
+    if s.backlog_age_s is not None:
+        fields["backlog_age_s"] = repr(float(s.backlog_age_s))
+    if s.agent_version is not None:
+        fields["agent_version"] = _str_field(s.agent_version)
+    if s.config_hash is not None:
+        fields["config_hash"] = _str_field(s.config_hash)
+    for name, value in s.counters.items():
+        fields[f"c_{name}"] = repr(float(value))
+    body = ",".join(f"{k}={v}" for k, v in sorted(fields.items()))
+    return f"{STATUS_MEASUREMENT},gateway={s.gateway_id} {body} {s.ts}"
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

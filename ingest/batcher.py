@@ -77,7 +77,12 @@ class Batcher:
         max_messages: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_lines < 1 or max_age_s <= 0 or max_bytes < 1 or (max_messages is not None and max_messages < 1):
+        if (
+            max_lines < 1
+            or max_age_s <= 0
+            or max_bytes < 1
+            or (max_messages is not None and max_messages < 1)
+        ):
             raise ValueError("max_lines, max_age_s, max_bytes and max_messages must be positive")
         self.max_lines = max_lines
         self.max_age_s = max_age_s
@@ -147,10 +152,11 @@ class AckSequencer:
     belong to a dead connection, the broker redelivers the messages on the new one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
         self._gen: int | None = None
-        self._order: deque[int] = deque()
+        self._order: deque[tuple[int, float]] = deque()  # (mid, when registered), receive order
         self._done: set[int] = set()
 
     def received(self, gen: int, mid: int) -> bool:
@@ -162,7 +168,7 @@ class AckSequencer:
                 self._gen = gen
                 self._order.clear()
                 self._done.clear()
-            self._order.append(mid)
+            self._order.append((mid, self._clock()))
             return True
 
     def done(self, keys: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -173,8 +179,8 @@ class AckSequencer:
                     self._done.add(mid)
             out: list[tuple[int, int]] = []
             order, done = self._order, self._done
-            while order and order[0] in done:
-                mid = order.popleft()
+            while order and order[0][0] in done:
+                mid = order.popleft()[0]
                 done.discard(mid)
                 out.append((gen, mid))  # type: ignore[arg-type]
             return out
@@ -183,3 +189,8 @@ class AckSequencer:
         """Messages registered and not yet released."""
         with self._lock:
             return len(self._order)
+
+    def oldest_age_s(self) -> float:
+        """How long the oldest unreleased message has waited (0 if none): a hole in the ack order shows here."""
+        with self._lock:
+            return max(0.0, self._clock() - self._order[0][1]) if self._order else 0.0

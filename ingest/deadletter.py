@@ -56,7 +56,9 @@ class DeadLetterStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # committed means on disk: the broker is acked right after
+        self._db.execute(
+            "PRAGMA synchronous=FULL"
+        )  # committed means on disk: the broker is acked right after
         self._db.executescript(_SCHEMA)
 
     @classmethod
@@ -64,7 +66,9 @@ class DeadLetterStore:
         """The store the service uses: ``<data_dir>/deadletter.sqlite``."""
         return cls(Path(data_dir) / cls.FILENAME)
 
-    def add(self, topic: str, payload: bytes, reason: str, detail: str = "", received_at: int | None = None) -> None:
+    def add(
+        self, topic: str, payload: bytes, reason: str, detail: str = "", received_at: int | None = None
+    ) -> None:
         self.add_many([DeadLetter(received_at or int(time.time() * 1000), topic, payload, reason, detail)])
 
     def add_many(self, letters: Iterable[DeadLetter]) -> int:
@@ -98,7 +102,9 @@ class DeadLetterStore:
 
     def count_by_reason(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._db.execute("SELECT reason, COUNT(*) FROM deadletter GROUP BY reason ORDER BY reason"))
+            return dict(
+                self._db.execute("SELECT reason, COUNT(*) FROM deadletter GROUP BY reason ORDER BY reason")
+            )
 
     def count(self) -> int:
         with self._lock:
@@ -114,8 +120,15 @@ class DeadLetterStore:
         with self._lock:
             rows = self._db.execute(q, (*args, limit)).fetchall()
         return [
-            DeadLetter(received_at=r[1], topic=r[2], payload=bytes(r[3]), payload_len=r[4], reason=r[5],
-                       detail=r[6], id=r[0])
+            DeadLetter(
+                received_at=r[1],
+                topic=r[2],
+                payload=bytes(r[3]),
+                payload_len=r[4],
+                reason=r[5],
+                detail=r[6],
+                id=r[0],
+            )
             for r in rows
         ]
 

@@ -3,7 +3,8 @@ atomically to ``<data_dir>/health.json`` every second.
 
 ``stalled`` is the lesson from Telegraf's silent stalls: it is true when messages are waiting to be written and
 nothing has been written successfully for ``stall_after_s`` seconds (counting from when they started waiting,
-so an idle night followed by one slow write does not flag).
+so an idle night followed by one slow write does not flag), or when the oldest unacknowledged message has waited
+that long (a message that never completes holds back every ack after it).
 """
 
 from __future__ import annotations
@@ -43,10 +44,12 @@ class Health:
         latency_window: int = 200,
         clock_ms: Callable[[], int] = _now_ms,
         queued: Callable[[], int] | None = None,
+        unacked: Callable[[], tuple[int, float]] | None = None,
     ) -> None:
         self.stall_after_s = stall_after_s
         self._clock_ms = clock_ms
         self._queued = queued or (lambda: 0)
+        self._unacked = unacked or (lambda: (0, 0.0))
         self._lock = threading.Lock()
         self.started_at = clock_ms()
         self.connected = False
@@ -54,8 +57,11 @@ class Health:
         self.connects = 0
         self.messages_received = 0
         self.messages_acked = 0
-        self.messages_stale = 0  # received on a connection that has since dropped: not acked, broker redelivers
+        self.messages_stale = (
+            0  # received on a connection that has since dropped: not acked, broker redelivers
+        )
         self.status_messages = 0
+        self.decode_worker_restarts = 0
         self.points_written = 0
         self.write_requests = 0
         self.write_errors: Counter[str] = Counter()
@@ -64,6 +70,7 @@ class Health:
         self._latencies: deque[float] = deque(maxlen=latency_window)
         self.last_successful_write: int | None = None
         self.last_error: dict[str, Any] | None = None
+        self.decoding = 0  # received messages handed to the decoder, results not yet taken
         self.pending = 0  # decoded messages not yet written (or dead-lettered)
         self.pending_points = 0
         self._waiting_since: int | None = None
@@ -91,9 +98,18 @@ class Health:
         with self._lock:
             self.messages_stale += n
 
+    def on_worker_restart(self) -> None:
+        with self._lock:
+            self.decode_worker_restarts += 1
+
     def on_status(self, n: int = 1) -> None:
         with self._lock:
             self.status_messages += n
+
+    def on_decoding(self, messages: int) -> None:
+        """Messages entered (positive) or left (negative) the decode stage."""
+        with self._lock:
+            self.decoding += messages
 
     def on_pending(self, messages: int, points: int) -> None:
         """Decoded messages entered the batcher."""
@@ -108,7 +124,7 @@ class Health:
         with self._lock:
             self.pending = max(0, self.pending - messages)
             self.pending_points = max(0, self.pending_points - points)
-            if self.pending == 0:
+            if self.pending == 0 and self.decoding == 0:
                 self._waiting_since = None
 
     def on_write_ok(self, points: int, latency_ms: float) -> None:
@@ -137,8 +153,9 @@ class Health:
     def snapshot(self) -> dict[str, Any]:
         now = self._clock_ms()
         queued = self._queued()
+        unacked, oldest_unacked_s = self._unacked()
         with self._lock:
-            waiting = self.pending + queued
+            waiting = self.pending + queued + self.decoding
             if waiting and self._waiting_since is None:
                 self._waiting_since = now
             elif not waiting:
@@ -147,6 +164,9 @@ class Health:
             if waiting and self._waiting_since is not None:
                 ref = max(self.last_successful_write or 0, self._waiting_since)
                 stalled = now - ref >= self.stall_after_s * 1000
+            # A message that never completes (a hole in the ack order) holds back every ack after it, even while
+            # other writes succeed: flag it too.
+            stalled = stalled or oldest_unacked_s >= self.stall_after_s
             lat = sorted(self._latencies)
             return {
                 "ts": now,
@@ -159,6 +179,7 @@ class Health:
                 "messages_acked": self.messages_acked,
                 "messages_stale": self.messages_stale,
                 "status_messages": self.status_messages,
+                "decode_worker_restarts": self.decode_worker_restarts,
                 "points_written": self.points_written,
                 "write_requests": self.write_requests,
                 "write_errors": dict(self.write_errors),
@@ -175,6 +196,9 @@ class Health:
                 "pending": self.pending,
                 "pending_points": self.pending_points,
                 "queued": queued,
+                "decoding": self.decoding,
+                "unacked": unacked,
+                "oldest_unacked_s": round(oldest_unacked_s, 1),
                 "stalled": stalled,
                 "stall_after_s": self.stall_after_s,
                 "last_error": self.last_error,
@@ -225,12 +249,14 @@ class HealthServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+            def log_message(self, format: str, *args: Any) -> None:
                 log.debug("health http: " + format, *args)
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="ingest-health-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="ingest-health-http", daemon=True
+        )
 
     @property
     def port(self) -> int:

@@ -93,18 +93,18 @@ class MqttIn:
         )
         self._client.loop_start()
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Send the PUBACKs already queued, DISCONNECT (session kept), stop the network thread."""
+    def stop(self) -> None:
+        """Send the PUBACKs already queued, DISCONNECT (the session stays on the broker), stop the network thread.
+
+        paho's network thread writes out everything queued (our PUBACKs, then the DISCONNECT) before it ends.
+        """
         self.stopping.set()
-        with self._lock:
-            self._connected = False
         try:
             self._client.disconnect()
         except Exception:  # pragma: no cover - best effort on shutdown
             log.debug("disconnect failed", exc_info=True)
-        deadline = time.monotonic() + timeout_s
-        while self._client._thread is not None and time.monotonic() < deadline:  # noqa: SLF001
-            time.sleep(0.02)
+        with self._lock:
+            self._connected = False
         self._client.loop_stop()
 
     @property
@@ -125,7 +125,7 @@ class MqttIn:
         return rc == mqtt.MQTT_ERR_SUCCESS
 
     # --- paho callbacks (network thread) ------------------------------------------------------------------------
-    def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+    def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.error("MQTT connect to %s:%s refused: %s", self.cfg.host, self.cfg.port, reason_code)
             return
@@ -139,19 +139,24 @@ class MqttIn:
         client.subscribe([(f, opts) for f in filters])
         log.info(
             "MQTT connected to %s:%s as %s (session_present=%s, generation=%d); subscribing %s",
-            self.cfg.host, self.cfg.port, self.cfg.client_id, self.session_present, gen, ", ".join(filters),
+            self.cfg.host,
+            self.cfg.port,
+            self.cfg.client_id,
+            self.session_present,
+            gen,
+            ", ".join(filters),
         )
         if self._on_connected:
             self._on_connected()
 
-    def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # noqa: ANN001
+    def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         bad = [rc for rc in reason_codes if rc.is_failure]
         if bad:
             log.error("MQTT subscribe refused: %s (check the broker ACL for %s)", bad, self.cfg.username)
         if self._on_subscribed:
             self._on_subscribed(not bad)
 
-    def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+    def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._lock:
             was = self._connected
             self._connected = False
@@ -160,7 +165,45 @@ class MqttIn:
         if self._on_disconnected:
             self._on_disconnected()
 
-    def _handle_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # noqa: ANN001
+    def _handle_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         self._sink(
-            Inbound(msg.topic, msg.payload, msg.mid, msg.qos, bool(msg.retain), self._gen, int(time.time() * 1000))
+            Inbound(
+                msg.topic, msg.payload, msg.mid, msg.qos, bool(msg.retain), self._gen, int(time.time() * 1000)
+            )
         )
+
+
+def discard_session(cfg: MqttConfig, timeout_s: float = 10.0) -> bool:
+    """Remove the broker's durable session of ``cfg.client_id`` (connect with clean start and expiry 0).
+
+    For decommissioning an ingest instance, and for tests/benchmarks: an offline durable session subscribed to
+    ``cityos/v1/+/telemetry`` keeps queueing every message published afterwards (for up to
+    ``session_expiry_s``), which costs the broker memory and, with persistence, disk and CPU at every autosave.
+    Returns True if the broker accepted the connection.
+    """
+    done = threading.Event()
+    ok: list[bool] = []
+
+    def on_connect(client, userdata, flags, reason_code, properties) -> None:
+        ok.append(not reason_code.is_failure)
+        done.set()
+
+    c = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5
+    )
+    if cfg.username:
+        c.username_pw_set(cfg.username, cfg.password)
+    c.on_connect = on_connect
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0
+    try:
+        c.connect(cfg.host, cfg.port, keepalive=cfg.keepalive, clean_start=True, properties=props)
+    except OSError:
+        return False
+    c.loop_start()
+    try:
+        done.wait(timeout_s)
+        c.disconnect()
+    finally:
+        c.loop_stop()
+    return bool(ok and ok[0])

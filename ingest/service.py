@@ -23,9 +23,11 @@ import argparse
 import contextlib
 import logging
 import multiprocessing
+import os
 import queue
 import random
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -60,6 +62,7 @@ class _Chunk:
     messages: list[Inbound]
     args: tuple[Any, ...]  # decode_chunk arguments, to decode inline if the worker pool breaks
     result: Future[list[ChunkResult]] | list[ChunkResult]
+    pool: ProcessPoolExecutor | None = None  # the pool the future belongs to
 
 
 class IngestService:
@@ -78,24 +81,23 @@ class IngestService:
         self._abort_lock = threading.Lock()
         self._abort_timer: threading.Timer | None = None
         self._pool: ProcessPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
-        self.health = Health(config.ingest.stall_after_s, queued=self._inbound.qsize)
-        self.deadletters = DeadLetterStore.in_dir(self.data_dir)
         self.acks = AckSequencer()
+        self.health = Health(
+            config.ingest.stall_after_s,
+            queued=self._inbound.qsize,
+            unacked=lambda: (self.acks.waiting(), self.acks.oldest_age_s()),
+        )
+        self.deadletters = DeadLetterStore.in_dir(self.data_dir)
         self.batcher = Batcher(
             max_lines=config.influx.batch_lines,
             max_age_s=config.influx.flush_interval_s,
             max_bytes=config.influx.batch_bytes,
             max_messages=max(1, config.mqtt.receive_maximum // 2),
         )
-        self.influx = InfluxWriter(
-            config.influx.url,
-            config.influx.db,
-            config.influx.username,
-            config.influx.password,
-            timeout_s=config.influx.timeout_s,
-            gzip=config.influx.gzip,
-        )
+        self._influx_local = threading.local()  # one InfluxWriter (HTTP connection) per writer thread
+        self._influx_all: list[InfluxWriter] = []
         self.mqtt = MqttIn(
             config.mqtt,
             self._sink,
@@ -104,7 +106,10 @@ class IngestService:
             on_subscribed=self.health.on_subscribed,
         )
         self._collector = threading.Thread(target=self._collector_main, name="ingest-collector", daemon=True)
-        self._writer = threading.Thread(target=self._writer_main, name="ingest-writer", daemon=True)
+        self._writers = [
+            threading.Thread(target=self._writer_main, name=f"ingest-writer-{k}", daemon=True)
+            for k in range(config.influx.writers)
+        ]
         self._reporter = threading.Thread(target=self._reporter_main, name="ingest-health", daemon=True)
         self._reporter_stop = threading.Event()
         self.health_server: HealthServer | None = None
@@ -112,6 +117,8 @@ class IngestService:
     # --- paho thread -------------------------------------------------------------------------------------------
     def _sink(self, m: Inbound) -> None:
         self.health.on_received()
+        if self.mqtt.stopping.is_set():
+            return  # shutting down: not processed, not acked, the broker redelivers it
         while True:
             try:
                 self._inbound.put(m, timeout=0.5)
@@ -127,8 +134,13 @@ class IngestService:
         cfg = self.cfg
         log.info(
             "ingest starting: mqtt %s:%s client_id=%s share_group=%s → influx %s db=%s; data_dir=%s",
-            cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.client_id, cfg.mqtt.share_group, cfg.influx.url,
-            cfg.influx.db, self.data_dir,
+            cfg.mqtt.host,
+            cfg.mqtt.port,
+            cfg.mqtt.client_id,
+            cfg.mqtt.share_group,
+            cfg.influx.url,
+            cfg.influx.db,
+            self.data_dir,
         )
         if cfg.ingest.decode_workers:
             self._pool = self._new_pool()
@@ -138,7 +150,8 @@ class IngestService:
         if cfg.ingest.health_port:
             self.health_server = HealthServer(self.health, cfg.ingest.health_port).start()
             log.info("health endpoint on http://127.0.0.1:%d/health", self.health_server.port)
-        self._writer.start()
+        for w in self._writers:
+            w.start()
         self._collector.start()
         self._reporter.start()
         self.mqtt.start()
@@ -153,6 +166,7 @@ class IngestService:
             self.cfg.ingest.decode_workers,
             mp_context=multiprocessing.get_context("forkserver"),
             initializer=worker_init,
+            initargs=(os.getpid(),),
         )
 
     # --- dispatcher (run() thread) -----------------------------------------------------------------------------
@@ -188,17 +202,24 @@ class IngestService:
         if not keep:
             return
         cfg = self.cfg.ingest
-        args = ([(m.topic, m.payload) for m in keep], int(time.time() * 1000), cfg.max_past_s, cfg.max_future_s,
-                cfg.fast_decode)
+        args = (
+            [(m.topic, m.payload) for m in keep],
+            int(time.time() * 1000),
+            cfg.max_past_s,
+            cfg.max_future_s,
+        )
         result: Future[list[ChunkResult]] | list[ChunkResult]
-        if self._pool is not None:
+        pool = self._pool
+        if pool is not None:
             try:
-                result = self._pool.submit(decode_chunk, *args)
-            except (BrokenProcessPool, RuntimeError):
+                result = pool.submit(decode_chunk, *args)
+            except (BrokenProcessPool, RuntimeError):  # a worker died (or the pool is being replaced)
+                self._restart_pool(pool)
                 result = decode_chunk(*args)
         else:
             result = decode_chunk(*args)
-        item = _Chunk(keep, args, result)
+        self.health.on_decoding(len(keep))
+        item = _Chunk(keep, args, result, pool)
         while True:  # blocks while the collector is blocked (InfluxDB down): backpressure
             try:
                 self._decoded.put(item, timeout=0.5)
@@ -220,11 +241,16 @@ class IngestService:
             if c is None:  # shutdown: flush what is decoded
                 if len(batcher):
                     self._hand_off(batcher.take())
-                self._put_until_done(self._handoff, None, self._writer)
+                for w in self._writers:  # one end marker per writer
+                    self._put_until_done(self._handoff, None, w)
                 return
             if c:
                 try:
                     self._collect(c)
+                except _Aborted:
+                    log.warning(
+                        "shutdown: dead letters not stored; %d messages left unacked", len(c.messages)
+                    )
                 except Exception:  # pragma: no cover - a bug: these stay unacked, the broker redelivers them
                     log.exception("collector failed on %d messages; they stay unacked", len(c.messages))
             if batcher.due():
@@ -237,9 +263,10 @@ class IngestService:
             try:
                 results = c.result.result()
             except BrokenProcessPool:
-                log.error("decode worker died; decoding inline and restarting the pool")
-                self._restart_pool()
-                results = decode_chunk(*c.args)
+                if c.pool is not None:
+                    self._restart_pool(c.pool)
+                results = decode_chunk(*c.args)  # decode this chunk here instead
+        self.health.on_decoding(-len(c.messages))
         dead: list[DeadLetter] = []
         finished: list[tuple[int, int]] = []  # ack keys of messages that need no write
         batcher = self.batcher
@@ -260,20 +287,48 @@ class IngestService:
             if m.qos > 0:
                 finished.append((m.gen, m.mid))
         if dead:
-            self.deadletters.add_many(dead)  # committed before any of them is acked
+            self._store_dead_letters(dead)  # committed before any of them is acked
             for d in dead:
                 self.health.on_dead_letter(d.reason)
                 log.info("dead-lettered message on %s: %s %s", d.topic, d.reason, d.detail[:200])
         if finished:
             self._ack(self.acks.done(finished))
 
-    def _restart_pool(self) -> None:
-        old, self._pool = self._pool, None
-        if old is not None:
+    def _store_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Commit, retrying while SQLite fails (disk full, locked): these messages cannot be acked before."""
+        attempt = 0
+        while True:
+            try:
+                self.deadletters.add_many(letters)
+                return
+            except sqlite3.Error as exc:
+                attempt += 1
+                if attempt <= 3 or attempt % 30 == 0:
+                    log.error(
+                        "cannot store %d dead letters in %s (%s); retrying, not acking them",
+                        len(letters),
+                        self.deadletters.path,
+                        exc,
+                    )
+                if self._abort.wait(min(10.0, 0.5 * attempt)):
+                    raise _Aborted from exc
+
+    def _restart_pool(self, broken: ProcessPoolExecutor) -> None:
+        """Replace a broken worker pool (once, whichever thread notices first)."""
+        with self._pool_lock:
+            if self._pool is not broken:
+                return
+            log.error(
+                "a decode worker died; restarting the worker pool (the affected messages are decoded here)"
+            )
+            self._pool = None
+            self.health.on_worker_restart()
             with contextlib.suppress(Exception):
-                old.shutdown(wait=False, cancel_futures=True)
-        with contextlib.suppress(Exception):
-            self._pool = self._new_pool()
+                broken.shutdown(wait=False, cancel_futures=True)
+            try:
+                self._pool = self._new_pool()
+            except Exception:  # pragma: no cover - e.g. out of memory: keep going, decoding in this process
+                log.exception("cannot start decode workers; decoding in the service process from now on")
 
     def _hand_off(self, batch: Batch) -> None:
         # Blocks while the writer is busy with the previous batch (e.g. InfluxDB down): the backpressure.
@@ -308,6 +363,17 @@ class IngestService:
         self.health.on_done(len(items), sum(i.n_lines for i in items))
 
     # --- writer thread -----------------------------------------------------------------------------------------
+    @property
+    def influx(self) -> InfluxWriter:
+        """This writer thread's InfluxDB client."""
+        w = getattr(self._influx_local, "writer", None)
+        if w is None:
+            c = self.cfg.influx
+            w = InfluxWriter(c.url, c.db, c.username, c.password, timeout_s=c.timeout_s, gzip=c.gzip)
+            self._influx_local.writer = w
+            self._influx_all.append(w)
+        return w
+
     def _writer_main(self) -> None:
         while True:
             batch = self._handoff.get()
@@ -319,7 +385,8 @@ class IngestService:
                 left = [i for i in batch.items if not i.done]
                 self._drop(left)
                 log.warning(
-                    "shutdown: %d messages left unacked (InfluxDB still failing); the broker keeps them", len(left)
+                    "shutdown: %d messages left unacked (InfluxDB still failing); the broker keeps them",
+                    len(left),
                 )
             except Exception:  # pragma: no cover - a bug: keep running, these messages stay unacked
                 left = [i for i in batch.items if not i.done]
@@ -333,7 +400,9 @@ class IngestService:
         else:
             log.warning(
                 "InfluxDB rejected a batch of %d messages (%s: %s); finding the culprits",
-                len(batch.items), result.outcome, result.message[:300],
+                len(batch.items),
+                result.outcome,
+                result.message[:300],
             )
             self._bisect(batch, result)
 
@@ -343,7 +412,7 @@ class IngestService:
             item = batch.items[0]
             detail = f"HTTP {result.status}: {result.message}"
             letter = DeadLetter(item.received_at_ms, item.topic, item.payload, "influx_rejected", detail)
-            self.deadletters.add_many([letter])
+            self._store_dead_letters([letter])
             self.health.on_dead_letter("influx_rejected")
             log.warning("dead-lettered message on %s: influx_rejected %s", item.topic, result.message[:300])
             self._complete(batch.items)
@@ -378,9 +447,13 @@ class IngestService:
                     logging.ERROR if auth else logging.WARNING,
                     "InfluxDB write failed (%s, HTTP %s: %s)%s; attempt %d, retrying in %.1fs; "
                     "%d messages held, none acked",
-                    r.outcome, r.status, r.message[:300],
+                    r.outcome,
+                    r.status,
+                    r.message[:300],
                     " (check [influx] username/password and the user's WRITE grant)" if auth else "",
-                    attempt, delay, self.health.pending,
+                    attempt,
+                    delay,
+                    self.health.pending,
                 )
             if self._abort.wait(delay):
                 raise _Aborted
@@ -424,7 +497,8 @@ class IngestService:
                 self._dispatch(chunk)
             self._put_until_done(self._decoded, None, self._collector)
             self._collector.join()
-            self._writer.join()
+            for w in self._writers:
+                w.join()
         finally:
             with self._abort_lock:
                 if self._abort_timer is not None:
@@ -440,7 +514,8 @@ class IngestService:
                 write_health_file(self.health_path, snap)
             if self.health_server:
                 self.health_server.stop()
-            self.influx.close()
+            for w in self._influx_all:
+                w.close()
             self.deadletters.close()
             log.info("ingest stopped: %s", self.health.summary_line(snap))
 
