@@ -299,14 +299,23 @@ def _field(value: float | bool | str) -> str:
 def batch_to_lines(batch: TelemetryBatch) -> list[str]:
     """Line protocol for a batch: one line per reading, tags sorted by key (InfluxDB's fast path), numbers as
     floats, the edge timestamp in ms. Ids are escape-free by their patterns, so only strings need escaping."""
+    # The ingest's hottest loop: per-batch caches of the tag prefix and of the sorted field order, floats inline.
     gw = batch.gateway_id
     prefixes: dict[tuple[str, str], str] = {}
+    orders: dict[tuple[str, ...], list[str]] = {}
     out: list[str] = []
     for r in batch.readings:
         prefix = prefixes.get((r.kind, r.device_id))
         if prefix is None:
             prefix = prefixes[(r.kind, r.device_id)] = f"{measurement_for(r.kind)},device={r.device_id},gateway={gw} "
-        fields = ",".join(f"{k}={_field(v)}" for k, v in sorted(r.values.items()))
+        values = r.values
+        keys = tuple(values)
+        order = orders.get(keys)
+        if order is None:
+            order = orders[keys] = sorted(keys)
+        fields = ",".join(
+            [f"{k}={v!r}" if type(v) is float else f"{k}={_field(v)}" for k in order for v in (values[k],)]
+        )
         if r.backfill:
             # A field, not a tag: a tag would make a redelivered backfill point a second series (a double count).
             fields += ",backfill=true"
