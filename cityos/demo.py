@@ -55,8 +55,15 @@ def run_demo(*, run_dir: Path, duration: float | None, stations: int, gateways: 
                 break
             _say(_progress_line(pipe, elapsed))
             stop.wait(2.0 if duration is None or duration - elapsed > 2 else max(0.0, duration - elapsed))
-        _say(_progress_line(pipe, time.monotonic() - t0))
         dead = [p.name for p in pipe.procs() if not p.alive]
+        _say("\nstations stop sampling; letting the gateways and the ingest deliver what they hold ...")
+        pipe.settle(timeout=30)
+        _say(_progress_line(pipe, time.monotonic() - t0))
+        c = pipe.compare()
+        verdict = "exact: every sample, every value, every timestamp" if c.exact else (
+            f"NOT exact: {len(c.missing)} missing, {len(c.extra)} extra, {len(c.wrong)} differing"
+        )
+        _say(f"InfluxDB holds {c.stored} points for the {c.truth} samples the stations produced: {verdict}")
         if dead:
             _say(f"warning: these processes exited early: {', '.join(dead)} (see their logs)")
             rc = 1

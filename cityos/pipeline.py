@@ -105,6 +105,20 @@ def _toml_value(v: Any) -> str:
     return json.dumps(str(v)) if isinstance(v, Path) else json.dumps(v)
 
 
+@dataclass
+class Comparison:
+    truth: int
+    stored: int
+    missing: list[tuple[str, str, int]]
+    extra: list[tuple[str, str, int]]
+    wrong: list[tuple[tuple[str, str, int], dict[str, Any], dict[str, Any]]]
+    doubled: int
+
+    @property
+    def exact(self) -> bool:
+        return self.truth > 0 and not (self.missing or self.extra or self.wrong or self.doubled)
+
+
 class Pipeline:
     def __init__(
         self,
@@ -135,6 +149,8 @@ class Pipeline:
         self.agents: dict[str, Proc] = {}
         self.ingest: Proc | None = None
         self.ingest_dir = self.run_dir / "ingest"
+        #: Observation covers this run only (an earlier demo's points may share the database).
+        self.started_ms = 0
 
     # --- configs -------------------------------------------------------------------------------------------
 
@@ -229,6 +245,7 @@ class Pipeline:
 
     def start(self) -> None:
         """Ingest first (its durable session must exist before gateways publish), then devices, then agents."""
+        self.started_ms = int(time.time() * 1000)
         self.write_configs()
         self.start_ingest()
         self.wait_for(lambda: self.ingest_health().get("connected") is True, 30, "ingest to connect")
@@ -343,19 +360,41 @@ class Pipeline:
             data = json.loads(resp.read())
         return data["results"][0].get("series", [])
 
+    def _since(self) -> str:
+        # Station clocks are set from this machine's clock after start, so no sample of this run is older.
+        return f"time >= {self.started_ms}ms"
+
     def influx_count(self, measurement: str = "forest") -> int:
-        series = self.query(f'SELECT count("battery_v") FROM "{measurement}"')
+        series = self.query(f'SELECT count("battery_v") FROM "{measurement}" WHERE {self._since()}')
         return int(series[0]["values"][0][1]) if series else 0
 
     def influx_points(self, measurement: str = "forest") -> list[dict[str, Any]]:
         out = []
-        for s in self.query(f'SELECT * FROM "{measurement}" GROUP BY "device", "gateway"'):
+        for s in self.query(f'SELECT * FROM "{measurement}" WHERE {self._since()} GROUP BY "device", "gateway"'):
             cols = s["columns"]
             for row in s["values"]:
                 d = dict(zip(cols, row, strict=True))
                 ts = d.pop("time")
                 out.append({"ts": ts, **s["tags"], "values": {k: v for k, v in d.items() if v is not None}})
         return out
+
+    def compare(self) -> Comparison:
+        """InfluxDB against the ground truth, point by point: (gateway, device, timestamp) and every value."""
+        truth = {(t["gateway_id"], t["device_id"], t["ts"]): t["values"] for t in self.ground_truth()}
+        stored: dict[tuple[str, str, int], dict[str, Any]] = {}
+        doubled = 0
+        for p in self.influx_points():
+            key = (p["gateway"], p["device"], p["ts"])
+            doubled += key in stored
+            stored[key] = {k: v for k, v in p["values"].items() if k != "backfill"}
+        return Comparison(
+            truth=len(truth),
+            stored=len(stored),
+            missing=sorted(set(truth) - set(stored)),
+            extra=sorted(set(stored) - set(truth)),
+            wrong=[(k, truth[k], stored[k]) for k in truth if k in stored and truth[k] != stored[k]],
+            doubled=doubled,
+        )
 
     def settle(self, timeout: float = 120) -> None:
         """Freeze the stations, then wait until every sample is in InfluxDB or nothing moves any more."""

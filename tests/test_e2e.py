@@ -40,20 +40,13 @@ def _start(pipe: Pipeline, **kw) -> None:
 
 def assert_exact(pipe: Pipeline) -> int:
     pipe.settle()
-    truth = {(t["gateway_id"], t["device_id"], t["ts"]): t["values"] for t in pipe.ground_truth()}
-    stored = {}
-    for p in pipe.influx_points():
-        key = (p["gateway"], p["device"], p["ts"])
-        assert key not in stored, f"point twice: {key}"
-        stored[key] = {k: v for k, v in p["values"].items() if k != "backfill"}
-    missing = sorted(set(truth) - set(stored))
-    extra = sorted(set(stored) - set(truth))
-    assert not missing, f"{len(missing)} of {len(truth)} samples missing in InfluxDB, first: {missing[:3]}"
-    assert not extra, f"{len(extra)} points in InfluxDB that no station produced, first: {extra[:3]}"
-    wrong = [(k, truth[k], stored[k]) for k in truth if truth[k] != stored[k]]
-    assert not wrong, f"{len(wrong)} points with other values than the station's, first: {wrong[:2]}"
-    assert len(truth) > 0
-    return len(truth)
+    c = pipe.compare()
+    assert not c.missing, f"{len(c.missing)} of {c.truth} samples missing in InfluxDB, first: {c.missing[:3]}"
+    assert not c.extra, f"{len(c.extra)} points in InfluxDB that no station produced, first: {c.extra[:3]}"
+    assert not c.wrong, f"{len(c.wrong)} points with other values than the station's, first: {c.wrong[:2]}"
+    assert not c.doubled
+    assert c.exact
+    return c.truth
 
 
 def test_every_sample_arrives_exactly_once(city):
