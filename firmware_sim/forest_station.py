@@ -576,7 +576,9 @@ class ForestStationSim:
         st.history[st.sample_no % HISTORY_DEPTH] = list(st.inputs)
         self._counters["samples"] += 1
         values = self._truth_values(st)
-        if st.inputs[11] & STATUS_RAIN_FAULT == 0:
+        if st.clock_set and st.inputs[11] & STATUS_RAIN_FAULT == 0:
+            # rain_mm in the truth is since the previous *reported* sample (one with a valid time): the first after
+            # power-up reports 0.0, and rain during a clock outage lands in the next reported sample, as on the edge.
             st.prev_truth_tips = tips
         if st.clock_set:
             self._write_truth(

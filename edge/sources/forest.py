@@ -642,18 +642,23 @@ class ForestBus:
                     persisted["ts"],
                 )
             return
-        missed = 0
+        # The last sample this gateway accounted for: the last emitted one, or else (a station never emitted, e.g.
+        # the first samples after its clock was set were lost to line noise) the last one seen with its clock unset.
         if persisted is not None:
-            elapsed = (s.ts_ms - persisted["ts"]) / 1000
-            gap = codec.missed_samples(persisted["sample_no"], s.sample_no, elapsed, info.sample_interval_s)
+            base_no, base_ts, elapsed = persisted["sample_no"], persisted["ts"], (s.ts_ms - persisted["ts"]) / 1000
+        elif prev_seen is not None:
+            base_no, base_ts, elapsed = prev_seen[0], 0, now - prev_mono
+        else:
+            base_no = None
+        missed = 0
+        if base_no is not None:
+            gap = codec.missed_samples(base_no, s.sample_no, elapsed, info.sample_interval_s)
             if gap:
                 try:
-                    missed = self._catch_up(st, persisted, gap, s.ts_ms, ctx)
+                    missed = self._catch_up(st, base_no, base_ts, gap, s.ts_ms, ctx)
                 except _RequestFailed:
                     st.last_seen, st.last_seen_mono = prev_seen, prev_mono  # retry on the next poll
                     return
-        elif prev_seen is not None:
-            missed = codec.missed_samples(prev_seen[0], s.sample_no, now - prev_mono, info.sample_interval_s)
         self._emit(st, s, ctx)
         if missed:
             self._count("missed_samples", missed)
@@ -666,20 +671,25 @@ class ForestBus:
                 missed,
             )
 
-    def _catch_up(self, st: _Station, persisted: dict[str, Any], gap: int, until_ts: int, ctx: SourceContext) -> int:
+    def _catch_up(
+        self, st: _Station, first_no: int, last_ts: int, gap: int, until_ts: int, ctx: SourceContext
+    ) -> int:
         """Read the samples this gateway never saw (agent down, cable out) from the station's history ring.
 
         Returns how many could not be recovered (older than the ring, or not valid). Raises _RequestFailed when the
         bus fails mid-way: what was emitted so far is committed, the rest is retried on the next poll.
         """
-        first_no, last_ts = persisted["sample_no"], persisted["ts"]
         lost = max(0, gap - (codec.HISTORY_DEPTH - 1))  # overwritten in the ring already
         for k in range(lost + 1, gap + 1):
             n = (first_no + k) & 0xFFFF
             rec = self._read_sample(st, codec.history_address(n))
-            if rec.sample_no != n or rec.clock_unset or not last_ts < rec.ts_ms < until_ts:
-                lost += 1
+            if rec.sample_no != n:
+                # an unwritten slot (all 0xFFFF) means the station restarted and its numbering with it: nothing
+                # was lost there; a slot holding another sample was overwritten: that one is gone
+                lost += rec.sample_no != codec.NOT_AVAILABLE
                 continue
+            if rec.clock_unset or not last_ts < rec.ts_ms < until_ts:
+                continue  # no valid time (never reportable), or not after what was already emitted
             self._emit(st, rec, ctx)
             last_ts = rec.ts_ms
             self._count("recovered_samples")
