@@ -81,7 +81,8 @@ class Outbox:
 
     def append(self, reading: Reading, source: str | None = None, state: dict[str, Any] | None = None) -> bool:
         """Commit a reading (and its source's state). Returns False if the drop policy refused the reading."""
-        body = reading.model_dump_json(exclude_defaults=True)
+        # backfill is decided at send time (edge/uplink.py), never stored
+        body = reading.model_dump_json(exclude_defaults=True, exclude={"backfill"})
         now = _now_ms()
         with self._lock:
             cur = self._db.cursor()

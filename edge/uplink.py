@@ -283,24 +283,20 @@ class Uplink:
 
     def _publish(self, client: mqtt.Client, rows: list[Row], inflight: dict[int, _Inflight], stream: str) -> int | None:
         """Publish rows as one message (splitting if oversize); returns the last id sent, None if disconnected."""
+        # The rows hold each reading's JSON as validated at append time: splice them, don't parse and re-dump
+        # (that was 90 % of the drain's CPU). A late reading gets "backfill":true added before its closing brace.
         now_ms = int(time.time() * 1000)
-        readings = []
-        for r in rows:
-            d = json.loads(r.body)
-            if now_ms - r.created_ms > self.backfill_after_ms or now_ms - r.ts > self.backfill_after_ms:
-                d["backfill"] = True
-            readings.append(d)
-        payload = json.dumps(
-            {
-                "v": wire.SCHEMA_VERSION,
-                "gateway_id": self.gateway_id,
-                "boot_id": self.boot_id,
-                "seq": self.outbox.next_seq(),
-                "sent_at": now_ms,
-                "readings": readings,
-            },
+        late = self.backfill_after_ms
+        bodies = [
+            r.body[:-1] + ',"backfill":true}' if now_ms - r.created_ms > late or now_ms - r.ts > late else r.body
+            for r in rows
+        ]
+        head = json.dumps(
+            {"v": wire.SCHEMA_VERSION, "gateway_id": self.gateway_id, "boot_id": self.boot_id,
+             "seq": self.outbox.next_seq(), "sent_at": now_ms},
             separators=(",", ":"),
-        ).encode()
+        )
+        payload = f'{head[:-1]},"readings":[{",".join(bodies)}]}}'.encode()
         if len(payload) > wire.MAX_PAYLOAD_BYTES and len(rows) > 1:
             self.stats.oversize_splits += 1
             return self._publish(client, rows[: len(rows) // 2], inflight, stream)
