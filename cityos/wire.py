@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -188,7 +188,7 @@ def decode_batch(
         else:
             # JSON mode fills in an absent "v", which the contract rejects: only accept it when present.
             if "v" in batch.model_fields_set and batch.gateway_id == topic_gw:
-                lo, hi = now_ms - max_past_s * 1000, now_ms + max_future_s * 1000
+                lo, hi = _window(now_ms, max_past_s, max_future_s)
                 if all(lo <= r.ts <= hi for r in batch.readings):
                     return batch
     return _decode_checked(topic, payload, now_ms=now_ms, max_past_s=max_past_s, max_future_s=max_future_s)
@@ -216,22 +216,35 @@ def _check_gateway(claimed: str, topic_gw: str) -> None:
         raise ContractError("gateway_mismatch", f"payload says {claimed!r}, topic says {topic_gw!r}")
 
 
+M = TypeVar("M", TelemetryBatch, GatewayStatus)
+
+
+def _validated(model: type[M], topic: str, suffix: str, payload: bytes) -> M:
+    """Topic, JSON, version, schema and gateway checks shared by telemetry and status, each with its reason."""
+    topic_gw = gateway_from_topic(topic)
+    if topic_gw is None or not topic.endswith(suffix):
+        raise ContractError("bad_topic", topic[:200])
+    raw = _load_object(payload)
+    try:
+        obj = model.model_validate(raw)
+    except ValidationError as exc:
+        raise ContractError("schema", _short_validation_error(exc)) from None
+    _check_gateway(obj.gateway_id, topic_gw)
+    return obj
+
+
+def _window(now_ms: int, max_past_s: int, max_future_s: int) -> tuple[int, int]:
+    return now_ms - max_past_s * 1000, now_ms + max_future_s * 1000
+
+
 def _decode_checked(
     topic: str, payload: bytes, *, now_ms: int, max_past_s: int, max_future_s: int
 ) -> TelemetryBatch:
     """The slow, explicit path: each check in turn, each failure with its reason."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ContractError("oversize", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
-    topic_gw = gateway_from_topic(topic)
-    if topic_gw is None or not topic.endswith("/telemetry"):
-        raise ContractError("bad_topic", topic[:200])
-    raw = _load_object(payload)
-    try:
-        batch = TelemetryBatch.model_validate(raw)
-    except ValidationError as exc:
-        raise ContractError("schema", _short_validation_error(exc)) from None
-    _check_gateway(batch.gateway_id, topic_gw)
-    lo, hi = now_ms - max_past_s * 1000, now_ms + max_future_s * 1000
+    batch = _validated(TelemetryBatch, topic, "/telemetry", payload)
+    lo, hi = _window(now_ms, max_past_s, max_future_s)
     for r in batch.readings:
         if not lo <= r.ts <= hi:
             raise ContractError("timestamp_out_of_range", f"{r.device_id} ts={r.ts} outside [{lo}, {hi}]")
@@ -247,16 +260,8 @@ def decode_status(
     max_future_s: int = DEFAULT_MAX_FUTURE_S,
 ) -> GatewayStatus:
     """Validate a status message, with the same reasons as :func:`decode_batch`."""
-    topic_gw = gateway_from_topic(topic)
-    if topic_gw is None or not topic.endswith("/status"):
-        raise ContractError("bad_topic", topic[:200])
-    raw = _load_object(payload)
-    try:
-        status = GatewayStatus.model_validate(raw)
-    except ValidationError as exc:
-        raise ContractError("schema", _short_validation_error(exc)) from None
-    _check_gateway(status.gateway_id, topic_gw)
-    lo, hi = now_ms - max_past_s * 1000, now_ms + max_future_s * 1000
+    status = _validated(GatewayStatus, topic, "/status", payload)
+    lo, hi = _window(now_ms, max_past_s, max_future_s)
     if not lo <= status.ts <= hi:
         raise ContractError("timestamp_out_of_range", f"status ts={status.ts} outside [{lo}, {hi}]")
     return status
