@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
 import sys
@@ -15,7 +17,12 @@ from cityos.stack import Stack, StackError
 
 
 def _say(msg: str = "") -> None:
-    print(msg, flush=True)
+    """Print progress; a closed stdout (``| head``, a dropped SSH session) must not stop the clean-up."""
+    try:
+        print(msg, flush=True)
+    except (BrokenPipeError, OSError):
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
 
 def run_demo(*, run_dir: Path, duration: float | None, stations: int, gateways: int) -> int:
@@ -71,15 +78,17 @@ def run_demo(*, run_dir: Path, duration: float | None, stations: int, gateways: 
         print(f"cityos demo: {exc}", file=sys.stderr)
         rc = 1
     finally:
-        _say("\nstopping agents, simulators and ingest ...")
-        pipe.stop()
-        _where(pipe, info)
-        if not was_up:
-            stack.down()
-            _say(f"stopped the stack (data kept in {stack.run_dir}; `cityos stack up --run-dir {stack.run_dir}` "
-                 "brings it back to query)")
-        for s, h in old.items():
-            signal.signal(s, h)
+        try:
+            _say("\nstopping agents, simulators and ingest ...")
+            pipe.stop()
+            _where(pipe, info)
+        finally:  # whatever happened above (even a closed stdout), stop what this demo started
+            if not was_up:
+                stack.down()
+                _say(f"stopped the stack (data kept in {stack.run_dir}; "
+                     f"`cityos stack up --run-dir {stack.run_dir}` brings it back to query)")
+            for s, h in old.items():
+                signal.signal(s, h)
     return rc
 
 
