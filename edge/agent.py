@@ -13,6 +13,7 @@ from typing import Any
 
 from cityos.config import read_toml
 from cityos.wire import Reading
+from edge import clock
 from edge.config import GatewayConfig, config_hash, parse_config
 from edge.outbox import Outbox
 from edge.sources.base import Source, registry
@@ -70,6 +71,9 @@ class Agent:
     def status_fields(self) -> dict[str, Any]:
         counters: dict[str, float] = {f"uplink_{k}": v for k, v in self.uplink.stats.as_dict().items()}
         counters.update({f"outbox_{k}": float(v) for k, v in self.outbox.counters().items()})
+        synced = clock.kernel_synced()
+        counters["gateway_clock_synced"] = -1.0 if synced is None else float(synced)
+        counters["gateway_clock_plausible"] = float(clock.plausible())
         for src in self.sources:
             for k, v in src.health().items():
                 counters[f"{src.name}_{k}".replace("-", "_").lower()[:48]] = float(v)

@@ -77,6 +77,7 @@ from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
 from cityos.wire import DeviceId, Reading
+from edge import clock
 from edge.sources import forest_codec as codec
 from edge.sources.base import SourceConfig, SourceContext, register
 
@@ -105,6 +106,7 @@ COUNTERS = (
     "reconnects",
     "clock_syncs",
     "clock_unset_skips",
+    "clock_implausible_skips",
     "stale_skips",
 )
 
@@ -569,6 +571,14 @@ class ForestBus:
 
     def _write_clock(self, st: _Station) -> None:
         unit = st.cfg.unit
+        if not clock.plausible():
+            # a gateway that booted at 1970 must not pass its error on to the stations: wait for NTP
+            st.clock_write_at = None
+            self._count("clock_implausible_skips")
+            self._warn(
+                logging.ERROR, "implausible", "%s: gateway clock is implausible; not setting station clocks", self.name
+            )
+            return
         arrive = time.time() + self._write_lead_s
         seconds = round(arrive)
         if abs(arrive - seconds) > _CLOCK_WRITE_SLACK_S:  # the bus was busy at the moment: next second

@@ -1,0 +1,48 @@
+"""Can the gateway's own clock be trusted? Every edge timestamp depends on it (stations' clocks are set from it).
+
+A Raspberry Pi has no RTC: until NTP syncs it boots at the last shutdown time (fake-hwclock) or at 1970. Writing
+that into a station would stamp its samples with a wrong time, and those points would land elsewhere in InfluxDB
+(or be dead-lettered as out of range). So sources refuse to set device clocks from an implausible gateway clock,
+and the status message reports whether the kernel considers the clock synchronised.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import time
+
+#: No gateway of this project runs before this date: a clock earlier than it is certainly wrong (1970 boot).
+MIN_PLAUSIBLE_EPOCH_S = 1_767_225_600  # 2026-01-01T00:00:00Z
+
+_TIME_ERROR = 5  # adjtimex(2) clock state: not synchronised
+
+
+class _Timex(ctypes.Structure):
+    _fields_ = [
+        ("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+        ("constant", ctypes.c_long), ("precision", ctypes.c_long), ("tolerance", ctypes.c_long),
+        ("time_sec", ctypes.c_long), ("time_usec", ctypes.c_long), ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long), ("jitter", ctypes.c_long), ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long), ("jitcnt", ctypes.c_long), ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long), ("stbcnt", ctypes.c_long), ("tai", ctypes.c_int),
+        ("_reserved", ctypes.c_int * 11),
+    ]  # fmt: skip
+
+
+def plausible(now_s: float | None = None) -> bool:
+    return (time.time() if now_s is None else now_s) >= MIN_PLAUSIBLE_EPOCH_S
+
+
+def kernel_synced() -> bool | None:
+    """True/False as the kernel's NTP discipline says (what `timedatectl` shows), None where it cannot be asked."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        tx = _Timex()
+        state = libc.adjtimex(ctypes.byref(tx))
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    return state != _TIME_ERROR
