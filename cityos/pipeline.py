@@ -14,15 +14,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 import zlib
-from base64 import b64encode
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cityos.stack import StackInfo
+from cityos.stack import StackInfo, influx_query
 
 
 class Proc:
@@ -352,13 +349,7 @@ class Pipeline:
         return total
 
     def query(self, q: str) -> list[dict[str, Any]]:
-        url = f"{self.info.influx_url}/query?" + urllib.parse.urlencode({"db": self.db, "q": q, "epoch": "ms"})
-        req = urllib.request.Request(url)
-        auth = b64encode(f"{self.info.influx_username}:{self.info.influx_password}".encode()).decode()
-        req.add_header("Authorization", f"Basic {auth}")
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            data = json.loads(resp.read())
-        return data["results"][0].get("series", [])
+        return influx_query(self.info, self.db, q)
 
     def _since(self) -> str:
         # Station clocks are set from this machine's clock after start, so no sample of this run is older.

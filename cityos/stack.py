@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Stack", "StackError", "StackInfo", "find_binary", "load_info"]
+__all__ = ["Stack", "StackError", "StackInfo", "find_binary", "influx_query", "influx_request", "load_info"]
 
 HOST = "127.0.0.1"
 MQTT_USERNAME = "cityos"
@@ -213,24 +213,28 @@ def _log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
-def _influx_request(
+def influx_request(
     base_url: str,
     path: str,
     *,
     method: str = "GET",
     params: dict[str, str] | None = None,
+    body: bytes | None = None,
     auth: tuple[str, str] | None = None,
     timeout: float = 10.0,
 ) -> tuple[int, bytes]:
-    """One InfluxDB v1 HTTP API request, stdlib only (so ``cityos stack`` works with the base install)."""
+    """One InfluxDB v1 HTTP API request, stdlib only (so ``cityos stack`` works with the base install).
+
+    With ``body`` (a /write) the params go in the URL; a POST without body sends them as a form (a /query).
+    """
     url = base_url + path
-    data = None
-    if params and method == "POST":
+    data = body
+    if params and method == "POST" and body is None:
         data = urllib.parse.urlencode(params).encode()
     elif params:
         url += "?" + urllib.parse.urlencode(params)
     req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
+    if data is not None and body is None:
         req.add_header("Content-Type", "application/x-www-form-urlencoded")
     if auth is not None:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
@@ -240,6 +244,29 @@ def _influx_request(
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+def influx_query(info: StackInfo, db: str, q: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """InfluxQL with ``epoch=ms``: the series of all statements (``{"name", "columns", "values", "tags"?}``).
+
+    Raises :class:`StackError` on any HTTP or statement error.
+    """
+    status, raw = influx_request(
+        info.influx_url, "/query", method="POST", params={"db": db, "q": q, "epoch": "ms"},
+        auth=(info.influx_username, info.influx_password), timeout=timeout,
+    )
+    try:
+        doc = json.loads(raw or b"{}")
+    except ValueError:
+        raise StackError(f"{q!r}: HTTP {status}: {raw[:300]!r}") from None
+    if status != 200 or "error" in doc:
+        raise StackError(f"{q!r}: HTTP {status}: {doc.get('error', raw[:300])}")
+    series: list[dict[str, Any]] = []
+    for result in doc.get("results", []):
+        if "error" in result:
+            raise StackError(f"{q!r}: {result['error']}")
+        series.extend(result.get("series", []))
+    return series
 
 
 def _influx_error(status: int, body: bytes) -> str | None:
@@ -395,7 +422,7 @@ class Stack:
         ready = False
         if influx_pid and influx_url:
             with contextlib.suppress(OSError):
-                ready = _influx_request(influx_url, "/ping", timeout=2)[0] == 204
+                ready = influx_request(influx_url, "/ping", timeout=2)[0] == 204
         http_port = urllib.parse.urlsplit(influx_url).port if influx_url else None
         return {
             "run_dir": str(self.run_dir),
@@ -736,7 +763,7 @@ bind-address = "{HOST}:{rpc_port}"
 
         def ping() -> bool:
             try:
-                return _influx_request(info.influx_url, "/ping", timeout=1)[0] == 204
+                return influx_request(info.influx_url, "/ping", timeout=1)[0] == 204
             except OSError:
                 return False
 
@@ -745,7 +772,7 @@ bind-address = "{HOST}:{rpc_port}"
     def _influx_query(self, info: StackInfo, q: str, *, auth: bool = True) -> None:
         creds = (info.influx_username, info.influx_password) if auth else None
         try:
-            status, body = _influx_request(
+            status, body = influx_request(
                 info.influx_url, "/query", method="POST", params={"q": q}, auth=creds
             )
         except OSError as e:
@@ -756,7 +783,7 @@ bind-address = "{HOST}:{rpc_port}"
 
     def _ensure_influx_admin(self, info: StackInfo) -> None:
         """Create the admin user on first start (allowed unauthenticated only while no user exists)."""
-        status, body = _influx_request(
+        status, body = influx_request(
             info.influx_url,
             "/query",
             method="POST",

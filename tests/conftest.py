@@ -44,3 +44,14 @@ def influx_db(stack: Stack) -> Iterator[str]:
     stack.create_database(name)
     yield name
     stack.drop_database(name)
+
+
+@pytest.fixture
+def own_stack(tmp_path) -> Iterator[Stack]:
+    """A Stack of this test's own (may be stopped, killed, restarted); always torn down."""
+    s = Stack(tmp_path / "run")
+    try:
+        s.up()
+        yield s
+    finally:
+        s.down()

@@ -6,63 +6,22 @@ Import as ``from helpers import influx_query`` (pytest puts ``tests/`` on sys.pa
 
 from __future__ import annotations
 
-import base64
-import json
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any
 
+from cityos import stack
 from cityos.stack import StackInfo
-
-# Loopback requests must never go through an HTTP proxy from the environment.
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class InfluxQueryError(AssertionError):
     """An InfluxQL statement failed (an AssertionError so pytest shows it as a plain test failure)."""
 
 
-def _request(
-    info: StackInfo,
-    path: str,
-    params: dict[str, str],
-    body: bytes | None = None,
-    *,
-    auth: bool = True,
-    timeout: float = 30.0,
-) -> tuple[int, bytes]:
-    url = f"{info.influx_url}{path}?{urllib.parse.urlencode(params)}"
-    req = urllib.request.Request(url, data=body, method="POST")
-    if auth:
-        token = base64.b64encode(f"{info.influx_username}:{info.influx_password}".encode()).decode()
-        req.add_header("Authorization", f"Basic {token}")
-    try:
-        with _HTTP.open(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 def influx_query(info: StackInfo, db: str, q: str) -> list[dict[str, Any]]:
-    """Run InfluxQL (any statement; POST so writes like DROP work too) with ``epoch=ms``.
-
-    Returns the series of all statements, each ``{"name", "columns", "values", "tags"?}``; empty if no data.
-    Raises :class:`InfluxQueryError` on any HTTP or statement error.
-    """
-    status, raw = _request(info, "/query", {"db": db, "q": q, "epoch": "ms"})
+    """Run InfluxQL (POST, so writes like DROP work too) with ``epoch=ms``; the series of all statements."""
     try:
-        doc = json.loads(raw or b"{}")
-    except ValueError:
-        raise InfluxQueryError(f"{q!r}: HTTP {status}: {raw[:300]!r}") from None
-    if status != 200 or "error" in doc:
-        raise InfluxQueryError(f"{q!r}: HTTP {status}: {doc.get('error', raw[:300])}")
-    series: list[dict[str, Any]] = []
-    for result in doc.get("results", []):
-        if "error" in result:
-            raise InfluxQueryError(f"{q!r}: {result['error']}")
-        series.extend(result.get("series", []))
-    return series
+        return stack.influx_query(info, db, q)
+    except stack.StackError as exc:
+        raise InfluxQueryError(str(exc)) from None
 
 
 def influx_count(info: StackInfo, db: str, measurement: str, field: str | None = None) -> int:
@@ -83,6 +42,14 @@ def influx_count(info: StackInfo, db: str, measurement: str, field: str | None =
 def influx_write(info: StackInfo, db: str, lines: str | list[str], precision: str = "ms") -> None:
     """Write line protocol (``precision`` as in the /write API: ns, u, ms, s)."""
     body = lines if isinstance(lines, str) else "\n".join(lines)
-    status, raw = _request(info, "/write", {"db": db, "precision": precision}, body.encode())
+    status, raw = stack.influx_request(
+        info.influx_url,
+        "/write",
+        method="POST",
+        params={"db": db, "precision": precision},
+        body=body.encode(),
+        auth=(info.influx_username, info.influx_password),
+        timeout=30,
+    )
     if status != 204:
         raise InfluxQueryError(f"write to {db}: HTTP {status}: {raw[:300]!r}")

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import pytest
 from helpers import influx_count, influx_query
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -219,16 +218,6 @@ def mosquitto_version() -> tuple[int, ...]:
     out = subprocess.run(["/usr/sbin/mosquitto", "-h"], capture_output=True, text=True, check=False)
     m = re.search(r"mosquitto version (\d+)\.(\d+)\.(\d+)", out.stdout + out.stderr)
     return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
-
-
-@pytest.fixture
-def own_stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path / "run")
-    try:
-        s.up()
-        yield s
-    finally:
-        s.down()
 
 
 # --- end to end ---------------------------------------------------------------------------------------------

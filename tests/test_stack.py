@@ -6,17 +6,12 @@ Tests that only read use the session ``stack``; tests that stop, kill or restart
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import queue
 import stat
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import cityos.stack as stack_mod
-from cityos.stack import Stack, StackError, StackInfo
-
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
+from cityos.stack import Stack, StackError, StackInfo, influx_request
 
 # ---- helpers
 
@@ -75,17 +67,6 @@ class _Mqtt:
         self.client.loop_stop()
 
 
-@pytest.fixture
-def own_stack(tmp_path: Path) -> Iterator[Stack]:
-    """A Stack of this test's own (may be stopped, killed, restarted); always torn down."""
-    s = Stack(tmp_path / "run")
-    try:
-        s.up()
-        yield s
-    finally:
-        s.down()
-
-
 def _http(
     info: StackInfo,
     path: str,
@@ -94,18 +75,8 @@ def _http(
     auth: tuple[str, str] | None,
     body: bytes | None = None,
 ) -> int:
-    req = urllib.request.Request(
-        f"{info.influx_url}{path}?{urllib.parse.urlencode(params)}",
-        data=body,
-        method="POST" if body is not None else "GET",
-    )
-    if auth:
-        req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
-    try:
-        with _HTTP.open(req, timeout=10) as resp:
-            return resp.status
-    except urllib.error.HTTPError as e:
-        return e.code
+    method = "POST" if body is not None else "GET"
+    return influx_request(info.influx_url, path, method=method, params=params, body=body, auth=auth)[0]
 
 
 # ---- session stack: reachable, authenticated
