@@ -26,7 +26,7 @@ import ssl
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -48,7 +48,6 @@ class _Inflight:
     hi: int
     n: int
     sent: float
-    stream: str
 
 
 @dataclass
@@ -65,11 +64,9 @@ class UplinkStats:
     oversize_splits: int = 0
     connected: bool = False
     last_ack_ms: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float]:
-        d = {k: float(v) for k, v in self.__dict__.items() if isinstance(v, int | float | bool)}
-        return d
+        return {k: float(v) for k, v in self.__dict__.items()}
 
 
 class Uplink:
@@ -233,7 +230,7 @@ class Uplink:
                         backlog_cursor = boundary
                 if not rows:
                     break
-                sent_rows = self._publish(client, rows, inflight, stream)
+                sent_rows = self._publish(client, rows, inflight)
                 if sent_rows is None:
                     return True  # connection lost while publishing
                 if stream == "live":
@@ -281,7 +278,7 @@ class Uplink:
             self.stats.last_ack_ms = int(time.time() * 1000)
         return True
 
-    def _publish(self, client: mqtt.Client, rows: list[Row], inflight: dict[int, _Inflight], stream: str) -> int | None:
+    def _publish(self, client: mqtt.Client, rows: list[Row], inflight: dict[int, _Inflight]) -> int | None:
         """Publish rows as one message (splitting if oversize); returns the last id sent, None if disconnected."""
         # The rows hold each reading's JSON as validated at append time: splice them, don't parse and re-dump
         # (that was 90 % of the drain's CPU). A late reading gets "backfill":true added before its closing brace.
@@ -299,12 +296,12 @@ class Uplink:
         payload = f'{head[:-1]},"readings":[{",".join(bodies)}]}}'.encode()
         if len(payload) > wire.MAX_PAYLOAD_BYTES and len(rows) > 1:
             self.stats.oversize_splits += 1
-            return self._publish(client, rows[: len(rows) // 2], inflight, stream)
+            return self._publish(client, rows[: len(rows) // 2], inflight)
         info = client.publish(wire.telemetry_topic(self.gateway_id), payload, qos=1)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.warning("uplink: publish failed: %s", mqtt.error_string(info.rc))
             return None
-        inflight[info.mid] = _Inflight(rows[0].id, rows[-1].id, len(rows), time.monotonic(), stream)
+        inflight[info.mid] = _Inflight(rows[0].id, rows[-1].id, len(rows), time.monotonic())
         self.stats.published_messages += 1
         self.stats.published_readings += len(rows)
         return rows[-1].id
