@@ -1,7 +1,8 @@
 """Wire contract v1: the only thing that crosses between edge and cloud code.
 
-The gateway agent builds :class:`TelemetryBatch` messages and the ingest service validates them with the same
-models, so a change to the contract is one edit here (plus ``docs/wire-protocol.md`` and the published JSON
+The gateway agent validates every :class:`Reading` with these models when it stores it and sends messages of the
+:class:`TelemetryBatch` shape; the ingest validates them with the same models, so a change to the contract is one
+edit here (plus ``docs/wire-protocol.md`` and the published JSON
 Schema, which a test keeps in step).
 
 Design points (see docs/wire-protocol.md for the full text):
