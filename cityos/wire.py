@@ -291,15 +291,13 @@ def _str_field(value: str) -> str:
     return f'"{escaped}"'
 
 
-def _field(value: float | bool | str) -> str:
-    t = type(value)
-    if t is float:
-        return repr(value)
-    if t is bool:
-        return "true" if value else "false"
-    if t is str:
-        return _str_field(value)  # type: ignore[arg-type]
-    return repr(float(value))  # an int from a caller that built a Reading by hand without validation
+def _other_field(value: bool | str) -> str:
+    """Booleans and strings; floats are formatted inline by :func:`batch_to_lines` (its hot path)."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return _str_field(value)
 
 
 def batch_to_lines(batch: TelemetryBatch) -> list[str]:
@@ -320,7 +318,7 @@ def batch_to_lines(batch: TelemetryBatch) -> list[str]:
         if order is None:
             order = orders[keys] = sorted(keys)
         fields = ",".join(
-            [f"{k}={v!r}" if type(v) is float else f"{k}={_field(v)}" for k in order for v in (values[k],)]
+            [f"{k}={v!r}" if type(v) is float else f"{k}={_other_field(v)}" for k in order for v in (values[k],)]
         )
         if r.backfill:
             # A field, not a tag: a tag would make a redelivered backfill point a second series (a double count).

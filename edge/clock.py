@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import time
 
 #: No gateway of this project runs before this date: a clock earlier than it is certainly wrong (1970 boot).
@@ -35,13 +36,20 @@ def plausible(now_s: float | None = None) -> bool:
     return (time.time() if now_s is None else now_s) >= MIN_PLAUSIBLE_EPOCH_S
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return None
+
+
 def kernel_synced() -> bool | None:
     """True/False as the kernel's NTP discipline says (what `timedatectl` shows), None where it cannot be asked."""
+    libc = _libc()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        tx = _Timex()
-        state = libc.adjtimex(ctypes.byref(tx))
-    except (OSError, AttributeError):
+        state = libc.adjtimex(ctypes.byref(_Timex())) if libc is not None else -1
+    except AttributeError:
         return None
     if state < 0:
         return None

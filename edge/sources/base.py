@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -53,12 +54,10 @@ class Source(Protocol):
         """Counters and gauges for the status message (e.g. ``crc_errors``, ``timeouts``, ``readings``)."""
 
 
+@dataclass(frozen=True)
 class SourcePlugin:
-    config_model: ClassVar[type[SourceConfig]]
-
-    def __init__(self, config_model: type[SourceConfig], factory: Callable[[Any], Source]) -> None:
-        self.config_model = config_model
-        self.factory = factory
+    config_model: type[SourceConfig]
+    factory: Callable[[Any], Source]
 
 
 _REGISTRY: dict[str, SourcePlugin] = {}
