@@ -20,6 +20,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -75,6 +76,8 @@ class Outbox:
         self._seq_next = self._meta("seq_reserved")
         self._seq_reserved = self._seq_next
         self.appended = 0  # this process's counters, for the status message
+        #: Called after each stored reading's commit (the uplink's wake-up: it need not poll an idle outbox).
+        self.on_append: Callable[[], None] | None = None
         self.deleted = 0
 
     # --- writer side (sources) -----------------------------------------------------------------------------
@@ -116,7 +119,9 @@ class Outbox:
             if stored:
                 self._count += 1
                 self.appended += 1
-            return stored
+        if stored and self.on_append is not None:
+            self.on_append()
+        return stored
 
     def load_state(self, source: str) -> dict[str, Any]:
         with self._lock:

@@ -88,8 +88,16 @@ class Uplink:
         self.status_fn = status_fn  # () -> dict of extra status fields (counters, versions)
         self.stats = UplinkStats()
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        # New rows wake the pump (one pending wake-up at most, so a long outage queues nothing here).
+        self._wake_pending = threading.Event()
+        outbox.on_append = self._wake
         self._client: mqtt.Client | None = None
         self._gen = 0
+
+    def _wake(self) -> None:
+        if not self._wake_pending.is_set():
+            self._wake_pending.set()
+            self._events.put(("append", (0,)))  # generation 0: no connection's event; it only ends a wait
 
     # --- connection ------------------------------------------------------------------------------------------
 
@@ -219,6 +227,7 @@ class Uplink:
                 status_mids.add(info.mid)
                 last_status = now
 
+            self._wake_pending.clear()  # rows appended from here on wake us again
             # Fill the window: live first, then backlog.
             while len(inflight) < self.cfg.max_inflight:
                 rows = self.outbox.fetch(live_cursor, self.cfg.readings_per_message)
@@ -244,7 +253,7 @@ class Uplink:
                 return True
 
             try:
-                kind, data = self._events.get(timeout=0.05 if not inflight else 0.5)
+                kind, data = self._events.get(timeout=0.5 if inflight else 1.0)
             except queue.Empty:
                 continue
             if data[0] != gen:
