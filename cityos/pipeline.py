@@ -146,6 +146,9 @@ class Pipeline:
         self.agents: dict[str, Proc] = {}
         self.ingest: Proc | None = None
         self.ingest_dir = self.run_dir / "ingest"
+        #: Latest retained status per gateway id, once watch_status() runs.
+        self.status: dict[str, dict[str, Any]] = {}
+        self._status_client: Any = None
         #: Observation covers this run only (an earlier demo's points may share the database).
         self.started_ms = 0
 
@@ -258,7 +261,7 @@ class Pipeline:
             p.signal(signal.SIGUSR1)
 
     def stop(self) -> None:
-        c = getattr(self, "_status_client", None)
+        c = self._status_client
         if c is not None:
             c.disconnect()
             c.loop_stop()
@@ -294,7 +297,6 @@ class Pipeline:
 
         from cityos import wire
 
-        self.status: dict[str, dict[str, Any]] = {}
         c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         c.username_pw_set(self.info.mqtt_username, self.info.mqtt_password)
 
@@ -315,7 +317,7 @@ class Pipeline:
         """Readings the gateways had handed to the broker (PUBACKed), from their latest status messages."""
         return sum(
             int(st.get("counters", {}).get("uplink_acked_readings", 0))
-            for gid, st in getattr(self, "status", {}).items()
+            for gid, st in self.status.items()
             if any(g.gateway_id == gid for g in self.gateways)
         )
 
