@@ -40,6 +40,8 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_READINGS_PER_MESSAGE = 500
 #: Most values in one reading.
 MAX_VALUES_PER_READING = 64
+#: Most extra tags on one reading (beyond device and gateway).
+MAX_TAGS_PER_READING = 4
 #: Longest string field value.
 MAX_STRING_VALUE = 256
 #: Ingest rejects readings older than this (a gateway may backfill after a long outage) ...
@@ -57,6 +59,9 @@ GatewayId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 DeviceId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 Kind = Annotated[str, StringConstraints(pattern=KIND_PATTERN)]
 FieldName = Annotated[str, StringConstraints(pattern=FIELD_PATTERN)]
+#: Extra tag keys may not shadow the tags every point has.
+RESERVED_TAGS = frozenset({"device", "gateway"})
+TagKey = Annotated[str, StringConstraints(pattern=KIND_PATTERN)]
 Value = float | bool | Annotated[str, StringConstraints(max_length=MAX_STRING_VALUE)]
 
 #: Known device kinds → InfluxDB measurement. A kind not listed maps to a measurement of its own name, so a new
@@ -100,6 +105,11 @@ class Reading(_Strict):
     ts: StrictInt = Field(description="Edge timestamp, integer milliseconds since the Unix epoch, UTC", ge=0)
     values: dict[FieldName, Value] = Field(min_length=1, max_length=MAX_VALUES_PER_READING)
     units: dict[FieldName, Annotated[str, StringConstraints(max_length=16)]] = Field(default_factory=dict)
+    tags: dict[TagKey, DeviceId] = Field(
+        default_factory=dict,
+        max_length=MAX_TAGS_PER_READING,
+        description="Extra low-cardinality tags to group by (e.g. district); part of the series identity",
+    )
     backfill: bool = Field(
         default=False, description="Sent late, from the backlog after an outage: not for live alerting"
     )
@@ -109,6 +119,10 @@ class Reading(_Strict):
         extra = set(self.units) - set(self.values)
         if extra:
             raise ValueError(f"units given for fields without values: {sorted(extra)}")
+        if self.tags:
+            bad = RESERVED_TAGS.intersection(self.tags) | set(self.values).intersection(self.tags)
+            if bad:
+                raise ValueError(f"tag keys clash with device/gateway or a value name: {sorted(bad)}")
         return self
 
 
@@ -309,9 +323,15 @@ def batch_to_lines(batch: TelemetryBatch) -> list[str]:
     orders: dict[tuple[str, ...], list[str]] = {}
     out: list[str] = []
     for r in batch.readings:
-        prefix = prefixes.get((r.kind, r.device_id))
-        if prefix is None:
-            prefix = prefixes[(r.kind, r.device_id)] = f"{measurement_for(r.kind)},device={r.device_id},gateway={gw} "
+        if r.tags:
+            tags = sorted({**r.tags, "device": r.device_id, "gateway": gw}.items())
+            prefix = measurement_for(r.kind) + "".join(f",{k}={v}" for k, v in tags) + " "
+        else:
+            prefix = prefixes.get((r.kind, r.device_id))
+            if prefix is None:
+                prefix = prefixes[(r.kind, r.device_id)] = (
+                    f"{measurement_for(r.kind)},device={r.device_id},gateway={gw} "
+                )
         values = r.values
         keys = tuple(values)
         order = orders.get(keys)

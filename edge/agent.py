@@ -47,6 +47,7 @@ class Agent:
     def __init__(self, cfg: GatewayConfig, *, cfg_hash: str = "") -> None:
         self.cfg = cfg
         self.cfg_hash = cfg_hash
+        clock.use_scaled(cfg.clock)
         self.boot_id = uuid.uuid4().hex
         self.outbox = Outbox(
             cfg.outbox.path,

@@ -13,6 +13,8 @@ import ctypes.util
 import functools
 import time
 
+from cityos.simclock import ScaledClock
+
 #: No gateway of this project runs before this date: a clock earlier than it is certainly wrong (1970 boot).
 MIN_PLAUSIBLE_EPOCH_S = 1_767_225_600  # 2026-01-01T00:00:00Z
 
@@ -32,8 +34,30 @@ class _Timex(ctypes.Structure):
     ]  # fmt: skip
 
 
+_scaled: ScaledClock | None = None
+
+
+def now() -> float:
+    """The gateway's data clock in epoch seconds: what readings are stamped with and device clocks are set from.
+
+    It is the system clock, except in the simulated city, where the agent's ``[clock]`` section makes it the
+    scenario's scaled clock (see :mod:`cityos.simclock`). Sources use this, never ``time.time()``, for data time.
+    """
+    return time.time() if _scaled is None else _scaled.now()
+
+
+def use_scaled(clock: ScaledClock | None) -> None:
+    """Make :func:`now` follow a scaled clock (``None``: the system clock again)."""
+    global _scaled
+    _scaled = clock
+
+
+def scaled() -> ScaledClock | None:
+    return _scaled
+
+
 def plausible(now_s: float | None = None) -> bool:
-    return (time.time() if now_s is None else now_s) >= MIN_PLAUSIBLE_EPOCH_S
+    return (now() if now_s is None else now_s) >= MIN_PLAUSIBLE_EPOCH_S
 
 
 @functools.cache

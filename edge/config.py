@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from cityos.config import ConfigError, format_validation_error, read_toml
+from cityos.simclock import ScaledClock
 from cityos.wire import GatewayId
 from edge.sources.base import SourceConfig, registry
 
@@ -58,6 +59,9 @@ class GatewayConfig(_Section):
     gateway: GatewaySection
     mqtt: MqttSection = MqttSection()
     outbox: OutboxSection
+    #: Simulation only: run the data clock on the scenario's scaled clock (a city day in minutes). A field
+    #: gateway leaves this out and uses its NTP-disciplined system clock.
+    clock: ScaledClock | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     sources: list[SourceConfig] = Field(min_length=1)
 

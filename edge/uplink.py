@@ -34,6 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cityos import wire
+from edge import clock
 from edge.config import MqttSection
 from edge.outbox import Outbox, Row
 
@@ -291,10 +292,15 @@ class Uplink:
         """Publish rows as one message (splitting if oversize); returns the last id sent, None if disconnected."""
         # The rows hold each reading's JSON as validated at append time: splice them, don't parse and re-dump
         # (that was 90 % of the drain's CPU). A late reading gets "backfill":true added before its closing brace.
+        # Late by either clock: stored long ago (real time), or sampled long ago (data time: the scaled clock in
+        # the simulated city, where a reading's ts is simulated and its created_ms real).
         now_ms = int(time.time() * 1000)
+        data_now_ms = int(clock.now() * 1000)
         late = self.backfill_after_ms
         bodies = [
-            r.body[:-1] + ',"backfill":true}' if now_ms - r.created_ms > late or now_ms - r.ts > late else r.body
+            r.body[:-1] + ',"backfill":true}'
+            if now_ms - r.created_ms > late or data_now_ms - r.ts > late
+            else r.body
             for r in rows
         ]
         head = json.dumps(

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from cityos.simclock import ScaledClock
 from edge import clock
 from edge.sources.forest import ForestBus, ForestBusConfig
 from firmware_sim.forest_station import ForestStationSim, StationSpec
@@ -54,3 +55,18 @@ def test_no_station_clock_is_set_from_an_implausible_gateway_clock(tmp_path, mon
         stop.set()
         t.join(5)
         sim.stop()
+
+
+def test_scaled_clock_drives_the_data_clock_and_agrees_across_processes():
+    anchor = time.time()
+    c = ScaledClock(sim_start=1_790_000_000, real_anchor=anchor, rate=288)
+    # Another process computing from the same three numbers gets the same time.
+    twin = ScaledClock.model_validate_json(c.model_dump_json())
+    assert abs(c.now() - twin.now()) < 288 * 0.01
+    assert abs(c.real_at(1_790_000_000 + 288) - (anchor + 1)) < 1e-6
+    clock.use_scaled(c)
+    try:
+        assert abs(clock.now() - (1_790_000_000 + (time.time() - anchor) * 288)) < 288 * 0.01
+    finally:
+        clock.use_scaled(None)
+    assert abs(clock.now() - time.time()) < 0.01

@@ -57,6 +57,25 @@ def test_backfill_is_a_field_not_a_tag():
     assert "backfill" not in tags and fields.endswith(",backfill=true")
 
 
+def test_extra_tags_are_sorted_into_the_series_key():
+    d = _batch()
+    d["readings"][0]["tags"] = {"district": "kamo", "area": "north"}
+    line = wire.batch_to_lines(wire.decode_batch(TOPIC, _raw(d), now_ms=NOW))[0]
+    assert line.startswith("forest,area=north,device=forest-01,district=kamo,gateway=gw-1 ok=true,")
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [{"gateway": "gw-2"}, {"device": "x"}, {"ok": "x"}, {"district": "Not An Id"}, {f"t{i}": "a" for i in range(5)}],
+)
+def test_bad_tags_are_schema_errors(tags):
+    d = _batch()
+    d["readings"][0]["tags"] = tags
+    with pytest.raises(wire.ContractError) as exc:
+        wire.decode_batch(TOPIC, _raw(d), now_ms=NOW)
+    assert exc.value.reason == "schema"
+
+
 def test_string_fields_are_escaped():
     d = _batch()
     d["readings"][0]["values"] = {"note": 'a "quoted" \\ value'}
