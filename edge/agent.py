@@ -15,6 +15,7 @@ from cityos.config import read_toml
 from cityos.wire import Reading
 from edge import clock
 from edge.config import GatewayConfig, config_hash, parse_config
+from edge.health import HealthSampler
 from edge.outbox import Outbox
 from edge.sources.base import Source, registry
 from edge.uplink import Uplink
@@ -69,12 +70,17 @@ class Agent:
         self.stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def status_fields(self) -> dict[str, Any]:
+    def gateway_counters(self) -> dict[str, float]:
         counters: dict[str, float] = {f"uplink_{k}": v for k, v in self.uplink.stats.as_dict().items()}
         counters.update({f"outbox_{k}": float(v) for k, v in self.outbox.counters().items()})
         synced = clock.kernel_synced()
         counters["gateway_clock_synced"] = -1.0 if synced is None else float(synced)
         counters["gateway_clock_plausible"] = float(clock.plausible())
+        counters["source_restarts"] = float(sum(self.source_restarts.values()))
+        return counters
+
+    def status_fields(self) -> dict[str, Any]:
+        counters = self.gateway_counters()
         for src in self.sources:
             for k, v in src.health().items():
                 counters[f"{src.name}_{k}".replace("-", "_").lower()[:48]] = float(v)
@@ -97,7 +103,28 @@ class Agent:
                 log.exception("source %s crashed; restarting in 5 s", src.name)
                 self.stop.wait(5)
 
+    def _health_loop(self) -> None:
+        """Health readings into the outbox, durable like data: an outage leaves no gap in them either."""
+        sampler = HealthSampler(self.cfg.outbox.path.parent)
+        families = {s.name: s.type for s in self.cfg.sources}
+        while not self.stop.wait(self.cfg.health.interval_s):
+            counters = self.gateway_counters()
+            counters["backlog_depth"] = float(self.outbox.depth)
+            counters["backlog_age_s"] = round(self.outbox.oldest_age_s(), 3)
+            try:
+                readings = sampler.readings(
+                    counters, [(s.name, families.get(s.name, "source"), s.health) for s in self.sources]
+                )
+                for r in readings:
+                    self.outbox.append(r)
+            except Exception:
+                log.exception("health sample failed")
+
     def start(self) -> None:
+        if self.cfg.health.enabled:
+            t = threading.Thread(target=self._health_loop, name="health", daemon=True)
+            t.start()
+            self._threads.append(t)
         for src in self.sources:
             t = threading.Thread(target=self._supervise, args=(src,), name=f"source-{src.name}", daemon=True)
             t.start()

@@ -55,10 +55,17 @@ class OutboxSection(_Section):
     backfill_after_s: float = Field(default=120.0, gt=0)
 
 
+class HealthSection(_Section):
+    #: Health readings (``gateway_health`` + one ``source_health`` per source) every this many seconds.
+    interval_s: float = Field(default=60.0, ge=1)
+    enabled: bool = True
+
+
 class GatewayConfig(_Section):
     gateway: GatewaySection
     mqtt: MqttSection = MqttSection()
     outbox: OutboxSection
+    health: HealthSection = HealthSection()
     #: Simulation only: run the data clock on the scenario's scaled clock (a city day in minutes). A field
     #: gateway leaves this out and uses its NTP-disciplined system clock.
     clock: ScaledClock | None = None

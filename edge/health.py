@@ -1,0 +1,131 @@
+"""The gateway's health as telemetry: the machine itself, and every source's device counters.
+
+Why readings and not only the retained status message: the status is a snapshot that the next one overwrites, so
+it can't answer "when did the meter start rate-limiting" or "how did the backlog grow during the outage". Health
+readings go through the same durable outbox as data (so an outage leaves no gap in them either) and land in
+InfluxDB as two measurements:
+
+* ``gateway_health`` (device ``gateway``): CPU, memory, disk, temperature, backlog depth and age, uplink and
+  outbox counters. Percentages of CPU are of **one core** (100 = one core busy), the unit the budgets in
+  ``docs/benchmarks.md`` use.
+* ``source_health`` (device = the source's name, tag ``family`` = its type): whatever the source's ``health()``
+  reports: CRC and timeout counts on a Modbus bus, session and rate-limit state of a smart meter, zero drift of
+  a truck's load cell, GPS fix quality. One reading per source keeps each under the 64-value limit.
+
+psutil reads /proc and /sys on the Pi exactly as here; a value the machine can't give (no thermal sensor in a
+container) is left out, not written as 0.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from cityos.wire import MAX_VALUES_PER_READING, Reading
+from edge import clock
+
+GATEWAY_KIND = "gateway_health"
+SOURCE_KIND = "source_health"
+_FIELD_BAD = re.compile(r"[^a-z0-9_]")
+_ID_BAD = re.compile(r"[^a-z0-9_-]")
+
+
+def field_name(name: str) -> str:
+    """A counter name as a wire field name (``^[a-z][a-z0-9_]{0,47}$``)."""
+    out = _FIELD_BAD.sub("_", name.lower())
+    if not out or not out[0].isalpha():
+        out = "c_" + out
+    return out[:48]
+
+
+def device_name(name: str) -> str:
+    """A source name as a device id (``^[a-z0-9][a-z0-9_-]{0,62}$``)."""
+    out = _ID_BAD.sub("-", name.lower()).strip("-_") or "source"
+    return out[:63]
+
+
+def cpu_temperature_c() -> float | None:
+    """The SoC temperature (``cpu_thermal`` on a Raspberry Pi), the hottest sensor otherwise; None if none."""
+    try:
+        temps = psutil.sensors_temperatures()
+    except (AttributeError, OSError):
+        return None
+    for key in ("cpu_thermal", "coretemp", "k10temp", "soc_thermal"):
+        if temps.get(key):
+            return float(max(t.current for t in temps[key]))
+    readings = [t.current for group in temps.values() for t in group]
+    return float(max(readings)) if readings else None
+
+
+class HealthSampler:
+    """Builds the health readings; the agent calls :meth:`readings` every ``health.interval_s``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.proc = psutil.Process()
+        # cpu_percent(None) measures since the previous call: prime both so the first sample is meaningful.
+        self.proc.cpu_percent(None)
+        psutil.cpu_percent(None)
+        self.started = time.monotonic()
+
+    def machine(self) -> dict[str, float]:
+        vm = psutil.virtual_memory()
+        values: dict[str, float] = {
+            "agent_cpu_pct": round(self.proc.cpu_percent(None), 2),
+            "cpu_pct": round(psutil.cpu_percent(None) * (psutil.cpu_count() or 1), 2),
+            "cpu_count": float(psutil.cpu_count() or 1),
+            "load1": round(psutil.getloadavg()[0], 3),
+            "agent_rss_mb": round(self.proc.memory_info().rss / 2**20, 2),
+            "mem_used_pct": round(vm.percent, 2),
+            "mem_available_mb": round(vm.available / 2**20, 1),
+            "agent_uptime_s": round(time.monotonic() - self.started, 1),
+            "boot_uptime_s": round(time.time() - psutil.boot_time(), 1),
+        }
+        try:
+            du = psutil.disk_usage(str(self.data_dir))
+            values["disk_free_mb"] = round(du.free / 2**20, 1)
+            values["disk_used_pct"] = round(du.percent, 2)
+        except OSError:
+            pass
+        temp = cpu_temperature_c()
+        if temp is not None:
+            values["cpu_temp_c"] = round(temp, 1)
+        return values
+
+    def readings(
+        self,
+        gateway_counters: dict[str, float],
+        sources: Iterable[tuple[str, str, Callable[[], dict[str, float]]]],
+    ) -> list[Reading]:
+        """One ``gateway_health`` reading and one ``source_health`` reading per source, all stamped now."""
+        ts = int(clock.now() * 1000)
+        values = self.machine()
+        for k, v in gateway_counters.items():
+            values.setdefault(field_name(k), float(v))
+        out = [Reading(device_id="gateway", kind=GATEWAY_KIND, ts=ts, values=_cap(values))]
+        for name, family, health in sources:
+            try:
+                counters = health()
+            except Exception:  # a source's health() bug must not cost the gateway its health data
+                counters = {"health_error": 1.0}
+            src_values = {field_name(k): float(v) for k, v in counters.items()}
+            if src_values:
+                out.append(
+                    Reading(
+                        device_id=device_name(name),
+                        kind=SOURCE_KIND,
+                        ts=ts,
+                        values=_cap(src_values),
+                        tags={"family": device_name(family)},
+                    )
+                )
+        return out
+
+
+def _cap(values: dict[str, Any]) -> dict[str, Any]:
+    return dict(list(values.items())[:MAX_VALUES_PER_READING])
