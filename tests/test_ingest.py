@@ -17,21 +17,21 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from helpers import influx_count, influx_query
+from ingest_helpers import ingest_config, running_ingest, uid, wait_for
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cityos import wire
 from cityos.stack import Stack, StackInfo
-from ingest.config import IngestConfig, MqttConfig
+from ingest.config import MqttConfig
 from ingest.deadletter import DeadLetterStore
 from ingest.decode import decode_message
 from ingest.health import read_health_file
@@ -42,21 +42,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, poll: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(poll)
-
-
-def uid() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 def now_ms() -> int:
@@ -148,47 +133,6 @@ def retained_statuses(info: StackInfo) -> list[tuple[str, bytes]]:
     c.disconnect()
     c.loop_stop()
     return [(t, p) for t, p in got if p]
-
-
-def ingest_config(
-    info: StackInfo, tmp_path: Path, db: str, name: str = "ingest", **sections: Any
-) -> IngestConfig:
-    return IngestConfig.from_stack(
-        info,
-        tmp_path / f"data-{name}",
-        client_id=f"test-{name}-{uid()}",
-        db=db,
-        mqtt={"session_expiry_s": 600, "reconnect_max_s": 2, **sections.get("mqtt", {})},
-        influx=sections.get("influx"),
-        ingest={"log_every_s": 5, **sections.get("ingest", {})},
-    )
-
-
-@contextlib.contextmanager
-def running_ingest(cfg: IngestConfig, *, discard: bool = True) -> Iterator[IngestService]:
-    """The ingest in a thread of this process; stopped cleanly (SIGTERM path) at the end."""
-    stop = threading.Event()
-    svc = IngestService(cfg, stop)
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            svc.run()
-        except BaseException as exc:  # pragma: no cover - surfaced below
-            errors.append(exc)
-
-    t = threading.Thread(target=target, name=f"ingest-{cfg.mqtt.client_id}", daemon=True)
-    t.start()
-    try:
-        wait_for(lambda: svc.health.subscribed or errors, 30, "ingest to subscribe")
-        yield svc
-    finally:
-        stop.set()
-        t.join(60)
-        assert not t.is_alive(), "ingest did not stop"
-        if discard:
-            discard_session(cfg.mqtt)
-    assert not errors, errors
 
 
 def drained(svc: IngestService) -> bool:
