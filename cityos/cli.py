@@ -53,10 +53,20 @@ def _ingest_cmd(args: argparse.Namespace) -> int:
     return main(["--config", str(args.config)])
 
 
-def _sim_cmd(args: argparse.Namespace) -> int:
-    from firmware_sim.forest_station import main
+#: ``cityos sim <device>`` → the module whose ``main(argv)`` runs it.
+SIMULATORS = {
+    "forest": "firmware_sim.forest_station",
+    "meter": "firmware_sim.wisun_module",
+    "truck": "firmware_sim.garbage_truck",
+    "load": "firmware_sim.loadgen",
+    "run": "firmware_sim.city",
+}
 
-    return main(args.sim_args)
+
+def _sim_cmd(args: argparse.Namespace) -> int:
+    import importlib
+
+    return int(importlib.import_module(SIMULATORS[args.device]).main(args.sim_args) or 0)
 
 
 def _schema_cmd(args: argparse.Namespace) -> int:
@@ -96,8 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--config", required=True, type=Path, help="ingest TOML config")
     i.set_defaults(func=_ingest_cmd)
 
-    m = sub.add_parser("sim", help="device simulators on pseudo-terminals")
-    m.add_argument("device", choices=["forest"], help="which simulator")
+    m = sub.add_parser(
+        "sim", help="device simulators on pseudo-terminals, the simulated city, the city-scale load generator"
+    )
+    m.add_argument(
+        "device",
+        choices=list(SIMULATORS),
+        help="forest|meter|truck: one device simulator; run SCENARIO: the simulated city; load: city-scale load",
+    )
     m.add_argument("sim_args", nargs=argparse.REMAINDER, help="the simulator's own options (see --help after it)")
     m.set_defaults(func=_sim_cmd)
 
