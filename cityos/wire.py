@@ -68,7 +68,11 @@ Value = float | bool | Annotated[str, StringConstraints(max_length=MAX_STRING_VA
 #: device type needs no change here; listing it documents its measurement.
 MEASUREMENTS: dict[str, str] = {
     "forest_station": "forest",
+    "smart_meter": "energy",
     "gateway_health": "gateway_health",
+    # garbage trucks (edge/sources/truck.py, docs/trucks.md): one point per pickup, tagged district; one per trip
+    "truck_collection": "waste_collection",
+    "truck_trip": "waste_trip",
 }
 
 

@@ -17,7 +17,7 @@ from edge import clock
 from edge.config import GatewayConfig, config_hash, parse_config
 from edge.health import HealthSampler
 from edge.outbox import Outbox
-from edge.sources.base import Source, registry
+from edge.sources.base import Source, plugin
 from edge.uplink import Uplink
 
 log = logging.getLogger("cityos.edge")
@@ -28,6 +28,13 @@ def agent_version() -> str:
         return version("cityos-telemetry")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+def _plugin(type_name: str) -> Any:
+    found = plugin(type_name)
+    if found is None:  # parse_config already rejected unknown types
+        raise ValueError(f"unknown source type {type_name!r}")
+    return found
 
 
 class _Context:
@@ -56,8 +63,7 @@ class Agent:
             drop_policy=cfg.outbox.drop_policy,
             synchronous=cfg.outbox.synchronous,
         )
-        plugins = registry()
-        self.sources: list[Source] = [plugins[s.type].factory(s) for s in cfg.sources]
+        self.sources: list[Source] = [_plugin(s.type).factory(s) for s in cfg.sources]
         self.source_restarts: dict[str, int] = {s.name: 0 for s in self.sources}
         self.uplink = Uplink(
             cfg.gateway.id,

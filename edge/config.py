@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from cityos.config import ConfigError, format_validation_error, read_toml
 from cityos.simclock import ScaledClock
 from cityos.wire import GatewayId
-from edge.sources.base import SourceConfig, registry
+from edge.sources.base import SourceConfig, known_types, plugin
 
 
 class _Section(BaseModel):
@@ -83,7 +83,6 @@ class GatewayConfig(_Section):
 
 def parse_config(data: dict[str, Any], source: str = "config") -> GatewayConfig:
     """Validate a config dict; each ``[[sources]]`` entry is validated by its plug-in's own model."""
-    plugins = registry()
     errors: list[str] = []
     sources: list[SourceConfig] = []
     raw_sources = data.get("sources", [])
@@ -94,12 +93,12 @@ def parse_config(data: dict[str, Any], source: str = "config") -> GatewayConfig:
             errors.append(f"sources.{i}: must be a table")
             continue
         kind = raw.get("type")
-        plugin = plugins.get(kind) if isinstance(kind, str) else None
-        if plugin is None:
-            errors.append(f"sources.{i}.type: unknown source type {kind!r} (known: {', '.join(sorted(plugins))})")
+        found = plugin(kind) if isinstance(kind, str) else None
+        if found is None:
+            errors.append(f"sources.{i}.type: unknown source type {kind!r} (known: {', '.join(known_types())})")
             continue
         try:
-            sources.append(plugin.config_model.model_validate(raw))
+            sources.append(found.config_model.model_validate(raw))
         except ValidationError as exc:
             errors.append(format_validation_error(exc, ("sources", i)))
     rest = {k: v for k, v in data.items() if k != "sources"}

@@ -85,3 +85,23 @@ def test_cli_check_exits_2_with_the_message_on_stderr(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert ok.returncode == 0, ok.stderr
+
+
+def test_only_the_configured_source_types_are_imported(tmp_path):
+    """A forest gateway must not pay the resident memory of momonga and pynmea2 (the Pi's RSS budget)."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(
+        '[gateway]\nid = "gw-1"\n[outbox]\npath = "ob.db"\n'
+        '[[sources]]\ntype = "forest_station"\nname = "bus0"\nport = "/dev/ttyUSB0"\n'
+        '[[sources.stations]]\ndevice_id = "forest-01"\nunit = 1\n'
+    )
+    code = (
+        "import sys; from edge.agent import Agent; from edge.config import load_config; "
+        f"Agent(load_config({str(cfg)!r})); "
+        "print(sorted(m for m in ('momonga', 'pynmea2', 'pymodbus') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert out.stdout.strip() == "['pymodbus']"

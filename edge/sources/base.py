@@ -12,6 +12,7 @@ hardware needs.
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,8 +68,27 @@ def register(type_name: str, config_model: type[SourceConfig], factory: Callable
     _REGISTRY[type_name] = SourcePlugin(config_model, factory)
 
 
-def registry() -> dict[str, SourcePlugin]:
-    # Import the built-in plug-ins so that they register themselves.
-    from edge.sources import forest  # noqa: F401
+#: Built-in plug-ins: source type → the module that registers it. Imported only when a config uses the type,
+#: so a gateway that reads forest stations never loads momonga or pynmea2 (resident memory is a budget on a Pi).
+BUILTIN: dict[str, str] = {
+    "forest_station": "edge.sources.forest",
+    "garbage_truck": "edge.sources.truck",
+}
 
+
+def plugin(type_name: str) -> SourcePlugin | None:
+    """The plug-in for a source type, importing its module on first use; None if the type is unknown."""
+    if type_name not in _REGISTRY and type_name in BUILTIN:
+        importlib.import_module(BUILTIN[type_name])
+    return _REGISTRY.get(type_name)
+
+
+def known_types() -> list[str]:
+    return sorted(set(BUILTIN) | set(_REGISTRY))
+
+
+def registry() -> dict[str, SourcePlugin]:
+    """Every plug-in (imports all built-in modules: for tools and tests, not for the agent)."""
+    for name in BUILTIN:
+        plugin(name)
     return dict(_REGISTRY)
