@@ -1,0 +1,217 @@
+"""The edge agent's footprint: resident memory and CPU per 100 readings/s, on this machine.
+
+A real agent process (``cityos gateway run``) reads simulated forest stations over a pty (Modbus RTU, the real
+protocol) and publishes to a private Mosquitto, where a subscriber makes every PUBACK a success. Stations are set
+to produce ``--rate`` readings/s in total (``--stations`` stations on ``--buses`` buses, each sampling every
+``buses*stations/rate`` s); the gateway's defaults stand except the poll interval (it must be shorter than the
+sample interval to see every sample live) and the health interval (60 s, the field default).
+
+Measured over ``--window`` s after ``--warmup`` s, with psutil: the agent's CPU time / wall time (% of one core),
+its RSS (median and max of 1 s samples), and readings acknowledged by the broker (the agent's outbox drains, so
+the acked count is read from its retained status). Each repetition starts fresh; medians are reported.
+
+Two reference points from the same run:
+
+* **idle**: the same agent with its stations frozen (no new samples): the fixed cost of polling and the runtime;
+* **floor**: a bare ``python -c`` that imports the agent's libraries (pydantic, paho, pymodbus, pyserial, momonga,
+  pynmea2, psutil) and sleeps: the RSS no agent written in Python with these libraries can go below.
+
+    python benchmarks/edge_footprint.py [--rate 100] [--window 60] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cityos import wire
+from cityos.stack import Stack, StackInfo
+
+FLOOR_IMPORTS = "import pydantic, paho.mqtt.client, pymodbus.client, serial, momonga, pynmea2, psutil, sqlite3"
+
+
+class Counter:
+    def __init__(self, info: StackInfo, gw: str) -> None:
+        self.n = 0
+        self.lock = threading.Lock()
+        self.c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.c.username_pw_set(info.mqtt_username, info.mqtt_password)
+        self.c.on_message = self._on
+        self.c.on_connect = lambda cl, *_: cl.subscribe(wire.telemetry_topic(gw), qos=1)
+        self.c.connect(info.mqtt_host, info.mqtt_port)
+        self.c.loop_start()
+
+    def _on(self, _c: Any, _u: Any, msg: Any) -> None:
+        n = sum(1 for r in json.loads(msg.payload)["readings"] if r["kind"] == "forest_station")
+        with self.lock:
+            self.n += n
+
+    def value(self) -> int:
+        with self.lock:
+            return self.n
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def _config(work: Path, info: StackInfo, gw: str, buses: list[tuple[Path, list[str]]], poll_s: float) -> Path:
+    lines = [
+        "[gateway]", f'id = "{gw}"', "[mqtt]", f'host = "{info.mqtt_host}"', f"port = {info.mqtt_port}",
+        f'username = "{info.mqtt_username}"', f'password = "{info.mqtt_password}"',
+        "[outbox]", f'path = "{work / "outbox.db"}"',
+    ]
+    for b, (tty, devs) in enumerate(buses):
+        lines += ["[[sources]]", 'type = "forest_station"', f'name = "bus{b}"', f'port = "{tty}"',
+                  f"poll_interval_s = {poll_s}"]
+        for u, d in enumerate(devs, start=1):
+            lines += ["[[sources.stations]]", f'device_id = "{d}"', f"unit = {u}"]
+    p = work / "gateway.toml"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def measure(proc: psutil.Process, window: float, counter: Counter | None) -> dict[str, float]:
+    t = proc.cpu_times()
+    cpu0 = t.user + t.system
+    n0 = counter.value() if counter else 0
+    rss: list[float] = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < window:
+        rss.append(proc.memory_info().rss / 2**20)
+        time.sleep(1.0)
+    wall = time.monotonic() - t0
+    t = proc.cpu_times()
+    out = {
+        "cpu_pct": 100 * (t.user + t.system - cpu0) / wall,
+        "rss_mb_median": statistics.median(rss),
+        "rss_mb_max": max(rss),
+    }
+    if counter:
+        out["readings_per_s"] = (counter.value() - n0) / wall
+    return out
+
+
+def run_once(info: StackInfo, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    gw = f"bench-edge-{uuid.uuid4().hex[:6]}"
+    work.mkdir(parents=True)
+    per_bus = args.stations // args.buses
+    interval = args.buses * per_bus / args.rate
+    sims, buses = [], []
+    for b in range(args.buses):
+        devs = [f"st-{b}-{s:02d}" for s in range(per_bus)]
+        tty = work / f"tty{b}"
+        sims.append(subprocess.Popen(
+            [sys.executable, "-m", "firmware_sim.forest_station", "--stations",
+             ",".join(f"{d}:{u}" for u, d in enumerate(devs, start=1)), "--link", str(tty),
+             "--ground-truth", str(work / f"gt{b}.jsonl"), "--sample-interval", str(interval)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))
+        buses.append((tty, devs))
+    deadline = time.monotonic() + 20
+    while not all(t.exists() for t, _ in buses) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    counter = Counter(info, gw)
+    cfg = _config(work, info, gw, buses, min(0.05, interval / 3))
+    agent = subprocess.Popen([sys.executable, "-m", "cityos", "gateway", "run", "--config", str(cfg)],
+                             stdout=(work / "agent.log").open("ab"), stderr=subprocess.STDOUT)
+    try:
+        proc = psutil.Process(agent.pid)
+        time.sleep(args.warmup)
+        spy = None
+        if args.py_spy:  # where the agent's CPU goes (collapsed stacks, all threads, idle frames dropped)
+            spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", str(args.py_spy), "-r", "200",
+                                    "-d", str(int(args.window)), "-p", str(agent.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        busy = measure(proc, args.window, counter)
+        if spy is not None:
+            spy.wait(30)
+        for s in sims:  # SIGUSR1 freezes the stations: they answer but take no new samples
+            s.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        idle = measure(proc, min(args.window, 30), None)
+    finally:
+        agent.terminate()
+        agent.wait(30)
+        for s in sims:
+            s.terminate()
+            s.wait(10)
+        counter.close()
+    return {"busy": busy, "idle": idle}
+
+
+def floor_rss() -> float:
+    p = subprocess.Popen([sys.executable, "-c", FLOOR_IMPORTS + "; import time; time.sleep(30)"])
+    try:
+        time.sleep(4)
+        return psutil.Process(p.pid).memory_info().rss / 2**20
+    finally:
+        p.kill()
+        p.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rate", type=float, default=100.0, help="readings/s the stations produce in total")
+    ap.add_argument("--stations", type=int, default=20)
+    ap.add_argument("--buses", type=int, default=2)
+    ap.add_argument("--warmup", type=float, default=10.0)
+    ap.add_argument("--window", type=float, default=60.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--py-spy", type=Path, help="also profile the agent with py-spy into this file")
+    args = ap.parse_args(argv)
+    tmp = tempfile.TemporaryDirectory(prefix="cityos-edge-")
+    stack = Stack(Path(tmp.name) / "stack")
+    info = stack.up()
+    runs = []
+    try:
+        for i in range(args.repeat):
+            r = run_once(info, Path(tmp.name) / f"run{i}", args)
+            runs.append(r)
+            b, idle = r["busy"], r["idle"]
+            print(f"run {i}: {b['readings_per_s']:.1f} readings/s, CPU {b['cpu_pct']:.2f}% of a core, "
+                  f"RSS median {b['rss_mb_median']:.1f} MB (max {b['rss_mb_max']:.1f}); idle CPU "
+                  f"{idle['cpu_pct']:.2f}%, RSS {idle['rss_mb_median']:.1f} MB", flush=True)
+        floor = floor_rss()
+    finally:
+        stack.down()
+        tmp.cleanup()
+
+    def med(part: str, key: str) -> float:
+        return statistics.median(r[part][key] for r in runs)
+
+    rate = med("busy", "readings_per_s")
+    cpu = med("busy", "cpu_pct")
+    summary = {
+        "readings_per_s": round(rate, 1),
+        "cpu_pct_of_one_core": round(cpu, 2),
+        "cpu_pct_per_100_readings_s": round(cpu * 100 / rate, 2) if rate else None,
+        "idle_cpu_pct": round(med("idle", "cpu_pct"), 2),
+        "rss_mb_median": round(med("busy", "rss_mb_median"), 1),
+        "rss_mb_max": round(med("busy", "rss_mb_max"), 1),
+        "floor_rss_mb": round(floor, 1),
+    }
+    print(json.dumps(summary))
+    if args.json:
+        args.json.write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
