@@ -1,7 +1,7 @@
 """ECHONET Lite frames (EDATA format 1), sans-I/O: bytes ↔ :class:`Frame`, and the smart meter's property codecs.
 
-For the Wi-SUN module emulator (issue 3), which must answer momonga's requests as a low-voltage smart meter
-would. Written by hand because no maintained PyPI package builds *meter-side* frames: momonga and the other
+For the Wi-SUN module emulator (:mod:`firmware_sim.wisun_module`), which must answer momonga's requests as a
+low-voltage smart meter would (Get → Get_Res/Get_SNA, SetC → Set_Res/SetC_SNA, INF of the fixed-time value). Written by hand because no maintained PyPI package builds *meter-side* frames: momonga and the other
 B-route libraries implement the controller side only. Pure functions, no I/O; tested against the byte vectors of
 ``shared/reference/broute-echonet.md``.
 
@@ -17,6 +17,9 @@ EHD = b"\x10\x81"
 CONTROLLER_EOJ = bytes.fromhex("05FF01")
 SMART_METER_EOJ = bytes.fromhex("028801")
 
+ESV_SETC = 0x61
+ESV_SET_RES = 0x71
+ESV_SETC_SNA = 0x51
 ESV_GET = 0x62
 ESV_GET_RES = 0x72
 ESV_GET_SNA = 0x52
@@ -33,6 +36,17 @@ EPC_COEFFICIENT = 0xD3
 EPC_EFFECTIVE_DIGITS = 0xD7
 EPC_FIXED_TIME_NORMAL = 0xEA
 EPC_FIXED_TIME_REVERSE = 0xEB
+EPC_OPERATION_STATUS = 0x80
+EPC_HISTORY_1_NORMAL = 0xE2
+EPC_HISTORY_1_REVERSE = 0xE4
+EPC_HISTORY_1_DAY = 0xE5
+
+#: E0/E3/E2/E4/EA/EB value meaning "no data" (e.g. a 30-min slot before the meter was installed, or in the future).
+NO_DATA = 0xFFFFFFFE
+#: Half-hour slots in one day of E2/E4 history.
+SLOTS_PER_DAY = 48
+#: E5 accepts 0 (today) .. 99 days back.
+MAX_HISTORY_DAY = 99
 
 #: E1 code → kWh per count.
 UNITS_KWH: dict[int, float] = {
@@ -107,6 +121,19 @@ def response(request: Frame, values: dict[int, bytes]) -> Frame:
     return Frame(request.tid, request.deoj, request.seoj, esv, props)
 
 
+def set_response(request: Frame, accepted: set[int]) -> Frame:
+    """The meter's answer to a SetC: Set_Res (every EPC with PDC 0) when all were accepted, else SetC_SNA where
+    the refused ones keep their EDT, as the standard says."""
+    ok = all(epc in accepted for epc, _ in request.props)
+    props = [(epc, b"" if epc in accepted else edt) for epc, edt in request.props]
+    return Frame(request.tid, request.deoj, request.seoj, ESV_SET_RES if ok else ESV_SETC_SNA, props)
+
+
+def notification(tid: int, props: list[tuple[int, bytes]], esv: int = ESV_INF) -> Frame:
+    """An INF (or INFC) from the meter to the controller, e.g. the fixed-time value at :00/:30."""
+    return Frame(tid, SMART_METER_EOJ, CONTROLLER_EOJ, esv, props)
+
+
 # --- property values ----------------------------------------------------------------------------------------
 
 
@@ -149,3 +176,29 @@ def dec_fixed_time(edt: bytes) -> tuple[dt.datetime, int]:
         raise EchonetError(f"EA/EB is 11 bytes, got {len(edt)}")
     when = dt.datetime(int.from_bytes(edt[:2], "big"), edt[2], edt[3], edt[4], edt[5], edt[6])
     return when, dec_cumulative(edt[7:])
+
+
+def enc_history_1(day: int, counts: list[int | None]) -> bytes:
+    """E2/E4: the day (2 bytes, as set by E5) then 48 half-hour cumulative counts from 00:00; None → no data."""
+    if len(counts) != SLOTS_PER_DAY:
+        raise EchonetError(f"E2/E4 carries {SLOTS_PER_DAY} slots, got {len(counts)}")
+    return day.to_bytes(2, "big") + b"".join(
+        NO_DATA.to_bytes(4, "big") if c is None else enc_cumulative(c) for c in counts
+    )
+
+
+def dec_history_1(edt: bytes) -> tuple[int, list[int | None]]:
+    if len(edt) != 2 + 4 * SLOTS_PER_DAY:
+        raise EchonetError(f"E2/E4 is {2 + 4 * SLOTS_PER_DAY} bytes, got {len(edt)}")
+    raw = [int.from_bytes(edt[2 + 4 * i : 6 + 4 * i], "big") for i in range(SLOTS_PER_DAY)]
+    return int.from_bytes(edt[:2], "big"), [None if v == NO_DATA else v for v in raw]
+
+
+def enc_coefficient(coefficient: int) -> bytes:
+    """D3: unsigned 4 bytes (1 to 999999)."""
+    return coefficient.to_bytes(4, "big")
+
+
+def enc_current(r_deciamps: int, t_deciamps: int) -> bytes:
+    """E8: R phase then T phase, signed 2 bytes each, 0.1 A."""
+    return r_deciamps.to_bytes(2, "big", signed=True) + t_deciamps.to_bytes(2, "big", signed=True)

@@ -72,6 +72,7 @@ def register(type_name: str, config_model: type[SourceConfig], factory: Callable
 #: so a gateway that reads forest stations never loads momonga or pynmea2 (resident memory is a budget on a Pi).
 BUILTIN: dict[str, str] = {
     "forest_station": "edge.sources.forest",
+    "smart_meter": "edge.sources.meter",
     "garbage_truck": "edge.sources.truck",
 }
 
