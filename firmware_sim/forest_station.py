@@ -22,7 +22,14 @@ The stations
 Each station samples every sample interval (holding register 2) on its own clock. Its RTC starts unset (status
 bit 3, time counting from 2000-01-01) until the gateway writes holding registers 0-1; after that a sample's
 time is the station clock. Values come from :mod:`firmware_sim.scenario` (deterministic from the seed and the
-accelerated scenario time) and are quantized into the registers.
+accelerated scenario time) and are quantized into the registers (13 input registers: register 12 is the water
+level in mm, 0xFFFF when ``StationSpec.water_sensor`` is off).
+
+Simulated time: given a :class:`cityos.simclock.ScaledClock` (``clock=``), every station's RTC and sampling run
+at the clock's rate — the sample interval is in simulated seconds (60 s at rate 288 is a sample every ~0.21 s
+real), an RTC set to the simulated time stays on it, event lines are stamped with it, and scenario time is
+``(simulated now − clock.sim_start) × accel``. Without a clock (rate 1) the RTCs run in real time and scenario
+time is real time since :meth:`ForestStationSim.start` × ``accel``, as before.
 
 Ground truth (JSON lines, flushed per line)
 -------------------------------------------
@@ -37,6 +44,11 @@ reading; they are identical when the gateway misses no sample, and when it does,
 ``rain_mm`` holds the rain of the samples it missed (rain is conserved, never lost). Discrete events (clock
 set, clock reset, unplug/replug, power cycle, sensor fault) are lines with an ``"event"`` key and no
 ``"sample_no"``.
+
+The derived values (``rain_intensity_mm_h``, ``rain_cumulative_mm``, ``tilt_rate_x_deg_h``/``_y_``) are in
+``values`` too, computed by :class:`TruthWindows` — this module's own implementation of the register map's
+definitions — over the station's true sample stream (every sample with its clock set, across power cycles), so
+a gateway that misses nothing must report exactly them, whatever restarts and catch-ups it went through.
 
 Fault switches
 --------------
@@ -80,6 +92,7 @@ from pymodbus.pdu.register_message import (
     WriteMultipleRegistersResponse,
 )
 
+from cityos.simclock import ScaledClock
 from firmware_sim.pty import PtyLink
 from firmware_sim.scenario import Scenario
 
@@ -95,7 +108,7 @@ _SENSOR_BITS = {"rain": STATUS_RAIN_FAULT, "tilt": STATUS_TILT_FAULT, "soil": ST
 # Modbus exception codes
 ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE = 1, 2, 3
 
-N_INPUT = 12
+N_INPUT = 13
 #: History ring: the record of sample n is at input address HISTORY_BASE + (n % HISTORY_DEPTH) * HISTORY_STRIDE.
 HISTORY_BASE = 0x1000
 HISTORY_DEPTH = 256
@@ -114,6 +127,9 @@ class StationSpec:
     sample_interval_ds: int = 10  # 1 s; a real station would run 600 (60 s)
     rain_res_x1000: int = 200  # 0.2 mm per tip
     deep_sensor: bool = True  # 30 cm soil probe fitted
+    water_sensor: bool = True  # water-level (groundwater piezometer) sensor fitted: input register 12
+    #: Rain event (連続雨量) boundary for the ground truth; must equal the gateway's rain_event_dry_gap_h.
+    rain_event_dry_gap_h: float = 24.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.unit <= 247:
@@ -122,14 +138,14 @@ class StationSpec:
             raise ValueError("sample interval must be 1..65535 deciseconds")
 
 
-def parse_stations(text: str, *, sample_interval_ds: int = 10) -> list[StationSpec]:
-    """``"forest-01:1,forest-02:2"`` → station specs."""
+def parse_stations(text: str, *, sample_interval_ds: int = 10, **spec: Any) -> list[StationSpec]:
+    """``"forest-01:1,forest-02:2"`` → station specs (``spec``: further StationSpec fields for all of them)."""
     specs = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         device_id, _, unit = part.partition(":")
         if not unit:
             raise ValueError(f"station {part!r}: expected DEVICE_ID:UNIT")
-        specs.append(StationSpec(device_id, int(unit), sample_interval_ds=sample_interval_ds))
+        specs.append(StationSpec(device_id, int(unit), sample_interval_ds=sample_interval_ds, **spec))
     return specs
 
 
@@ -152,16 +168,63 @@ def _s16(x: int) -> int:
     return x - 0x10000 if x & 0x8000 else x
 
 
+class TruthWindows:
+    """The derived values of the register map, over one station's reported samples (see the map's definitions).
+
+    Rain in integer µm, tilt in integer centidegrees, times in ms: every value is one division of two integers.
+    """
+
+    RAIN_MINUTES = 60  # intensity: the current minute and the 59 before it
+    TILT_MINUTES = 60  # tilt reference: first sample of the oldest of the current minute and the 60 before
+    TILT_MIN_SPAN_MS = 50 * 60_000  # no rate from a shorter span
+
+    def __init__(self, dry_gap_h: float) -> None:
+        self.dry_gap_ms = round(dry_gap_h * 3_600_000)
+        self.rain_per_minute: dict[int, int] = {}
+        self.event_um = 0
+        self.event_last_rain_ms: int | None = None
+        self.first_tilt_of_minute: dict[int, tuple[int, int, int]] = {}
+
+    def add(self, t_ms: int, rain_um: int | None, tilt: tuple[int, int] | None) -> dict[str, float]:
+        minute = t_ms // 60_000
+        out: dict[str, float] = {}
+        for m in [m for m in self.rain_per_minute if m <= minute - self.RAIN_MINUTES]:
+            del self.rain_per_minute[m]
+        if rain_um is not None:
+            if self.event_last_rain_ms is not None and t_ms - self.event_last_rain_ms >= self.dry_gap_ms:
+                self.event_um, self.event_last_rain_ms = 0, None
+            if rain_um:
+                self.rain_per_minute[minute] = self.rain_per_minute.get(minute, 0) + rain_um
+                self.event_um += rain_um
+                self.event_last_rain_ms = t_ms
+            hour = sum(um for m, um in self.rain_per_minute.items() if m <= minute)
+            out["rain_intensity_mm_h"] = hour / 1000
+            out["rain_cumulative_mm"] = self.event_um / 1000
+        for m in [m for m in self.first_tilt_of_minute if m < minute - self.TILT_MINUTES]:
+            del self.first_tilt_of_minute[m]
+        if tilt is not None:
+            self.first_tilt_of_minute.setdefault(minute, (t_ms, *tilt))
+            ref_ms, ref_x, ref_y = self.first_tilt_of_minute[min(self.first_tilt_of_minute)]
+            span_ms = t_ms - ref_ms
+            if span_ms >= self.TILT_MIN_SPAN_MS:
+                # centidegrees per ms → degrees per hour: × 3_600_000 / 100
+                out["tilt_rate_x_deg_h"] = (tilt[0] - ref_x) * 36_000 / span_ms
+                out["tilt_rate_y_deg_h"] = (tilt[1] - ref_y) * 36_000 / span_ms
+        return out
+
+
 class _Station:
     """One station's firmware state. All access under the simulator's lock."""
 
-    def __init__(self, spec: StationSpec, power_on: float, tips_total: int) -> None:
+    def __init__(self, spec: StationSpec, power_on: float, tips_total: int, rate: float = 1.0) -> None:
         self.spec = spec
+        self.rate = rate  # station-clock seconds per real second
         self.interval_ds = spec.sample_interval_ds
         self.sensor_faults: set[str] = set()
         self.inputs = [0] * N_INPUT
-        self.history: dict[int, list[int]] = {}  # slot → the 12 registers of the sample stored there
+        self.history: dict[int, list[int]] = {}  # slot → the 13 registers of the sample stored there
         self.prev_truth_tips: int | None = None
+        self.truth_windows = TruthWindows(spec.rain_event_dry_gap_h)  # the truth survives power cycles
         self.power_on(power_on, tips_total)
 
     def power_on(self, mono: float, tips_total: int) -> None:
@@ -173,7 +236,11 @@ class _Station:
         self.next_due = mono  # the first sample is taken at power-on
 
     def clock_ms(self, mono: float) -> int:
-        return self.rtc_base_ms + math.floor((mono - self.rtc_ref) * 1000)
+        return self.rtc_base_ms + math.floor((mono - self.rtc_ref) * 1000 * self.rate)
+
+    @property
+    def interval_real_s(self) -> float:
+        return self.interval_ds / 10 / self.rate
 
     def set_clock(self, seconds: int, mono: float) -> None:
         self.rtc_base_ms, self.rtc_ref, self.clock_set = seconds * 1000, mono, True
@@ -195,6 +262,7 @@ class ForestStationSim:
         scenario: Scenario | None = None,
         seed: int = 0,
         faults: dict[str, Any] | None = None,
+        clock: ScaledClock | None = None,
     ) -> None:
         self.specs = list(stations)
         if not self.specs:
@@ -204,6 +272,10 @@ class ForestStationSim:
             raise ValueError(f"duplicate unit ids on one bus: {units}")
         self.scenario = scenario or Scenario()
         self.seed = seed
+        #: Simulated time (None: real time): the stations' RTCs and sampling run at its rate.
+        self.clock = clock
+        self._rate = clock.rate if clock is not None else 1.0
+        self._wall_minus_mono = time.time() - time.monotonic()
         self.ground_truth = Path(ground_truth)
         self._rng = random.Random(f"forest-faults:{seed}")
         self._lock = threading.RLock()
@@ -257,7 +329,7 @@ class ForestStationSim:
         self._t0 = now
         with self._lock:
             for spec in self.specs:
-                self._stations[spec.unit] = _Station(spec, now, self._tips_total(spec, now))
+                self._stations[spec.unit] = _Station(spec, now, self._tips_total(spec, now), self._rate)
         self._thread = threading.Thread(target=self._serve, name="forest-sim", daemon=True)
         self._thread.start()
         return self
@@ -454,7 +526,7 @@ class ForestStationSim:
 
     @staticmethod
     def _input_registers(st: _Station, address: int, count: int) -> list[int] | None:
-        """The live block (0..11) or one record of the history ring (an unwritten slot reads as 0xFFFF)."""
+        """The live block (0..12) or one record of the history ring (an unwritten slot reads as 0xFFFF)."""
         if count >= 1 and address + count <= N_INPUT:
             return st.inputs[address : address + count]
         off = address - HISTORY_BASE
@@ -529,12 +601,19 @@ class ForestStationSim:
         if not 1 <= interval_ds <= 0xFFFF:
             raise ValueError("sample interval must be 1..65535 deciseconds")
         if interval_ds != st.interval_ds:
-            last = st.next_due - st.interval_ds / 10
+            last = st.next_due - st.interval_real_s
             st.interval_ds = interval_ds
-            st.next_due = max(last + interval_ds / 10, time.monotonic())
+            st.next_due = max(last + st.interval_real_s, time.monotonic())
 
     def _scenario_t(self, mono: float) -> float:
-        return (mono - (self._t0 or mono)) * self.scenario.accel
+        if self.clock is None:
+            return (mono - (self._t0 or mono)) * self.scenario.accel
+        sim_s = self.clock.sim_start + (mono + self._wall_minus_mono - self.clock.real_anchor) * self._rate
+        return (sim_s - self.clock.sim_start) * self.scenario.accel
+
+    def _now_s(self) -> float:
+        """Wall time for event lines: the simulated clock's when there is one."""
+        return self.clock.now() if self.clock is not None else time.time()
 
     def _tips_total(self, spec: StationSpec, mono: float) -> int:
         state = self.scenario.state(self.seed, spec.unit, self._scenario_t(mono))
@@ -546,7 +625,7 @@ class ForestStationSim:
                 break
             while st.next_due <= now:
                 self._sample(st, st.next_due)
-                st.next_due += st.interval_ds / 10
+                st.next_due += st.interval_real_s
         if self._faults["garbage"] and self._rng.random() < self._faults["garbage"] * 0.02:
             self._link.write(self._junk())  # noise on the idle line, between frames
 
@@ -569,13 +648,21 @@ class ForestStationSim:
         tilt_x = 0 if "tilt" in st.sensor_faults else max(-32768, min(32767, round(s.tilt_x_deg * 100)))
         tilt_y = 0 if "tilt" in st.sensor_faults else max(-32768, min(32767, round(s.tilt_y_deg * 100)))
         battery = min(0xFFFE, max(0, round(s.battery_v * 1000)))
+        water = min(0xFFFE, max(0, round(s.water_level_m * 1000))) if spec.water_sensor else 0xFFFF
         st.inputs = [
             (secs >> 16) & 0xFFFF, secs & 0xFFFF, millis, st.sample_no, soil, deep,
-            (tips >> 16) & 0xFFFF, tips & 0xFFFF, _u16(tilt_x), _u16(tilt_y), battery, status,
+            (tips >> 16) & 0xFFFF, tips & 0xFFFF, _u16(tilt_x), _u16(tilt_y), battery, status, water,
         ]  # fmt: skip
         st.history[st.sample_no % HISTORY_DEPTH] = list(st.inputs)
         self._counters["samples"] += 1
         values = self._truth_values(st)
+        if st.clock_set:
+            rain_um = None
+            if not status & STATUS_RAIN_FAULT:
+                prev = st.prev_truth_tips
+                rain_um = 0 if prev is None else (tips - prev if tips >= prev else tips) * spec.rain_res_x1000
+            tilt = None if status & STATUS_TILT_FAULT else (tilt_x, tilt_y)
+            values.update(st.truth_windows.add(t_ms, rain_um, tilt))
         if st.clock_set and st.inputs[11] & STATUS_RAIN_FAULT == 0:
             # rain_mm in the truth is since the previous *reported* sample (one with a valid time): the first after
             # power-up reports 0.0, and rain during a clock outage lands in the next reported sample, as on the edge.
@@ -607,11 +694,13 @@ class ForestStationSim:
             values["tilt_y_deg"] = _s16(r[9]) / 100
         if r[10] != 0xFFFF:
             values["battery_v"] = r[10] / 1000
+        if r[12] != 0xFFFF:
+            values["water_level_m"] = r[12] / 1000
         values["status"] = float(status)
         return values
 
     def _event(self, kind: str, **fields: Any) -> None:
-        self._write_truth({"event": kind, "ts": int(time.time() * 1000), **fields})
+        self._write_truth({"event": kind, "ts": int(self._now_s() * 1000), **fields})
 
     def _write_truth(self, obj: dict[str, Any]) -> None:
         if self._truth is None:
@@ -637,9 +726,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ground-truth", type=Path, required=True, help="JSON-lines file the samples are appended to"
     )
-    p.add_argument("--accel", type=float, default=1.0, help="scenario seconds per real second (default: 1)")
     p.add_argument(
-        "--sample-interval", type=float, default=1.0, help="station sample interval, s (default: 1)"
+        "--accel",
+        type=float,
+        default=1.0,
+        help="scenario seconds per real second, or per simulated second with --clock (default: 1)",
+    )
+    p.add_argument(
+        "--sample-interval",
+        type=float,
+        default=1.0,
+        help="station sample interval, s (simulated s with --clock; default: 1)",
+    )
+    p.add_argument(
+        "--clock",
+        default=None,
+        metavar="JSON",
+        help='run the stations on a scaled clock: {"sim_start": S, "real_anchor": S, "rate": R} '
+        "(the same three numbers as the gateway's [clock] section)",
+    )
+    p.add_argument(
+        "--scenario",
+        choices=("storm", "heavy-rain"),
+        default="storm",
+        help="storm: the default 12 h storm; heavy-rain: the landslide-warning storm (Scenario.heavy_rain)",
+    )
+    p.add_argument(
+        "--landslide-unit",
+        type=int,
+        default=None,
+        help="unit id whose slope starts to slide in the storm (heavy-rain default: the first station)",
+    )
+    p.add_argument(
+        "--rain-event-dry-gap-h",
+        type=float,
+        default=24.0,
+        help="hours without rain that end a rain event in the ground truth (default: 24; match the gateway)",
     )
     p.add_argument(
         "--duration", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)"
@@ -653,18 +775,27 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         interval_ds = round(args.sample_interval * 10)
-        specs = parse_stations(args.stations, sample_interval_ds=interval_ds)
+        specs = parse_stations(
+            args.stations, sample_interval_ds=interval_ds, rain_event_dry_gap_h=args.rain_event_dry_gap_h
+        )
         faults = parse_faults(args.fault)
-    except ValueError as exc:
+        clock = ScaledClock.model_validate_json(args.clock) if args.clock else None
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
         print(f"forest sim: {exc}", file=sys.stderr)
         return 2
+    if args.scenario == "heavy-rain":
+        unit = args.landslide_unit if args.landslide_unit is not None else specs[0].unit
+        scenario = Scenario.heavy_rain(landslide_unit=unit, accel=args.accel)
+    else:
+        scenario = Scenario(accel=args.accel, landslide_unit=args.landslide_unit)
     sim = ForestStationSim(
         specs,
         link_path=args.link,
         ground_truth=args.ground_truth,
-        scenario=Scenario(accel=args.accel),
+        scenario=scenario,
         seed=args.seed,
         faults=faults,
+        clock=clock,
     )
     stop = threading.Event()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import random
+
 import pytest
 from pymodbus.framer import FramerRTU
 from pymodbus.pdu import DecodePDU
@@ -13,12 +16,12 @@ pytestmark = pytest.mark.timeout(10)
 
 T = 1_795_593_600  # 2026-11-25T04:40:00Z
 #: A sample: time T.250, sample 65535, soil 23.4 %, deep probe not fitted, 65538 tips, tilt -1.00/-327.68 deg,
-#: 3.712 V, no status bits.
-REGS = [0x6B06, 0x9580, 250, 0xFFFF, 234, 0xFFFF, 0x0001, 0x0002, 0xFF9C, 0x8000, 3712, 0]
-#: The RTU reply of unit 1 to "read input registers 0..11" carrying REGS, written out byte by byte:
-#: address, function, byte count, 12 big-endian registers, CRC-16/MODBUS low byte first.
+#: 3.712 V, no status bits, water level 1.234 m.
+REGS = [0x6B06, 0x9580, 250, 0xFFFF, 234, 0xFFFF, 0x0001, 0x0002, 0xFF9C, 0x8000, 3712, 0, 1234]
+#: The RTU reply of unit 1 to "read input registers 0..12" carrying REGS, written out byte by byte:
+#: address, function, byte count, 13 big-endian registers, CRC-16/MODBUS low byte first.
 FRAME = bytes.fromhex(
-    "01 04 18 6b 06 95 80 00 fa ff ff 00 ea ff ff 00 01 00 02 ff 9c 80 00 0e 80 00 00 58 0d"
+    "01 04 1a 6b 06 95 80 00 fa ff ff 00 ea ff ff 00 01 00 02 ff 9c 80 00 0e 80 00 00 04 d2 87 dd"
 )
 
 
@@ -36,6 +39,8 @@ def test_crc_reference_vector():
     # The classic example from the Modbus serial line guide: 01 03 00 00 00 0A → CRC bytes C5 CD.
     assert crc16_modbus(bytes.fromhex("01030000000A")).to_bytes(2, "little") == bytes.fromhex("C5CD")
     assert crc16_modbus(FRAME[:-2]).to_bytes(2, "little") == FRAME[-2:]
+    # the request of the register map's worked example: 01 04 00 00 00 0D 31 CF
+    assert crc16_modbus(bytes.fromhex("01040000000D")).to_bytes(2, "little") == bytes.fromhex("31CF")
 
 
 def test_full_rtu_frame_decodes_via_pymodbus_then_codec():
@@ -54,6 +59,7 @@ def test_full_rtu_frame_decodes_via_pymodbus_then_codec():
     assert s.rain_tips == 65538  # hi word first: 0x0001_0002
     assert s.tilt_x_deg == -1.0
     assert s.tilt_y_deg == -327.68
+    assert s.water_level_m == 1.234
     values, units = codec.reading_values(s, prev_tips=65530, res_x1000=200)
     assert values == {
         "soil_moisture_pct": 23.4,
@@ -62,6 +68,7 @@ def test_full_rtu_frame_decodes_via_pymodbus_then_codec():
         "tilt_x_deg": -1.0,
         "tilt_y_deg": -327.68,
         "battery_v": 3.712,
+        "water_level_m": 1.234,
         "status": 0.0,
     }
     assert "soil_moisture_deep_pct" not in values  # 0xFFFF: probe not fitted
@@ -72,6 +79,7 @@ def test_full_rtu_frame_decodes_via_pymodbus_then_codec():
         "tilt_x_deg": "deg",
         "tilt_y_deg": "deg",
         "battery_v": "V",
+        "water_level_m": "m",
     }
 
 
@@ -107,8 +115,8 @@ def test_u32_and_encode_time_round_trip():
 
 
 def _regs(**changes: int) -> list[int]:
-    names = ["hi", "lo", "ms", "no", "soil", "deep", "tips_hi", "tips_lo", "tx", "ty", "batt", "status"]
-    base = dict(zip(names, [0x6B06, 0x9580, 0, 7, 312, 287, 0, 42, 12, 0xFFF6, 12610, 0], strict=True))
+    names = ["hi", "lo", "ms", "no", "soil", "deep", "tips_hi", "tips_lo", "tx", "ty", "batt", "status", "water"]
+    base = dict(zip(names, [0x6B06, 0x9580, 0, 7, 312, 287, 0, 42, 12, 0xFFF6, 12610, 0, 0xFFFF], strict=True))
     base.update(changes)
     return [base[n] for n in names]
 
@@ -135,15 +143,16 @@ def test_typical_sample_values():
         ({"status": codec.STATUS_SOIL_FAULT}, {"soil_moisture_pct", "soil_moisture_deep_pct"}),
         ({"soil": 0xFFFF}, {"soil_moisture_pct"}),
         ({"deep": 0xFFFF}, {"soil_moisture_deep_pct"}),
+        ({"water": 0xFFFF}, {"water_level_m"}),
         ({"status": 0b0111}, {"rain_tips", "rain_mm", "tilt_x_deg", "tilt_y_deg", "soil_moisture_pct",
                               "soil_moisture_deep_pct"}),
     ],
 )  # fmt: skip
 def test_faulty_sensors_are_omitted(changes, missing):
-    s = codec.decode_sample(_regs(**changes))
+    s = codec.decode_sample(_regs(**{"water": 1500, **changes}))  # a water-level sensor fitted: 1.5 m
     values, units = codec.reading_values(s, prev_tips=40, res_x1000=200)
     all_names = {"soil_moisture_pct", "soil_moisture_deep_pct", "rain_tips", "rain_mm", "tilt_x_deg",
-                 "tilt_y_deg", "battery_v", "status"}  # fmt: skip
+                 "tilt_y_deg", "battery_v", "water_level_m", "status"}  # fmt: skip
     assert set(values) == all_names - missing
     assert set(units) == set(values) - {"status"}
     assert values["status"] == float(s.status)
@@ -173,6 +182,8 @@ def test_rain_mm(prev, tips, res, mm):
 def test_malformed_blocks_are_rejected():
     with pytest.raises(codec.CodecError):
         codec.decode_sample(REGS[:10])  # pymodbus accepts a short reply; the codec does not
+    with pytest.raises(codec.CodecError):
+        codec.decode_sample(REGS[:12])  # the old 12-register block
     with pytest.raises(codec.CodecError):
         codec.decode_sample([*REGS, 0])
     with pytest.raises(codec.CodecError):
@@ -213,8 +224,8 @@ def _frame(unit: int, fc: int, payload: bytes) -> bytes:
 
 
 def test_classify_reply_vectors():
-    size = codec.reply_size(4, 12)
-    assert size == len(FRAME) == 29
+    size = codec.reply_size(4, 13)
+    assert size == len(FRAME) == 31
     assert codec.classify_reply(FRAME, 1, 4, size) == codec.ReplyVerdict("ok", 0)
     assert codec.classify_reply(b"\x8a\x00\x13" + FRAME, 1, 4, size) == codec.ReplyVerdict("ok", 3)
     assert codec.classify_reply(FRAME + b"\xff", 1, 4, size) == codec.ReplyVerdict("ok", 1)
@@ -228,7 +239,176 @@ def test_classify_reply_vectors():
     assert codec.classify_reply(exc, 1, 4, size) == codec.ReplyVerdict("exception", 0)
     # another unit's reply is not ours
     assert codec.classify_reply(FRAME, 2, 4, size).kind == "framing"
-    short = _frame(1, 4, bytes([4, 0, 1, 0, 2]))  # a good frame with 2 registers instead of 12
+    short = _frame(1, 4, bytes([4, 0, 1, 0, 2]))  # a good frame with 2 registers instead of 13
     assert codec.classify_reply(short, 1, 4, size) == codec.ReplyVerdict("ok", 0)
     write_echo = _frame(1, 0x10, bytes.fromhex("00000002"))
     assert codec.classify_reply(write_echo, 1, 0x10, codec.reply_size(0x10)) == codec.ReplyVerdict("ok", 0)
+
+
+# --- derived values ------------------------------------------------------------------------------------------
+
+T0_MS = 1_795_593_600_000 + 17_250  # a sample time 17.25 s into a minute
+MIN_MS = 60_000
+HOUR_MS = 3_600_000
+DAY_GAP_MS = 24 * HOUR_MS
+
+
+def _sample(no: int, ts: int, tips: int, tx: int = 0, ty: int = 0, status: int = 0) -> codec.Sample:
+    return codec.Sample(
+        seconds=ts // 1000, millis=ts % 1000, sample_no=no & 0xFFFF, soil_raw=300, soil_deep_raw=310,
+        rain_tips=tips, tilt_x_raw=tx, tilt_y_raw=ty, battery_mv=3900, status=status, water_mm=1500,
+    )  # fmt: skip
+
+
+def _run(samples: list[codec.Sample], dry_gap_ms: int = DAY_GAP_MS, *, via_json: bool = False) -> list[dict]:
+    """Feed samples through next_reading; ``via_json``: as if the agent restarted before every sample."""
+    state, out = None, []
+    for s in samples:
+        if via_json and state is not None:
+            state = codec.StationState.from_json(json.loads(json.dumps(state.to_json())))
+        values, units, state = codec.next_reading(s, state, 200, dry_gap_ms)
+        assert set(units) == set(values) - {"status"}
+        out.append(values)
+    return out
+
+
+def _reference(samples: list[codec.Sample], dry_gap_ms: int = DAY_GAP_MS) -> list[dict]:
+    """The definitions of docs/forest.md applied to the whole stream at once (no windows, no state)."""
+    out = []
+    rain = []  # (ts, µm) of every rain-ok sample
+    prev_tips = None
+    for i, s in enumerate(samples):
+        v: dict[str, float] = {}
+        ts, minute = s.ts_ms, s.ts_ms // MIN_MS
+        if s.rain_ok:
+            rain.append((ts, codec.rain_um(prev_tips, s.rain_tips, 200)))
+            prev_tips = s.rain_tips
+            v["rain_intensity_mm_h"] = sum(um for t, um in rain if minute - 59 <= t // MIN_MS <= minute) / 1000
+            event, last = 0, None
+            for t, um in rain:
+                if last is not None and t - last >= dry_gap_ms:
+                    event, last = 0, None
+                if um:
+                    event, last = event + um, t
+            v["rain_cumulative_mm"] = event / 1000
+        if s.tilt_ok:
+            seen = [x for x in samples[: i + 1] if x.tilt_ok and x.ts_ms // MIN_MS >= minute - 60]
+            ref = seen[0]  # the first tilt sample of the oldest minute in the window
+            span = ts - ref.ts_ms
+            if span >= 50 * MIN_MS:
+                v["tilt_rate_x_deg_h"] = (s.tilt_x_raw - ref.tilt_x_raw) * 36_000 / span
+                v["tilt_rate_y_deg_h"] = (s.tilt_y_raw - ref.tilt_y_raw) * 36_000 / span
+        out.append(v)
+    return out
+
+
+DERIVED = ("rain_intensity_mm_h", "rain_cumulative_mm", "tilt_rate_x_deg_h", "tilt_rate_y_deg_h")
+
+
+def _derived(values: list[dict]) -> list[dict]:
+    return [{k: v[k] for k in DERIVED if k in v} for v in values]
+
+
+def test_rain_intensity_is_the_rain_of_the_current_and_59_previous_minutes():
+    # one sample a minute; 1 tip (0.2 mm) at each of the first 10 samples, then dry
+    samples = [_sample(n, T0_MS + n * MIN_MS, min(n, 10)) for n in range(80)]
+    got = _run(samples)
+    assert got[0]["rain_intensity_mm_h"] == 0.0  # the first sample ever: no baseline
+    assert got[10]["rain_intensity_mm_h"] == 2.0  # 10 tips × 0.2 mm
+    # at one sample a minute the window is the last 60 samples (60 intervals): samples 1..60 at sample 60
+    assert got[60]["rain_intensity_mm_h"] == 2.0  # sample 1 (the first rain) is 59 minutes back
+    assert got[61]["rain_intensity_mm_h"] == 1.8  # ... and now 60: out of the window
+    assert got[69]["rain_intensity_mm_h"] == 0.2  # sample 10, the last rain, 59 minutes back
+    assert got[70]["rain_intensity_mm_h"] == 0.0
+    assert all(v["rain_cumulative_mm"] == 2.0 for v in got[10:])  # the event goes on (not 24 h dry yet)
+    assert _derived(got) == _reference(samples)
+
+
+def test_intensity_sums_whole_minutes_at_a_fast_sample_rate():
+    # a sample every 7 s with a tip each; the window is minutes, so it holds 59 whole minutes + the current one
+    samples = [_sample(n, T0_MS + n * 7000, n) for n in range(1200)]
+    got = _run(samples)
+    assert _derived(got) == _reference(samples)
+    last_min = samples[-1].ts_ms // MIN_MS
+    in_window = sum(1 for s in samples[1:] if s.ts_ms // MIN_MS >= last_min - 59)
+    assert got[-1]["rain_intensity_mm_h"] == in_window * 200 / 1000
+
+
+def test_rain_event_ends_after_the_dry_gap():
+    hour = HOUR_MS
+    # tips: 5 in the first hour, dry until 30 h, then 2 more
+    times = [0, hour // 2, hour, 12 * hour, hour + DAY_GAP_MS - 1, hour + DAY_GAP_MS, 30 * hour, 31 * hour]
+    tips = [0, 3, 5, 5, 5, 5, 6, 7]
+    samples = [_sample(n, T0_MS + t, k) for n, (t, k) in enumerate(zip(times, tips, strict=True))]
+    got = [v["rain_cumulative_mm"] for v in _run(samples)]
+    assert got == [0.0, 0.6, 1.0, 1.0, 1.0, 0.0, 0.2, 0.4]  # 24 h after the last rain: the event is over
+    # configurable: with a 6 h gap the event is already over at 12 h
+    got6 = [v["rain_cumulative_mm"] for v in _run(samples, dry_gap_ms=6 * hour)]
+    assert got6 == [0.0, 0.6, 1.0, 0.0, 0.0, 0.0, 0.2, 0.4]
+    assert _derived(_run(samples, 6 * hour)) == _reference(samples, 6 * hour)
+
+
+def test_tilt_rate_over_the_trailing_hour():
+    # tilt x rises 0.01° a minute (0.6 deg/h), y falls 0.02° a minute; a sample every 20 s, 3 a minute
+    samples = [_sample(n, T0_MS + n * 20_000, 0, tx=n // 3, ty=-2 * (n // 3)) for n in range(300)]
+    got = _run(samples)
+    first_rate = next(i for i, v in enumerate(got) if "tilt_rate_x_deg_h" in v)
+    assert samples[first_rate].ts_ms - samples[0].ts_ms >= 50 * MIN_MS  # omitted for the first 50 minutes
+    assert samples[first_rate - 1].ts_ms - samples[0].ts_ms < 50 * MIN_MS
+    late = got[-1]
+    # the reference: the first sample of the minute 60 minutes back; tilt changes by one step a minute
+    assert late["tilt_rate_x_deg_h"] == pytest.approx(0.6, abs=0.02)
+    assert late["tilt_rate_y_deg_h"] == pytest.approx(-1.2, abs=0.04)
+    ref = next(s for s in samples if s.ts_ms // MIN_MS == samples[-1].ts_ms // MIN_MS - 60)
+    span = samples[-1].ts_ms - ref.ts_ms
+    assert late["tilt_rate_x_deg_h"] == (samples[-1].tilt_x_raw - ref.tilt_x_raw) * 36_000 / span  # one division
+    assert _derived(got) == _reference(samples)
+
+
+def test_faults_omit_derived_values_and_the_windows_carry_on():
+    samples = []
+    for n in range(200):
+        status = 0
+        if 40 <= n < 60:
+            status |= codec.STATUS_RAIN_FAULT
+        if 90 <= n < 150:
+            status |= codec.STATUS_TILT_FAULT
+        samples.append(_sample(n, T0_MS + n * 30_000, n // 2, tx=n, ty=0, status=status))
+    got = _run(samples)
+    for n, v in enumerate(got):
+        assert ("rain_intensity_mm_h" in v) == ("rain_cumulative_mm" in v) == (not 40 <= n < 60)
+        if 90 <= n < 150:
+            assert "tilt_rate_x_deg_h" not in v
+    assert got[60]["rain_cumulative_mm"] == 30 * 200 / 1000  # the rain during the fault is in the next reading
+    assert "tilt_rate_x_deg_h" in got[150]  # the window kept its older tilt samples through the fault
+    assert _derived(got) == _reference(samples)
+
+
+def test_state_round_trips_through_json_so_a_restart_changes_nothing():
+    rng = random.Random(5)
+    samples, tips, ts, tx, ty = [], 0, T0_MS, 0, 0
+    for n in range(600):
+        ts += rng.choice([20_000, 60_000, 60_000, 61_000, 300_000, 2 * HOUR_MS if n == 300 else 60_000])
+        tips += rng.choice([0, 0, 1, 3, 8]) if 100 < n < 400 else 0
+        tx, ty = tx + rng.choice([0, 1, 2]), ty + rng.choice([-1, 0, 0])
+        status = codec.STATUS_TILT_FAULT if 200 < n < 205 else 0
+        samples.append(_sample(n, ts, tips, tx, ty, status))
+    uninterrupted = _run(samples, 6 * HOUR_MS)
+    assert _run(samples, 6 * HOUR_MS, via_json=True) == uninterrupted
+    assert _derived(uninterrupted) == _reference(samples, 6 * HOUR_MS)
+    assert max(v["rain_intensity_mm_h"] for v in uninterrupted) > 30
+    # the committed state stays compact: at most 60 rain minutes and 61 tilt minutes
+    _, _, state = codec.next_reading(samples[0], None, 200, DAY_GAP_MS)
+    for s in samples[1:]:
+        _, _, state = codec.next_reading(s, state, 200, DAY_GAP_MS)
+        assert len(state.rain_min) <= 60 and len(state.tilt_min) <= 61
+    assert len(json.dumps(state.to_json())) < 3000
+
+
+def test_v1_state_migrates_with_empty_windows():
+    old = {"sample_no": 7, "ts": T0_MS, "tips": 40}
+    st = codec.StationState.from_json(old)
+    assert (st.sample_no, st.ts, st.tips, st.rain_min, st.tilt_min, st.event_um) == (7, T0_MS, 40, (), (), 0)
+    values, _, new = codec.next_reading(_sample(8, T0_MS + MIN_MS, 42), st, 200, DAY_GAP_MS)
+    assert values["rain_mm"] == 0.4 and values["rain_intensity_mm_h"] == 0.4 and values["rain_cumulative_mm"] == 0.4
+    assert codec.StationState.from_json(new.to_json()) == new

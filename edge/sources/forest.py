@@ -7,7 +7,7 @@ in this one thread, round-robin over the bus's stations every poll interval. Dec
 
 Behaviour
 ---------
-* Each station keeps its latest sample in input registers 0..11. The bus reads that block every poll interval
+* Each station keeps its latest sample in input registers 0..12. The bus reads that block every poll interval
   and emits one ``forest_station`` reading per *new* sample (new sample number or time), timestamped with the
   station's sample time.
 * Clock: on start (and after every reconnect), then every ``clock_sync_interval_s``, the bus reads holding
@@ -16,11 +16,24 @@ Behaviour
   A sample with status bit 3 (RTC lost power) is not emitted (``clock_unset_skips``) and triggers an early
   clock check. Nothing is emitted from a station before its
   holding registers have been read once (the rain resolution is needed for ``rain_mm``).
-* Exactly once across restarts: the per-station state ``{sample_no, ts, tips}`` of the last *emitted* sample
-  is committed with the reading (``ctx.emit(reading, state=...)``). A sample whose time is not after the last
-  emitted one is skipped, so a restarted agent re-reading the same sample emits nothing; ``rain_mm`` is the
-  tips since the last emitted sample, so rain is right across restarts and gaps. Jumps in the sample number
-  are counted as ``missed_samples``.
+* Two clocks: *data* time — the gateway's clock that station RTCs are set from and compared with — is
+  :func:`edge.clock.now` (the system clock, or the simulated city's scaled clock); scheduling (poll interval,
+  timeouts, backoff, ``clock_sync_interval_s``) is ``time.monotonic()`` in real seconds. Station durations (the
+  sample interval, holding register 2) are in data-clock seconds and are divided by the clock's rate where they
+  meet the scheduler. On a scaled clock the skew tolerance is at least ``1.5 s + rate × 0.1 s`` (what 0.1 s of
+  real timing jitter becomes in simulated seconds), and the RTC write is not aimed at a second boundary once a
+  simulated second is shorter than the timing that would take, so a fast clock does not make the gateway rewrite
+  station clocks on every check.
+* Exactly once across restarts: the per-station state (:class:`forest_codec.StationState`: the last *emitted*
+  sample's ``{sample_no, ts, tips}`` and the rolling windows of the derived values) is committed with the reading
+  (``ctx.emit(reading, state=...)``). A sample whose time is not after the last emitted one is skipped, so a
+  restarted agent re-reading the same sample emits nothing; ``rain_mm`` is the tips since the last emitted
+  sample, so rain is right across restarts and gaps. Jumps in the sample number are counted as
+  ``missed_samples``.
+* Derived values (``rain_intensity_mm_h``, ``rain_cumulative_mm``, ``tilt_rate_x_deg_h``/``_y_``): computed by
+  :func:`forest_codec.next_reading` from the committed state and the sample alone, so a restarted agent and the
+  catch-up from the history ring give exactly the values of an uninterrupted run. ``rain_event_dry_gap_h`` (per
+  station, default 24 h) is the dry spell that ends a rain event.
 
 Faults and how pymodbus 3.16 reports them (read from its source, checked against the simulator)
 ---------------------------------------------------------------------------------------------
@@ -84,13 +97,16 @@ from edge.sources.base import SourceConfig, SourceContext, register
 log = logging.getLogger(__name__)
 
 KIND = "forest_station"
-STATE_VERSION = 1
+#: v2: per-station state with the derived values' windows (v1 states are migrated: windows start empty).
+STATE_VERSION = 2
 _OPEN_BACKOFF_MIN_S = 0.25
 _OPEN_BACKOFF_MAX_S = 5.0
 _STATION_BACKOFF_MAX_S = 5.0
 _LOG_PERIOD_S = 60.0
 #: How far from a second boundary an RTC write may still arrive.
 _CLOCK_WRITE_SLACK_S = 0.1
+#: Real-time jitter (request latency, thread scheduling) budgeted for the skew check on a scaled clock.
+_CLOCK_JITTER_REAL_S = 0.1
 
 COUNTERS = (
     "polls",
@@ -121,6 +137,12 @@ class StationConfig(BaseModel):
     unit: int = Field(ge=1, le=247)
     clock_sync_interval_s: float = Field(default=600.0, gt=0)
     max_clock_skew_s: float = Field(default=2.0, gt=0)
+    #: A rain event (rain_cumulative_mm, 連続雨量) ends after this many hours without rain.
+    rain_event_dry_gap_h: float = Field(default=codec.DEFAULT_RAIN_EVENT_DRY_GAP_H, gt=0)
+
+    @property
+    def rain_event_dry_gap_ms(self) -> int:
+        return round(self.rain_event_dry_gap_h * 3_600_000)
 
 
 class ForestBusConfig(SourceConfig):
@@ -251,7 +273,7 @@ class _Station:
     last_seen: tuple[int, int] | None = None  # (sample_no, ts) of the last sample read, emitted or not
     last_seen_mono: float = 0.0
     unset_streak: int = 0
-    clock_write_at: float | None = None  # gateway wall time at which to send the RTC write
+    clock_write_at: float | None = None  # data-clock time (edge.clock.now) at which to send the RTC write
     clock_skew: float = 0.0
 
 
@@ -308,7 +330,7 @@ class ForestBus:
 
     def _round_order(self) -> list[_Station]:
         """Round-robin order, but a station whose RTC write is due goes first (it has a deadline)."""
-        now = time.time()
+        now = clock.now()
         due = [st for st in self._stations if st.clock_write_at is not None and st.clock_write_at <= now]
         return due + [st for st in self._stations if st not in due]
 
@@ -317,9 +339,16 @@ class ForestBus:
     def _load_state(raw: dict[str, Any] | None) -> dict[str, Any]:
         state = copy.deepcopy(raw) if raw else {}
         stations = state.get("stations")
-        if state.get("v") != STATE_VERSION or not isinstance(stations, dict):
+        if state.get("v") not in (1, STATE_VERSION) or not isinstance(stations, dict):
             return {"v": STATE_VERSION, "stations": {}}
-        return state
+        # v1 (no windows) → v2: exactly-once is kept; the derived values' windows start empty
+        migrated = {}
+        for device_id, st in stations.items():
+            try:
+                migrated[device_id] = codec.StationState.from_json(st).to_json()
+            except (KeyError, TypeError, ValueError):
+                log.warning("forest: dropping an unreadable saved state of %s: %.200r", device_id, st)
+        return {**state, "v": STATE_VERSION, "stations": migrated}
 
     # --- port ----------------------------------------------------------------------------------------------
     def _count(self, name: str, n: int = 1) -> None:
@@ -473,7 +502,7 @@ class ForestBus:
         try:
             if started >= st.next_clock_check:
                 self._clock_check(st)
-            if st.clock_write_at is not None and time.time() >= st.clock_write_at:
+            if st.clock_write_at is not None and clock.now() >= st.clock_write_at:
                 self._write_clock(st)
             if st.info is None:
                 raise _RequestFailed
@@ -485,23 +514,29 @@ class ForestBus:
             self._keep_clock_write_time(st)
             return
         except (ConnectionException, OSError) as exc:
-            self._count("port_errors")
-            self._warn(
-                logging.WARNING,
-                "io",
-                "%s: I/O error on %s (%s); reopening",
-                self.name,
-                self.config.port,
-                _short(exc),
-            )
-            self._close(failed=True)
+            self._io_error(exc)
             return
         if st.fails >= 2:
             log.info("%s: unit %d answers again", self.name, unit)
         st.fails = 0
         st.next_poll = started + self.config.poll_interval_s
         self._keep_clock_write_time(st)
-        self._on_sample(st, sample, ctx)
+        try:
+            self._on_sample(st, sample, ctx)
+        except (ConnectionException, OSError) as exc:  # the adapter went away during a history catch-up
+            self._io_error(exc)
+
+    def _io_error(self, exc: BaseException) -> None:
+        self._count("port_errors")
+        self._warn(
+            logging.WARNING,
+            "io",
+            "%s: I/O error on %s (%s); reopening",
+            self.name,
+            self.config.port,
+            _short(exc),
+        )
+        self._close(failed=True)
 
     def _read_sample(self, st: _Station, address: int) -> codec.Sample:
         """One sample record: the live block (address 0) or a slot of the history ring."""
@@ -521,7 +556,7 @@ class ForestBus:
 
     def _keep_clock_write_time(self, st: _Station) -> None:
         if st.clock_write_at is not None:
-            due = time.monotonic() + (st.clock_write_at - time.time())
+            due = time.monotonic() + (st.clock_write_at - clock.now()) / _rate()
             st.next_poll = min(st.next_poll, due)
 
     def _backoff(self, st: _Station) -> float:
@@ -530,7 +565,7 @@ class ForestBus:
             return poll
         cap = _STATION_BACKOFF_MAX_S
         if st.info is not None and st.info.sample_interval_ds:
-            cap = min(cap, st.info.sample_interval_s / 2)
+            cap = min(cap, st.info.sample_interval_s / 2 / _rate())
         return max(poll, min(cap, poll * 2 ** (st.fails - 1)))
 
     def _clock_check(self, st: _Station) -> None:
@@ -550,8 +585,8 @@ class ForestBus:
             self._warn(logging.WARNING, f"codec:{unit}", "%s: unit %d: %s", self.name, unit, exc)
             raise _RequestFailed from None
         st.info = info
-        skew = info.rtc_seconds - time.time()
-        if abs(skew) > st.cfg.max_clock_skew_s or st.force_clock_write:
+        skew = info.rtc_seconds - clock.now()
+        if abs(skew) > _skew_tolerance(st.cfg.max_clock_skew_s) or st.force_clock_write:
             st.clock_skew = skew
             self._schedule_clock_write(st)
         now = time.monotonic()
@@ -561,13 +596,15 @@ class ForestBus:
     # The RTC takes whole seconds and starts the written second at ms 0 when the request arrives. Writing
     # round(now) at any moment would leave the station up to 0.5 s off; instead the write is sent so that it
     # arrives on a second boundary (the bus keeps polling the other stations meanwhile), which keeps the
-    # station within a few tens of ms of the gateway clock.
+    # station within a few tens of ms of the gateway clock. All of it in data-clock seconds (edge.clock.now);
+    # on a scaled clock the frame's time on the wire and the slack scale with the rate.
 
     def _schedule_clock_write(self, st: _Station) -> None:
-        lead = self._write_lead_s
-        now = time.time()
+        rate = _rate()
+        lead = self._write_lead_s * rate
+        now = clock.now()
         st.clock_write_at = math.floor(now + lead) + 1 - lead
-        st.next_poll = min(st.next_poll, time.monotonic() + (st.clock_write_at - now))
+        st.next_poll = min(st.next_poll, time.monotonic() + (st.clock_write_at - now) / rate)
 
     def _write_clock(self, st: _Station) -> None:
         unit = st.cfg.unit
@@ -579,9 +616,11 @@ class ForestBus:
                 logging.ERROR, "implausible", "%s: gateway clock is implausible; not setting station clocks", self.name
             )
             return
-        arrive = time.time() + self._write_lead_s
+        rate = _rate()
+        arrive = clock.now() + self._write_lead_s * rate
         seconds = round(arrive)
-        if abs(arrive - seconds) > _CLOCK_WRITE_SLACK_S:  # the bus was busy at the moment: next second
+        # (from rate 5 on the slack is 0.5 s: any moment is accepted, a simulated second is too short to aim at)
+        if abs(arrive - seconds) > min(0.5, _CLOCK_WRITE_SLACK_S * rate):  # the bus was busy: next second
             self._schedule_clock_write(st)
             return
         st.clock_write_at = None
@@ -628,7 +667,7 @@ class ForestBus:
             if st.clock_write_at is not None:
                 return  # the clock write is on its way
             st.unset_streak += 1
-            holdoff = max(1.0, 1.5 * info.sample_interval_s)
+            holdoff = max(1.0, 1.5 * info.sample_interval_s / _rate())  # real s
             st.next_clock_check = min(st.next_clock_check, st.last_clock_check + holdoff)
             # still unset well after a write (or with an RTC that reads right): write anyway
             st.force_clock_write = st.unset_streak >= 3
@@ -657,7 +696,7 @@ class ForestBus:
         if persisted is not None:
             base_no, base_ts, elapsed = persisted["sample_no"], persisted["ts"], (s.ts_ms - persisted["ts"]) / 1000
         elif prev_seen is not None:
-            base_no, base_ts, elapsed = prev_seen[0], 0, now - prev_mono
+            base_no, base_ts, elapsed = prev_seen[0], 0, (now - prev_mono) * _rate()  # station s
         else:
             base_no = None
         missed = 0
@@ -669,6 +708,9 @@ class ForestBus:
                 except _RequestFailed:
                     st.last_seen, st.last_seen_mono = prev_seen, prev_mono  # retry on the next poll
                     return
+                except (ConnectionException, OSError):
+                    st.last_seen, st.last_seen_mono = prev_seen, prev_mono  # retry after the reopen
+                    raise
         self._emit(st, s, ctx)
         if missed:
             self._count("missed_samples", missed)
@@ -710,19 +752,35 @@ class ForestBus:
         assert st.info is not None
         device_id = st.cfg.device_id
         persisted = self._state["stations"].get(device_id)
-        prev_tips = persisted.get("tips") if persisted is not None else None
-        values, units = codec.reading_values(s, prev_tips, st.info.rain_res_x1000)
+        prev = codec.StationState.from_json(persisted) if persisted is not None else None
+        values, units, station_state = codec.next_reading(
+            s, prev, st.info.rain_res_x1000, st.cfg.rain_event_dry_gap_ms
+        )
         reading = Reading(device_id=device_id, kind=KIND, ts=s.ts_ms, values=values, units=units)
         stations = dict(self._state["stations"])
-        stations[device_id] = {
-            "sample_no": s.sample_no,
-            "ts": s.ts_ms,
-            "tips": s.rain_tips if s.rain_ok else prev_tips,
-        }
+        stations[device_id] = station_state.to_json()
         new_state = {**self._state, "stations": stations}
         ctx.emit(reading, state=new_state)
         self._state = new_state
         self._count("readings")
+
+
+def _rate() -> float:
+    """Data-clock seconds per real second: 1, or the simulated city's scaled clock rate."""
+    scaled = clock.scaled()
+    return 1.0 if scaled is None else scaled.rate
+
+
+def _skew_tolerance(max_clock_skew_s: float) -> float:
+    """How far a station's RTC may be from the gateway's data clock before it is rewritten (data-clock seconds).
+
+    At rate 1 it is ``max_clock_skew_s``. On a scaled clock the RTC reads whole seconds (up to 1 s short) and
+    every real millisecond of request latency is ``rate`` ms of simulated time, so the floor grows with the rate.
+    """
+    rate = _rate()
+    if rate == 1.0:
+        return max_clock_skew_s
+    return max(max_clock_skew_s, 1.5 + rate * _CLOCK_JITTER_REAL_S)
 
 
 def _short(exc: BaseException) -> str:

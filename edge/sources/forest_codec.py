@@ -1,30 +1,47 @@
 """Forest sensor station register map, decoded sans-I/O: registers in, values out.
 
-Nothing here touches a serial port. :func:`decode_sample` turns the 12 input registers into a :class:`Sample`,
+Nothing here touches a serial port. :func:`decode_sample` turns the 13 input registers into a :class:`Sample`,
 :func:`reading_values` turns a sample (and the previous emitted rain-tip count) into the value/unit dicts of a
-``Reading``, and :func:`classify_reply` looks at the raw bytes that came back for one Modbus request so that
-the bus driver can count CRC errors, garbage bytes and timeouts (pymodbus itself reports all three as the same
-"no response" timeout). The register map is ``hardware/forest-station/register-map.md``.
+``Reading``, :func:`next_reading` adds the derived landslide-watch values (rain intensity, event rainfall, tilt
+rate) from the rolling windows kept in :class:`StationState`, and :func:`classify_reply` looks at the raw bytes
+that came back for one Modbus request so that the bus driver can count CRC errors, garbage bytes and timeouts
+(pymodbus itself reports all three as the same "no response" timeout). The register map is
+``hardware/forest-station/register-map.md``; the derived values are specified there and in ``docs/forest.md``.
 
 Float arithmetic is part of the contract: every value is ``register / scale`` (one division of an integer),
-and rain is ``Δtips * resolution / 1000`` (an integer product, then one division), so the device simulator,
-which implements the same map independently, produces bit-identical floats for its ground truth.
+rain is ``Δtips * resolution / 1000`` (an integer product, then one division), and each derived value is one
+division of two integers as well (rain sums are kept in integer µm = mm × 1000, tilt in integer centidegrees and
+milliseconds), so the device simulator, which implements the same map independently, produces bit-identical
+floats for its ground truth.
+
+Derived values and their windows (times are the stations' sample times, ms; minute = ``ts // 60000``, UTC):
+
+* ``rain_intensity_mm_h``: the rain of the samples in the current minute and the 59 before it (a 60-minute
+  window at minute resolution: with a 60 s station, exactly the last 60 sample intervals).
+* ``rain_cumulative_mm`` (連続雨量): the rain since the current rain event began. An event starts with the first
+  rain after a dry spell and ends once ``dry_gap`` has passed since its last rain (default 24 h; the first
+  sample after that reads 0.0 again).
+* ``tilt_rate_x_deg_h`` / ``tilt_rate_y_deg_h``: ``(tilt now − tilt ref) / (t now − t ref)`` in deg/h, where the
+  reference is the first tilt sample of the oldest minute still in the window (the current minute and the 60
+  before it), i.e. a span of 60 minutes in steady state. Omitted until the reference is at least
+  :data:`TILT_RATE_MIN_SPAN_MS` (50 min) old: a rate over a few minutes of a 0.01° sensor is noise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pymodbus.framer import FramerRTU
 
-#: Input registers 0..11 are read as one block.
+#: Input registers 0..12 are read as one block.
 INPUT_BLOCK_ADDRESS = 0
-INPUT_BLOCK_COUNT = 12
-#: Holding registers 0..3: RTC hi/lo, sample interval (ds), rain resolution (mm per tip x1000).
-#: The station's history ring: sample n's 12-register record is at HISTORY_BASE + (n % HISTORY_DEPTH) * STRIDE.
+INPUT_BLOCK_COUNT = 13
+#: The station's history ring: sample n's 13-register record is at HISTORY_BASE + (n % HISTORY_DEPTH) * STRIDE.
 HISTORY_BASE = 0x1000
 HISTORY_DEPTH = 256
 HISTORY_STRIDE = 16
+#: Holding registers 0..3: RTC hi/lo, sample interval (ds), rain resolution (mm per tip x1000).
 HOLDING_BLOCK_ADDRESS = 0
 HOLDING_BLOCK_COUNT = 4
 HOLDING_RTC = 0
@@ -48,7 +65,23 @@ UNITS = {
     "tilt_x_deg": "deg",
     "tilt_y_deg": "deg",
     "battery_v": "V",
+    "water_level_m": "m",
+    "rain_intensity_mm_h": "mm/h",
+    "rain_cumulative_mm": "mm",
+    "tilt_rate_x_deg_h": "deg/h",
+    "tilt_rate_y_deg_h": "deg/h",
 }
+
+MINUTE_MS = 60_000
+#: Rain intensity: the rain of the current minute and the RAIN_WINDOW_MIN - 1 minutes before it.
+RAIN_WINDOW_MIN = 60
+#: Tilt rate: the reference is the first tilt sample of the oldest minute among the current one and the
+#: TILT_WINDOW_MIN before it ...
+TILT_WINDOW_MIN = 60
+#: ... and the rate is omitted while that reference is younger than this.
+TILT_RATE_MIN_SPAN_MS = 50 * MINUTE_MS
+#: A rain event (連続雨量) ends after this long without rain.
+DEFAULT_RAIN_EVENT_DRY_GAP_H = 24.0
 
 
 class CodecError(ValueError):
@@ -86,6 +119,7 @@ class Sample:
     tilt_y_raw: int
     battery_mv: int
     status: int
+    water_mm: int = NOT_AVAILABLE
 
     @property
     def ts_ms(self) -> int:
@@ -120,12 +154,20 @@ class Sample:
         return None if self.status & STATUS_TILT_FAULT else self.tilt_y_raw / 100
 
     @property
+    def tilt_ok(self) -> bool:
+        return not self.status & STATUS_TILT_FAULT
+
+    @property
     def battery_v(self) -> float | None:
         return None if self.battery_mv == NOT_AVAILABLE else self.battery_mv / 1000
 
+    @property
+    def water_level_m(self) -> float | None:
+        return None if self.water_mm == NOT_AVAILABLE else self.water_mm / 1000
+
 
 def decode_sample(registers: list[int]) -> Sample:
-    """Input registers 0..11 → :class:`Sample`. Raises :class:`CodecError` for anything malformed."""
+    """Input registers 0..12 → :class:`Sample`. Raises :class:`CodecError` for anything malformed."""
     regs = list(registers)
     if len(regs) != INPUT_BLOCK_COUNT:
         raise CodecError(f"expected {INPUT_BLOCK_COUNT} registers, got {len(regs)}")
@@ -145,6 +187,7 @@ def decode_sample(registers: list[int]) -> Sample:
         tilt_y_raw=int16(regs[9]),
         battery_mv=regs[10],
         status=regs[11],
+        water_mm=regs[12],
     )
 
 
@@ -170,16 +213,21 @@ def decode_holding(registers: list[int]) -> StationInfo:
     return StationInfo(rtc_seconds=u32(regs[0], regs[1]), sample_interval_ds=regs[2], rain_res_x1000=regs[3])
 
 
-def rain_mm(prev_tips: int | None, tips: int, res_x1000: int) -> float:
-    """Rain since the previous emitted sample.
+def rain_um(prev_tips: int | None, tips: int, res_x1000: int) -> int:
+    """Rain since the previous emitted sample in µm (mm × 1000, an integer: tips × resolution register).
 
-    ``prev_tips`` is None on the very first sample ever (no state): 0.0. A counter that went backwards means
+    ``prev_tips`` is None on the very first sample ever (no state): 0. A counter that went backwards means
     the station was power-cycled (the counter is "since power-on"), so all of the new count is new rain.
     """
     if prev_tips is None:
-        return 0.0
+        return 0
     delta = tips - prev_tips if tips >= prev_tips else tips
-    return delta * res_x1000 / 1000
+    return delta * res_x1000
+
+
+def rain_mm(prev_tips: int | None, tips: int, res_x1000: int) -> float:
+    """Rain since the previous emitted sample, mm (see :func:`rain_um`): one division of an integer."""
+    return rain_um(prev_tips, tips, res_x1000) / 1000
 
 
 def reading_values(
@@ -194,13 +242,119 @@ def reading_values(
     if sample.rain_ok:
         values["rain_tips"] = float(sample.rain_tips)
         values["rain_mm"] = rain_mm(prev_tips, sample.rain_tips, res_x1000)
-    for name in ("tilt_x_deg", "tilt_y_deg", "battery_v"):
+    for name in ("tilt_x_deg", "tilt_y_deg", "battery_v", "water_level_m"):
         v = getattr(sample, name)
         if v is not None:
             values[name] = v
     values["status"] = float(sample.status)
     units = {k: UNITS[k] for k in values if k in UNITS}
     return values, units
+
+
+# --- derived values: rolling windows over the emitted sample stream ------------------------------------------
+
+
+@dataclass(frozen=True)
+class StationState:
+    """What the gateway commits per station with each reading: the last emitted sample and the rolling windows.
+
+    JSON layout (:meth:`to_json`), all integers::
+
+        {"sample_no": 17, "ts": 1795593842190, "tips": 1234,         # the last emitted sample
+         "rain_min": [[29926564, 400], ...],   # [minute, µm]: minutes with rain, the last RAIN_WINDOW_MIN
+         "event_um": 104200,                   # rain of the current event (連続雨量), µm
+         "event_last_rain_ts": 1795593840190,  # sample time of its last rain (null: no event)
+         "tilt_min": [[1795590242190, 112, -35], ...]}  # [ts, x, y ×100]: first tilt sample of each minute
+
+    About 2 kB per station at most (61 tilt entries, ≤ 60 rain minutes).
+    """
+
+    sample_no: int
+    ts: int
+    tips: int | None = None
+    rain_min: tuple[tuple[int, int], ...] = ()
+    event_um: int = 0
+    event_last_rain_ts: int | None = None
+    tilt_min: tuple[tuple[int, int, int], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sample_no": self.sample_no,
+            "ts": self.ts,
+            "tips": self.tips,
+            "rain_min": [list(b) for b in self.rain_min],
+            "event_um": self.event_um,
+            "event_last_rain_ts": self.event_last_rain_ts,
+            "tilt_min": [list(e) for e in self.tilt_min],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StationState:
+        """From :meth:`to_json`; a state of layout v1 (no windows) starts with empty windows."""
+        return cls(
+            sample_no=int(d["sample_no"]),
+            ts=int(d["ts"]),
+            tips=None if d.get("tips") is None else int(d["tips"]),
+            rain_min=tuple((int(m), int(um)) for m, um in d.get("rain_min", ())),
+            event_um=int(d.get("event_um", 0)),
+            event_last_rain_ts=None if d.get("event_last_rain_ts") is None else int(d["event_last_rain_ts"]),
+            tilt_min=tuple((int(t), int(x), int(y)) for t, x, y in d.get("tilt_min", ())),
+        )
+
+
+def next_reading(
+    sample: Sample, prev: StationState | None, res_x1000: int, dry_gap_ms: int
+) -> tuple[dict[str, float], dict[str, str], StationState]:
+    """The reading for the next emitted ``sample`` of a station and the state to commit with it.
+
+    ``prev`` is the state committed with the previous emitted reading (None: the first ever). The result depends
+    only on ``prev`` and ``sample``, so a gateway restarted from its committed state, or one catching up from the
+    history ring, computes exactly what an uninterrupted one would.
+    """
+    prev_tips = prev.tips if prev is not None else None
+    values, _ = reading_values(sample, prev_tips, res_x1000)
+    ts, minute = sample.ts_ms, sample.ts_ms // MINUTE_MS
+    base = prev or StationState(sample_no=sample.sample_no, ts=ts)
+
+    # rain: per-minute buckets of the last hour, and the event total
+    buckets = {m: um for m, um in base.rain_min if m > minute - RAIN_WINDOW_MIN}
+    event_um, last_rain = base.event_um, base.event_last_rain_ts
+    tips = prev_tips
+    if sample.rain_ok:
+        tips = sample.rain_tips
+        um = rain_um(prev_tips, sample.rain_tips, res_x1000)
+        if last_rain is not None and ts - last_rain >= dry_gap_ms:
+            event_um, last_rain = 0, None  # dry for the whole gap: the event is over
+        if um > 0:
+            buckets[minute] = buckets.get(minute, 0) + um
+            event_um += um
+            last_rain = ts
+        values["rain_intensity_mm_h"] = sum(um for m, um in buckets.items() if m <= minute) / 1000
+        values["rain_cumulative_mm"] = event_um / 1000
+
+    # tilt: the first sample of each minute of the last hour
+    tilt = [e for e in base.tilt_min if e[0] // MINUTE_MS >= minute - TILT_WINDOW_MIN]
+    if sample.tilt_ok:
+        if not any(e[0] // MINUTE_MS == minute for e in tilt):
+            tilt.append((ts, sample.tilt_x_raw, sample.tilt_y_raw))
+            tilt.sort()
+        ref_ts, ref_x, ref_y = tilt[0]
+        span = ts - ref_ts
+        if span >= TILT_RATE_MIN_SPAN_MS:
+            values["tilt_rate_x_deg_h"] = (sample.tilt_x_raw - ref_x) * 36_000 / span  # ×100 → deg, ms → h
+            values["tilt_rate_y_deg_h"] = (sample.tilt_y_raw - ref_y) * 36_000 / span
+
+    state = StationState(
+        sample_no=sample.sample_no,
+        ts=ts,
+        tips=tips,
+        rain_min=tuple(sorted(buckets.items())),
+        event_um=event_um,
+        event_last_rain_ts=last_rain,
+        tilt_min=tuple(tilt),
+    )
+    units = {k: UNITS[k] for k in values if k in UNITS}
+    return values, units, state
 
 
 def sample_jump(prev_no: int, new_no: int) -> int:
