@@ -83,9 +83,7 @@ def _schema_cmd(args: argparse.Namespace) -> int:
 def _demo_cmd(args: argparse.Namespace) -> int:
     from cityos.demo import run_demo
 
-    return run_demo(
-        run_dir=Path(args.run_dir), duration=args.duration, stations=args.stations, gateways=args.gateways
-    )
+    return run_demo(run_dir=Path(args.run_dir), scenario=args.scenario, duration=args.duration, rate=args.rate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,11 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="docs/schema", help="output folder (default: %(default)s)")
     c.set_defaults(func=_schema_cmd)
 
-    d = sub.add_parser("demo", help="the whole path on this machine: stack, simulated stations, agents, ingest")
+    d = sub.add_parser(
+        "demo", help="a simulated city day through the whole path: devices, agents, broker, ingest, InfluxDB"
+    )
     d.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="(default: %(default)s)")
-    d.add_argument("--duration", type=float, default=None, help="stop after N seconds (default: until Ctrl-C)")
-    d.add_argument("--gateways", type=int, default=2, help="simulated gateways (default: %(default)s)")
-    d.add_argument("--stations", type=int, default=3, help="forest stations per gateway (default: %(default)s)")
+    d.add_argument(
+        "--scenario", type=Path, default=Path("scenarios/tsuyama-day.toml"), help="(default: %(default)s)"
+    )
+    d.add_argument("--duration", type=float, default=None, help="stop the day after N real seconds (default: all)")
+    d.add_argument("--rate", type=float, default=None, help="simulated seconds per real second (default: scenario's)")
     d.set_defaults(func=_demo_cmd)
     return p
 

@@ -8,11 +8,9 @@ import shutil
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from cityos.pipeline import Pipeline
 from cityos.stack import Stack, StackError
 
 
@@ -25,8 +23,15 @@ def _say(msg: str = "") -> None:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
 
-def run_demo(*, run_dir: Path, duration: float | None, stations: int, gateways: int) -> int:
+def run_demo(*, run_dir: Path, scenario: Path, duration: float | None, rate: float | None = None) -> int:
+    """The simulated city's day through the real stack, then InfluxDB against the ground truth."""
+    from cityos.citydemo import CityRun
+    from firmware_sim.city import load_scenario
+
     run_dir = run_dir.resolve()
+    sc = load_scenario(scenario)
+    if rate is not None:
+        sc = sc.model_copy(update={"day": sc.day.model_copy(update={"rate": rate})})
     stack = Stack(run_dir / "stack")
     was_up = stack.status().get("up", False)
     try:
@@ -35,9 +40,8 @@ def run_demo(*, run_dir: Path, duration: float | None, stations: int, gateways: 
         print(f"cityos demo: {exc}", file=sys.stderr)
         return 1
     _say(f"stack: mosquitto on {info.mqtt_host}:{info.mqtt_port}, InfluxDB on {info.influx_url} (db {info.influx_db})")
-    # A fresh city each run (the InfluxDB data of earlier runs stays): its counts then describe this run.
     shutil.rmtree(run_dir / "city", ignore_errors=True)
-    pipe = Pipeline(run_dir / "city", info, gateways=gateways, stations=stations, accel=600.0)
+    run = CityRun(sc, run_dir / "city", info, say=_say)
     stop = threading.Event()
 
     def _handler(_sig: int, _frame: Any) -> None:
@@ -46,42 +50,46 @@ def run_demo(*, run_dir: Path, duration: float | None, stations: int, gateways: 
     old = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
     rc = 0
     try:
-        pipe.start()
-        pipe.watch_status()
-        _say(
-            f"started {gateways} gateway(s) × {stations} forest station(s) (scenario at 600× speed: a dry spell, "
-            "then a storm), their agents and the ingest"
-        )
-        _say("logs: " + str(pipe.run_dir / "logs") + ("" if duration else "   — Ctrl-C to stop"))
-        _say()
-        _say(f"{'time':>6}  {'produced':>9}  {'published':>9}  {'written':>9}  {'backlog':>7}  {'dead-letter':>11}")
-        t0 = time.monotonic()
-        while not stop.is_set():
-            elapsed = time.monotonic() - t0
-            if duration is not None and elapsed >= duration:
-                break
-            _say(_progress_line(pipe, elapsed))
-            stop.wait(2.0 if duration is None or duration - elapsed > 2 else max(0.0, duration - elapsed))
-        dead = [p.name for p in pipe.procs() if not p.alive]
-        _say("\nstations stop sampling; letting the gateways and the ingest deliver what they hold ...")
-        pipe.settle(timeout=30)
-        _say(_progress_line(pipe, time.monotonic() - t0))
-        c = pipe.compare()
-        verdict = "exact: every sample, every value, every timestamp" if c.exact else (
-            f"NOT exact: {len(c.missing)} missing, {len(c.extra)} extra, {len(c.wrong)} differing"
-        )
-        _say(f"InfluxDB holds {c.stored} points for the {c.truth} samples the stations produced: {verdict}")
-        if dead:
-            _say(f"warning: these processes exited early: {', '.join(dead)} (see their logs)")
-            rc = 1
+        run.start()
+        city = run.city
+        fams = {f.name: f for f in city.families}
+        _say(f"{sc.name}: {sc.day.day()} {sc.day.start}–{sc.day.end} JST at {sc.day.rate:g}× "
+             f"({(city.sim_end - city.sim_start) / sc.day.rate / 60:.1f} min)")
+        _say(f"  {len(fams['meter'].households)} households with smart meters (Wi-SUN module emulators, momonga) on "
+             f"{len(fams['meter'].gateways)} gateway(s); {sum(len(g.devices) for g in fams['forest'].gateways)} "
+             f"forest stations (Modbus RTU) on {len(fams['forest'].gateways)}; "
+             f"{len(fams['truck'].gateways)} garbage truck(s) (weighing indicator + GPS)")
+        _say(f"  {len(sc.faults)} scheduled faults; logs in {run.run_dir / 'logs'}" + ("" if duration else "; Ctrl-C stops"))
+        city.on_fault = lambda ev, ok: _say(f"  fault at {ev.at}: {ev.fault} on {ev.target}" + ("" if ok else " (not applied)"))
+        until = None if duration is None else min(city.sim_end, city.sim_now() + duration * sc.day.rate)
+        run.play(stop, until=until)
+        _say("\nthe day is over: devices stop, gateways and the ingest deliver what they hold ...")
+        run.settle(stop=stop)
+        _say(run.progress_line())
+        rep = run.verify()
+        _say("\nInfluxDB against the simulators' ground truth:")
+        for c in rep.checks:
+            _say("  " + c.line())
+            for p in c.problems[:5]:
+                _say("      " + p)
+        for c in rep.checks:
+            for k, v in c.summary.items():
+                _say(f"  {c.name} {k}: {v}")
+        if rep.dead:
+            _say(f"warning: these processes exited early: {', '.join(rep.dead)} (see their logs)")
+        if rep.dead_lettered:
+            _say(f"warning: {rep.dead_lettered} message(s) dead-lettered")
+        rc = 0 if rep.exact else 1
+        if duration is not None and until is not None and until < city.sim_end:
+            _say("(stopped early by --duration: the checks cover the part of the day that was played)")
     except (TimeoutError, StackError) as exc:
         print(f"cityos demo: {exc}", file=sys.stderr)
         rc = 1
     finally:
         try:
             _say("\nstopping agents, simulators and ingest ...")
-            pipe.stop()
-            _where(pipe, info)
+            run.stop()
+            _where(run, info)
         finally:  # whatever happened above (even a closed stdout), stop what this demo started
             if not was_up:
                 stack.down()
@@ -92,23 +100,13 @@ def run_demo(*, run_dir: Path, duration: float | None, stations: int, gateways: 
     return rc
 
 
-def _progress_line(pipe: Pipeline, elapsed: float) -> str:
-    produced = len(pipe.ground_truth())
-    dead_n = int(pipe.ingest_health().get("dead_lettered_total", 0))
-    written = pipe.influx_count()
-    backlog = pipe.backlog()
-    published = pipe.published()
-    return f"{elapsed:6.0f}  {produced:9d}  {published:9d}  {written:9d}  {backlog:7d}  {dead_n:11d}"
-
-
-def _where(pipe: Pipeline, info: Any) -> None:
-    q = "SELECT mean(soil_moisture_pct), sum(rain_mm) FROM forest WHERE time > now() - 1h GROUP BY time(1m), device"
+def _where(run: Any, info: Any) -> None:
+    q = 'SELECT sum("kg") FROM "waste_collection" GROUP BY "district"'
     _say()
-    _say(f"the data: InfluxDB {info.influx_url}, database {pipe.db}, measurement `forest` "
-         "(tags device, gateway; fields soil_moisture_pct, rain_mm, rain_tips, tilt_x_deg, tilt_y_deg, battery_v)")
+    _say(f"the data: InfluxDB {info.influx_url}, database {run.db}: measurements forest, energy, "
+         "waste_collection, waste_trip, gateway_health, source_health")
     _say("query it (InfluxQL over the v1 HTTP API):")
     _say(f"  curl -sG -u {info.influx_username}:$(python3 -c \"import json;print(json.load(open('"
          f"{info.run_dir / 'stack.json'}'))['influx_password'])\") {info.influx_url}/query \\\n"
-         f"    --data-urlencode db={pipe.db} --data-urlencode '{'q=' + q}'")
-    _say(f"ground truth of every sample the simulated stations produced: {pipe.run_dir}/gw-*/ground-truth.jsonl")
-    _say(f"dead-lettered messages: {pipe.ingest_dir}/deadletter.sqlite; ingest health: {pipe.ingest_dir}/health.json")
+         f"    --data-urlencode db={run.db} --data-urlencode '{'q=' + q}'")
+    _say(f"ground truth: {run.run_dir}/gw-*/truth*.jsonl; agent configs: {run.run_dir}/gw-*/gateway.toml")

@@ -116,6 +116,36 @@ class Comparison:
         return self.truth > 0 and not (self.missing or self.extra or self.wrong or self.doubled)
 
 
+def write_ingest_config(path: Path, info: StackInfo, *, db: str, data_dir: Path, client_id: str) -> None:
+    """An ingest config for the private stack, with short retry and stall times (a demo or a test watches it)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "\n".join(
+            [
+                "[mqtt]",
+                f"host = {_toml_value(info.mqtt_host)}",
+                f"port = {info.mqtt_port}",
+                f"username = {_toml_value(info.mqtt_username)}",
+                f"password = {_toml_value(info.mqtt_password)}",
+                f"client_id = {_toml_value(client_id)}",
+                "reconnect_max_s = 2",
+                "",
+                "[influx]",
+                f"url = {_toml_value(info.influx_url)}",
+                f"db = {_toml_value(db)}",
+                f"username = {_toml_value(info.influx_username)}",
+                f"password = {_toml_value(info.influx_password)}",
+                "retry_max_s = 2.0",
+                "",
+                "[ingest]",
+                f"data_dir = {_toml_value(data_dir)}",
+                "stall_after_s = 5",
+                "",
+            ]
+        )
+    )
+
+
 class Pipeline:
     def __init__(
         self,
@@ -182,32 +212,9 @@ class Pipeline:
             for dev, unit in gw.stations:
                 lines += ["[[sources.stations]]", f"device_id = {_toml_value(dev)}", f"unit = {unit}", ""]
             gw.config.write_text("\n".join(lines))
-        self.ingest_dir.mkdir(parents=True, exist_ok=True)
-        i = self.info
-        (self.run_dir / "ingest.toml").write_text(
-            "\n".join(
-                [
-                    "[mqtt]",
-                    f"host = {_toml_value(i.mqtt_host)}",
-                    f"port = {i.mqtt_port}",
-                    f"username = {_toml_value(i.mqtt_username)}",
-                    f"password = {_toml_value(i.mqtt_password)}",
-                    f"client_id = {_toml_value(self.ingest_client_id)}",
-                    "reconnect_max_s = 2",
-                    "",
-                    "[influx]",
-                    f"url = {_toml_value(i.influx_url)}",
-                    f"db = {_toml_value(self.db)}",
-                    f"username = {_toml_value(i.influx_username)}",
-                    f"password = {_toml_value(i.influx_password)}",
-                    "retry_max_s = 2.0",
-                    "",
-                    "[ingest]",
-                    f"data_dir = {_toml_value(self.ingest_dir)}",
-                    "stall_after_s = 5",
-                    "",
-                ]
-            )
+        write_ingest_config(
+            self.run_dir / "ingest.toml", self.info, db=self.db, data_dir=self.ingest_dir,
+            client_id=self.ingest_client_id,
         )
 
     # --- processes -----------------------------------------------------------------------------------------
@@ -372,7 +379,12 @@ class Pipeline:
         return out
 
     def compare(self) -> Comparison:
-        """InfluxDB against the ground truth, point by point: (gateway, device, timestamp) and every value."""
+        """InfluxDB against the ground truth, point by point: (gateway, device, timestamp) and every value.
+
+        "Every value" includes the gateway's derived values (rain intensity, event rainfall, tilt rate): the
+        simulators' truth carries them computed independently over the true sample stream, so an agent that was
+        SIGKILLed and restarted must have carried its windows through its committed state to compare equal.
+        """
         truth = {(t["gateway_id"], t["device_id"], t["ts"]): t["values"] for t in self.ground_truth()}
         stored: dict[tuple[str, str, int], dict[str, Any]] = {}
         doubled = 0

@@ -22,9 +22,13 @@ class ScaledClock(BaseModel):
     real_anchor: float = Field(ge=0)
     #: Simulated seconds per real second (288 = a day in 5 minutes).
     rate: float = Field(default=1.0, gt=0, le=100_000)
+    #: Simulated time stands still here: the simulated day ends, and the gateways deliver what they hold
+    #: without their clocks running on into the real future (the ingest rejects readings from the future).
+    until: float | None = None
 
     def now(self) -> float:
-        return self.sim_start + (time.time() - self.real_anchor) * self.rate
+        t = self.sim_start + (time.time() - self.real_anchor) * self.rate
+        return t if self.until is None or t < self.until else self.until
 
     def real_at(self, sim_s: float) -> float:
         """The real epoch time at which the simulated clock reads ``sim_s``."""

@@ -1,0 +1,186 @@
+"""The simulated city through the real stack: devices → agents → Mosquitto → ingest → InfluxDB, then the proof.
+
+Used by ``cityos demo`` and by the city end-to-end test. The ingest runs as its own process, the agents as theirs
+(:class:`firmware_sim.city.CitySim`), so a fault schedule that kills an agent kills a real process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cityos import cityverify
+from cityos.pipeline import Proc, write_ingest_config
+from cityos.stack import StackInfo, influx_query
+from firmware_sim.city import JST, CityScenario, CitySim
+
+#: The truck indicator's resolution in the default truck spec (kg per display step).
+TRUCK_RESOLUTION_KG = 10.0
+
+
+@dataclass
+class CityReport:
+    checks: list[cityverify.Check] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    dead_lettered: int = 0
+
+    @property
+    def exact(self) -> bool:
+        return all(c.ok for c in self.checks) and not self.dead and not self.dead_lettered
+
+
+class CityRun:
+    def __init__(self, scenario: CityScenario, run_dir: Path, info: StackInfo, *, db: str | None = None,
+                 say: Callable[[str], None] = print) -> None:
+        self.sc = scenario
+        self.run_dir = Path(run_dir)
+        self.info = info
+        self.db = db or info.influx_db
+        self.say = say
+        self.city = CitySim(scenario, self.run_dir, info)
+        self.ingest: Proc | None = None
+        self.ingest_dir = self.run_dir / "ingest"
+        self.client_id = f"cityos-ingest-city-{uuid.uuid4().hex[:6]}"
+
+    # --- lifecycle ---
+
+    def clear_previous(self) -> None:
+        """Points of an earlier run of the same day would count as extra: drop this city's series first."""
+        gw = "^gw-(forest|meter|truck)-[0-9]+$"
+        influx_query(self.info, self.db, f'DROP SERIES FROM /.*/ WHERE "gateway" =~ /{gw}/')
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.clear_previous()
+        cfg = self.run_dir / "ingest.toml"
+        write_ingest_config(cfg, self.info, db=self.db, data_dir=self.ingest_dir, client_id=self.client_id)
+        self.ingest = Proc("ingest", [sys.executable, "-m", "cityos", "ingest", "--config", str(cfg)],
+                           self.run_dir / "logs" / "ingest.log")
+        self.ingest.start()
+        self._wait(lambda: self._ingest_health().get("connected") is True, 30, "the ingest to connect")
+        self.city.start()
+
+    def stop(self) -> None:
+        self.city.stop()
+        if self.ingest is not None:
+            self.ingest.stop()
+            from ingest.config import MqttConfig
+            from ingest.mqtt_in import discard_session
+
+            # the broker may be gone already; the session then expires on its own
+            with contextlib.suppress(Exception):
+                discard_session(MqttConfig(host=self.info.mqtt_host, port=self.info.mqtt_port,
+                                           username=self.info.mqtt_username, password=self.info.mqtt_password,
+                                           client_id=self.client_id))
+
+    # --- observing ---
+
+    def _ingest_health(self) -> dict[str, Any]:
+        import json
+
+        try:
+            return json.loads((self.ingest_dir / "health.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _wait(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
+        end = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > end:
+                raise TimeoutError(f"timed out waiting for {what}")
+            time.sleep(0.2)
+
+    def counts(self) -> dict[str, int]:
+        t0, t1 = int(self.city.sim_start * 1000) - 1, int(self.city.sim_end * 1000) + 3_600_000
+        out = {}
+        for m, field_ in (("forest", "battery_v"), ("energy", "energy_kwh"), ("waste_collection", "kg")):
+            try:
+                s = influx_query(self.info, self.db,
+                                 f'SELECT count("{field_}") FROM "{m}" WHERE time >= {t0}ms AND time <= {t1}ms')
+                out[m] = int(s[0]["values"][0][1]) if s else 0
+            except Exception:
+                out[m] = -1
+        return out
+
+    def backlog(self) -> int:
+        return self.city.backlog()
+
+    def progress_line(self) -> str:
+        now = dt.datetime.fromtimestamp(self.city.sim_now(), JST)
+        c = self.counts()
+        dead = int(self._ingest_health().get("dead_lettered_total", 0))
+        return (f"{now:%H:%M} JST  forest {c['forest']:6d}  energy {c['energy']:6d}  "
+                f"waste {c['waste_collection']:4d}  backlog {self.backlog():6d}  dead-letter {dead}")
+
+    # --- the day ---
+
+    def play(self, stop: threading.Event, *, every_s: float = 5.0, until: float | None = None) -> None:
+        """Run the simulated day (to ``until``, simulated epoch s, default the scenario's end), printing progress."""
+        end = until or self.city.sim_end
+        while not stop.is_set() and self.city.sim_now() < end:
+            self.say(self.progress_line())
+            stop.wait(min(every_s, max(0.05, self.city.clock.real_delay(end - self.city.sim_now()))))
+
+    def settle(self, timeout: float = 180, stop: threading.Event | None = None) -> None:
+        """Devices stop producing; wait until every gateway's outbox is empty and the ingest has written it all."""
+        self.city.freeze()
+        time.sleep(3.0)
+        # Health and status readings keep coming, so "nothing moves" never happens: settled is every outbox empty
+        # and the ingest holding nothing unwritten, seen continuously for a few seconds.
+        quiet_since: float | None = None
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not (stop is not None and stop.is_set()):
+            h = self._ingest_health()
+            idle = h.get("pending", 0) == 0 and h.get("messages_acked") == h.get("messages_received")
+            if idle and self.backlog() == 0:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since > 3:
+                    return
+            else:
+                quiet_since = None
+            time.sleep(0.25)
+
+    def verify(self) -> CityReport:
+        t0, t1 = int(self.city.sim_start * 1000), int(self.city.sim_end * 1000)
+        fams = {f.name: f for f in self.city.families}
+        rep = CityReport(faults=list(self.city.fault_log))
+        forest = fams["forest"]
+        if forest.gateways:
+            rep.checks.append(cityverify.verify_forest(
+                self.info, self.db, [(g.gateway_id, g.truth) for g in forest.gateways], t0, t1 + 3_600_000))
+        meters = fams["meter"]
+        if meters.gateways:
+            hh = {h: (d["district"], meters.truth_path(h)) for h, d in meters.households.items()}
+            rep.checks.append(cityverify.verify_energy(self.info, self.db, hh, t0, t1))
+        trucks = fams["truck"]
+        if trucks.gateways:
+            rep.checks.append(cityverify.verify_waste(
+                self.info, self.db, {g.devices[0]: g.truth for g in trucks.gateways}, t0, t1, TRUCK_RESOLUTION_KG))
+        rep.dead = [g.gateway_id for g in self.city.gateways if g.proc is not None and not g.proc.alive]
+        if self.ingest is not None and not self.ingest.alive:
+            rep.dead.append("ingest")
+        rep.dead_lettered = _dead_letters(self.ingest_dir)
+        return rep
+
+
+def _dead_letters(ingest_dir: Path) -> int:
+    p = ingest_dir / "deadletter.sqlite"
+    if not p.exists():
+        return 0
+    db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT count(*) FROM deadletter").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        db.close()

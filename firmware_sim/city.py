@@ -1,0 +1,435 @@
+"""The simulated city: ``cityos sim run SCENARIO``.
+
+A scenario file (``scenarios/tsuyama-day.toml``) describes a day of Tsuyama: districts (GeoJSON polygons with real
+district names), households with smart meters, forest stations on the mountain slopes, garbage trucks on a route,
+the time acceleration, and a fault schedule. This module turns it into running parts:
+
+* **devices**, each speaking its real protocol on a pseudo-terminal, all hosted in this process as threads (a
+  Wi-SUN module per household meter, a Modbus RTU bus per forest gateway, an indicator and a GPS port per truck);
+* **edge agents**, one OS process per gateway (``cityos gateway run``), configured exactly as a field gateway
+  would be, plus a ``[clock]`` section so that they stamp and set device clocks in simulated time;
+* a **fault schedule** that fires at simulated times of day (EVENT 29 on a meter, a GPS dropout, an agent crash…);
+* the **ground truth**: each device family writes what really happened to ``truth/<gateway>.jsonl``.
+
+Time: everyone computes the simulated time from one :class:`cityos.simclock.ScaledClock` (``sim_start`` = the
+scenario's start on its day in JST, ``real_anchor`` = when the devices power on, ``rate`` from the scenario), so
+separate processes agree without talking. The simulated day must lie in the past (the ingest rejects readings
+from the future), so the default is *yesterday* in JST.
+
+The runner does not start the cloud side: it publishes to whatever broker ``--stack-dir`` (a ``cityos stack``)
+names. ``cityos demo`` adds the stack, the ingest and the comparison with the ground truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cityos.config import ConfigError, format_validation_error
+from cityos.pipeline import Proc
+from cityos.simclock import ScaledClock
+from cityos.stack import StackInfo
+
+JST = dt.timezone(dt.timedelta(hours=9), "JST")
+
+
+# --- the scenario file --------------------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _hhmm(v: str) -> int:
+    """``"07:30"`` → seconds after midnight; ``"24:00"`` is the end of the day."""
+    try:
+        h, m = (int(x) for x in v.split(":"))
+    except ValueError:
+        raise ValueError(f"{v!r} is not HH:MM") from None
+    if not (0 <= h <= 24 and 0 <= m < 60) or (h == 24 and m):
+        raise ValueError(f"{v!r} is not a time of day")
+    return h * 3600 + m * 60
+
+
+class DaySection(_Model):
+    #: The simulated calendar day in JST: ``"yesterday"`` or ``YYYY-MM-DD`` (must be in the past).
+    date: str = "yesterday"
+    start: str = "00:00"
+    end: str = "24:00"
+    #: Simulated seconds per real second: 288 plays a day in 5 minutes.
+    rate: float = Field(default=288.0, gt=0, le=5000)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _time(cls, v: str) -> str:
+        _hhmm(v)
+        return v
+
+    def day(self, today: dt.date | None = None) -> dt.date:
+        today = today or dt.datetime.now(JST).date()
+        if self.date == "yesterday":
+            return today - dt.timedelta(days=1)
+        try:
+            return dt.date.fromisoformat(self.date)
+        except ValueError:
+            raise ConfigError(f"day.date: {self.date!r} is neither 'yesterday' nor YYYY-MM-DD") from None
+
+    def window(self, today: dt.date | None = None) -> tuple[float, float]:
+        """(start, end) of the simulated span in epoch seconds."""
+        midnight = dt.datetime.combine(self.day(today), dt.time(), JST).timestamp()
+        return midnight + _hhmm(self.start), midnight + _hhmm(self.end)
+
+
+class ForestSection(_Model):
+    stations: int = Field(default=4, ge=0, le=247)
+    #: Stations share one RS-485 bus per gateway.
+    per_gateway: int = Field(default=4, ge=1, le=247)
+    #: Simulated seconds between samples (a field station: 600).
+    sample_interval_s: float = Field(default=600.0, gt=0)
+
+
+class MeterSection(_Model):
+    households: int = Field(default=12, ge=0)
+    #: Households (each with its own Wi-SUN module) read by one gateway: an apartment block's concentrator.
+    per_gateway: int = Field(default=6, ge=1)
+    #: Simulated seconds between instantaneous power readings.
+    poll_interval_s: float = Field(default=300.0, gt=0)
+
+
+class TruckSection(_Model):
+    count: int = Field(default=1, ge=0)
+    #: Route file (relative to the scenario), or empty for the built-in Tsuyama route.
+    route: str = ""
+    #: Collection starts at this simulated time of day.
+    depart: str = "08:00"
+
+
+class FaultEvent(_Model):
+    #: Simulated time of day.
+    at: str
+    #: A device id (``hh-0003``, ``truck-01``, ``forest-01-02``) or a gateway id (``gw-meter-01``).
+    target: str
+    fault: str
+    #: Simulated seconds the fault lasts (where it has a duration).
+    duration_s: float = Field(default=0.0, ge=0)
+
+    @field_validator("at")
+    @classmethod
+    def _time(cls, v: str) -> str:
+        _hhmm(v)
+        return v
+
+
+class CityScenario(_Model):
+    name: str
+    seed: int = 7
+    districts: str = "tsuyama-districts.geojson"
+    day: DaySection = DaySection()
+    forest: ForestSection = ForestSection()
+    meters: MeterSection = MeterSection()
+    trucks: TruckSection = TruckSection()
+    faults: list[FaultEvent] = Field(default_factory=list)
+    #: The file it was read from: relative paths in it are relative to its folder.
+    path: Path | None = None
+
+    def resolve(self, rel: str) -> Path:
+        p = Path(rel)
+        return p if p.is_absolute() or self.path is None else self.path.parent / p
+
+
+def load_scenario(path: str | Path) -> CityScenario:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read scenario: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        sc = CityScenario.model_validate({**raw, "path": path.resolve()})
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid scenario\n{format_validation_error(exc)}") from None
+    if not sc.resolve(sc.districts).exists():
+        raise ConfigError(f"{path}: districts: file {sc.resolve(sc.districts)} not found")
+    return sc
+
+
+# --- running it ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Gateway:
+    """One simulated gateway: its agent process, its devices' ground truth, its source sections."""
+
+    gateway_id: str
+    family: str
+    dir: Path
+    devices: list[str]
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    proc: Proc | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "gateway.toml"
+
+    @property
+    def outbox(self) -> Path:
+        return self.dir / "outbox.db"
+
+    @property
+    def truth(self) -> Path:
+        return self.dir / "truth.jsonl"
+
+
+class Family:
+    """A device family in the city: starts its simulators and says how its gateways read them."""
+
+    name = ""
+
+    def __init__(self, city: CitySim) -> None:
+        self.city = city
+        self.gateways: list[Gateway] = []
+
+    def plan(self) -> None:
+        """Create this family's :class:`Gateway` entries (ids, devices, source sections)."""
+
+    def start(self) -> None:
+        """Power the devices on (ptys exist when this returns)."""
+
+    def freeze(self) -> None:
+        """Stop producing new data (the ground truth becomes final); keep answering the gateways."""
+
+    def stop(self) -> None:
+        """Power off."""
+
+    def fault(self, ev: FaultEvent) -> bool:
+        """Apply a scheduled fault to one of this family's devices; False if the target is not ours."""
+        return False
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    if isinstance(v, Path):
+        return json.dumps(str(v))
+    return json.dumps(v)
+
+
+class CitySim:
+    """Devices + agents for a scenario. ``start()``, then ``run(until_end)``; ``stop()`` always."""
+
+    def __init__(self, scenario: CityScenario, run_dir: Path, info: StackInfo, *, today: dt.date | None = None):
+        self.sc = scenario
+        self.run_dir = Path(run_dir)
+        self.info = info
+        self.sim_start, self.sim_end = scenario.day.window(today)
+        if self.sim_end > time.time():
+            raise ConfigError(
+                f"scenario day {scenario.day.day(today)} {scenario.day.end} JST is not over yet: "
+                "the ingest rejects readings from the future; choose an earlier day"
+            )
+        self.clock: ScaledClock | None = None
+        self.families: list[Family] = []
+        self._fault_thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.fault_log: list[dict[str, Any]] = []
+        self.on_fault: Callable[[FaultEvent, bool], None] | None = None
+
+    # --- setup ---
+
+    def plan(self) -> None:
+        from firmware_sim.city_families import families_for
+
+        self.families = families_for(self)
+        for f in self.families:
+            f.plan()
+
+    @property
+    def gateways(self) -> list[Gateway]:
+        return [g for f in self.families for g in f.gateways]
+
+    def sim_now(self) -> float:
+        assert self.clock is not None
+        return self.clock.now()
+
+    def write_config(self, gw: Gateway) -> None:
+        assert self.clock is not None
+        i = self.info
+        lines = [
+            "# Written by cityos sim run: a simulated gateway.",
+            "[gateway]",
+            f"id = {_toml(gw.gateway_id)}",
+            "",
+            "[mqtt]",
+            f"host = {_toml(i.mqtt_host)}",
+            f"port = {i.mqtt_port}",
+            f"username = {_toml(i.mqtt_username)}",
+            f"password = {_toml(i.mqtt_password)}",
+            "backoff_min_s = 0.2",
+            "backoff_max_s = 2.0",
+            "status_interval_s = 2.0",
+            "",
+            "[outbox]",
+            f"path = {_toml(gw.outbox)}",
+            "",
+            "[health]",
+            "interval_s = 5",
+            "",
+            "[clock]",
+            f"sim_start = {self.clock.sim_start!r}",
+            f"real_anchor = {self.clock.real_anchor!r}",
+            f"rate = {self.clock.rate!r}",
+            f"until = {self.clock.until!r}",
+            "",
+        ]
+        for src in gw.sources:
+            lines.append("[[sources]]")
+            nested: list[tuple[str, list[dict[str, Any]]]] = []
+            for k, v in src.items():
+                if isinstance(v, list) and v and isinstance(v[0], dict):
+                    nested.append((k, v))
+                else:
+                    lines.append(f"{k} = {_toml(v)}")
+            for k, items in nested:
+                for item in items:
+                    lines.append(f"[[sources.{k}]]")
+                    lines += [f"{ik} = {_toml(iv)}" for ik, iv in item.items()]
+            lines.append("")
+        gw.config.write_text("\n".join(lines), encoding="utf-8")
+
+    def start(self) -> None:
+        """Power on every device at the scenario's start time, then start one agent per gateway."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.clock = ScaledClock(
+            sim_start=self.sim_start, real_anchor=time.time(), rate=self.sc.day.rate, until=self.sim_end + 60
+        )
+        (self.run_dir / "clock.json").write_text(self.clock.model_dump_json())
+        self.plan()
+        for f in self.families:
+            for gw in f.gateways:
+                gw.dir.mkdir(parents=True, exist_ok=True)
+            f.start()
+        for gw in self.gateways:
+            self.write_config(gw)
+            gw.proc = Proc(
+                f"agent-{gw.gateway_id}",
+                [sys.executable, "-m", "cityos", "gateway", "run", "--config", str(gw.config)],
+                self.run_dir / "logs" / f"agent-{gw.gateway_id}.log",
+            )
+            gw.proc.start()
+        self._fault_thread = threading.Thread(target=self._faults, name="city-faults", daemon=True)
+        self._fault_thread.start()
+
+    def _faults(self) -> None:
+        midnight = self.sim_start - _hhmm(self.sc.day.start)
+        pending = sorted(self.sc.faults, key=lambda e: _hhmm(e.at))
+        for ev in pending:
+            at = midnight + _hhmm(ev.at)
+            if at >= self.sim_end:
+                self.fault_log.append({"at": ev.at, "target": ev.target, "fault": ev.fault, "applied": False,
+                                       "why": "after the end of the simulated span"})
+                continue
+            assert self.clock is not None
+            while not self._stop.is_set() and self.clock.now() < at:
+                self._stop.wait(min(0.2, max(0.01, self.clock.real_delay(at - self.clock.now()))))
+            if self._stop.is_set():
+                return
+            ok = self.apply_fault(ev)
+            self.fault_log.append({"at": ev.at, "target": ev.target, "fault": ev.fault, "applied": ok})
+            if self.on_fault:
+                self.on_fault(ev, ok)
+
+    def apply_fault(self, ev: FaultEvent) -> bool:
+        if ev.fault in ("agent_kill", "agent_restart"):
+            gw = next((g for g in self.gateways if g.gateway_id == ev.target), None)
+            if gw is None or gw.proc is None:
+                return False
+            gw.proc.kill()
+            delay = self.clock.real_delay(ev.duration_s) if self.clock else 0.0
+            threading.Timer(max(0.5, delay), gw.proc.start).start()
+            return True
+        return any(f.fault(ev) for f in self.families)
+
+    # --- running ---
+
+    def wait_until(self, sim_s: float, stop: threading.Event | None = None, tick: Callable[[], None] | None = None):
+        assert self.clock is not None
+        stop = stop or self._stop
+        while not stop.is_set() and self.clock.now() < sim_s:
+            if tick:
+                tick()
+            stop.wait(min(1.0, max(0.05, self.clock.real_delay(sim_s - self.clock.now()))))
+
+    def freeze(self) -> None:
+        for f in self.families:
+            f.freeze()
+
+    def backlog(self) -> int:
+        import sqlite3
+
+        total = 0
+        for gw in self.gateways:
+            if gw.outbox.exists():
+                db = sqlite3.connect(f"file:{gw.outbox}?mode=ro", uri=True, timeout=5)
+                try:
+                    total += db.execute("SELECT count(*) FROM readings").fetchone()[0]
+                except sqlite3.OperationalError:
+                    pass
+                finally:
+                    db.close()
+        return total
+
+    def stop(self) -> None:
+        self._stop.set()
+        for gw in self.gateways:
+            if gw.proc is not None:
+                gw.proc.stop()
+        for f in self.families:
+            with contextlib.suppress(Exception):  # stopping must reach every family
+                f.stop()
+        (self.run_dir / "faults.json").write_text(json.dumps(self.fault_log, indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="cityos sim run", description="Run the simulated city: devices and agents")
+    ap.add_argument("scenario", type=Path, nargs="?", default=Path("scenarios/tsuyama-day.toml"))
+    ap.add_argument("--run-dir", type=Path, default=Path("run/city"))
+    ap.add_argument("--stack-dir", type=Path, default=Path("run/stack"), help="a running `cityos stack`")
+    args = ap.parse_args(argv)
+    from cityos.stack import load_info
+
+    sc = load_scenario(args.scenario)
+    info = load_info(args.stack_dir)
+    city = CitySim(sc, args.run_dir, info)
+    city.start()
+    print(
+        f"{sc.name}: {len(city.gateways)} gateways, simulated "
+        f"{dt.datetime.fromtimestamp(city.sim_start, JST):%Y-%m-%d %H:%M} → "
+        f"{dt.datetime.fromtimestamp(city.sim_end, JST):%H:%M} JST at {sc.day.rate:g}×; Ctrl-C stops"
+    )
+    try:
+        city.wait_until(city.sim_end)
+        city.freeze()
+        deadline = time.monotonic() + 120
+        while city.backlog() and time.monotonic() < deadline:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        city.stop()
+    print(f"ground truth in {args.run_dir}/*/truth.jsonl")
+    return 0
