@@ -70,11 +70,13 @@ class Counter:
         self.c.loop_stop()
 
 
-def _config(work: Path, info: StackInfo, gw: str, buses: list[tuple[Path, list[str]]], poll_s: float) -> Path:
+def _config(
+    work: Path, info: StackInfo, gw: str, buses: list[tuple[Path, list[str]]], poll_s: float, synchronous: str
+) -> Path:
     lines = [
         "[gateway]", f'id = "{gw}"', "[mqtt]", f'host = "{info.mqtt_host}"', f"port = {info.mqtt_port}",
         f'username = "{info.mqtt_username}"', f'password = "{info.mqtt_password}"',
-        "[outbox]", f'path = "{work / "outbox.db"}"',
+        "[outbox]", f'path = "{work / "outbox.db"}"', f'synchronous = "{synchronous}"',
     ]
     for b, (tty, devs) in enumerate(buses):
         lines += ["[[sources]]", 'type = "forest_station"', f'name = "bus{b}"', f'port = "{tty}"',
@@ -127,7 +129,7 @@ def run_once(info: StackInfo, work: Path, args: argparse.Namespace) -> dict[str,
     while not all(t.exists() for t, _ in buses) and time.monotonic() < deadline:
         time.sleep(0.1)
     counter = Counter(info, gw)
-    cfg = _config(work, info, gw, buses, min(0.05, interval / 3))
+    cfg = _config(work, info, gw, buses, min(0.05, interval / 3), args.synchronous)
     agent = subprocess.Popen([sys.executable, "-m", "cityos", "gateway", "run", "--config", str(cfg)],
                              stdout=(work / "agent.log").open("ab"), stderr=subprocess.STDOUT)
     try:
@@ -135,7 +137,7 @@ def run_once(info: StackInfo, work: Path, args: argparse.Namespace) -> dict[str,
         time.sleep(args.warmup)
         spy = None
         if args.py_spy:  # where the agent's CPU goes (collapsed stacks, all threads, idle frames dropped)
-            spy = subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", str(args.py_spy), "-r", "200",
+            spy = subprocess.Popen(["py-spy", "record", "--gil", "--format", "raw", "-o", str(args.py_spy), "-r", "200",
                                     "-d", str(int(args.window)), "-p", str(agent.pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         busy = measure(proc, args.window, counter)
@@ -174,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=60.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL",
+                    help="the outbox's durability (FULL, the default: survives power loss; NORMAL: a crash)")
     ap.add_argument("--py-spy", type=Path, help="also profile the agent with py-spy into this file")
     args = ap.parse_args(argv)
     tmp = tempfile.TemporaryDirectory(prefix="cityos-edge-")

@@ -230,9 +230,17 @@ class Uplink:
 
             self._wake_pending.clear()  # rows appended from here on wake us again
             # Fill the window: live first, then backlog.
+            linger_wait: float | None = None
             while len(inflight) < self.cfg.max_inflight:
                 rows = self.outbox.fetch(live_cursor, self.cfg.readings_per_message)
                 stream = "live"
+                # Linger only on an idle link: during a backlog drain, live readings go first and at once.
+                lingering = self.cfg.linger_s > 0 and backlog_cursor >= boundary
+                if rows and len(rows) < self.cfg.readings_per_message and lingering:
+                    waited = time.time() - rows[0].created_ms / 1000
+                    if waited < self.cfg.linger_s:  # let a few more live readings join this message
+                        linger_wait = self.cfg.linger_s - waited
+                        rows = []
                 if not rows and backlog_cursor < boundary:
                     rows = self.outbox.fetch(backlog_cursor, self.cfg.readings_per_message, upto_id=boundary)
                     stream = "backlog"
@@ -254,7 +262,10 @@ class Uplink:
                 return True
 
             try:
-                kind, data = self._events.get(timeout=0.5 if inflight else 1.0)
+                timeout = 0.5 if inflight else 1.0
+                if linger_wait is not None:
+                    timeout = min(timeout, max(0.005, linger_wait))
+                kind, data = self._events.get(timeout=timeout)
             except queue.Empty:
                 continue
             if data[0] != gen:
