@@ -201,3 +201,27 @@ def test_clean_stop_leaves_a_retained_offline_status(stack, tmp_path):
     finally:
         c.disconnect()
         c.loop_stop()
+
+
+def test_live_readings_on_an_idle_link_share_messages(stack, tmp_path):
+    """100 readings/s from a busy gateway must not cost 100 messages, PUBACKs and outbox deletes a second."""
+    info = stack.info()
+    gw = f"gw-{uuid.uuid4().hex[:6]}"
+    sub = Collector(info, gw)
+    ob = Outbox(tmp_path / "o.db", synchronous="NORMAL")
+    up = Uplink(gw, ob, _mqtt_cfg(info, linger_s=0.2), boot_id=uuid.uuid4().hex, backfill_after_s=60, status_fn=dict)
+    stop, t = _start(up)
+    try:
+        assert _wait(lambda: up.stats.connected)
+        now = int(time.time() * 1000)
+        for i in range(40):  # 40 readings over ~0.4 s
+            ob.append(wire.Reading(device_id="live", kind="forest_station", ts=now + i, values={"i": float(i)}))
+            time.sleep(0.01)
+        assert _wait(lambda: ob.depth == 0, 10)
+        assert _wait(lambda: len(sub.readings) == 40, 10)
+        assert up.stats.published_readings == 40
+        assert 2 <= up.stats.published_messages <= 6  # not 40
+    finally:
+        stop.set()
+        t.join(10)
+        sub.close()
