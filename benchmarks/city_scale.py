@@ -35,9 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cityos.stack import Stack, StackInfo, influx_query
 from firmware_sim.loadgen import LoadProfile, build_gateways
+from ingest.config import MqttConfig
+from ingest.mqtt_in import discard_session
 
 
-def _ingest_config(info: StackInfo, work: Path, db: str) -> Path:
+def _ingest_config(info: StackInfo, work: Path, db: str, client_id: str) -> Path:
     p = work / "ingest.toml"
     p.write_text(
         f"""[mqtt]
@@ -45,7 +47,7 @@ host = "{info.mqtt_host}"
 port = {info.mqtt_port}
 username = "{info.mqtt_username}"
 password = "{info.mqtt_password}"
-client_id = "bench-city-{uuid.uuid4().hex[:6]}"
+client_id = "{client_id}"
 [influx]
 url = "{info.influx_url}"
 db = "{db}"
@@ -88,7 +90,8 @@ def run_step(
 ) -> dict[str, Any]:
     db = f"bench_city_{uuid.uuid4().hex[:8]}"
     influx_query(info, "_internal", f'CREATE DATABASE "{db}"')
-    cfg = _ingest_config(info, work, db)
+    client_id = f"bench-city-{uuid.uuid4().hex[:6]}"
+    cfg = _ingest_config(info, work, db, client_id)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     ingest = subprocess.Popen(
         [sys.executable, "-m", "cityos", "ingest", "--config", str(cfg)],
@@ -144,6 +147,9 @@ def run_step(
             ingest.wait(30)
         except subprocess.TimeoutExpired:
             ingest.kill()
+        # An offline durable session would queue every later step's messages (Mosquitto's CPU, not ours).
+        discard_session(MqttConfig(host=info.mqtt_host, port=info.mqtt_port, username=info.mqtt_username,
+                                   password=info.mqtt_password, client_id=client_id))
         influx_query(info, "_internal", f'DROP DATABASE "{db}"')
 
 
