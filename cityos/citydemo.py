@@ -161,7 +161,9 @@ class CityRun:
         meters = fams["meter"]
         if meters.gateways:
             hh = {h: (d["district"], meters.truth_path(h)) for h, d in meters.households.items()}
-            rep.checks.append(cityverify.verify_energy(self.info, self.db, hh, t0, t1))
+            # The value at the power-on instant itself (t0) is the meters' starting point, taken as the gateways
+            # start: whether a gateway's first read still sees it is a race, and no half hour ends there.
+            rep.checks.append(cityverify.verify_energy(self.info, self.db, hh, t0, t1, first_slot=t0 + 1))
         trucks = fams["truck"]
         if trucks.gateways:
             rep.checks.append(cityverify.verify_waste(
