@@ -22,6 +22,8 @@ from cityos import cityverify
 from cityos.pipeline import Proc, write_ingest_config
 from cityos.stack import StackInfo, influx_query
 from firmware_sim.city import JST, CityScenario, CitySim
+from ingest.health import read_health_file
+from ingest.service import HEALTH_FILE
 
 #: The truck indicator's resolution in the default truck spec (kg per display step).
 TRUCK_RESOLUTION_KG = 10.0
@@ -86,12 +88,7 @@ class CityRun:
     # --- observing ---
 
     def _ingest_health(self) -> dict[str, Any]:
-        import json
-
-        try:
-            return json.loads((self.ingest_dir / "health.json").read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_health_file(self.ingest_dir / HEALTH_FILE) or {}
 
     def _wait(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
         end = time.monotonic() + timeout

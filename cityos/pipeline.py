@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,21 @@ class Comparison:
     @property
     def exact(self) -> bool:
         return self.truth > 0 and not (self.missing or self.extra or self.wrong or self.doubled)
+
+
+def outbox_depth(paths: Iterable[Path]) -> int:
+    """Readings waiting in these gateways' outboxes, read-only (the agents may be writing)."""
+    total = 0
+    for path in paths:
+        if path.exists():
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            try:
+                total += db.execute("SELECT count(*) FROM readings").fetchone()[0]
+            except sqlite3.OperationalError:
+                pass  # created but no table yet
+            finally:
+                db.close()
+    return total
 
 
 def write_ingest_config(path: Path, info: StackInfo, *, db: str, data_dir: Path, client_id: str) -> None:
@@ -345,17 +361,7 @@ class Pipeline:
         return out
 
     def backlog(self) -> int:
-        total = 0
-        for gw in self.gateways:
-            if gw.outbox.exists():
-                db = sqlite3.connect(f"file:{gw.outbox}?mode=ro", uri=True, timeout=5)
-                try:
-                    total += db.execute("SELECT count(*) FROM readings").fetchone()[0]
-                except sqlite3.OperationalError:
-                    pass  # created but no table yet
-                finally:
-                    db.close()
-        return total
+        return outbox_depth(gw.outbox for gw in self.gateways)
 
     def query(self, q: str) -> list[dict[str, Any]]:
         return influx_query(self.info, self.db, q)

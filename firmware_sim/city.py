@@ -38,7 +38,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cityos.config import ConfigError, format_validation_error
-from cityos.pipeline import Proc
+from cityos.pipeline import Proc, outbox_depth
 from cityos.simclock import ScaledClock
 from cityos.stack import StackInfo
 
@@ -379,19 +379,7 @@ class CitySim:
             f.freeze()
 
     def backlog(self) -> int:
-        import sqlite3
-
-        total = 0
-        for gw in self.gateways:
-            if gw.outbox.exists():
-                db = sqlite3.connect(f"file:{gw.outbox}?mode=ro", uri=True, timeout=5)
-                try:
-                    total += db.execute("SELECT count(*) FROM readings").fetchone()[0]
-                except sqlite3.OperationalError:
-                    pass
-                finally:
-                    db.close()
-        return total
+        return outbox_depth(gw.outbox for gw in self.gateways)
 
     def stop(self) -> None:
         self._stop.set()

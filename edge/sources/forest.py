@@ -93,6 +93,7 @@ from cityos.wire import DeviceId, Reading
 from edge import clock
 from edge.sources import forest_codec as codec
 from edge.sources.base import SourceConfig, SourceContext, register
+from edge.sources.logs import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -170,27 +171,6 @@ class ForestBusConfig(SourceConfig):
 
 
 # --- logging helpers ----------------------------------------------------------------------------------------
-
-
-class _RateLimited:
-    """At most one log line per key per period; the next one says how many were suppressed."""
-
-    def __init__(self, logger: logging.Logger, period_s: float = _LOG_PERIOD_S) -> None:
-        self.logger, self.period_s = logger, period_s
-        self._seen: dict[str, list[float]] = {}  # key -> [last logged (monotonic), suppressed]
-
-    def __call__(self, level: int, key: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        entry = self._seen.get(key)
-        if entry is not None and now - entry[0] < self.period_s:
-            entry[1] += 1
-            return
-        suppressed = int(entry[1]) if entry else 0
-        self._seen[key] = [now, 0]
-        if suppressed:
-            msg += " (%d similar suppressed)"
-            args = (*args, suppressed)
-        self.logger.log(level, msg, *args)
 
 
 class _PymodbusLogFilter(logging.Filter):
@@ -299,7 +279,7 @@ class ForestBus:
         self._open_backoff = _OPEN_BACKOFF_MIN_S
         self._port_failed = False
         self._state: dict[str, Any] = {"v": STATE_VERSION, "stations": {}}
-        self._warn = _RateLimited(log)
+        self._warn = RateLimited(log)
         bits = 1 + 8 + (config.parity != "N") + config.stopbits
         self._write_lead_s = 13 * bits / config.baudrate  # time on the wire of the 13-byte RTC write
         _install_pymodbus_log_filter()

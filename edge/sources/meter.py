@@ -77,6 +77,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator
 from cityos.wire import DeviceId, Reading
 from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
+from edge.sources.logs import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -243,27 +244,6 @@ def _configure_momonga_logging(debug: bool) -> None:
         root.setLevel(logging.INFO)
 
 
-class _RateLimited:
-    """At most one log line per key per period; the next one says how many were suppressed."""
-
-    def __init__(self, logger: logging.Logger, period_s: float = _LOG_PERIOD_S) -> None:
-        self.logger, self.period_s = logger, period_s
-        self._seen: dict[str, list[float]] = {}
-
-    def __call__(self, level: int, key: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        entry = self._seen.get(key)
-        if entry is not None and now - entry[0] < self.period_s:
-            entry[1] += 1
-            return
-        suppressed = int(entry[1]) if entry else 0
-        self._seen[key] = [now, 0]
-        if suppressed:
-            msg += " (%d similar suppressed)"
-            args = (*args, suppressed)
-        self.logger.log(level, msg, *args)
-
-
 # --- the line tap ---------------------------------------------------------------------------------------------
 
 #: Lines a module sends besides EVENT/ERXUDP: answers, command echoes, the EPANDESC block, SKLL64's address.
@@ -322,7 +302,7 @@ class SmartMeterSource:
         self._decimals = 3
         self._state: dict[str, Any] = {"v": STATE_VERSION}
         self._tz = dt.timezone(dt.timedelta(hours=config.meter_utc_offset_h))
-        self._warn = _RateLimited(log)
+        self._warn = RateLimited(log)
         self._tags = {"district": config.district} if config.district else {}
         _configure_momonga_logging(config.momonga_debug)
 

@@ -64,6 +64,7 @@ from cityos.wire import DeviceId, Reading
 from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
 from edge.sources.geo import UNKNOWN, Districts, DistrictsError, haversine_m, load_districts
+from edge.sources.logs import RateLimited
 from edge.sources.nmea import GpsTracker, Position
 from edge.sources.weighing_codec import WeighingDecoder, WeightFrame
 
@@ -150,30 +151,6 @@ class TruckConfig(SourceConfig):
     def district_map(self) -> Districts:
         assert self._districts is not None
         return self._districts
-
-
-# --- logging ------------------------------------------------------------------------------------------------
-
-
-class _RateLimited:
-    """At most one log line per key per period; the next one says how many were suppressed."""
-
-    def __init__(self, logger: logging.Logger, period_s: float = _LOG_PERIOD_S) -> None:
-        self.logger, self.period_s = logger, period_s
-        self._seen: dict[str, list[float]] = {}
-
-    def __call__(self, level: int, key: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        entry = self._seen.get(key)
-        if entry is not None and now - entry[0] < self.period_s:
-            entry[1] += 1
-            return
-        suppressed = int(entry[1]) if entry else 0
-        self._seen[key] = [now, 0]
-        if suppressed:
-            msg += " (%d similar suppressed)"
-            args = (*args, suppressed)
-        self.logger.log(level, msg, *args)
 
 
 # --- the tracker (sans-I/O) ---------------------------------------------------------------------------------
@@ -453,7 +430,7 @@ class CollectionTracker:
 class _Port:
     """One serial port, reopened by path with backoff (see the module docstring)."""
 
-    def __init__(self, role: str, path: str, baud: int, warn: _RateLimited, source: str) -> None:
+    def __init__(self, role: str, path: str, baud: int, warn: RateLimited, source: str) -> None:
         self.role, self.path, self.baud = role, path, baud
         self._warn, self._source = warn, source
         self.ser: Any = None
@@ -558,7 +535,7 @@ class GarbageTruck:
     def __init__(self, config: TruckConfig) -> None:
         self.config = config
         self.name = config.name
-        self._warn = _RateLimited(log)
+        self._warn = RateLimited(log)
         self.gps = GpsTracker(timeout_s=config.gps_timeout_s)
         self.weighing = WeighingDecoder()
         self.tracker = CollectionTracker(config, self.gps)
