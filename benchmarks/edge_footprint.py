@@ -13,8 +13,11 @@ the acked count is read from its retained status). Each repetition starts fresh;
 Two reference points from the same run:
 
 * **idle**: the same agent with its stations frozen (no new samples): the fixed cost of polling and the runtime;
-* **floor**: a bare ``python -c`` that imports the agent's libraries (pydantic, paho, pymodbus, pyserial, momonga,
-  pynmea2, psutil) and sleeps: the RSS no agent written in Python with these libraries can go below.
+* **floor**: a bare ``python -c`` that imports the libraries this forest gateway runs on (paho-mqtt, pymodbus,
+  pyserial, sqlite3, pydantic's BaseModel) and sleeps: the RSS no agent written in Python with them goes below.
+
+The agent runs as deployed: with the systemd unit's environment (``MALLOC_ARENA_MAX=2``) and with its bytecode
+compiled (as pip does at install).
 
     python benchmarks/edge_footprint.py [--rate 100] [--window 60] [--repeat 3]
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -42,7 +46,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cityos import wire
 from cityos.stack import Stack, StackInfo
 
-FLOOR_IMPORTS = "import pydantic, paho.mqtt.client, pymodbus.client, serial, momonga, pynmea2, psutil, sqlite3"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _unit_environment() -> dict[str, str]:
+    """The agent runs with the environment the gateway's systemd unit gives it (MALLOC_ARENA_MAX)."""
+    env = dict(os.environ)
+    unit = ROOT / "hardware" / "gateway" / "cityos-gateway.service"
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            key, _, value = line.removeprefix("Environment=").strip().strip('"').partition("=")
+            env[key] = value
+    return env
+
+
+UNIT_ENV = _unit_environment()
+FLOOR_IMPORTS = "import paho.mqtt.client, pymodbus.client, serial, sqlite3; from pydantic import BaseModel"
 
 
 class Counter:
@@ -90,7 +109,7 @@ def _config(
 
 def measure(proc: psutil.Process, window: float, counter: Counter | None) -> dict[str, float]:
     t = proc.cpu_times()
-    cpu0 = t.user + t.system
+    cpu0, user0 = t.user + t.system, t.user
     n0 = counter.value() if counter else 0
     rss: list[float] = []
     t0 = time.monotonic()
@@ -101,8 +120,10 @@ def measure(proc: psutil.Process, window: float, counter: Counter | None) -> dic
     t = proc.cpu_times()
     out = {
         "cpu_pct": 100 * (t.user + t.system - cpu0) / wall,
+        "cpu_user_pct": 100 * (t.user - user0) / wall,
         "rss_mb_median": statistics.median(rss),
         "rss_mb_max": max(rss),
+        "rss_mb_last": rss[-1],
     }
     if counter:
         out["readings_per_s"] = (counter.value() - n0) / wall
@@ -130,7 +151,7 @@ def run_once(info: StackInfo, work: Path, args: argparse.Namespace) -> dict[str,
         time.sleep(0.1)
     counter = Counter(info, gw)
     cfg = _config(work, info, gw, buses, min(0.05, interval / 3), args.synchronous)
-    agent = subprocess.Popen([sys.executable, "-m", "cityos", "gateway", "run", "--config", str(cfg)],
+    agent = subprocess.Popen([sys.executable, "-m", "cityos", "gateway", "run", "--config", str(cfg)], env=UNIT_ENV,
                              stdout=(work / "agent.log").open("ab"), stderr=subprocess.STDOUT)
     try:
         proc = psutil.Process(agent.pid)
@@ -158,7 +179,7 @@ def run_once(info: StackInfo, work: Path, args: argparse.Namespace) -> dict[str,
 
 
 def floor_rss() -> float:
-    p = subprocess.Popen([sys.executable, "-c", FLOOR_IMPORTS + "; import time; time.sleep(30)"])
+    p = subprocess.Popen([sys.executable, "-c", FLOOR_IMPORTS + "; import time; time.sleep(30)"], env=UNIT_ENV)
     try:
         time.sleep(4)
         return psutil.Process(p.pid).memory_info().rss / 2**20
@@ -180,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="the outbox's durability (FULL, the default: survives power loss; NORMAL: a crash)")
     ap.add_argument("--py-spy", type=Path, help="also profile the agent with py-spy into this file")
     args = ap.parse_args(argv)
+    # As deployed: pip compiles a wheel's bytecode at install time. A checkout run with PYTHONDONTWRITEBYTECODE
+    # (this sandbox sets it) would compile the agent's sources at every start instead, and the compiler's
+    # transient memory stays in the RSS (~0.7 MB).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(ROOT / p) for p in ("cityos", "edge"))],
+                   check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
     tmp = tempfile.TemporaryDirectory(prefix="cityos-edge-")
     stack = Stack(Path(tmp.name) / "stack")
     info = stack.up()
@@ -190,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(r)
             b, idle = r["busy"], r["idle"]
             print(f"run {i}: {b['readings_per_s']:.1f} readings/s, CPU {b['cpu_pct']:.2f}% of a core, "
-                  f"RSS median {b['rss_mb_median']:.1f} MB (max {b['rss_mb_max']:.1f}); idle CPU "
+                  f"(user {b['cpu_user_pct']:.2f}%), RSS median {b['rss_mb_median']:.1f} MB (max {b['rss_mb_max']:.1f}, "
+                  f"at the end {b['rss_mb_last']:.1f}); idle CPU "
                   f"{idle['cpu_pct']:.2f}%, RSS {idle['rss_mb_median']:.1f} MB", flush=True)
         floor = floor_rss()
     finally:

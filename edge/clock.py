@@ -9,7 +9,6 @@ and the status message reports whether the kernel considers the clock synchronis
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import time
 
@@ -61,18 +60,19 @@ def plausible(now_s: float | None = None) -> bool:
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL | None:
+def libc() -> ctypes.CDLL | None:
+    """The C library, for the calls Python's os module lacks (adjtimex, malloc_trim); None if not loadable."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        return ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc's among them: no ldconfig run
     except OSError:
         return None
 
 
 def kernel_synced() -> bool | None:
     """True/False as the kernel's NTP discipline says (what `timedatectl` shows), None where it cannot be asked."""
-    libc = _libc()
+    c = libc()
     try:
-        state = libc.adjtimex(ctypes.byref(_Timex())) if libc is not None else -1
+        state = c.adjtimex(ctypes.byref(_Timex())) if c is not None else -1
     except AttributeError:
         return None
     if state < 0:

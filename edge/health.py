@@ -12,8 +12,8 @@ InfluxDB as two measurements:
   reports: CRC and timeout counts on a Modbus bus, session and rate-limit state of a smart meter, zero drift of
   a truck's load cell, GPS fix quality. One reading per source keeps each under the 64-value limit.
 
-psutil reads /proc and /sys on the Pi exactly as here; a value the machine can't give (no thermal sensor in a
-container) is left out, not written as 0.
+The machine's numbers come from /proc and /sys (``edge/machine.py``, not psutil: see there why); a value the
+machine can't give (no thermal sensor in a container) is left out, not written as 0.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from cityos.wire import MAX_VALUES_PER_READING, Reading
 from edge import clock
+from edge.machine import Machine
 
 GATEWAY_KIND = "gateway_health"
 SOURCE_KIND = "source_health"
@@ -49,50 +48,35 @@ def device_name(name: str) -> str:
     return out[:63]
 
 
-def cpu_temperature_c() -> float | None:
-    """The SoC temperature (``cpu_thermal`` on a Raspberry Pi), the hottest sensor otherwise; None if none."""
-    try:
-        temps = psutil.sensors_temperatures()
-    except (AttributeError, OSError):
-        return None
-    for key in ("cpu_thermal", "coretemp", "k10temp", "soc_thermal"):
-        if temps.get(key):
-            return float(max(t.current for t in temps[key]))
-    readings = [t.current for group in temps.values() for t in group]
-    return float(max(readings)) if readings else None
-
-
 class HealthSampler:
     """Builds the health readings; the agent calls :meth:`readings` every ``health.interval_s``."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.proc = psutil.Process()
-        # cpu_percent(None) measures since the previous call: prime both so the first sample is meaningful.
-        self.proc.cpu_percent(None)
-        psutil.cpu_percent(None)
+        self.host = Machine(data_dir)  # CPU percentages are measured from here to the first sample
         self.started = time.monotonic()
 
     def machine(self) -> dict[str, float]:
-        vm = psutil.virtual_memory()
+        m = self.host
+        total, available = m.memory()
         values: dict[str, float] = {
-            "agent_cpu_pct": round(self.proc.cpu_percent(None), 2),
-            "cpu_pct": round(psutil.cpu_percent(None) * (psutil.cpu_count() or 1), 2),
-            "cpu_count": float(psutil.cpu_count() or 1),
-            "load1": round(psutil.getloadavg()[0], 3),
-            "agent_rss_mb": round(self.proc.memory_info().rss / 2**20, 2),
-            "mem_used_pct": round(vm.percent, 2),
-            "mem_available_mb": round(vm.available / 2**20, 1),
+            "agent_cpu_pct": round(m.agent_cpu_pct(), 2),
+            "cpu_pct": round(m.cpu_pct(), 2),
+            "cpu_count": float(m.cpu_count),
+            "load1": round(m.load1(), 3),
+            "agent_rss_mb": round(m.agent_rss_bytes() / 2**20, 2),
+            "mem_used_pct": round(100 * (total - available) / total, 2),
+            "mem_available_mb": round(available / 2**20, 1),
             "agent_uptime_s": round(time.monotonic() - self.started, 1),
-            "boot_uptime_s": round(time.time() - psutil.boot_time(), 1),
+            "boot_uptime_s": round(time.time() - m.boot_time(), 1),
         }
         try:
-            du = psutil.disk_usage(str(self.data_dir))
-            values["disk_free_mb"] = round(du.free / 2**20, 1)
-            values["disk_used_pct"] = round(du.percent, 2)
+            free, used_pct = m.disk()
+            values["disk_free_mb"] = round(free / 2**20, 1)
+            values["disk_used_pct"] = round(used_pct, 2)
         except OSError:
             pass
-        temp = cpu_temperature_c()
+        temp = m.temperature_c()
         if temp is not None:
             values["cpu_temp_c"] = round(temp, 1)
         return values

@@ -4,6 +4,9 @@ The guarantees, in the order a reading lives through them:
 
 * ``append`` commits the reading (and the source state that produced it, in the same transaction) before it
   returns, so nothing a source handed over is lost to a crash, and nothing is read twice from a device after one.
+  A source with many devices keeps one state *part* per device, so each commit writes that device's state only:
+  a forest bus's whole state (ten stations' hour-long windows, ~25 kB) rewritten per reading cost more than the
+  reading itself.
 * The uplink reads rows in id order through two cursors (backlog and live, see ``edge/uplink.py``) and calls
   ``delete_range`` only after the broker's PUBACK. A crash between publish and PUBACK means a resend, which the
   InfluxDB point identity (edge timestamp) turns into an overwrite, never a double.
@@ -35,6 +38,12 @@ CREATE TABLE IF NOT EXISTS readings (
     body TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS source_state (source TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS source_state_part (
+    source TEXT NOT NULL,
+    part TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (source, part)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -71,6 +80,7 @@ class Outbox:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.execute("PRAGMA cache_size=-256")
         self._db.executescript(_SCHEMA)
         self._count = self._db.execute("SELECT count(*) FROM readings").fetchone()[0]
         self._seq_next = self._meta("seq_reserved")
@@ -82,8 +92,14 @@ class Outbox:
 
     # --- writer side (sources) -----------------------------------------------------------------------------
 
-    def append(self, reading: Reading, source: str | None = None, state: dict[str, Any] | None = None) -> bool:
-        """Commit a reading (and its source's state). Returns False if the drop policy refused the reading."""
+    def append(
+        self,
+        reading: Reading,
+        source: str | None = None,
+        state: dict[str, Any] | None = None,
+        part: str | None = None,
+    ) -> bool:
+        """Commit a reading (and its source's state, or one part of it). False if the drop policy refused it."""
         # backfill is decided at send time (edge/uplink.py), never stored
         body = reading.model_dump_json(exclude_defaults=True, exclude={"backfill"})
         now = _now_ms()
@@ -108,10 +124,16 @@ class Outbox:
                         "INSERT INTO readings (created_ms, ts, body) VALUES (?, ?, ?)", (now, reading.ts, body)
                     )
                 if state is not None and source is not None:
-                    cur.execute(
-                        "INSERT OR REPLACE INTO source_state (source, state) VALUES (?, ?)",
-                        (source, json.dumps(state, sort_keys=True)),
-                    )
+                    if part is None:
+                        cur.execute(
+                            "INSERT OR REPLACE INTO source_state (source, state) VALUES (?, ?)",
+                            (source, json.dumps(state, sort_keys=True)),
+                        )
+                    else:
+                        cur.execute(
+                            "INSERT OR REPLACE INTO source_state_part (source, part, state) VALUES (?, ?, ?)",
+                            (source, part, json.dumps(state, sort_keys=True)),
+                        )
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
@@ -124,9 +146,16 @@ class Outbox:
         return stored
 
     def load_state(self, source: str) -> dict[str, Any]:
+        """The source's state as last committed; its parts, if any, under the reserved key ``"parts"``."""
         with self._lock:
             row = self._db.execute("SELECT state FROM source_state WHERE source = ?", (source,)).fetchone()
-        return json.loads(row[0]) if row else {}
+            parts = self._db.execute(
+                "SELECT part, state FROM source_state_part WHERE source = ? ORDER BY part", (source,)
+            ).fetchall()
+        state = json.loads(row[0]) if row else {}
+        if parts:
+            state["parts"] = {k: json.loads(v) for k, v in parts}
+        return state
 
     # --- reader side (uplink) ------------------------------------------------------------------------------
 

@@ -217,6 +217,7 @@ class Uplink:
         inflight: dict[int, _Inflight] = {}
         status_mids: set[int] = set()
         last_status = 0.0
+        linger_until: float | None = None
         log.info(
             "uplink: connected to %s:%s; backlog %d readings (oldest %.0f s)",
             self.cfg.host, self.cfg.port, self.outbox.depth, self.outbox.oldest_age_s(),
@@ -228,10 +229,17 @@ class Uplink:
                 status_mids.add(info.mid)
                 last_status = now
 
-            self._wake_pending.clear()  # rows appended from here on wake us again
-            # Fill the window: live first, then backlog.
+            # While a live message lingers, appends need not wake us: it goes at the linger deadline either way.
+            # Leaving the wake flag set keeps the sources from queueing a wake-up per reading, each of which
+            # cost a SELECT on the outbox (~100 a second at 100 readings/s).
             linger_wait: float | None = None
-            while len(inflight) < self.cfg.max_inflight:
+            if linger_until is not None and now < linger_until:
+                linger_wait = linger_until - now
+            else:
+                linger_until = None
+                self._wake_pending.clear()  # rows appended from here on wake us again
+            # Fill the window: live first, then backlog.
+            while linger_wait is None and len(inflight) < self.cfg.max_inflight:
                 rows = self.outbox.fetch(live_cursor, self.cfg.readings_per_message)
                 stream = "live"
                 # Linger only on an idle link: during a backlog drain, live readings go first and at once.
@@ -240,6 +248,7 @@ class Uplink:
                     waited = time.time() - rows[0].created_ms / 1000
                     if waited < self.cfg.linger_s:  # let a few more live readings join this message
                         linger_wait = self.cfg.linger_s - waited
+                        linger_until = now + linger_wait
                         rows = []
                 if not rows and backlog_cursor < boundary:
                     rows = self.outbox.fetch(backlog_cursor, self.cfg.readings_per_message, upto_id=boundary)

@@ -42,11 +42,17 @@ class Outbox:
         self.readings: list[Reading] = []
         self._lock = threading.Lock()
 
-    def emit(self, reading: Reading, state: dict[str, Any] | None = None) -> None:
+    def emit(self, reading: Reading, state: dict[str, Any] | None = None, part: str | None = None) -> None:
         with self._lock:
             self.readings.append(reading)
-            if state is not None:
+            if state is not None and part is not None:
+                self.state.setdefault("parts", {})[part] = copy.deepcopy(state)
+            elif state is not None:
                 self.state = copy.deepcopy(state)
+
+    def station(self, device_id: str) -> dict[str, Any]:
+        """A station's state as the bus would load it after a restart."""
+        return ForestBus._load_state(self.state)["stations"][device_id]
 
     def by_device(self) -> dict[str, list[Reading]]:
         out: dict[str, list[Reading]] = defaultdict(list)
@@ -208,9 +214,9 @@ def test_readings_equal_ground_truth(make_sim, gt):
     # the committed state is the last emitted sample of each station
     for d in units:
         last = truth[d][-1]
-        assert outbox.state["stations"][d]["sample_no"] == last["sample_no"]
-        assert outbox.state["stations"][d]["ts"] == last["ts"]
-        assert outbox.state["stations"][d]["tips"] == int(last["values"]["rain_tips"])
+        assert outbox.station(d)["sample_no"] == last["sample_no"]
+        assert outbox.station(d)["ts"] == last["ts"]
+        assert outbox.station(d)["tips"] == int(last["values"]["rain_tips"])
 
 
 @pytest.mark.timeout(40)
@@ -573,6 +579,19 @@ def test_saved_state_v1_is_taken_over():
     }  # fmt: skip  (exactly-once kept; the unreadable entry dropped, that station starts afresh)
     assert ForestBus._load_state(state) == state
     assert ForestBus._load_state({"v": 99, "stations": {}}) == {"v": 2, "stations": {}}
+
+
+def test_saved_parts_win_over_the_whole_bus_state_of_earlier_versions():
+    """Since state parts, each station's state is saved on its own; a bus upgraded in the field still has the
+    whole-bus state an earlier version wrote, and each station takes it over until its own part exists."""
+    def st(n: int) -> dict[str, Any]:
+        return {"sample_no": n, "ts": 1_795_593_600_000 + n, "tips": n, "rain_min": [], "event_um": 0,
+                "event_last_rain_ts": None, "tilt_min": []}  # fmt: skip
+
+    whole = {"v": 2, "stations": {"forest-01": st(7), "forest-02": st(3)}}
+    state = ForestBus._load_state({**whole, "parts": {"forest-01": st(9), "forest-03": {"junk": 1}}})
+    assert state == {"v": 2, "stations": {"forest-01": st(9), "forest-02": st(3)}}
+    assert ForestBus._load_state({"parts": {"forest-02": st(4)}}) == {"v": 2, "stations": {"forest-02": st(4)}}
 
 
 def test_gateway_and_simulator_derive_the_same_values():

@@ -10,6 +10,7 @@ from cityos.config import read_toml
 from edge.agent import Agent
 from edge.config import parse_config
 from edge.health import HealthSampler, device_name, field_name
+from edge.machine import Machine, release_free_memory
 from firmware_sim.forest_station import ForestStationSim, StationSpec
 
 
@@ -32,6 +33,56 @@ def test_sampler_reports_machine_and_per_source_counters(tmp_path):
     assert (bus.kind, bus.device_id, bus.tags) == ("source_health", "bus-0", {"family": "forest_station"})
     assert bus.values == {"crc_errors": 2.0, "timeouts": 1.0}
     assert meter.values == {"health_error": 1.0}  # a broken health() costs only its own numbers
+
+
+def test_machine_numbers_agree_with_psutil(tmp_path):
+    """edge/machine.py reads /proc itself (psutil costs the agent 0.8 MB); it must say what psutil says."""
+    import psutil
+
+    m = Machine(tmp_path)
+    psutil.cpu_percent(None)
+    me = psutil.Process()
+    me.cpu_percent(None)
+    t_end = time.monotonic() + 0.5
+    while time.monotonic() < t_end:  # busy: both samplers see this process at ~100 % of one core
+        pass
+    agent, ps_agent = m.agent_cpu_pct(), me.cpu_percent(None)
+    assert abs(agent - ps_agent) < 15 and agent > 50
+    host, ps_host = m.cpu_pct(), psutil.cpu_percent(None) * psutil.cpu_count()
+    assert abs(host - ps_host) < 25 and host >= 40
+    assert m.cpu_count == psutil.cpu_count()
+    assert abs(m.agent_rss_bytes() - me.memory_info().rss) < 2 * 2**20
+    total, available = m.memory()
+    vm = psutil.virtual_memory()
+    assert total == vm.total and abs(available - vm.available) < 64 * 2**20
+    assert abs(m.boot_time() - psutil.boot_time()) < 2
+    free, pct = m.disk()
+    du = psutil.disk_usage(str(tmp_path))
+    assert abs(free - du.free) < 64 * 2**20 and abs(pct - du.percent) < 1
+
+
+def test_temperature_prefers_the_soc_zone_and_is_absent_without_zones(tmp_path):
+    for i, (kind, milli) in enumerate([("acpitz", "61000"), ("cpu-thermal", "48312"), ("gpu", "bad")]):
+        zone = tmp_path / f"thermal_zone{i}"
+        zone.mkdir()
+        (zone / "type").write_text(kind + "\n")
+        (zone / "temp").write_text(milli + "\n")
+    assert Machine.temperature_c(str(tmp_path)) == 48.312  # the Pi's SoC, though another zone is hotter
+    (tmp_path / "thermal_zone1" / "type").write_text("other\n")
+    assert Machine.temperature_c(str(tmp_path)) == 61.0  # no known SoC zone: the hottest
+    assert Machine.temperature_c(str(tmp_path / "none")) is None
+
+
+def test_freed_heap_goes_back_to_the_kernel():
+    """What a burst (a backlog drain, start-up) allocated and freed must not stay in the agent's resident memory:
+    glibc alone keeps a fragmented heap resident; the agent trims it every minute."""
+    blocks = [bytes(4000) for _ in range(20_000)]  # ~80 MB, freed below except every 32nd block
+    keep = blocks[::32]
+    del blocks
+    before = Machine.agent_rss_bytes()
+    release_free_memory()
+    assert before - Machine.agent_rss_bytes() > 40 * 2**20
+    assert len(keep) == 625
 
 
 def test_names_become_valid_wire_ids():

@@ -35,6 +35,20 @@ def test_state_commits_with_the_reading(tmp_path):
     assert Outbox(tmp_path / "o.db").load_state("bus0") == {"last": 1}
 
 
+def test_state_parts_commit_one_device_at_a_time(tmp_path):
+    ob = Outbox(tmp_path / "o.db")
+    ob.append(_reading(1), source="bus0", state={"v": 2})
+    ob.append(_reading(2, "st-1"), source="bus0", state={"n": 2}, part="st-1")
+    ob.append(_reading(3, "st-2"), source="bus0", state={"n": 3}, part="st-2")
+    ob.append(_reading(4, "st-1"), source="bus0", state={"n": 4}, part="st-1")
+    ob.append(_reading(5, "x"), source="bus1", state={"n": 5}, part="st-1")
+    ob.close()
+    ob = Outbox(tmp_path / "o.db")
+    assert ob.load_state("bus0") == {"v": 2, "parts": {"st-1": {"n": 4}, "st-2": {"n": 3}}}
+    assert ob.load_state("bus1") == {"parts": {"st-1": {"n": 5}}}
+    assert ob.load_state("bus2") == {}
+
+
 def test_drop_oldest_is_bounded_and_counted(tmp_path):
     ob = Outbox(tmp_path / "o.db", max_readings=100)
     for i in range(150):

@@ -26,14 +26,17 @@ from cityos.wire import Reading
 class SourceContext(Protocol):
     """What the agent hands a running source."""
 
-    #: The source's persisted state as it was last committed (empty on first start).
+    #: The source's persisted state as it was last committed (empty on first start); the parts committed with
+    #: ``part=`` are under ``state["parts"][part]``.
     state: dict[str, Any]
 
-    def emit(self, reading: Reading, state: dict[str, Any] | None = None) -> None:
+    def emit(self, reading: Reading, state: dict[str, Any] | None = None, part: str | None = None) -> None:
         """Commit ``reading`` to the durable outbox, and ``state`` (if given) in the same transaction.
 
         Committing the reading and the state that produced it together is what makes a source exact across a
-        crash: e.g. the last sample number and rain-tip count are never ahead of or behind the readings.
+        crash: e.g. the last sample number and rain-tip count are never ahead of or behind the readings. With
+        ``part`` (e.g. a device id), ``state`` replaces only that part: a source of many devices then writes one
+        device's state per reading, not all of them.
         """
 
 

@@ -73,10 +73,10 @@ interval or 5 s), so a dead station costs the others little bus time.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -105,6 +105,9 @@ _OPEN_BACKOFF_MAX_S = 5.0
 _STATION_BACKOFF_MAX_S = 5.0
 #: Longest pause between two polls of a healthy station (see ``_sleep_until_next_sample``).
 _MAX_POLL_GAP_S = 30.0
+#: How often the bus checks that its port path (a udev by-id link) still leads to the device it opened: at most
+#: once a second, not per poll (resolving the link is five system calls).
+_PORT_CHECK_S = 1.0
 _LOG_PERIOD_S = 60.0
 #: How far from a second boundary an RTC write may still arrive.
 _CLOCK_WRITE_SLACK_S = 0.1
@@ -233,6 +236,23 @@ class _BusClient(ModbusSerialClient):
         self.attempts.append(bytearray())
         return super().send(request, addr)
 
+    def _wait_for_data(self) -> int:
+        """Wait for reply bytes with select(), not pymodbus' sleep-polling (a wake-up and two ioctls every four
+        character times: ~8 per reply at 9600 baud, even on an idle line). Returns what has arrived as soon as
+        anything has: pymodbus calls recv again until its framer has a whole frame, so a reply that trickles in
+        costs one wake-up per chunk the adapter delivers."""
+        sock = self.socket
+        if sock is None:
+            return 0
+        waiting = self._in_waiting()
+        if waiting:
+            return waiting
+        try:
+            ready, _, _ = select.select([sock.fileno()], [], [], self.comm_params.timeout_connect)
+        except (OSError, ValueError):
+            return 0
+        return self._in_waiting() if ready else 0
+
     def recv(self, size: int | None) -> bytes:
         data = super().recv(size)
         if data and self.attempts:
@@ -275,6 +295,7 @@ class ForestBus:
         self._port_open = False
         self._client: _BusClient | None = None
         self._opened_target: str | None = None
+        self._port_checked = -math.inf
         self._next_open = 0.0
         self._open_backoff = _OPEN_BACKOFF_MIN_S
         self._port_failed = False
@@ -319,18 +340,23 @@ class ForestBus:
     # --- state ---------------------------------------------------------------------------------------------
     @staticmethod
     def _load_state(raw: dict[str, Any] | None) -> dict[str, Any]:
-        state = copy.deepcopy(raw) if raw else {}
-        stations = state.get("stations")
-        if state.get("v") not in (1, STATE_VERSION) or not isinstance(stations, dict):
-            return {"v": STATE_VERSION, "stations": {}}
-        # v1 (no windows) → v2: exactly-once is kept; the derived values' windows start empty
-        migrated = {}
-        for device_id, st in stations.items():
-            try:
-                migrated[device_id] = codec.StationState.from_json(st).to_json()
-            except (KeyError, TypeError, ValueError):
+        """Each station's saved state: its own part (how this version saves it, one per station), or else its
+        entry in the whole-bus state earlier versions saved (v1 had no windows, v2 had)."""
+        raw = raw or {}
+        saved: dict[str, Any] = {}
+        legacy = raw.get("stations")
+        if raw.get("v") in (1, STATE_VERSION) and isinstance(legacy, dict):
+            saved.update(legacy)
+        parts = raw.get("parts")
+        if isinstance(parts, dict):
+            saved.update(parts)
+        stations = {}
+        for device_id, st in saved.items():
+            try:  # v1 → v2: exactly-once is kept; the derived values' windows start empty
+                stations[device_id] = codec.StationState.from_json(st).to_json()
+            except (KeyError, TypeError, ValueError, AttributeError):
                 log.warning("forest: dropping an unreadable saved state of %s: %.200r", device_id, st)
-        return {**state, "v": STATE_VERSION, "stations": migrated}
+        return {"v": STATE_VERSION, "stations": stations}
 
     # --- port ----------------------------------------------------------------------------------------------
     def _count(self, name: str, n: int = 1) -> None:
@@ -341,6 +367,10 @@ class ForestBus:
     def _ensure_open(self) -> bool:
         port = self.config.port
         if self._client is not None:
+            now = time.monotonic()
+            if now - self._port_checked < _PORT_CHECK_S:
+                return True
+            self._port_checked = now
             if os.path.realpath(port) == self._opened_target:
                 return True
             self._count("port_errors")
@@ -755,11 +785,9 @@ class ForestBus:
             s, prev, st.info.rain_res_x1000, st.cfg.rain_event_dry_gap_ms
         )
         reading = Reading(device_id=device_id, kind=KIND, ts=s.ts_ms, values=values, units=units)
-        stations = dict(self._state["stations"])
-        stations[device_id] = station_state.to_json()
-        new_state = {**self._state, "stations": stations}
-        ctx.emit(reading, state=new_state)
-        self._state = new_state
+        saved = station_state.to_json()
+        ctx.emit(reading, state=saved, part=device_id)  # this station's part only (see edge/outbox.py)
+        self._state["stations"][device_id] = saved
         self._count("readings")
 
 
