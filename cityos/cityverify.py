@@ -75,7 +75,8 @@ def verify_forest(info: StackInfo, db: str, gateways: list[tuple[str, Path]], t0
             key = (s["tags"]["gateway"], s["tags"]["device"], d.pop("time"))
             if key in stored:
                 c.problems.append(f"doubled {key}")
-            stored[key] = {k: v for k, v in d.items() if v is not None and k != "backfill"}
+            # the position comes from the gateway's config, not from the station: not part of its ground truth
+            stored[key] = {k: v for k, v in d.items() if v is not None and k not in ("backfill", "lat", "lon")}
     c.truth, c.stored = len(truth), len(stored)
     c.problems += [f"missing {k}" for k in sorted(set(truth) - set(stored))[:20]]
     c.problems += [f"extra {k}" for k in sorted(set(stored) - set(truth))[:20]]

@@ -123,6 +123,8 @@ class Reading(_Strict):
         extra = set(self.units) - set(self.values)
         if extra:
             raise ValueError(f"units given for fields without values: {sorted(extra)}")
+        if "backfill" in self.values:
+            raise ValueError("value name 'backfill' is reserved (the late-delivery mark)")
         if self.tags:
             bad = RESERVED_TAGS.intersection(self.tags) | set(self.values).intersection(self.tags)
             if bad:
@@ -344,9 +346,10 @@ def batch_to_lines(batch: TelemetryBatch) -> list[str]:
         fields = ",".join(
             [f"{k}={v!r}" if type(v) is float else f"{k}={_other_field(v)}" for k in order for v in (values[k],)]
         )
-        if r.backfill:
-            # A field, not a tag: a tag would make a redelivered backfill point a second series (a double count).
-            fields += ",backfill=true"
+        # A field, not a tag: a tag would make a redelivered backfill point a second series (a double count). On
+        # every point, true or false: InfluxQL has no "IS NULL", and `backfill != true` is false where the field
+        # is absent, so live-only alert rules need `backfill = false` to find the live points.
+        fields += ",backfill=true" if r.backfill else ",backfill=false"
         out.append(f"{prefix}{fields} {r.ts}")
     return out
 

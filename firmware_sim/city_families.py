@@ -45,7 +45,8 @@ class ForestFamily(Family):
             gw.sources = [{
                 "type": "forest_station", "name": "bus0", "port": gw.dir / "ttyFOREST0",
                 "poll_interval_s": 0.25,
-                "stations": [{"device_id": d, "unit": u} for u, d in zip(units, devices, strict=True)],
+                "stations": [{"device_id": d, "unit": u, **_station_position(g, u)}
+                             for u, d in zip(units, devices, strict=True)],
             }]
             self.gateways.append(gw)
         self.sims: dict[str, Any] = {}
@@ -259,3 +260,10 @@ class TruckFamily(Family):
 
 def families_for(city: CitySim) -> list[Family]:
     return [ForestFamily(city), MeterFamily(city), TruckFamily(city)]
+
+
+def _station_position(gateway_no: int, unit: int) -> dict[str, float]:
+    """Simulation only: stations spread over the forested slopes north of central Tsuyama (~35.13-35.20 N,
+    133.96-134.06 E), one ridge per gateway; not surveyed positions."""
+    return {"lat": round(35.13 + 0.02 * gateway_no + 0.006 * unit, 5),
+            "lon": round(133.96 + 0.012 * gateway_no + 0.018 * unit, 5)}

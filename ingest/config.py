@@ -119,6 +119,9 @@ class IngestSection(_Section):
     #: On SIGTERM, how long to keep retrying the last flush before giving up (unacked messages are redelivered).
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
     log_every_s: float = Field(default=10.0, gt=0)
+    #: How often the ingest writes its own health into InfluxDB (measurement ``ingest_health``; 0: never), for
+    #: the fleet dashboard's throughput, dead-letter and stall panels and the "ingest stalled" alert.
+    self_metrics_interval_s: float = Field(default=10.0, ge=0)
 
 
 class IngestConfig(_Section):

@@ -269,3 +269,27 @@ class HealthServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+#: The ingest's own health as InfluxDB points (``ingest_health``, tag ``instance``): cumulative counters (rates
+#: are for the dashboard's ``non_negative_derivative``) and gauges; flags as 1.0/0.0 so they can be averaged.
+INGEST_HEALTH_MEASUREMENT = "ingest_health"
+_COUNTERS = ("messages_received", "messages_acked", "points_written", "write_errors_total", "dead_lettered_total",
+             "reconnects", "decode_worker_restarts")
+_GAUGES = ("pending", "queued", "unacked", "oldest_unacked_s")
+
+
+def health_line(snap: dict[str, Any], instance: str) -> str:
+    """One ``ingest_health`` point from a :meth:`Health.snapshot` (``instance``: the ingest's MQTT client id)."""
+    fields = {k: float(snap[k]) for k in (*_COUNTERS, *_GAUGES)}
+    fields["stalled"] = 1.0 if snap["stalled"] else 0.0
+    fields["connected"] = 1.0 if snap["connected"] else 0.0
+    p95 = snap["write_latency_ms"]["p95"]
+    if p95 is not None:
+        fields["write_latency_p95_ms"] = float(p95)
+    body = ",".join(f"{k}={v!r}" for k, v in sorted(fields.items()))
+    return f"{INGEST_HEALTH_MEASUREMENT},instance={_tag(instance)} {body} {int(snap['ts'])}"
+
+
+def _tag(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")

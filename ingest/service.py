@@ -42,7 +42,7 @@ from ingest.batcher import AckSequencer, Batch, Batcher, Item
 from ingest.config import ConfigError, IngestConfig, load_config
 from ingest.deadletter import DeadLetter, DeadLetterStore
 from ingest.decode import ChunkResult, decode_chunk, worker_init
-from ingest.health import Health, HealthServer, write_health_file
+from ingest.health import Health, HealthServer, health_line, write_health_file
 from ingest.influx import InfluxWriter, WriteResult
 from ingest.mqtt_in import Inbound, MqttIn
 
@@ -468,15 +468,30 @@ class IngestService:
     # --- reporting ---------------------------------------------------------------------------------------------
     def _reporter_main(self) -> None:
         next_log = time.monotonic() + self.cfg.ingest.log_every_s
-        while not self._reporter_stop.wait(1.0):
-            snap = self.health.snapshot()
-            try:
-                write_health_file(self.health_path, snap)
-            except OSError:
-                log.warning("cannot write %s", self.health_path, exc_info=True)
-            if time.monotonic() >= next_log:
-                next_log += self.cfg.ingest.log_every_s
-                log.info("ingest: %s", self.health.summary_line(snap))
+        every = self.cfg.ingest.self_metrics_interval_s
+        next_point = time.monotonic() + min(every, 2.0)  # a first point soon after start: "the ingest is up"
+        c = self.cfg.influx
+        own = InfluxWriter(c.url, c.db, c.username, c.password, timeout_s=c.timeout_s, gzip=False)
+        try:
+            while not self._reporter_stop.wait(1.0):
+                snap = self.health.snapshot()
+                try:
+                    write_health_file(self.health_path, snap)
+                except OSError:
+                    log.warning("cannot write %s", self.health_path, exc_info=True)
+                now = time.monotonic()
+                if now >= next_log:
+                    next_log += self.cfg.ingest.log_every_s
+                    log.info("ingest: %s", self.health.summary_line(snap))
+                if every and now >= next_point:
+                    next_point = now + every
+                    # Best effort, off the data path: while InfluxDB is down these points are missing, which the
+                    # "ingest stalled" alert treats as firing (no data).
+                    r = own.write(health_line(snap, self.cfg.mqtt.client_id).encode())
+                    if not r.ok:
+                        log.debug("ingest_health point not written: %s %s", r.outcome, r.message)
+        finally:
+            own.close()
 
     # --- shutdown ----------------------------------------------------------------------------------------------
     @staticmethod

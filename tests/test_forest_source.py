@@ -622,3 +622,21 @@ def test_gateway_and_simulator_derive_the_same_values():
             prev_tips = tips
         expected = truth.add(ts, rain_um, None if status & codec.STATUS_TILT_FAULT else (tx, ty))
         assert {k: values[k] for k in DERIVED if k in values} == expected, f"sample {n}"
+
+
+@pytest.mark.timeout(30)
+def test_a_station_with_a_position_sends_it_for_the_map(make_sim):
+    units = {"forest-01": 1, "forest-02": 2}
+    sim = make_sim(units, interval_ds=3)
+    cfg = bus_config(sim.link_path, units)
+    cfg.stations[0] = cfg.stations[0].model_copy(update={"lat": 35.1471, "lon": 133.9952})
+    outbox = Outbox()
+    run = Running(cfg, outbox)
+    wait_for(lambda: all(len(outbox.by_device()[d]) >= 2 for d in units), 10, "2 readings per station")
+    run.stop()
+    got = outbox.by_device()
+    assert all((r.values["lat"], r.values["lon"]) == (35.1471, 133.9952) for r in got["forest-01"])
+    assert got["forest-01"][0].units["lat"] == "deg"
+    assert not any("lat" in r.values for r in got["forest-02"])
+    with pytest.raises(ValueError, match="lat and lon go together"):
+        bus_config(sim.link_path, units, stations=[{"device_id": "forest-01", "unit": 1, "lat": 35.1}])

@@ -182,7 +182,7 @@ def test_valid_and_malformed_messages_end_to_end(stack: Stack, influx_db: str, t
     gws = [f"gw-{u}-a", f"gw-{u}-b", f"gw-{u}-c"]
     base = now_ms() - 3_600_000
     port = _free_port()
-    cfg = ingest_config(info, tmp_path, influx_db, ingest={"health_port": port})
+    cfg = ingest_config(info, tmp_path, influx_db, ingest={"health_port": port, "self_metrics_interval_s": 1})
     valid = [telemetry(gws[k % 3], k, 40, base) for k in range(30)]
     expected = {p for _, _, pts in valid for p in pts}
     good_doc = json.loads(valid[0][1])
@@ -227,7 +227,7 @@ def test_valid_and_malformed_messages_end_to_end(stack: Stack, influx_db: str, t
                 f"http://127.0.0.1:{port}/health", timeout=5
             ) as r:
                 http_health = json.loads(r.read())
-            time.sleep(1.2)  # health.json is rewritten every second
+            time.sleep(2.2)  # health.json is rewritten every second, the ingest_health point too (here)
             file_health = read_health_file(cfg.ingest.data_dir / HEALTH_FILE)
             snap = svc.health.snapshot()
     finally:
@@ -269,6 +269,14 @@ def test_valid_and_malformed_messages_end_to_end(stack: Stack, influx_db: str, t
     assert snap["write_latency_ms"]["p95"] is not None and snap["last_successful_write"] is not None
     assert http_health["points_written"] == snap["points_written"]
     assert file_health is not None and file_health["messages_acked"] == total
+
+    # ... and so does the ingest's own health in InfluxDB, which the fleet dashboard and the stall alert read
+    mine_q = f"SELECT * FROM ingest_health WHERE instance = '{cfg.mqtt.client_id}' ORDER BY time DESC LIMIT 1"
+    last = influx_query(info, influx_db, mine_q)[0]
+    row = dict(zip(last["columns"], last["values"][0], strict=True))
+    assert row["points_written"] == snap["points_written"] and row["messages_acked"] == total
+    assert row["dead_lettered_total"] == sum(expected_dead.values()) and row["stalled"] == 0.0
+    assert row["connected"] == 1.0 and row["write_latency_p95_ms"] > 0
 
 
 def _free_port() -> int:

@@ -533,8 +533,7 @@ def _reference_lines(batch: wire.TelemetryBatch) -> list[str]:
     for r in batch.readings:
         tags = sorted({"device": r.device_id, "gateway": batch.gateway_id}.items())
         fields = [f"{k}={field(v)}" for k, v in sorted(r.values.items())]
-        if r.backfill:
-            fields.append("backfill=true")
+        fields.append(f"backfill={str(r.backfill).lower()}")
         meas = wire.measurement_for(r.kind)
         out.append(meas + "".join(f",{k}={v}" for k, v in tags) + " " + ",".join(fields) + f" {r.ts}")
     return out

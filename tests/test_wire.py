@@ -45,7 +45,7 @@ def _raw(d: dict) -> bytes:
 def test_roundtrip_and_line_protocol():
     b = wire.decode_batch(TOPIC, _raw(_batch()), now_ms=NOW)
     assert wire.batch_to_lines(b) == [
-        f'forest,device=forest-01,gateway=gw-1 ok=true,rain_tips=5.0,soil_moisture_pct=31.4,state="joined" {NOW - 1000}'
+        f'forest,device=forest-01,gateway=gw-1 ok=true,rain_tips=5.0,soil_moisture_pct=31.4,state="joined",backfill=false {NOW - 1000}'
     ]
 
 

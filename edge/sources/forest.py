@@ -145,6 +145,16 @@ class StationConfig(BaseModel):
     max_clock_skew_s: float = Field(default=2.0, gt=0)
     #: A rain event (rain_cumulative_mm, 連続雨量) ends after this many hours without rain.
     rain_event_dry_gap_h: float = Field(default=codec.DEFAULT_RAIN_EVENT_DRY_GAP_H, gt=0)
+    #: Where the station stands (WGS84 degrees), for the dashboards' map: sent with every reading as the values
+    #: ``lat`` and ``lon`` (16 bytes a reading; a station moved by the field team shows up at once).
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+
+    @model_validator(mode="after")
+    def _position(self) -> StationConfig:
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("lat and lon go together: give both or neither")
+        return self
 
     @property
     def rain_event_dry_gap_ms(self) -> int:
@@ -784,6 +794,9 @@ class ForestBus:
         values, units, station_state = codec.next_reading(
             s, prev, st.info.rain_res_x1000, st.cfg.rain_event_dry_gap_ms
         )
+        if st.cfg.lat is not None:
+            values = {**values, "lat": st.cfg.lat, "lon": st.cfg.lon}
+            units = {**units, "lat": "deg", "lon": "deg"}
         reading = Reading(device_id=device_id, kind=KIND, ts=s.ts_ms, values=values, units=units)
         saved = station_state.to_json()
         ctx.emit(reading, state=saved, part=device_id)  # this station's part only (see edge/outbox.py)
