@@ -86,6 +86,91 @@ def _demo_cmd(args: argparse.Namespace) -> int:
     return run_demo(run_dir=Path(args.run_dir), scenario=args.scenario, duration=args.duration, rate=args.rate)
 
 
+def _dashboards_build_cmd(args: argparse.Namespace) -> int:
+    from dashboards.build import cli_build
+
+    return cli_build(lang=args.lang, out=args.out)
+
+
+def _dashboards_parser(sub: argparse._SubParsersAction) -> None:
+    """``cityos dashboards <action>``: dashboards and alert rules as code (dashboards/). One sub-parser per
+    action, each dispatching to a function in dashboards/*.py imported only when run."""
+    ds = sub.add_parser("dashboards", help="Grafana dashboards and alert rules from dashboards/catalog.py")
+    actions = ds.add_subparsers(dest="dashboards_action", required=True, metavar="ACTION")
+
+    b = actions.add_parser(
+        "build", help="write the Grafana provisioning files (data source, dashboards, alert rules)"
+    )
+    b.add_argument("--lang", choices=["ja", "en"], default="ja", help="text language (default: %(default)s)")
+    b.add_argument(
+        "--out", type=Path, default=None,
+        help="provisioning folder to write (default: dashboards/provisioning/, the committed Japanese build; "
+        "--lang en needs --out)",
+    )
+    b.set_defaults(func=_dashboards_build_cmd)
+    _dashboards_preview_parser(actions)
+    _dashboards_push_parser(actions)
+
+
+def _dashboards_push_cmd(args: argparse.Namespace) -> int:
+    from dashboards.push import PushError, push
+
+    token = args.token or os.environ.get("GRAFANA_TOKEN")
+    if not token:
+        print("dashboards push: give --token or set GRAFANA_TOKEN (a Grafana service-account token)", file=sys.stderr)
+        return 2
+    try:
+        report = push(args.url, token)
+    except PushError as exc:
+        print(f"dashboards push: {exc}", file=sys.stderr)
+        return 1
+    for line in report.created:
+        print(f"created {line}")
+    for line in report.updated:
+        print(f"updated {line}")
+    print(f"dashboards push: {report.summary()} in {args.url}")
+    return 0
+
+
+def _dashboards_push_parser(actions: argparse._SubParsersAction) -> None:
+    u = actions.add_parser(
+        "push", help="upsert the data source, dashboards and alert rules into a running Grafana (grafana-client)"
+    )
+    u.add_argument("--url", required=True, help="Grafana base URL, e.g. https://grafana.city.example")
+    u.add_argument("--token", default=None, help="service-account token (default: $GRAFANA_TOKEN)")
+    u.set_defaults(func=_dashboards_push_cmd)
+
+
+def _dashboards_preview_cmd(args: argparse.Namespace) -> int:
+    from dashboards.preview import cli_preview
+
+    return cli_preview(
+        out=args.out, lang=args.lang, stack=args.stack, influx_url=args.influx_url, db=args.db, user=args.user,
+        password=args.password, time_from=args.time_from, time_to=args.time_to, per_panel=args.per_panel,
+        only=args.dashboard or (), default_run_dir=DEFAULT_RUN_DIR,
+    )
+
+
+def _dashboards_preview_parser(actions: argparse._SubParsersAction) -> None:
+    v = actions.add_parser(
+        "preview", help="PNG previews of the dashboards, drawn from InfluxDB with the queries Grafana would run"
+    )
+    v.add_argument("--out", type=Path, required=True, help="folder for <dashboard uid>.png")
+    v.add_argument("--lang", choices=["ja", "en"], default="ja", help="text language (default: %(default)s)")
+    v.add_argument("--stack", type=Path, default=None,
+                   help=f"a `cityos stack` run directory (default: {DEFAULT_RUN_DIR}/ or {DEFAULT_RUN_DIR}/stack/)")
+    v.add_argument("--influx-url", default=None, help="any InfluxDB 1.x instead of a stack (with --db)")
+    v.add_argument("--db", default=None, help="database (default: the stack's)")
+    v.add_argument("--user", default=None, help="InfluxDB user for --influx-url (default: $INFLUXDB_USER)")
+    v.add_argument("--password", default=None, help="InfluxDB password (default: $INFLUXDB_PASSWORD)")
+    v.add_argument("--from", dest="time_from", default=None,
+                   help="range start, ISO 8601 (no zone: Japan time); default: each dashboard's own range")
+    v.add_argument("--to", dest="time_to", default=None, help="range end, ISO 8601; also pins now() (default: now)")
+    v.add_argument("--dashboard", action="append", default=None, metavar="UID", help="only this one (repeatable)")
+    v.add_argument("--per-panel", action="store_true", help="also one PNG per panel, in <out>/<uid>/")
+    v.set_defaults(func=_dashboards_preview_cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cityos", description="Tsuyama City OS telemetry: edge agent, ingest, tools")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -129,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=float, default=None, help="stop the day after N real seconds (default: all)")
     d.add_argument("--rate", type=float, default=None, help="simulated seconds per real second (default: scenario's)")
     d.set_defaults(func=_demo_cmd)
+
+    _dashboards_parser(sub)
     return p
 
 
