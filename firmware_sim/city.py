@@ -285,6 +285,10 @@ class CitySim:
             "",
             "[outbox]",
             f"path = {_toml(gw.outbox)}",
+            # "Late" is 120 s of data time in the field. On a clock running `rate` times faster, ordinary transport
+            # (a 0.25 s poll, a 0.1 s linger) already takes minutes of data time: without this every live reading
+            # would be marked backfill and the live-only alert rules could never fire. 3 real seconds.
+            f"backfill_after_s = {max(120.0, 3.0 * self.clock.rate)!r}",
             "",
             "[health]",
             "interval_s = 5",

@@ -74,10 +74,6 @@ count = 1
 depart = "12:05"
 """
 
-#: The simulated gateways' "late" limit (simulated seconds). The city's default (120 s, simulated) is shorter than
-#: the forest bus's own polling period at 720× (0.25 s real = 180 s simulated), so every forest reading would be
-#: marked ``backfill`` and the live-only landslide rules could never fire. A few real seconds of delivery is live.
-LIVE_WINDOW_S = 3 * RATE
 
 #: Panels (dashboard uid, English title) that no range of this afternoon gives data to, and why. Each is still run
 #: (it must not error) and must come back empty, so an entry that starts returning data is noticed.
@@ -134,16 +130,6 @@ def city(stack, tmp_path_factory) -> Any:
     sc_path = tmp / "afternoon.toml"
     sc_path.write_text(SCENARIO.format(districts=REPO / "scenarios" / "tsuyama-districts.geojson"))
     run = CityRun(load_scenario(sc_path), tmp / "city", info, db=db, say=lambda _m: None)
-    write_config = run.city.write_config
-
-    def write_live_config(gw: Any) -> None:
-        write_config(gw)
-        text = gw.config.read_text(encoding="utf-8")
-        if "backfill_after_s" not in text:  # (unless the city sets it itself one day)
-            text = text.replace("[outbox]\n", f"[outbox]\nbackfill_after_s = {LIVE_WINDOW_S}\n", 1)
-            gw.config.write_text(text, encoding="utf-8")
-
-    run.city.write_config = write_live_config  # type: ignore[method-assign]
     seconds: dict[str, float] = {}
     wall_t0 = int(time.time() * 1000)
     try:
