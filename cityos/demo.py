@@ -23,6 +23,25 @@ def _say(msg: str = "") -> None:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
 
+def _previews(info: Any, run: Any, sc: Any, out: Path) -> None:
+    """The dashboards as the environment division would see them for this day: every panel's Grafana query, run
+    against the day in InfluxDB and drawn with matplotlib (dashboards/preview.py)."""
+    from dashboards.preview import render
+
+    _say("\ndashboard previews (each panel's Grafana query against the day in InfluxDB) ...")
+    t0, t1 = int(run.city.sim_start * 1000), int(run.city.sim_end * 1000)
+    try:
+        res = render(info, out, lang="ja", time_from_ms=t0, time_to_ms=t1, now_ms=t1, geojson=sc.resolve(sc.districts))
+    except Exception as exc:  # previews are a view of the result, not the result: report, don't fail the demo
+        _say(f"  previews failed: {exc}")
+        return
+    empty = sum(1 for p in res.panels if not p.series and not p.error)
+    _say(f"  {len(res.files)} dashboards drawn in {out}/ ({len(res.panels)} panels, {empty} without data in the "
+         f"day's range{', ' + str(len(res.errors)) + ' query errors' if res.errors else ''})")
+    for f in res.files:
+        _say(f"    {f}")
+
+
 def run_demo(*, run_dir: Path, scenario: Path, duration: float | None, rate: float | None = None) -> int:
     """The simulated city's day through the real stack, then InfluxDB against the ground truth."""
     from cityos.citydemo import CityRun
@@ -80,6 +99,7 @@ def run_demo(*, run_dir: Path, scenario: Path, duration: float | None, rate: flo
         if rep.dead_lettered:
             _say(f"warning: {rep.dead_lettered} message(s) dead-lettered")
         rc = 0 if rep.exact else 1
+        _previews(info, run, sc, run_dir / "previews")
         if duration is not None and until is not None and until < city.sim_end:
             _say("(stopped early by --duration: the checks cover the part of the day that was played)")
     except (TimeoutError, StackError) as exc:

@@ -109,6 +109,7 @@ COUNTERS = (
     "polls",
     "readings",
     "fixed_readings",
+    "same_instant_skips",
     "recovered_slots",
     "lost_slots",
     "sessions",
@@ -299,6 +300,7 @@ class SmartMeterSource:
         self._failed_joins_in_row = 0
         self._next_poll = 0.0
         self._reverse: bool | None = None  # does the meter have E3? (None: not asked yet)
+        self._last_live_ts = 0  # ms of the last power/energy reading: never the same instant twice
         self._decimals = 3
         self._state: dict[str, Any] = {"v": STATE_VERSION}
         self._tz = dt.timezone(dt.timedelta(hours=config.meter_utc_offset_h))
@@ -615,12 +617,19 @@ class SmartMeterSource:
             v = res.get(epc)
             if isinstance(v, int | float):
                 values[name] = round(float(v), self._decimals)
+        ts = round(clock.now() * 1000)
+        if ts <= self._last_live_ts:
+            # The gateway clock did not advance since the last reading (a stopped simulated clock, a clock stepped
+            # back): the same instant again would only overwrite that point in InfluxDB.
+            self._count("same_instant_skips")
+            values = {}
         if values:
+            self._last_live_ts = ts
             ctx.emit(
                 Reading(
                     device_id=self.config.device_id,
                     kind=KIND,
-                    ts=round(clock.now() * 1000),
+                    ts=ts,
                     values=values,
                     units={k: ("W" if k == "power_w" else "kWh") for k in values},
                     tags=self._tags,
