@@ -27,7 +27,7 @@ import yaml
 PROVISIONING = Path(__file__).resolve().parent / "provisioning"
 FOLDER_UID = "cityos"
 FOLDER_TITLE = "CityOS"
-_ENV_REF = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+_ENV_REF = re.compile(r"\$\$|\$\{(\w+)\}|\$(\w+)")
 
 
 class PushError(RuntimeError):
@@ -48,6 +48,8 @@ def expand_env(value: Any, env: Mapping[str, str]) -> Any:
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
+            if m.group(0) == "$$":  # Grafana's escape for a literal dollar
+                return "$"
             name = m.group(1) or m.group(2)
             if name not in env:
                 raise PushError(f"environment variable {name} is not set (the datasource file refers to it)")
