@@ -132,14 +132,15 @@ class CityRun:
         """Devices stop producing; wait until every gateway's outbox is empty and the ingest has written it all."""
         self.city.freeze()
         time.sleep(3.0)
-        # Health and status readings keep coming, so "nothing moves" never happens: settled is every outbox empty
-        # and the ingest holding nothing unwritten, seen continuously for a few seconds.
+        # Health and status readings keep coming, so "nothing moves" never happens, and an outbox is never empty
+        # for long (a health reading lingers 0.1 s before it goes): settled is no outbox holding a reading for
+        # more than 2 s and the ingest holding no message for more than 2 s, seen continuously for a few seconds.
         quiet_since: float | None = None
         end = time.monotonic() + timeout
         while time.monotonic() < end and not (stop is not None and stop.is_set()):
             h = self._ingest_health()
-            idle = h.get("pending", 0) == 0 and h.get("messages_acked") == h.get("messages_received")
-            if idle and self.backlog() == 0:
+            idle = h.get("oldest_unacked_s", 0.0) < 2.0 and h.get("stalled") is not True
+            if idle and self.city.backlog(older_than_s=2.0) == 0:
                 quiet_since = quiet_since or time.monotonic()
                 if time.monotonic() - quiet_since > 3:
                     return

@@ -117,14 +117,16 @@ class Comparison:
         return self.truth > 0 and not (self.missing or self.extra or self.wrong or self.doubled)
 
 
-def outbox_depth(paths: Iterable[Path]) -> int:
-    """Readings waiting in these gateways' outboxes, read-only (the agents may be writing)."""
+def outbox_depth(paths: Iterable[Path], older_than_s: float = 0.0) -> int:
+    """Readings waiting in these gateways' outboxes, read-only (the agents may be writing); with ``older_than_s``
+    only those stored longer ago than that (a gateway always holds the readings of the last linger window)."""
     total = 0
+    cutoff_ms = int((time.time() - older_than_s) * 1000)
     for path in paths:
         if path.exists():
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
             try:
-                total += db.execute("SELECT count(*) FROM readings").fetchone()[0]
+                total += db.execute("SELECT count(*) FROM readings WHERE created_ms <= ?", (cutoff_ms,)).fetchone()[0]
             except sqlite3.OperationalError:
                 pass  # created but no table yet
             finally:

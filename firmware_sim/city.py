@@ -382,8 +382,8 @@ class CitySim:
         for f in self.families:
             f.freeze()
 
-    def backlog(self) -> int:
-        return outbox_depth(gw.outbox for gw in self.gateways)
+    def backlog(self, older_than_s: float = 0.0) -> int:
+        return outbox_depth((gw.outbox for gw in self.gateways), older_than_s)
 
     def stop(self) -> None:
         self._stop.set()
