@@ -21,7 +21,6 @@ real (wall-clock) time, not simulated time, so panels and rules reading only tho
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -34,6 +33,7 @@ from typing import Any
 import pytest
 
 from cityos.citydemo import CityRun
+from cityos.cityverify import _lines  # the ground-truth JSONL reader the city check uses
 from dashboards.macros import ALL, VarSpec, calculate_interval, expand, panel_max_data_points
 from dashboards.model import AlertRule, Dashboard, Panel, Target
 from dashboards.queryrun import InfluxSource, Series, evaluate_rule, run_query, source_of, tag_values
@@ -108,16 +108,6 @@ class CityData:
     forest_truth: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # device → samples by time
 
 
-def _lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 @pytest.fixture(scope="module")
