@@ -256,17 +256,34 @@ def influx_query(info: StackInfo, db: str, q: str, timeout: float = 30.0) -> lis
         auth=(info.influx_username, info.influx_password), timeout=timeout,
     )
     try:
+        results = query_results(status, raw)
+    except InfluxQueryError as exc:
+        raise StackError(f"{q!r}: {exc}") from None
+    return [s for result in results for s in result.get("series", [])]
+
+
+class InfluxQueryError(StackError):
+    """A /query response that is an error: HTTP-level, not JSON, or a statement's; ``error`` is InfluxDB's text."""
+
+    def __init__(self, status: int, error: str) -> None:
+        self.status = status
+        self.error = error
+        super().__init__(error if status == 200 else f"HTTP {status}: {error}")
+
+
+def query_results(status: int, raw: bytes) -> list[dict[str, Any]]:
+    """The ``results`` (one per statement) of a /query response; :class:`InfluxQueryError` if any is an error."""
+    try:
         doc = json.loads(raw or b"{}")
     except ValueError:
-        raise StackError(f"{q!r}: HTTP {status}: {raw[:300]!r}") from None
+        raise InfluxQueryError(status, f"not JSON: {raw[:300]!r}") from None
     if status != 200 or "error" in doc:
-        raise StackError(f"{q!r}: HTTP {status}: {doc.get('error', raw[:300])}")
-    series: list[dict[str, Any]] = []
-    for result in doc.get("results", []):
+        raise InfluxQueryError(status, str(doc.get("error", raw[:300])))
+    results: list[dict[str, Any]] = doc.get("results", [])
+    for result in results:
         if "error" in result:
-            raise StackError(f"{q!r}: {result['error']}")
-        series.extend(result.get("series", []))
-    return series
+            raise InfluxQueryError(status, str(result["error"]))
+    return results
 
 
 def _influx_error(status: int, body: bytes) -> str | None:

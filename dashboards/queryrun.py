@@ -7,13 +7,12 @@ error text, so a test failure or a preview shows what InfluxDB said about which 
 
 from __future__ import annotations
 
-import json
 import re
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cityos.stack import StackInfo, influx_request
+from cityos.stack import InfluxQueryError, StackInfo, influx_request, query_results
 
 __all__ = [
     "InfluxSource", "QueryError", "RuleEvaluation", "Series", "evaluate_rule", "run_query", "source_of",
@@ -94,15 +93,11 @@ def run_query(source: InfluxSource | StackInfo, query: str) -> list[Series]:
     except OSError as e:
         raise QueryError(query, f"InfluxDB at {src.url} unreachable: {e}") from e
     try:
-        doc = json.loads(raw or b"{}")
-    except ValueError:
-        raise QueryError(query, f"not JSON: {raw[:300]!r}", status) from None
-    if status != 200 or "error" in doc:
-        raise QueryError(query, str(doc.get("error", raw[:300])), status)
+        results = query_results(status, raw)
+    except InfluxQueryError as e:
+        raise QueryError(query, e.error, None if e.status == 200 else e.status) from None
     out: list[Series] = []
-    for result in doc.get("results", []):
-        if "error" in result:
-            raise QueryError(query, str(result["error"]))
+    for result in results:
         for s in result.get("series", []):
             out.append(Series(
                 name=s.get("name", ""), columns=list(s.get("columns", [])), values=s.get("values", []),
