@@ -73,6 +73,12 @@ MEASUREMENTS: dict[str, str] = {
     # garbage trucks (edge/sources/truck.py, docs/trucks.md): one point per pickup, tagged district; one per trip
     "truck_collection": "waste_collection",
     "truck_trip": "waste_trip",
+    # buses (edge/sources/bus.py, docs/bus.md): ridership per stop visit and per segment, consenting app riders'
+    # origin-destination pairs (a per-day keyed hash, never a token), and the live position for GTFS-Realtime
+    "bus_stop_visit": "bus_stop",
+    "bus_segment": "bus_segment",
+    "bus_od": "bus_od",
+    "bus_position": "bus_position",
 }
 
 
