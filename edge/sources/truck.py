@@ -39,10 +39,8 @@ that now leads elsewhere closes the port; it is reopened by its configured path 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import os
 import select
 import threading
 import time
@@ -66,6 +64,7 @@ from edge.sources.base import SourceConfig, SourceContext, register
 from edge.sources.geo import UNKNOWN, Districts, DistrictsError, haversine_m, load_districts
 from edge.sources.logs import RateLimited
 from edge.sources.nmea import GpsTracker, Position
+from edge.sources.serialport import SerialPort
 from edge.sources.weighing_codec import WeighingDecoder, WeightFrame
 
 log = logging.getLogger(__name__)
@@ -74,9 +73,6 @@ KIND_COLLECTION = "truck_collection"
 KIND_TRIP = "truck_trip"
 STATE_VERSION = 1
 
-_OPEN_BACKOFF_MIN_S = 0.1
-_OPEN_BACKOFF_MAX_S = 2.0
-_LINK_CHECK_S = 1.0
 _LOG_PERIOD_S = 60.0
 #: Bytes read from a port per loop turn (see the module docstring: interleaving after a stall).
 _CHUNK = {"indicator": 128, "gps": 512}
@@ -424,108 +420,6 @@ class CollectionTracker:
         return [Emission(reading, s.dump())]
 
 
-# --- ports --------------------------------------------------------------------------------------------------
-
-
-class _Port:
-    """One serial port, reopened by path with backoff (see the module docstring)."""
-
-    def __init__(self, role: str, path: str, baud: int, warn: RateLimited, source: str) -> None:
-        self.role, self.path, self.baud = role, path, baud
-        self._warn, self._source = warn, source
-        self.ser: Any = None
-        self.fd: int | None = None
-        self.target: str | None = None
-        self.errors = 0
-        self.reconnects = 0
-        self._failed = False
-        self._next_open = 0.0
-        self._backoff = _OPEN_BACKOFF_MIN_S
-        self._next_link_check = 0.0
-
-    @property
-    def is_open(self) -> bool:
-        return self.fd is not None
-
-    def ensure_open(self) -> bool:
-        """Open if closed and due; True when just opened (decoders must drop partial lines)."""
-        now = time.monotonic()
-        if self.fd is not None:
-            if now >= self._next_link_check:
-                self._next_link_check = now + _LINK_CHECK_S
-                if os.path.realpath(self.path) != self.target:
-                    self.fail("now leads elsewhere" if os.path.exists(self.path) else "vanished")
-            return False
-        if now < self._next_open:
-            return False
-        import serial  # pyserial; imported here so the codecs and tracker need no serial stack
-
-        try:
-            if not os.path.exists(self.path):
-                raise OSError(f"{self.path} missing")
-            ser = serial.Serial(self.path, self.baud, timeout=0)
-            ser.reset_input_buffer()
-        except (OSError, serial.SerialException, ValueError) as exc:
-            self.errors += 1
-            self._failed = True
-            self._warn(
-                logging.WARNING, f"open:{self.role}", "%s: cannot open %s port %s (%s); retrying in %.2g s",
-                self._source, self.role, self.path, _short(exc), self._backoff,
-            )  # fmt: skip
-            self._next_open = now + self._backoff
-            self._backoff = min(self._backoff * 2, _OPEN_BACKOFF_MAX_S)
-            return False
-        self.ser, self.fd, self.target = ser, ser.fileno(), os.path.realpath(self.path)
-        self._backoff = _OPEN_BACKOFF_MIN_S
-        self._next_link_check = now + _LINK_CHECK_S
-        if self._failed:
-            self.reconnects += 1
-            log.info("%s: reopened %s port %s (%s)", self._source, self.role, self.path, self.target)
-        else:
-            log.info("%s: opened %s port %s (%s)", self._source, self.role, self.path, self.target)
-        self._failed = False
-        return True
-
-    def read(self) -> bytes:
-        """A bounded chunk of what is waiting; b"" when nothing. Closes the port (and returns b"") on failure."""
-        if self.fd is None:
-            return b""
-        try:
-            data = os.read(self.fd, _CHUNK[self.role])
-        except BlockingIOError:
-            return b""
-        except OSError as exc:
-            self.fail(_short(exc))
-            return b""
-        if not data:
-            self.fail("hang-up")
-        return data
-
-    def fail(self, why: str) -> None:
-        self.errors += 1
-        self._warn(
-            logging.WARNING,
-            f"io:{self.role}",
-            "%s: %s port %s: %s; reopening",
-            self._source,
-            self.role,
-            self.path,
-            why,
-        )
-        self.close()
-        self._failed = True
-        self._next_open = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, _OPEN_BACKOFF_MAX_S)
-
-    def close(self) -> None:
-        if self.ser is not None:
-            with contextlib.suppress(
-                Exception
-            ):  # closing a vanished device may fail in pyserial; nothing to do
-                self.ser.close()
-        self.ser = self.fd = None
-
-
 # --- the source ---------------------------------------------------------------------------------------------
 
 
@@ -540,9 +434,16 @@ class GarbageTruck:
         self.weighing = WeighingDecoder()
         self.tracker = CollectionTracker(config, self.gps)
         self._ports = {
-            "gps": _Port("gps", config.gps_port, config.gps_baud, self._warn, config.name),
-            "indicator": _Port(
-                "indicator", config.indicator_port, config.indicator_baud, self._warn, config.name
+            "gps": SerialPort(
+                "gps", config.gps_port, config.gps_baud, self._warn, config.name, _CHUNK["gps"]
+            ),
+            "indicator": SerialPort(
+                "indicator",
+                config.indicator_port,
+                config.indicator_baud,
+                self._warn,
+                config.name,
+                _CHUNK["indicator"],
             ),
         }
         self._lock = threading.Lock()
@@ -642,10 +543,6 @@ class GarbageTruck:
             h[f"{role}_reconnects"] = float(p.reconnects)
         with self._lock:
             self._health = h
-
-
-def _short(exc: BaseException | str) -> str:
-    return str(exc).split("\n", 1)[0][:160]
 
 
 register("garbage_truck", TruckConfig, GarbageTruck)
