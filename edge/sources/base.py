@@ -77,6 +77,7 @@ BUILTIN: dict[str, str] = {
     "forest_station": "edge.sources.forest",
     "smart_meter": "edge.sources.meter",
     "garbage_truck": "edge.sources.truck",
+    "bus": "edge.sources.bus",
 }
 
 

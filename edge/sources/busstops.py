@@ -105,6 +105,18 @@ class StopPassed:
 StopEvent = StopArrival | StopDeparture | StopPassed
 
 
+@dataclass(frozen=True, slots=True)
+class BusWhere:
+    """Where in its timetable the bus is: GTFS-Realtime's trip, current stop and STOPPED_AT / IN_TRANSIT_TO."""
+
+    trip_id: str
+    route_id: str
+    service_day: date
+    stop_id: str
+    stop_sequence: int
+    stopped: bool
+
+
 @dataclass
 class DetectorCounters:
     fixes: int = 0
@@ -192,6 +204,17 @@ class StopDetector:
             return out
         self._follow(ts, fix.lat, fix.lon, stopped, gap, out)
         return out
+
+    def where(self) -> BusWhere | None:
+        """The trip and the stop the bus is at (arrived) or heading to, for the live position; None off-trip."""
+        run = self.run
+        if run is None:
+            return None
+        v = self.visit
+        stopped = v is not None and v.arrived_ms is not None
+        i = v.index if v is not None else min(self.next_index, len(run.calls) - 1)
+        call = run.calls[i]
+        return BusWhere(run.trip.id, run.trip.route_id, run.day, call.stop_id, call.sequence, stopped)
 
     # --- following a trip ---
 

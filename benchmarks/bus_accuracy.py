@@ -1,0 +1,229 @@
+"""Bus ridership accuracy against the simulator's ground truth over whole service days.
+
+The simulator (``firmware_sim/bus.py``) plays a service day of the loop bus: GPS NMEA bytes and every received
+Bluetooth advertisement as bleak's own objects, with passengers boarding and alighting by a seeded schedule. They
+go through :class:`edge.sources.bus.BusCore`, exactly the code a gateway runs behind its ports, and the readings
+it produces are compared with the ground truth:
+
+* **boardings per stop visit** (MAE over the visits the gateway reported complete), and per stop over the day;
+* **occupancy per segment** (MAPE over segments with at least one passenger aboard, MAE, by occupancy band, and
+  how often the truth lies in the reported 90 % interval);
+* **app riders' origin-destination pairs** (exact: same boarding and alighting trip and stop sequence).
+
+Devices per passenger (mean and spread) are calibrated on one day (``--calibration-seed``) and the accuracy is
+measured on other days (``--seeds``), as a city would calibrate against a manual count and then rely on it.
+
+    python benchmarks/bus_accuracy.py [--seeds 2 3 4] [--calibration-seed 1] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cityos.wire import Reading
+from edge.sources.bus import BusConfig, BusCore
+from firmware_sim.bus import BusDay, BusDaySpec
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SCENARIO = ROOT / "scenarios" / "bus-day.toml"
+
+
+def bus_config(spec: BusDaySpec, **ridership: Any) -> BusConfig:
+    return BusConfig.model_validate(
+        {
+            "type": "bus",
+            "name": "bus",
+            "vehicle_id": "bus-01",
+            "gps_port": "/dev/null",
+            "feed": str(spec.feed),
+            "ble": {"backend": "sim", "sim_socket": "/dev/null"},
+            "ridership": {"city_uuid": str(spec.city_uuid), **ridership},
+        }
+    )
+
+
+def play(spec: BusDaySpec, cfg: BusConfig) -> tuple[list[Reading], BusDay, dict[str, float]]:
+    """One service day through the gateway's code; returns its readings, the day (truth) and timings."""
+    day = BusDay(spec)
+    core = BusCore(cfg, day.start_s)
+    out: list[Reading] = []
+    adverts = 0
+    t0 = time.perf_counter()
+    for t, ev in day.stream():
+        if isinstance(ev, bytes):
+            out += core.on_gps(ev, t)
+            pos = core.tick(t)
+            if pos is not None:
+                out.append(pos)
+        else:
+            adverts += 1
+            device, adv = ev.to_bleak()
+            core.add(core.observe(device, adv, t))
+    wall = time.perf_counter() - t0
+    return out, day, {"adverts": adverts, "wall_s": wall, **core.health()}
+
+
+def _truth(day: BusDay, event: str) -> list[dict[str, Any]]:
+    return [r for r in day.truth if r.get("event") == event]
+
+
+def calibrate(readings: list[Reading], day: BusDay) -> tuple[float, float]:
+    """Devices per passenger (mean, spread) from a day's segments: D = r·N with Var(D | N) = N·σ²."""
+    truth = {(s["trip_id"], s["from_sequence"]): s["occupancy"] for s in _truth(day, "segment")}
+    pairs = [
+        (r.values["devices"], truth[key])
+        for r in readings
+        if r.kind == "bus_segment"
+        and (key := (str(r.values["trip_id"]), int(r.values["from_sequence"]))) in truth
+    ]
+    total_n = sum(n for _, n in pairs)
+    r = sum(d for d, _ in pairs) / total_n
+    sigma = math.sqrt(sum((d - r * n) ** 2 for d, n in pairs) / total_n)
+    return r, sigma
+
+
+def evaluate(readings: list[Reading], day: BusDay, cfg: BusConfig) -> dict[str, Any]:
+    rc = cfg.ridership
+    visits_t = {(v["trip_id"], v["stop_sequence"]): v for v in _truth(day, "stop_visit")}
+    segs_t = {(s["trip_id"], s["from_sequence"]): s for s in _truth(day, "segment")}
+
+    # Boardings per visit (complete visits), and per stop over the day.
+    b_err, a_err, b_true_all = [], [], []
+    per_stop_est: dict[str, float] = defaultdict(float)
+    per_stop_true: dict[str, float] = defaultdict(float)
+    reported = complete = 0
+    for r in readings:
+        if r.kind != "bus_stop_visit":
+            continue
+        key = (str(r.values["trip_id"]), int(r.values["stop_sequence"]))
+        t = visits_t.get(key)
+        if t is None:
+            continue
+        reported += 1
+        if "devices_boarded" not in r.values:
+            continue
+        complete += 1
+        b = float(r.values["devices_boarded"]) / rc.devices_per_passenger
+        a = float(r.values["devices_alighted"]) / rc.devices_per_passenger
+        b_err.append(abs(b - t["boardings"]))
+        a_err.append(abs(a - t["alightings"]))
+        b_true_all.append(t["boardings"])
+        per_stop_est[t["stop_id"]] += b
+        per_stop_true[t["stop_id"]] += t["boardings"]
+
+    # Occupancy per segment.
+    ape, ae, inside = [], [], 0
+    bands: dict[str, list[float]] = defaultdict(list)
+    seg_reported = 0
+    for r in readings:
+        if r.kind != "bus_segment":
+            continue
+        t = segs_t.get((str(r.values["trip_id"]), int(r.values["from_sequence"])))
+        if t is None:
+            continue
+        seg_reported += 1
+        est, lo, hi = rc.passengers(float(r.values["devices"]))
+        n = t["occupancy"]
+        ae.append(abs(est - n))
+        inside += lo <= n <= hi
+        if n >= 1:
+            ape.append(abs(est - n) / n)
+            band = "1-5" if n <= 5 else "6-15" if n <= 15 else "16-25" if n <= 25 else "26+"
+            bands[band].append(abs(est - n) / n)
+
+    # App riders' origin-destination pairs.
+    riders_t = {
+        (a["board_trip_id"], a["board_sequence"], a["alight_trip_id"], a["alight_sequence"])
+        for a in _truth(day, "app_rider")
+    }
+    od = [
+        (
+            str(r.values["board_trip_id"]),
+            int(r.values["board_sequence"]),
+            str(r.values["alight_trip_id"]),
+            int(r.values["alight_sequence"]),
+        )
+        for r in readings
+        if r.kind == "bus_od"
+    ]
+    exact = sum(1 for x in od if x in riders_t)
+    return {
+        "visits_truth": len(visits_t),
+        "visits_reported": reported,
+        "visits_complete": complete,
+        "boardings_mae": statistics.fmean(b_err) if b_err else math.nan,
+        "alightings_mae": statistics.fmean(a_err) if a_err else math.nan,
+        "boardings_mean_true": statistics.fmean(b_true_all) if b_true_all else math.nan,
+        "boardings_per_stop_day_mape": statistics.fmean(
+            abs(per_stop_est[s] - per_stop_true[s]) / per_stop_true[s] for s in per_stop_true if per_stop_true[s]
+        ),
+        "segments_truth": len(segs_t),
+        "segments_reported": seg_reported,
+        "occupancy_mape": statistics.fmean(ape) if ape else math.nan,
+        "occupancy_mae": statistics.fmean(ae) if ae else math.nan,
+        "occupancy_mean_true": statistics.fmean(s["occupancy"] for s in segs_t.values()),
+        "occupancy_max_true": max(s["occupancy"] for s in segs_t.values()),
+        "occupancy_interval_coverage": inside / seg_reported if seg_reported else math.nan,
+        "occupancy_mape_by_band": {k: (statistics.fmean(v), len(v)) for k, v in sorted(bands.items())},
+        "od_truth": len(riders_t),
+        "od_reported": len(od),
+        "od_exact": exact,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO)
+    ap.add_argument("--calibration-seed", type=int, default=1)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[2, 3, 4])
+    ap.add_argument("--json", type=Path, help="write the figures here too")
+    args = ap.parse_args(argv)
+
+    base = BusDaySpec.load(args.scenario)
+    cal_spec = base.model_copy(update={"seed": args.calibration_seed})
+    readings, day, perf = play(cal_spec, bus_config(cal_spec))
+    r, sigma = calibrate(readings, day)
+    print(f"calibration day (seed {args.calibration_seed}): {perf['adverts']:.0f} adverts in {perf['wall_s']:.0f} s")
+    print(f"  devices per passenger: mean {r:.3f}, spread {sigma:.3f}")
+    results: dict[str, Any] = {"calibration": {"seed": args.calibration_seed, "r": r, "sigma": sigma, **perf}}
+    for seed in args.seeds:
+        spec = base.model_copy(update={"seed": seed})
+        cfg = bus_config(spec, devices_per_passenger=r, devices_per_passenger_sd=sigma)
+        readings, day, perf = play(spec, cfg)
+        m = evaluate(readings, day, cfg)
+        results[f"seed_{seed}"] = {**m, "adverts": perf["adverts"], "wall_s": perf["wall_s"]}
+        print(
+            f"seed {seed}: boardings MAE {m['boardings_mae']:.2f} (mean {m['boardings_mean_true']:.2f}/visit), "
+            f"occupancy MAPE {100 * m['occupancy_mape']:.1f} % (MAE {m['occupancy_mae']:.2f}, "
+            f"mean {m['occupancy_mean_true']:.1f}, max {m['occupancy_max_true']}), "
+            f"interval coverage {100 * m['occupancy_interval_coverage']:.0f} %, "
+            f"OD exact {m['od_exact']}/{m['od_truth']} (reported {m['od_reported']}), "
+            f"visits complete {m['visits_complete']}/{m['visits_truth']}; "
+            f"{perf['adverts']:.0f} adverts, {perf['wall_s']:.0f} s"
+        )
+        for band, (mape, n) in m["occupancy_mape_by_band"].items():
+            print(f"    occupancy {band:>5}: MAPE {100 * mape:5.1f} % over {n} segments")
+    keys = ["boardings_mae", "occupancy_mape", "occupancy_mae", "od_exact", "od_truth"]
+    med = {k: statistics.median(results[f"seed_{s}"][k] for s in args.seeds) for k in keys}
+    print(
+        f"median over {len(args.seeds)} days: boardings MAE {med['boardings_mae']:.2f}, "
+        f"occupancy MAPE {100 * med['occupancy_mape']:.1f} %, OD exact {med['od_exact']:.0f}/{med['od_truth']:.0f}"
+    )
+    results["median"] = med
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
