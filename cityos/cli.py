@@ -86,6 +86,43 @@ def _demo_cmd(args: argparse.Namespace) -> int:
     return run_demo(run_dir=Path(args.run_dir), scenario=args.scenario, duration=args.duration, rate=args.rate)
 
 
+def _api_cmd(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cityos_api.app import create_app, load_settings
+
+    uvicorn.run(create_app(load_settings(args.config)), host=args.host, port=args.port)
+    return 0
+
+
+def _gtfs_rt_cmd(args: argparse.Namespace) -> int:
+    import time
+
+    import httpx
+
+    from cityos.stack import StackError, load_info
+    from cityos_api.gtfs_rt import build_feed, feed_json, http_query, latest_positions
+
+    try:
+        info = load_info(args.stack)
+        query = http_query(info.influx_url, info.influx_username, info.influx_password)
+        now = time.time()
+        positions = latest_positions(query, args.db or info.influx_db, args.max_age_s, now_ms=int(now * 1000))
+        feed = build_feed(positions, now)
+    except (StackError, httpx.HTTPError) as exc:
+        print(f"cityos gtfs-rt: {exc}", file=sys.stderr)
+        return 1
+    if args.out is None:
+        print(feed_json(feed))
+    elif args.out.suffix == ".json":
+        args.out.write_text(feed_json(feed) + "\n")
+    else:
+        args.out.write_bytes(feed.SerializeToString())
+    if args.out is not None:
+        print(f"{args.out}: {len(feed.entity)} vehicle(s)")
+    return 0
+
+
 def _dashboards_build_cmd(args: argparse.Namespace) -> int:
     from dashboards.build import cli_build
 
@@ -214,6 +251,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=float, default=None, help="stop the day after N real seconds (default: all)")
     d.add_argument("--rate", type=float, default=None, help="simulated seconds per real second (default: scenario's)")
     d.set_defaults(func=_demo_cmd)
+
+    a = sub.add_parser("api", help="the City OS API (GTFS-Realtime vehicle positions), with uvicorn")
+    a.add_argument("--config", required=True, type=Path, help="API TOML config ([influx], [gtfs_rt])")
+    a.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
+    a.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    a.set_defaults(func=_api_cmd)
+
+    r = sub.add_parser("gtfs-rt", help="one GTFS-Realtime VehiclePositions snapshot from a `cityos stack`")
+    r.add_argument("--stack", type=Path, default=Path(DEFAULT_RUN_DIR), help="stack run directory (default: %(default)s)")
+    r.add_argument("--db", default=None, help="database (default: the stack's)")
+    r.add_argument("--out", type=Path, default=None,
+                   help="write the feed here (.json: as JSON, else protobuf); default: JSON on stdout")
+    r.add_argument("--max-age-s", type=float, default=300.0,
+                   help="leave out vehicles without a position this recent (default: %(default)s)")
+    r.set_defaults(func=_gtfs_rt_cmd)
 
     _dashboards_parser(sub)
     return p

@@ -88,7 +88,9 @@ EXPECTED_EMPTY: dict[tuple[str, str], str] = {
 def catalog() -> tuple[tuple[Dashboard, ...], tuple[AlertRule, ...]]:
     from dashboards import catalog as cat
 
-    return tuple(cat.DASHBOARDS), tuple(cat.ALERT_RULES)
+    # The bus ridership dashboard is left out here: the simulated city has no buses yet, so its panels would all
+    # be empty. tests/test_dashboards_transit.py runs every one of its queries against a synthetic bus day.
+    return tuple(d for d in cat.DASHBOARDS if d.uid != cat.TRANSIT.uid), tuple(cat.ALERT_RULES)
 
 
 # ------------------------------------------------------------------------------------------------------------
