@@ -42,6 +42,7 @@ class Dev:
     rssi: int = -70
     rotations: tuple[float, ...] = ()
     token: int | None = None  # an app rider's iBeacon token
+    mdata: dict[int, bytes] | None = None  # manufacturer data (default: a phone's Microsoft CDP)
 
     def address(self, t: float) -> str:
         k = sum(1 for r in self.rotations if t >= r)
@@ -70,7 +71,7 @@ def play(devs: list[Dev], cfg: RidershipConfig | None = None, extra: list[tuple[
     for d in devs:
         t = d.start
         while t <= d.end:
-            mdata = ibeacon(d.token) if d.token is not None else {0x0006: bytes([1, 9, 32, 2])}
+            mdata = ibeacon(d.token) if d.token is not None else d.mdata or {0x0006: bytes([1, 9, 32, 2])}
             timeline.append((t, 1, make_advertisement(d.address(t), d.rssi, manufacturer_data=mdata)))
             t += 1.0
     timeline.sort(key=lambda x: (x[0], x[1]))
@@ -242,3 +243,48 @@ def test_passengers_from_devices_with_an_interval() -> None:
 def test_config_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match="no device could ever count"):
         RidershipConfig(rssi_min_dbm=-80, in_vehicle_rssi_dbm=-90)
+
+
+def test_an_app_rider_alighting_at_the_terminal_survives_a_long_layover() -> None:
+    """At a loop's terminal the alighting is decided when the next trip's first segment ends, which can be more
+    than ``prune_s`` after the rider was last heard: the pair must still come out."""
+    cfg = RidershipConfig(city_uuid=CITY, prune_s=600)
+    est = RidershipEstimator(cfg, KeyedHasher(T0), {"t1": (1, 2), "t2": (1, 2)}.get)
+    ms = lambda s: round((T0 + s) * 1000)  # noqa: E731
+    evs: list[tuple[float, StopEvent]] = [
+        (0, StopArrival("S", ms(0), "t1", 1)),
+        (20, StopDeparture("S", ms(20), 20.0, "t1", 1)),
+        (200, StopArrival("T", ms(200), "t1", 2)),
+        (200, StopDeparture("T", ms(200), 0.0, "t1", 2)),
+        (200, StopArrival("T", ms(200), "t2", 1)),
+        (1400, StopDeparture("T", ms(1400), 1200.0, "t2", 1)),  # a 20-minute layover
+        (1500, StopArrival("U", ms(1500), "t2", 2)),
+    ]
+    rider = Dev("r", -10, 210, token=0xCAFE_0001)
+    timeline: list[tuple[float, int, object]] = [(t, 0, ev) for t, ev in evs]
+    t = rider.start
+    while t <= rider.end:
+        timeline.append((t, 1, make_advertisement(rider.address(t), -70, manufacturer_data=ibeacon(rider.token))))
+        t += 1.0
+    for t in range(220, 1500, 5):  # somebody else keeps the estimator ticking through the layover
+        timeline.append((t, 1, make_advertisement("52:00:00:00:00:01", -70)))
+    timeline.sort(key=lambda x: (x[0], x[1]))
+    out: list[RidershipResult] = []
+    for t, kind, item in timeline:
+        if kind == 0:
+            out += est.on_stop_event(item)  # type: ignore[arg-type]
+        else:
+            est.add(est.observe(*item, T0 + t))  # type: ignore[misc]
+    (od,) = [r for r in out if isinstance(r, RiderTrip)]
+    assert (od.board_trip_id, od.board_sequence, od.alight_trip_id, od.alight_sequence) == ("t1", 1, "t1", 2)
+
+
+def test_a_watch_goes_with_its_phone_and_is_not_counted() -> None:
+    """A Garmin watch (company id 0x0087) beside its wearer's phone: one passenger, one counted device, and the
+    watch reported apart; a watch's new address is never stitched to a phone's track."""
+    garmin = {0x0087: bytes(8)}
+    devs = [Dev("phone", -20, 470, rotations=(240,)), Dev("watch", -20, 470, mdata=garmin, rotations=(241,))]
+    est, results = play(devs)
+    assert segments(results) == {1: 1, 2: 1, 3: 1}
+    assert {r.wearables for r in results if isinstance(r, SegmentCount)} == {1}
+    assert est.counters.stitched == 2  # each with its own kind

@@ -53,12 +53,15 @@ def result_reading(
         }
         if res.devices is not None:
             values["devices"] = float(res.devices)
+            values["wearables"] = float(res.wearables or 0)
             values |= {k: v for k, v in _occupancy(cfg, res.devices).items() if not k.endswith("_pct")}
         if res.boarded is not None and res.alighted is not None:
             values["devices_boarded"] = float(res.boarded)
             values["devices_alighted"] = float(res.alighted)
-            values["boardings"] = round(res.boarded / cfg.devices_per_passenger, 3)
-            values["alightings"] = round(res.alighted / cfg.devices_per_passenger, 3)
+            # The same per-device factor as the occupancy: in a full bus, boarders' phones hide too.
+            per_device = cfg.crowding(res.devices or 0) / cfg.devices_per_passenger
+            values["boardings"] = round(res.boarded * per_device, 3)
+            values["alightings"] = round(res.alighted * per_device, 3)
         return Reading(
             device_id=bus_id,
             kind=KIND_VISIT,
@@ -72,6 +75,7 @@ def result_reading(
             "from_sequence": float(res.from_sequence),
             "to_sequence": float(res.to_sequence),
             "devices": float(res.devices),
+            "wearables": float(res.wearables),
             "duration_s": round((res.end_ms - res.start_ms) / 1000, 1),
             **_occupancy(cfg, res.devices),
         }

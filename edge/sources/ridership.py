@@ -30,6 +30,11 @@ them (``observe`` turns one into an :class:`Observation` at once, ``add`` files 
   emits arrival, departure with dwell 0 and the next trip's arrival at the same instant): the alightings belong to
   the ending trip and the boardings to the next one. After the last trip of a block (no next trip) everybody
   still aboard alights at the terminal: a community bus does not carry passengers to the depot.
+* **Phones, not watches.** A watch, band or tracker goes with a phone: counting it would count its wearer
+  twice. An advertiser whose company id or service is a wearable maker's (:data:`WEARABLE_COMPANY_IDS`,
+  :data:`WEARABLE_SERVICE_UUIDS`; a category of device, nothing that identifies one) is tracked as a wearable,
+  reported as ``wearables`` and left out of the counts. (An Apple Watch advertises as Apple, like an iPhone:
+  it stays counted, and the calibration absorbs it.)
 * **Devices to passengers.** Passengers carry 0, 1 or 2 devices: passengers = devices / ``devices_per_passenger``
   with a 90 % interval from ``devices_per_passenger_sd`` (the spread of devices per passenger). Both are
   calibrated against a manual count or a day of ground truth (``benchmarks/bus_accuracy.py`` does it against the
@@ -56,6 +61,12 @@ from edge.sources.busstops import StopArrival, StopDeparture, StopEvent, StopPas
 
 _Z90 = 1.6449  # two-sided 90 % interval of a normal distribution
 
+#: Bluetooth SIG company ids of makers whose advertisers are wearables (watches, bands, trackers): Polar,
+#: Garmin, Huami (Amazfit), Xiaomi.
+WEARABLE_COMPANY_IDS = frozenset({0x006B, 0x0087, 0x0157, 0x038F})
+#: Service UUIDs advertised by wearables: Fitbit's tracker service.
+WEARABLE_SERVICE_UUIDS = frozenset({"adabfb00-6e7d-4601-bda2-bffaa68956ba"})
+
 
 class RidershipConfig(BaseModel):
     """Estimator settings (``[sources.ridership]`` of a bus source); see the module docstring for each rule."""
@@ -65,7 +76,7 @@ class RidershipConfig(BaseModel):
     city_uuid: uuid.UUID | None = Field(default=None, description="proximity UUID of the city app's iBeacon")
     rssi_min_dbm: float = Field(default=-100.0, description="adverts weaker than this are not used at all")
     in_vehicle_rssi_dbm: float = Field(
-        default=-88.0, description="mean RSSI over a segment at or above which a track may be in the bus"
+        default=-92.0, description="mean RSSI over a segment at or above which a track may be in the bus"
     )
     head_frac: float = Field(default=0.3, gt=0, lt=0.5, description="head and tail share of a segment")
     head_max_s: float = Field(default=60.0, gt=0, description="... but at most this long")
@@ -81,6 +92,9 @@ class RidershipConfig(BaseModel):
         default=1.0, gt=0, description="calibrated mean, undetected included"
     )
     devices_per_passenger_sd: float = Field(default=0.6, ge=0, description="spread per passenger")
+    crowding_k: float = Field(
+        default=0.0, ge=0, le=0.1, description="bodies hide devices: each heard device hides this many more"
+    )
     capacity: int | None = Field(default=None, gt=0, description="the vehicle's passenger capacity")
     live_moving_s: float = Field(default=30.0, ge=0, description="live count: heard this long while moving")
     live_recent_s: float = Field(default=15.0, gt=0, description="live count: heard within this")
@@ -94,10 +108,14 @@ class RidershipConfig(BaseModel):
             )
         return self
 
+    def crowding(self, devices: float) -> float:
+        """Devices aboard per device heard, for ``devices`` heard: a full bus hides some of its phones."""
+        return 1.0 + self.crowding_k * devices
+
     def passengers(self, devices: float) -> tuple[float, float, float]:
         """Passengers for a device count: the estimate and its 90 % interval (lo, hi)."""
-        est = devices / self.devices_per_passenger
-        sd = math.sqrt(max(est, 1.0)) * self.devices_per_passenger_sd / self.devices_per_passenger
+        est = devices * self.crowding(devices) / self.devices_per_passenger
+        sd = math.sqrt(est + 1.0) * self.devices_per_passenger_sd / self.devices_per_passenger
         return est, max(0.0, est - _Z90 * sd), est + _Z90 * sd
 
 
@@ -108,6 +126,7 @@ class Observation:
     t: float
     key: str
     rssi: int
+    wearable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +138,12 @@ class VisitCount:
     stop_sequence: int
     arrival_ms: int
     dwell_s: float
-    devices: int | None  # None: the segment after the visit was not observed
+    devices: (
+        int | None
+    )  # counted (phone-like) devices aboard when it left; None: that segment was not observed
     boarded: int | None
     alighted: int | None
+    wearables: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -140,6 +162,7 @@ class SegmentCount:
     start_ms: int
     end_ms: int
     devices: int
+    wearables: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +189,7 @@ class _Track:
 
     id: int
     rider: str | None
+    wearable: bool
     first_s: float
     last_s: float
     rssi: float  # running mean of the current address, for stitching
@@ -267,8 +291,11 @@ class RidershipEstimator:
             beacon = parse_ibeacon(adv)
             if beacon is not None and is_city_rider(beacon, self._city_uuid):
                 return Observation(now_s, "r" + self.hasher.hash_token(rider_token(beacon)), rssi)
+        wearable = not WEARABLE_COMPANY_IDS.isdisjoint(
+            adv.manufacturer_data
+        ) or not WEARABLE_SERVICE_UUIDS.isdisjoint(adv.service_uuids)
         try:
-            return Observation(now_s, "a" + self.hasher.hash(device.address), rssi)
+            return Observation(now_s, "a" + self.hasher.hash(device.address), rssi, wearable)
         except ValueError:
             return None  # not an address (cannot happen with BlueZ); nothing to count it by
 
@@ -283,7 +310,7 @@ class RidershipEstimator:
         a = self._addrs.get(obs.key)
         if a is None:
             rider = obs.key[1:] if obs.key[0] == "r" else None
-            track = _Track(self._next_id, rider, t, t, float(obs.rssi))
+            track = _Track(self._next_id, rider, obs.wearable, t, t, float(obs.rssi))
             self._next_id += 1
             a = self._addrs[obs.key] = _Addr(track, t, t, decided=rider is not None)
             c.addresses += 1
@@ -334,11 +361,15 @@ class RidershipEstimator:
         if now_s - self._pruned_s >= 30:
             self._pruned_s = now_s
             cutoff = now_s - self.cfg.prune_s
-            for key in [k for k, a in self._addrs.items() if a.last_s < cutoff]:
+            # An app rider aboard (boarded, not yet alighted) is kept: a terminal's layover can outlast
+            # ``prune_s`` before the alighting there is decided.
+            for key in [
+                k
+                for k, a in self._addrs.items()
+                if a.last_s < cutoff and a.track.id not in self._rider_board
+            ]:
                 tid = self._addrs.pop(key).track.id
-                if key[0] == "r":
-                    self._rider_hash.pop(tid, None)
-                    self._rider_board.pop(tid, None)
+                self._rider_hash.pop(tid, None)
 
     def _stitch(self, now_s: float) -> None:
         cfg = self.cfg
@@ -359,7 +390,7 @@ class RidershipEstimator:
             best: _Addr | None = None
             best_gap = math.inf
             for old in ended:
-                if old.succeeded or old.track is new.track:
+                if old.succeeded or old.track is new.track or old.track.wearable != new.track.wearable:
                     continue
                 gap = new.first_s - old.last_s
                 if (
@@ -436,20 +467,22 @@ class RidershipEstimator:
             tr.seg_first_s, tr.seg_last_s, tr.seg_n, tr.seg_rssi = math.inf, -math.inf, 0, 0.0
         self._segment = _Segment(t, visit, outage=self._ble_down)
 
-    def _in_vehicle(self, seg: _Segment, end_s: float) -> set[int]:
+    def _in_vehicle(self, seg: _Segment, end_s: float) -> tuple[set[int], int]:
+        """The counted (phone-like) tracks in the vehicle on the segment, and how many wearables were."""
         cfg = self.cfg
         span = end_s - seg.start_s
         edge = min(cfg.head_frac * span, cfg.head_max_s)
         head_end, tail_start = seg.start_s + edge, end_s - edge
         tracks = {id(a.track): a.track for a in self._addrs.values()}.values()
-        return {
-            tr.id
+        aboard = [
+            tr
             for tr in tracks
             if tr.seg_n >= cfg.min_adverts
             and tr.seg_first_s <= head_end
             and tr.seg_last_s >= tail_start
             and tr.seg_rssi / tr.seg_n >= cfg.in_vehicle_rssi_dbm
-        }
+        ]
+        return {tr.id for tr in aboard if not tr.wearable}, sum(tr.wearable for tr in aboard)
 
     def _close_segment(self, seg: _Segment, arrival: _Visit, t: float) -> list[RidershipResult]:
         c = self.counters
@@ -460,9 +493,9 @@ class RidershipEstimator:
             out = self._visit_results(v, None, complete_next=False)
             self._prev_set = None
             return out
-        now_set = self._in_vehicle(seg, t)
+        now_set, wearables = self._in_vehicle(seg, t)
         c.segments += 1
-        out = self._visit_results(v, now_set, complete_next=True)
+        out = self._visit_results(v, now_set, complete_next=True, wearables=wearables)
         out.append(
             SegmentCount(
                 trip_id=v.trip_id,
@@ -473,12 +506,13 @@ class RidershipEstimator:
                 start_ms=round(seg.start_s * 1000),
                 end_ms=arrival.arrival_ms,
                 devices=len(now_set),
+                wearables=wearables,
             )
         )
         return out
 
     def _visit_results(
-        self, v: _Visit, after: set[int] | None, *, complete_next: bool
+        self, v: _Visit, after: set[int] | None, *, complete_next: bool, wearables: int | None = None
     ) -> list[RidershipResult]:
         """The visit ``v`` (and the ending visit it continues at a terminal) given the tracks aboard when it
         left (``after``; None: not observed). Updates the set carried to the next visit."""
@@ -495,16 +529,16 @@ class RidershipEstimator:
             self.counters.visits_incomplete += 1 + (ending is not None)
             if ending is not None:
                 out.append(self._count(ending, None, None, None))
-            out.append(self._count(v, after, None, None))
+            out.append(self._count(v, after, None, None, wearables))
             self._board_riders(after, v, known=False)
         elif ending is not None:
             stay = before & after
             out.append(self._count(ending, stay, set(), before - after))
             out += self._alight_riders(before - after, ending)
-            out.append(self._count(v, after, after - before, set()))
+            out.append(self._count(v, after, after - before, set(), wearables))
             self._board_riders(after - before, v, known=True)
         else:
-            out.append(self._count(v, after, after - before, before - after))
+            out.append(self._count(v, after, after - before, before - after, wearables))
             out += self._alight_riders(before - after, v)
             self._board_riders(after - before, v, known=True)
         self._prev_set = after if complete_next else None
@@ -512,7 +546,11 @@ class RidershipEstimator:
 
     @staticmethod
     def _count(
-        v: _Visit, aboard: set[int] | None, boarded: set[int] | None, alighted: set[int] | None
+        v: _Visit,
+        aboard: set[int] | None,
+        boarded: set[int] | None,
+        alighted: set[int] | None,
+        wearables: int | None = None,
     ) -> VisitCount:
         return VisitCount(
             trip_id=v.trip_id,
@@ -523,6 +561,7 @@ class RidershipEstimator:
             devices=None if aboard is None else len(aboard),
             boarded=None if boarded is None else len(boarded),
             alighted=None if alighted is None else len(alighted),
+            wearables=wearables,
         )
 
     def _board_riders(self, boarded: set[int], v: _Visit, *, known: bool) -> None:
@@ -571,6 +610,7 @@ class RidershipEstimator:
             1
             for tr in tracks
             if tr.last_s >= recent
+            and not tr.wearable
             and tr.rssi >= cfg.in_vehicle_rssi_dbm
             and tr.move_last_s - tr.move_first_s >= cfg.live_moving_s
         )
