@@ -58,6 +58,7 @@ SIMULATORS = {
     "forest": "firmware_sim.forest_station",
     "meter": "firmware_sim.wisun_module",
     "truck": "firmware_sim.garbage_truck",
+    "bus": "firmware_sim.bus",
     "load": "firmware_sim.loadgen",
     "run": "firmware_sim.city",
 }
@@ -232,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "device",
         choices=list(SIMULATORS),
-        help="forest|meter|truck: one device simulator; run SCENARIO: the simulated city; load: city-scale load",
+        help="forest|meter|truck|bus: one device simulator; run SCENARIO: the simulated city; load: city-scale load",
     )
     m.add_argument("sim_args", nargs=argparse.REMAINDER, help="the simulator's own options (see --help after it)")
     m.set_defaults(func=_sim_cmd)
