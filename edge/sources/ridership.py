@@ -190,7 +190,6 @@ class _Track:
     id: int
     rider: str | None
     wearable: bool
-    first_s: float
     last_s: float
     rssi: float  # running mean of the current address, for stitching
     n_addr: int = 0  # adverts of the current address
@@ -207,7 +206,6 @@ class _Addr:
     track: _Track
     first_s: float
     last_s: float
-    decided: bool = False  # stitching considered (after ``decide_s``)
     succeeded: bool = False  # a later address continues its track
 
 
@@ -310,9 +308,9 @@ class RidershipEstimator:
         a = self._addrs.get(obs.key)
         if a is None:
             rider = obs.key[1:] if obs.key[0] == "r" else None
-            track = _Track(self._next_id, rider, obs.wearable, t, t, float(obs.rssi))
+            track = _Track(self._next_id, rider, obs.wearable, t, float(obs.rssi))
             self._next_id += 1
-            a = self._addrs[obs.key] = _Addr(track, t, t, decided=rider is not None)
+            a = self._addrs[obs.key] = _Addr(track, t, t)
             c.addresses += 1
             if rider is None:
                 self._pending.append((obs.key, a))
@@ -386,7 +384,6 @@ class RidershipEstimator:
             if not a.succeeded and a.track.rider is None and lo <= a.last_s and a.first_s < a.last_s
         ]
         for _, new in due:
-            new.decided = True
             best: _Addr | None = None
             best_gap = math.inf
             for old in ended:
