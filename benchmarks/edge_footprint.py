@@ -178,8 +178,8 @@ def run_once(info: StackInfo, work: Path, args: argparse.Namespace) -> dict[str,
     return {"busy": busy, "idle": idle}
 
 
-def floor_rss() -> float:
-    p = subprocess.Popen([sys.executable, "-c", FLOOR_IMPORTS + "; import time; time.sleep(30)"], env=UNIT_ENV)
+def floor_rss(imports: str = FLOOR_IMPORTS) -> float:
+    p = subprocess.Popen([sys.executable, "-c", imports + "; import time; time.sleep(30)"], env=UNIT_ENV)
     try:
         time.sleep(4)
         return psutil.Process(p.pid).memory_info().rss / 2**20
