@@ -5,10 +5,8 @@ Bluetooth advertisement as bleak's own objects, with passengers boarding and ali
 go through :class:`edge.sources.bus.BusCore`, exactly the code a gateway runs behind its ports, and the readings
 it produces are compared with the ground truth:
 
-* **boardings per stop visit** (MAE over the visits the gateway reported complete), and per stop over the day;
-* **occupancy per segment** (MAPE over segments with at least one passenger aboard, MAE, by occupancy band, and
-  how often the truth lies in the reported 90 % interval);
-* **app riders' origin-destination pairs** (exact: same boarding and alighting trip and stop sequence).
+boardings per stop visit (MAE), occupancy per segment (MAPE, MAE, by band, interval coverage) and app riders'
+origin-destination pairs (exact), by :func:`cityos.busscore.score` (the simulated city's check uses it too).
 
 Devices per passenger (mean and spread) are calibrated on one day (``--calibration-seed``) and the accuracy is
 measured on other days (``--seeds``), as a city would calibrate against a manual count and then rely on it.
@@ -24,12 +22,12 @@ import math
 import statistics
 import sys
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cityos.busscore import score
 from cityos.wire import Reading
 from edge.sources.bus import BusConfig, BusCore
 from firmware_sim.bus import BusDay, BusDaySpec
@@ -104,92 +102,13 @@ def calibrate(readings: list[Reading], day: BusDay) -> tuple[float, float, float
     return r, k, sigma
 
 
-def evaluate(readings: list[Reading], day: BusDay, cfg: BusConfig) -> dict[str, Any]:
-    rc = cfg.ridership
-    visits_t = {(v["trip_id"], v["stop_sequence"]): v for v in _truth(day, "stop_visit")}
-    segs_t = {(s["trip_id"], s["from_sequence"]): s for s in _truth(day, "segment")}
+def evaluate(readings: list[Reading], day: BusDay) -> dict[str, Any]:
+    """The day's readings scored against its truth (:func:`cityos.busscore.score`)."""
 
-    # Boardings per visit (complete visits), and per stop over the day.
-    b_err, a_err, b_true_all = [], [], []
-    per_stop_est: dict[str, float] = defaultdict(float)
-    per_stop_true: dict[str, float] = defaultdict(float)
-    reported = complete = 0
-    for r in readings:
-        if r.kind != "bus_stop_visit":
-            continue
-        key = (str(r.values["trip_id"]), int(r.values["stop_sequence"]))
-        t = visits_t.get(key)
-        if t is None:
-            continue
-        reported += 1
-        if "devices_boarded" not in r.values:
-            continue
-        complete += 1
-        b, a = float(r.values["boardings"]), float(r.values["alightings"])
-        b_err.append(abs(b - t["boardings"]))
-        a_err.append(abs(a - t["alightings"]))
-        b_true_all.append(t["boardings"])
-        per_stop_est[t["stop_id"]] += b
-        per_stop_true[t["stop_id"]] += t["boardings"]
+    def of(kind: str) -> list[dict[str, Any]]:
+        return [dict(r.values) for r in readings if r.kind == kind]
 
-    # Occupancy per segment.
-    ape, ae, inside = [], [], 0
-    bands: dict[str, list[float]] = defaultdict(list)
-    seg_reported = 0
-    for r in readings:
-        if r.kind != "bus_segment":
-            continue
-        t = segs_t.get((str(r.values["trip_id"]), int(r.values["from_sequence"])))
-        if t is None:
-            continue
-        seg_reported += 1
-        est, lo, hi = rc.passengers(float(r.values["devices"]))
-        n = t["occupancy"]
-        ae.append(abs(est - n))
-        inside += lo <= n <= hi
-        if n >= 1:
-            ape.append(abs(est - n) / n)
-            band = "1-5" if n <= 5 else "6-15" if n <= 15 else "16-25" if n <= 25 else "26+"
-            bands[band].append(abs(est - n) / n)
-
-    # App riders' origin-destination pairs.
-    riders_t = Counter(
-        (a["board_trip_id"], a["board_sequence"], a["alight_trip_id"], a["alight_sequence"])
-        for a in _truth(day, "app_rider")
-    )
-    od = [
-        (
-            str(r.values["board_trip_id"]),
-            int(r.values["board_sequence"]),
-            str(r.values["alight_trip_id"]),
-            int(r.values["alight_sequence"]),
-        )
-        for r in readings
-        if r.kind == "bus_od"
-    ]
-    exact = (Counter(od) & riders_t).total()
-    return {
-        "visits_truth": len(visits_t),
-        "visits_reported": reported,
-        "visits_complete": complete,
-        "boardings_mae": statistics.fmean(b_err) if b_err else math.nan,
-        "alightings_mae": statistics.fmean(a_err) if a_err else math.nan,
-        "boardings_mean_true": statistics.fmean(b_true_all) if b_true_all else math.nan,
-        "boardings_per_stop_day_mape": statistics.fmean(
-            abs(per_stop_est[s] - per_stop_true[s]) / per_stop_true[s] for s in per_stop_true if per_stop_true[s]
-        ),
-        "segments_truth": len(segs_t),
-        "segments_reported": seg_reported,
-        "occupancy_mape": statistics.fmean(ape) if ape else math.nan,
-        "occupancy_mae": statistics.fmean(ae) if ae else math.nan,
-        "occupancy_mean_true": statistics.fmean(s["occupancy"] for s in segs_t.values()),
-        "occupancy_max_true": max(s["occupancy"] for s in segs_t.values()),
-        "occupancy_interval_coverage": inside / seg_reported if seg_reported else math.nan,
-        "occupancy_mape_by_band": {k: (statistics.fmean(v), len(v)) for k, v in sorted(bands.items())},
-        "od_truth": riders_t.total(),
-        "od_reported": len(od),
-        "od_exact": exact,
-    }
+    return score(day.truth, of("bus_stop_visit"), of("bus_segment"), of("bus_od"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = base.model_copy(update={"seed": seed})
         cfg = bus_config(spec, devices_per_passenger=r, devices_per_passenger_sd=sigma, crowding_k=k)
         readings, day, perf = play(spec, cfg)
-        m = evaluate(readings, day, cfg)
+        m = evaluate(readings, day)
         results[f"seed_{seed}"] = {**m, "adverts": perf["adverts"], "wall_s": perf["wall_s"]}
         print(
             f"seed {seed}: boardings MAE {m['boardings_mae']:.2f} (mean {m['boardings_mean_true']:.2f}/visit), "
