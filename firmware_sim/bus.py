@@ -1092,13 +1092,7 @@ class BusSimLive:
             return self.gps_port
         self.link.open()
         self.ble_socket.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.ble_socket.unlink()
-        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        srv.bind(str(self.ble_socket))
-        srv.listen(8)
-        srv.settimeout(0.1)
-        self._server = srv
+        self._listen()
         self._stopping.clear()
         for fn, name in ((self._accept, "bus-sim-accept"), (self._play, "bus-sim-play")):
             th = threading.Thread(target=fn, name=name, daemon=True)
@@ -1128,10 +1122,16 @@ class BusSimLive:
         self.stop()
 
     def ble_outage(self, duration_s: float) -> None:
-        """The BLE adapter is unplugged for ``duration_s`` simulated seconds: clients are closed, new ones refused."""
+        """The BLE adapter is unplugged for ``duration_s`` simulated seconds: clients are closed and the socket
+        is gone, so a connect fails (as with no adapter) until it is back."""
         with self._lock:
             self._outage_until = self.clock.now() + duration_s
             self._drop_clients()
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+                with contextlib.suppress(FileNotFoundError):
+                    self.ble_socket.unlink()
             self.counters["outages"] += 1
 
     def wait_until(self, t: float, timeout: float) -> bool:
@@ -1154,21 +1154,29 @@ class BusSimLive:
             c.close()
         self._clients = []
 
+    def _listen(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.ble_socket.unlink()
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(str(self.ble_socket))
+        srv.listen(8)
+        srv.settimeout(0.1)
+        self._server = srv
+
     def _accept(self) -> None:
         while not self._stopping.is_set():
-            srv = self._server
+            with self._lock:
+                if self._server is None and not self._in_outage():
+                    self._listen()  # the adapter is back
+                srv = self._server
             if srv is None:
-                return
+                time.sleep(0.05)
+                continue
             try:
                 conn, _ = srv.accept()
-            except TimeoutError:
+            except (TimeoutError, OSError):  # OSError: closed by ble_outage
                 continue
-            except OSError:
-                return
             with self._lock:
-                if self._in_outage():
-                    conn.close()  # no adapter: the connection is refused at once
-                    continue
                 conn.settimeout(2.0)
                 self._clients.append(conn)
                 self.counters["clients"] += 1
