@@ -58,7 +58,7 @@ class CityRun:
 
     def clear_previous(self) -> None:
         """Points of an earlier run of the same day would count as extra: drop this city's series first."""
-        gw = "^gw-(forest|meter|truck)-[0-9]+$"
+        gw = "^gw-(forest|meter|truck|bus)-[0-9]+$"
         influx_query(self.info, self.db, f'DROP SERIES FROM /.*/ WHERE "gateway" =~ /{gw}/')
 
     def start(self) -> None:
@@ -100,7 +100,8 @@ class CityRun:
     def counts(self) -> dict[str, int]:
         t0, t1 = int(self.city.sim_start * 1000) - 1, int(self.city.sim_end * 1000) + 3_600_000
         out = {}
-        for m, field_ in (("forest", "battery_v"), ("energy", "energy_kwh"), ("waste_collection", "kg")):
+        for m, field_ in (("forest", "battery_v"), ("energy", "energy_kwh"), ("waste_collection", "kg"),
+                          ("bus_stop", "dwell_s")):
             try:
                 s = influx_query(self.info, self.db,
                                  f'SELECT count("{field_}") FROM "{m}" WHERE time >= {t0}ms AND time <= {t1}ms')
@@ -117,7 +118,8 @@ class CityRun:
         c = self.counts()
         dead = int(self._ingest_health().get("dead_lettered_total", 0))
         return (f"{now:%H:%M} JST  forest {c['forest']:6d}  energy {c['energy']:6d}  "
-                f"waste {c['waste_collection']:4d}  backlog {self.backlog():6d}  dead-letter {dead}")
+                f"waste {c['waste_collection']:4d}  bus stops {c['bus_stop']:4d}  backlog {self.backlog():6d}  "
+                f"dead-letter {dead}")
 
     # --- the day ---
 
@@ -166,6 +168,12 @@ class CityRun:
         if trucks.gateways:
             rep.checks.append(cityverify.verify_waste(
                 self.info, self.db, {g.devices[0]: g.truth for g in trucks.gateways}, t0, t1, TRUCK_RESOLUTION_KG))
+        buses = fams["bus"]
+        if buses.gateways:
+            hits = sum(1 for f in self.city.fault_log
+                       if f.get("applied") and f["target"] in ("bus-01", "gw-bus-01") and f["fault"] != "ble_outage")
+            rep.checks.append(cityverify.verify_bus(
+                self.info, self.db, {g.devices[0]: g.truth for g in buses.gateways}, t0, t1, faults=hits))
         rep.dead = [g.gateway_id for g in self.city.gateways if g.proc is not None and not g.proc.alive]
         if self.ingest is not None and not self.ingest.alive:
             rep.dead.append("ingest")

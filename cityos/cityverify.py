@@ -163,3 +163,46 @@ def verify_waste(info: StackInfo, db: str, trucks: dict[str, Path], t0: int, t1:
             c.problems.append(f"kg in {d}: displayed {want_kg.get(d, 0.0):.0f}, stored {got_kg.get(d, 0.0):.0f}")
     c.summary = {"kg_by_district": {d: round(v, 1) for d, v in sorted(got_kg.items())}, "unlocated": unlocated}
     return c
+
+
+def verify_bus(info: StackInfo, db: str, buses: dict[str, Path], t0: int, t1: int, faults: int = 0) -> Check:
+    """Bus ridership is an estimate, so this check is of delivery, not of values: every stop visit the gateway
+    reported is stored once (no visit twice at two times, none that the bus did not make), and the visits the
+    gateway could see are there. Visits hidden by one of the ``faults`` scheduled on the bus (a GPS dropout, the
+    agent down) may be missing: each is allowed two. The accuracy against the truth goes in the summary
+    (:func:`cityos.busscore.score`)."""
+    from cityos.busscore import score
+
+    c = Check("bus")
+    fields = {
+        "bus_stop": '"trip_id", "stop_sequence", "boardings", "alightings", "occupancy"',
+        "bus_segment": '"trip_id", "from_sequence", "occupancy", "occupancy_lo", "occupancy_hi"',
+        "bus_od": '"board_trip_id", "board_sequence", "alight_trip_id", "alight_sequence"',
+    }
+    for dev, path in buses.items():
+        truth = [t for t in _lines(path) if t.get("event") in ("stop_visit", "segment", "app_rider")]
+        got: dict[str, list[dict[str, Any]]] = {}
+        for m, cols in fields.items():
+            rows = []
+            for s in _series(info, db, f'SELECT {cols} FROM "{m}" WHERE "device" = \'{dev}\' AND {_window(t0, t1)}'):
+                names = s["columns"]
+                rows += [dict(zip(names, v, strict=True)) for v in s["values"]]
+            got[m] = rows
+        visits = [t for t in truth if t.get("event") == "stop_visit" and t0 <= t["arrival_ms"] <= t1]
+        c.truth += len(visits)
+        c.stored += len(got["bus_stop"])
+        sc = score(truth, got["bus_stop"], got["bus_segment"], got["bus_od"])
+        if sc["visits_doubled"]:
+            c.problems.append(f"{dev}: {sc['visits_doubled']} stop visits stored twice")
+        if sc["visits_extra"]:
+            c.problems.append(f"{dev}: {sc['visits_extra']} stop visits the bus did not make")
+        stored = {(str(r["trip_id"]), int(r["stop_sequence"])) for r in got["bus_stop"]}
+        missing = [v for v in visits if (v["trip_id"], v["stop_sequence"]) not in stored]
+        if len(missing) > 2 * faults + 1:  # + the day's last visit: it ends when the bus is back at the depot
+            c.problems.append(f"{dev}: {len(missing)} stop visits missing, e.g. {missing[0]['trip_id']} "
+                              f"#{missing[0]['stop_sequence']} at {missing[0]['stop_id']}")
+        c.summary[dev] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in sc.items()
+                          if k in ("visits_truth", "visits_reported", "visits_complete", "boardings_mae",
+                                   "occupancy_mape", "occupancy_mae", "od_exact", "od_truth")}
+    return c
+

@@ -77,7 +77,8 @@ def run_demo(*, run_dir: Path, scenario: Path, duration: float | None, rate: flo
         _say(f"  {len(fams['meter'].households)} households with smart meters (Wi-SUN module emulators, momonga) on "
              f"{len(fams['meter'].gateways)} gateway(s); {sum(len(g.devices) for g in fams['forest'].gateways)} "
              f"forest stations (Modbus RTU) on {len(fams['forest'].gateways)}; "
-             f"{len(fams['truck'].gateways)} garbage truck(s) (weighing indicator + GPS)")
+             f"{len(fams['truck'].gateways)} garbage truck(s) (weighing indicator + GPS); "
+             f"{len(fams['bus'].gateways)} loop bus(es) (Bluetooth ridership + GPS)")
         _say(f"  {len(sc.faults)} scheduled faults; logs in {run.run_dir / 'logs'}" + ("" if duration else "; Ctrl-C stops"))
         city.on_fault = lambda ev, ok: _say(f"  fault at {ev.at}: {ev.fault} on {ev.target}" + ("" if ok else " (not applied)"))
         until = None if duration is None else min(city.sim_end, city.sim_now() + duration * sc.day.rate)
@@ -124,7 +125,7 @@ def _where(run: Any, info: Any) -> None:
     q = 'SELECT sum("kg") FROM "waste_collection" GROUP BY "district"'
     _say()
     _say(f"the data: InfluxDB {info.influx_url}, database {run.db}: measurements forest, energy, "
-         "waste_collection, waste_trip, gateway_health, source_health")
+         "waste_collection, waste_trip, bus_stop, bus_segment, bus_od, bus_position, gateway_health, source_health")
     _say("query it (InfluxQL over the v1 HTTP API):")
     _say(f"  curl -sG -u {info.influx_username}:$(python3 -c \"import json;print(json.load(open('"
          f"{info.run_dir / 'stack.json'}'))['influx_password'])\") {info.influx_url}/query \\\n"

@@ -116,6 +116,17 @@ class TruckSection(_Model):
     depart: str = "08:00"
 
 
+class BusSection(_Model):
+    #: Buses on the loop (the committed GTFS-JP feed runs one block a day: 0 or 1).
+    count: int = Field(default=0, ge=0, le=1)
+    #: The bus day's simulator spec (relative to the scenario); its date and seed follow the city's.
+    spec: str = "bus-day.toml"
+    #: The gateway's calibration (devices per passenger, their spread): `benchmarks/bus_accuracy.py` prints it.
+    devices_per_passenger: float = Field(default=0.88, gt=0)
+    devices_per_passenger_sd: float = Field(default=0.39, ge=0)
+    capacity: int = Field(default=36, gt=0)
+
+
 class FaultEvent(_Model):
     #: Simulated time of day.
     at: str
@@ -140,6 +151,7 @@ class CityScenario(_Model):
     forest: ForestSection = ForestSection()
     meters: MeterSection = MeterSection()
     trucks: TruckSection = TruckSection()
+    buses: BusSection = BusSection()
     faults: list[FaultEvent] = Field(default_factory=list)
     #: The file it was read from: relative paths in it are relative to its folder.
     path: Path | None = None

@@ -1,4 +1,4 @@
-"""The device families of the simulated city (see :mod:`firmware_sim.city`): forest, meters, trucks.
+"""The device families of the simulated city (see :mod:`firmware_sim.city`): forest, meters, trucks, buses.
 
 Each family creates its gateways (ids, devices, the ``[[sources]]`` sections an installer would write), powers its
 simulators on in this process and applies scheduled faults. Times in the scenario are simulated; where a
@@ -8,6 +8,7 @@ divided by the rate here, so the same scenario plays correctly at any accelerati
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import math
@@ -15,7 +16,7 @@ import threading
 import zlib
 from typing import TYPE_CHECKING, Any
 
-from firmware_sim.city import Family, FaultEvent, Gateway, _hhmm
+from firmware_sim.city import JST, Family, FaultEvent, Gateway, _hhmm
 
 if TYPE_CHECKING:
     from firmware_sim.city import CitySim
@@ -258,8 +259,69 @@ class TruckFamily(Family):
         return True
 
 
+class BusFamily(Family):
+    """The loop bus: its simulator plays the city's day (GPS on a pty, BLE adverts on a socket) and writes its
+    ground truth up front; a ``gps_dropout`` fault is part of the bus's plan, a ``ble_outage`` unplugs the
+    adapter at its time."""
+
+    name = "bus"
+
+    def plan(self) -> None:
+        from firmware_sim.bus import BusDay, BusDaySpec
+
+        bs = self.city.sc.buses
+        self.sim: Any = None
+        self.day: Any = None
+        if not bs.count:
+            return
+        gw = Gateway("gw-bus-01", self.name, self.city.run_dir / "gw-bus-01", ["bus-01"])
+        midnight = self.city.sim_start - _hhmm(self.city.sc.day.start)
+        dropouts = [(ev.at, ev.duration_s) for ev in self.city.sc.faults
+                    if ev.target == "bus-01" and ev.fault == "gps_dropout"]
+        spec = BusDaySpec.load(self.city.sc.resolve(bs.spec)).model_copy(update={
+            "date": dt.datetime.fromtimestamp(midnight + 43_200, JST).date(),
+            "seed": self.city.sc.seed, "gps_dropouts": dropouts,
+        })
+        self.day = BusDay(spec)
+        gw.sources = [{
+            "type": "bus", "name": "bus", "vehicle_id": "bus-01", "gps_port": gw.dir / "ttyGPS0",
+            "feed": spec.feed, "position_interval_s": 60.0,
+            "ble": {"backend": "sim", "sim_socket": gw.dir / "ble.sock"},
+            "ridership": {"city_uuid": str(spec.city_uuid), "capacity": bs.capacity,
+                          "devices_per_passenger": bs.devices_per_passenger,
+                          "devices_per_passenger_sd": bs.devices_per_passenger_sd},
+        }]
+        self.gateways.append(gw)
+
+    def start(self) -> None:
+        from firmware_sim.bus import BusSimLive
+
+        if self.day is None:
+            return
+        assert self.city.clock is not None
+        gw = self.gateways[0]
+        self.day.write_truth(gw.truth)
+        self.sim = BusSimLive(self.day, clock=self.city.clock, gps_link=gw.dir / "ttyGPS0",
+                              ble_socket=gw.dir / "ble.sock")
+        self.sim.start()
+
+    def stop(self) -> None:
+        if self.sim is not None:
+            self.sim.stop()
+
+    def fault(self, ev: FaultEvent) -> bool:
+        if ev.target != "bus-01" or self.sim is None:
+            return False
+        if ev.fault == "gps_dropout":
+            return True  # planned into the bus's day (see plan)
+        if ev.fault == "ble_outage":
+            self.sim.ble_outage(ev.duration_s)
+            return True
+        return False
+
+
 def families_for(city: CitySim) -> list[Family]:
-    return [ForestFamily(city), MeterFamily(city), TruckFamily(city)]
+    return [ForestFamily(city), MeterFamily(city), TruckFamily(city), BusFamily(city)]
 
 
 def _station_position(gateway_no: int, unit: int) -> dict[str, float]:
