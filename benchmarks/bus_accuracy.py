@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cityos.busscore import score
 from cityos.wire import Reading
+from edge.sources.ble_ids import make_advertisement
 from edge.sources.bus import BusConfig, BusCore
 from firmware_sim.bus import BusDay, BusDaySpec
 
@@ -65,7 +66,9 @@ def play(spec: BusDaySpec, cfg: BusConfig) -> tuple[list[Reading], BusDay, dict[
                 out.append(pos)
         else:
             adverts += 1
-            device, adv = ev.to_bleak()
+            device, adv = make_advertisement(
+                ev.address, ev.rssi, manufacturer_data=ev.manufacturer_data, service_uuids=ev.service_uuids
+            )  # bleak's own objects, as the gateway's socket backend builds them from the simulator's lines
             core.add(core.observe(device, adv, t))
     wall = time.perf_counter() - t0
     return out, day, {"adverts": adverts, "wall_s": wall, **core.health()}

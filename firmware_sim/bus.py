@@ -84,20 +84,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bleak.backends.device import BLEDevice
-from bleak.backends.scanner import AdvertisementData
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cityos.simclock import ScaledClock
-from edge.sources.ble_ids import APPLE_COMPANY_ID, make_advertisement
-from edge.sources.gtfs import Feed, StopTime, load_feed
 from firmware_sim.pty import PtyLink
+from firmware_sim.timetable import SimCall, Timetable
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 DEFAULT_FEED = SCENARIOS / "gtfs-tsuyama-loop"
 DEFAULT_SPEC_PATH = SCENARIOS / "bus-day.toml"
 EARTH_RADIUS_M = 6_371_008.8
 KNOT_MS = 1852 / 3600
+APPLE_COMPANY_ID = 0x004C  # Bluetooth SIG company id: Apple (Continuity, iBeacon)
 
 # window frames: where a device is while a window lasts
 _WORLD, _BUSFRAME, _INSIDE = 0, 1, 2
@@ -228,16 +226,6 @@ class Advert:
     manufacturer_data: dict[int, bytes]
     service_uuids: tuple[str, ...] = ()
     address_type: str = "random"
-
-    def to_bleak(self) -> tuple[BLEDevice, AdvertisementData]:
-        """Bleak's own objects, exactly what the edge's detection callback gets on a Raspberry Pi."""
-        return make_advertisement(
-            self.address,
-            self.rssi,
-            manufacturer_data=self.manufacturer_data,
-            service_uuids=self.service_uuids,
-            address_type=self.address_type,
-        )
 
     def to_json(self) -> str:
         """One line for the live BLE socket (company ids as decimal strings, payloads as hex)."""
@@ -444,7 +432,7 @@ class BusDay:
 
     def __init__(self, spec: BusDaySpec | None = None) -> None:
         self.spec = spec = spec or BusDaySpec()
-        self.feed: Feed = load_feed(spec.feed)
+        self.feed = Timetable(spec.feed)
         trips = self.feed.trips_on(spec.date)
         if not trips:
             raise ValueError(f"no trips on {spec.date} in {spec.feed}")
@@ -548,7 +536,7 @@ class BusDay:
         return out
 
     def _run_trip(
-        self, k: int, trip_id: str, calls: tuple[StopTime, ...], pax: list[_Pax], mo: _Motion,
+        self, k: int, trip_id: str, calls: tuple[SimCall, ...], pax: list[_Pax], mo: _Motion,
         terminal_since: float, rng: random.Random, delay: float,
     ) -> None:  # fmt: skip
         spec = self.spec
@@ -856,7 +844,7 @@ class BusDay:
             if v["i"] == 0:
                 occ = 0
             occ += v["b"] - v["a"]
-            c: StopTime = v["call"]
+            c: SimCall = v["call"]
             if prev is not None and prev["k"] == v["k"]:
                 out.append({"event": "segment", "trip_id": v["trip"], "from_sequence": prev["call"].sequence,
                             "to_sequence": c.sequence, "from_stop": prev["call"].stop_id, "to_stop": c.stop_id,

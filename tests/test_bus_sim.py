@@ -15,7 +15,9 @@ import pytest
 
 from cityos.simclock import ScaledClock
 from edge.sources.ble_ids import is_city_rider, parse_ibeacon, rider_token
+from edge.sources.ble_scan import decode_sim_line
 from edge.sources.busstops import StopArrival, StopDeparture, StopDetector
+from edge.sources.gtfs import load_feed
 from edge.sources.nmea import GpsTracker, NmeaDecoder, RmcFix
 from firmware_sim.bus import DEFAULT_SPEC_PATH, Advert, BusDay, BusDaySpec, BusSimLive
 
@@ -48,7 +50,7 @@ def test_gps_gives_every_stop_to_the_detector(day: BusDay) -> None:
     """wd-01 from the pull-in to the hand-over to wd-02: an arrival and a departure at every call, on time."""
     truth = visits(day, "wd-01")
     end = truth[-1]["arrival_ms"] / 1000 + 30
-    tracker, det = GpsTracker(), StopDetector(day.feed)
+    tracker, det = GpsTracker(), StopDetector(load_feed(day.spec.feed))  # the gateway reads the feed itself
     events = []
     for t, ev in day.stream(day.start_s, end):
         if isinstance(ev, bytes):
@@ -120,7 +122,7 @@ def test_adverts(day: BusDay) -> None:
     for _, ev in adverts:
         assert ev.address == ev.address.upper() and int(ev.address[:2], 16) >> 6 == 0b01
         rssi[known[ev.address]].append(ev.rssi)
-        _, adv = ev.to_bleak()
+        _, adv = decode_sim_line(ev.to_json().encode())  # as the gateway's socket backend reads it
         beacon = parse_ibeacon(adv)
         if beacon is not None and is_city_rider(beacon, CITY):
             tokens.add(rider_token(beacon))
