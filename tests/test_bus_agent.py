@@ -10,6 +10,9 @@ simulator's truth, so every fault hits the part of the trip it is meant to):
 * the agent SIGKILLed as the bus leaves the 14th call, and started again at once;
 * a SIGTERM once a complete stop visit came after the restart.
 
+A real ingest process subscribes too and writes to a database of its own, so the last test compares what reached
+InfluxDB with what the gateway published.
+
 Every MQTT payload (telemetry and status) is kept as received, and every file in the gateway's directory
 (outbox and its WAL/SHM, config, the agent's log) is read while the agent runs, right after the SIGKILL (the WAL
 as a crash leaves it) and after the SIGTERM. Each test then checks what a user would notice. The whole module
@@ -34,11 +37,15 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from cityos import wire
-from cityos.pipeline import Proc
+from cityos.pipeline import Proc, write_ingest_config
 from cityos.simclock import ScaledClock
-from cityos.stack import StackInfo
+from cityos.stack import Stack, StackInfo, influx_query
 from cityos.wire import Reading, decode_batch
 from firmware_sim.bus import DEFAULT_FEED, BusDay, BusDaySpec, BusSimLive
+from ingest.config import IngestConfig
+from ingest.health import read_health_file
+from ingest.mqtt_in import discard_session
+from ingest.service import HEALTH_FILE
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -215,6 +222,7 @@ class BusRun:
     files: dict[str, bytes]
     sigterm_rc: int | None
     log_tail: str
+    stored: dict[str, list[dict[str, Any]]]  # measurement → the points InfluxDB holds for this gateway
     readings: list[tuple[str, Reading]] = field(default_factory=list)  # (boot_id, reading) of our gateway
 
     def kind(self, kind: str) -> list[Reading]:
@@ -337,14 +345,25 @@ def _decode(messages: list[tuple[str, bytes]], gateway_id: str, now_ms: int) -> 
     return out
 
 
+def _recent_weekday() -> dt.date:
+    """A weekday at least two days ago: in the past (the ingest refuses the future) and well inside the ingest's
+    90-day window (it dead-letters older readings), on the feed's weekday timetable."""
+    day = dt.datetime.now(JST).date() - dt.timedelta(days=2)
+    while day.weekday() >= 5:
+        day -= dt.timedelta(days=1)
+    return day
+
+
 @pytest.fixture(scope="module")
-def bus_run(stack_info: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BusRun]:
+def bus_run(
+    stack: Stack, stack_info: StackInfo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BusRun]:
     """Play the scenario once (see the module docstring) and collect everything the gateway wrote and sent."""
     tmp = tmp_path_factory.mktemp("bus-agent")
     gw_dir, sim_dir = tmp / "gw", tmp / "sim"
     gw_dir.mkdir()
     sim_dir.mkdir()
-    spec = BusDaySpec(gps_dropouts=[GPS_DROPOUT])
+    spec = BusDaySpec(date=_recent_weekday(), gps_dropouts=[GPS_DROPOUT])
     day = BusDay(spec)
     h, m = (int(x) for x in GPS_DROPOUT[0].split(":"))
     dropout = (day.day0 + h * 3600 + m * 60, day.day0 + h * 3600 + m * 60 + GPS_DROPOUT[1])
@@ -377,6 +396,15 @@ def bus_run(stack_info: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> 
         city_uuid=spec.city_uuid,
     )
     recorder = Recorder(stack_info)
+    db = f"t_bus_{uuid.uuid4().hex[:10]}"
+    stack.create_database(db)
+    ingest_cfg = tmp / "ingest.toml"
+    write_ingest_config(
+        ingest_cfg, stack_info, db=db, data_dir=tmp / "ingest", client_id=f"ingest-{gateway_id}"
+    )
+    ingest = Proc(
+        "ingest", [sys.executable, "-m", "cityos", "ingest", "--config", str(ingest_cfg)], tmp / "ingest.log"
+    )
     sim = BusSimLive(day, clock=clock, gps_link=sim_dir / "ttyGPS0", ble_socket=sim_dir / "ble.sock")
     agent = Proc(
         "agent",
@@ -415,9 +443,22 @@ def bus_run(stack_info: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> 
             if p.is_file()
         }
 
+    def stored() -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for m in ("bus_stop", "bus_segment", "bus_od", "bus_position"):
+            rows = influx_query(stack_info, db, f'SELECT * FROM "{m}" WHERE "gateway" = \'{gateway_id}\'')
+            out[m] = [dict(zip(s["columns"], v, strict=True)) for s in rows for v in s["values"]]
+        return out
+
     files: dict[str, bytes] = {}
     sigterm_rc: int | None = None
+    in_influx: dict[str, list[dict[str, Any]]] = {}
     try:
+        ingest.start()
+        until_real = time.monotonic() + 30
+        while (read_health_file(tmp / "ingest" / HEALTH_FILE) or {}).get("subscribed") is not True:
+            assert time.monotonic() < until_real, f"the ingest did not subscribe:\n{ingest.tail(20)}"
+            time.sleep(0.1)  # a reading published before the ingest subscribed would never reach it
         sim.start()
         agent.start()
         until(
@@ -440,10 +481,30 @@ def bus_run(stack_info: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> 
         end_s = clock.now()
         sigterm_rc = agent.stop(timeout=20)
         time.sleep(1.0)  # the last PUBACKed messages reach our subscription
+        published = {
+            wire.measurement_for(r.kind)
+            for _, r in _decode(recorder.snapshot(), gateway_id, now_ms() + 60_000)
+        }
+        sent_visits = len({r.ts for _, r in _decode(recorder.snapshot(), gateway_id, now_ms() + 60_000)
+                           if r.kind == "bus_stop_visit"})  # fmt: skip
+        deadline_real = time.monotonic() + 30
+        while time.monotonic() < deadline_real:  # the ingest acknowledges only what InfluxDB stored
+            in_influx = stored()
+            if (
+                published <= {m for m, rows in in_influx.items() if rows}
+                and len(in_influx["bus_stop"]) >= sent_visits
+            ):
+                break
+            time.sleep(0.5)
     finally:
         agent.kill()
         sim.stop()
         recorder.close()
+        ingest.stop()
+        # The ingest's durable session would keep collecting the session stack's telemetry for later tests.
+        discard_session(IngestConfig.from_toml(ingest_cfg).mqtt)
+        in_influx = in_influx or stored()
+        stack.drop_database(db)
     files |= snapshot("after SIGTERM")
     run = BusRun(
         day=day,
@@ -459,6 +520,7 @@ def bus_run(stack_info: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> 
         files=files,
         sigterm_rc=sigterm_rc,
         log_tail=agent.tail(30),
+        stored=in_influx,
     )
     run.readings = _decode(run.messages, gateway_id, int((end_s + 60) * 1000))
     yield run
@@ -640,3 +702,32 @@ def test_agent_sigkill_and_restart_carries_on_without_doubles(bus_run: BusRun) -
         assert first_ts.setdefault(key, r.ts) == r.ts, f"{key} published with two timestamps\n{run.explain()}"
         assert values.setdefault(key, r.values) == r.values, f"{key} re-sent with other values"
     assert run.sigterm_rc == 0, f"SIGTERM: exit status {run.sigterm_rc}\n{run.log_tail}"
+
+
+# --- 5. the cloud side ---------------------------------------------------------------------------------------
+
+
+def test_influxdb_holds_every_published_bus_reading_once(bus_run: BusRun) -> None:
+    """Through the real ingest: every stop visit, segment, app rider's pair and position the gateway published is
+    one point in InfluxDB with the same values (a visit re-sent after the restart overwrote itself)."""
+    run = bus_run
+    for kind, measurement, fields in (
+        ("bus_stop_visit", "bus_stop", ("trip_id", "stop_sequence", "boardings", "alightings", "occupancy")),
+        ("bus_segment", "bus_segment", ("trip_id", "from_sequence", "devices", "occupancy", "occupancy_hi")),
+        ("bus_od", "bus_od", ("rider", "board_sequence", "alight_sequence")),
+        ("bus_position", "bus_position", ("lat", "lon", "trip_id", "occupancy")),
+    ):
+        sent = {r.ts: r.values for r in run.kind(kind)}
+        rows = run.stored[measurement]
+        got = {int(row["time"]): row for row in rows}  # influx_query asks for epoch ms
+        assert len(rows) == len(got), f"{measurement}: two points at one time"
+        assert set(got) == set(sent), (
+            f"{measurement}: published {len(sent)}, stored {len(got)}; "
+            f"missing {sorted(set(sent) - set(got))[:5]}, extra {sorted(set(got) - set(sent))[:5]}"
+        )
+        for ts, values in sent.items():
+            for f in fields:
+                assert got[ts].get(f) == values.get(f), (
+                    f"{measurement} at {ts}: {f} {got[ts].get(f)} != {values.get(f)}"
+                )
+    assert run.stored["bus_stop"] and run.stored["bus_segment"], "no bus readings reached InfluxDB"
