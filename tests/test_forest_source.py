@@ -234,7 +234,8 @@ def test_exact_through_garbage_and_crc_errors(make_sim, gt):
     sim.set_fault("malformed", 0.0)
     sim.set_fault("garbage", 0.2)
     sim.set_fault("crc", 0.2)
-    time.sleep(0.5)
+    # both faults really happened (at 20 % per reply a few replies can all come out clean)
+    wait_for(lambda: sim.counters["garbage"] > 0 and sim.counters["crc"] > 0, 20, "garbage and CRC errors")
     freeze_and_catch_up(sim, outbox, gt, units)
     for name in ("garbage", "crc", "malformed"):
         sim.set_fault(name, 0.0)
