@@ -64,10 +64,18 @@ def events() -> list[tuple[float, StopEvent]]:
     return out
 
 
-def play(devs: list[Dev], cfg: RidershipConfig | None = None, extra: list[tuple[float, StopEvent]] = ()):
+def play(
+    devs: list[Dev],
+    cfg: RidershipConfig | None = None,
+    extra: list[tuple[float, StopEvent]] = (),
+    *,
+    evs: list[tuple[float, StopEvent]] | None = None,
+    calls: dict[str, tuple[int, int]] | None = None,
+):
+    """Devices and stop events (default: the A → D trip, plus ``extra``) in time order through an estimator."""
     cfg = cfg or RidershipConfig(city_uuid=CITY)
-    est = RidershipEstimator(cfg, KeyedHasher(T0), lambda trip: (1, 4) if trip == TRIP else None)
-    timeline: list[tuple[float, int, object]] = [(t, 0, ev) for t, ev in [*events(), *extra]]
+    est = RidershipEstimator(cfg, KeyedHasher(T0), (calls or {TRIP: (1, 4)}).get)
+    timeline: list[tuple[float, int, object]] = [(t, 0, ev) for t, ev in [*(evs or events()), *extra]]
     for d in devs:
         t = d.start
         while t <= d.end:
@@ -193,9 +201,6 @@ def test_passed_stop_continues_the_segment() -> None:
 def test_terminal_handover_splits_alightings_and_boardings_between_trips() -> None:
     """On a loop the detector hands over at the terminal: alightings go to the ending trip's last call, the
     boardings to the next trip's first call, and a passenger staying aboard is neither."""
-    cfg = RidershipConfig(city_uuid=CITY)
-    calls = {"t1": (1, 2), "t2": (1, 2)}
-    est = RidershipEstimator(cfg, KeyedHasher(T0), calls.get)
     ms = lambda s: round((T0 + s) * 1000)  # noqa: E731
     evs: list[tuple[float, StopEvent]] = [
         (0, StopArrival("S", ms(0), "t1", 1)),
@@ -207,19 +212,7 @@ def test_terminal_handover_splits_alightings_and_boardings_between_trips() -> No
         (400, StopArrival("S", ms(400), "t2", 2)),
     ]
     devs = [Dev("leaves", -10, 205), Dev("stays", -10, 420), Dev("joins", 230, 420)]
-    timeline: list[tuple[float, int, object]] = [(t, 0, ev) for t, ev in evs]
-    for d in devs:
-        t = d.start
-        while t <= d.end:
-            timeline.append((t, 1, make_advertisement(d.address(t), d.rssi)))
-            t += 1.0
-    timeline.sort(key=lambda x: (x[0], x[1]))
-    out: list[RidershipResult] = []
-    for t, kind, item in timeline:
-        if kind == 0:
-            out += est.on_stop_event(item)  # type: ignore[arg-type]
-        else:
-            est.add(est.observe(*item, T0 + t))  # type: ignore[misc]
+    _, out = play(devs, evs=evs, calls={"t1": (1, 2), "t2": (1, 2)})
     v = {(r.trip_id, r.stop_sequence): r for r in out if isinstance(r, VisitCount)}
     assert (v["t1", 2].boarded, v["t1", 2].alighted, v["t1", 2].devices) == (0, 1, 1)
     assert (v["t2", 1].boarded, v["t2", 1].alighted, v["t2", 1].devices) == (1, 0, 2)
@@ -248,8 +241,6 @@ def test_config_errors_name_the_problem() -> None:
 def test_an_app_rider_alighting_at_the_terminal_survives_a_long_layover() -> None:
     """At a loop's terminal the alighting is decided when the next trip's first segment ends, which can be more
     than ``prune_s`` after the rider was last heard: the pair must still come out."""
-    cfg = RidershipConfig(city_uuid=CITY, prune_s=600)
-    est = RidershipEstimator(cfg, KeyedHasher(T0), {"t1": (1, 2), "t2": (1, 2)}.get)
     ms = lambda s: round((T0 + s) * 1000)  # noqa: E731
     evs: list[tuple[float, StopEvent]] = [
         (0, StopArrival("S", ms(0), "t1", 1)),
@@ -260,21 +251,10 @@ def test_an_app_rider_alighting_at_the_terminal_survives_a_long_layover() -> Non
         (1400, StopDeparture("T", ms(1400), 1200.0, "t2", 1)),  # a 20-minute layover
         (1500, StopArrival("U", ms(1500), "t2", 2)),
     ]
-    rider = Dev("r", -10, 210, token=0xCAFE_0001)
-    timeline: list[tuple[float, int, object]] = [(t, 0, ev) for t, ev in evs]
-    t = rider.start
-    while t <= rider.end:
-        timeline.append((t, 1, make_advertisement(rider.address(t), -70, manufacturer_data=ibeacon(rider.token))))
-        t += 1.0
-    for t in range(220, 1500, 5):  # somebody else keeps the estimator ticking through the layover
-        timeline.append((t, 1, make_advertisement("52:00:00:00:00:01", -70)))
-    timeline.sort(key=lambda x: (x[0], x[1]))
-    out: list[RidershipResult] = []
-    for t, kind, item in timeline:
-        if kind == 0:
-            out += est.on_stop_event(item)  # type: ignore[arg-type]
-        else:
-            est.add(est.observe(*item, T0 + t))  # type: ignore[misc]
+    # the rider, and somebody else who keeps the estimator ticking through the layover
+    devs = [Dev("r", -10, 210, token=0xCAFE_0001), Dev("other", 220, 1500, rssi=-75)]
+    cfg = RidershipConfig(city_uuid=CITY, prune_s=600)
+    _, out = play(devs, cfg, evs=evs, calls={"t1": (1, 2), "t2": (1, 2)})
     (od,) = [r for r in out if isinstance(r, RiderTrip)]
     assert (od.board_trip_id, od.board_sequence, od.alight_trip_id, od.alight_sequence) == ("t1", 1, "t1", 2)
 
