@@ -70,7 +70,6 @@ import itertools
 import json
 import math
 import random
-import signal
 import socket
 import sys
 import threading
@@ -88,6 +87,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cityos.simclock import ScaledClock
 from firmware_sim.pty import PtyLink
+from firmware_sim.signals import stop_on_signals
 from firmware_sim.timetable import SimCall, Timetable
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
@@ -1258,21 +1258,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"bus sim: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    try:
-        port = live.start()
-        print(f"bus sim: gps {port} ({live.link.port}), ble {args.ble_socket}; {json.dumps(day.summary(), ensure_ascii=False)}",
-              flush=True)  # fmt: skip
-        stop.wait(args.duration)
-    finally:
-        live.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        print(f"bus sim: stopped; {json.dumps(live.counters)}", flush=True)
+    with stop_on_signals() as stop:
+        try:
+            port = live.start()
+            print(f"bus sim: gps {port} ({live.link.port}), ble {args.ble_socket}; "
+                  f"{json.dumps(day.summary(), ensure_ascii=False)}", flush=True)  # fmt: skip
+            stop.wait(args.duration)
+        finally:
+            live.stop()
+            print(f"bus sim: stopped; {json.dumps(live.counters)}", flush=True)
     return 0
 
 

@@ -95,6 +95,7 @@ from pymodbus.pdu.register_message import (
 from cityos.simclock import ScaledClock
 from firmware_sim.pty import PtyLink
 from firmware_sim.scenario import Scenario
+from firmware_sim.signals import stop_on_signals
 
 #: The RTC's time after losing power: 2000-01-01T00:00:00Z.
 RTC_POWER_ON_MS = 946_684_800_000
@@ -797,28 +798,17 @@ def main(argv: list[str] | None = None) -> int:
         faults=faults,
         clock=clock,
     )
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, _on_signal)
-        # SIGUSR1: stop sampling but keep answering (end of a test run: the ground truth is then final)
-        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: sim.freeze())
-    try:
-        sim.start()
-        link = f" (link {args.link})" if args.link else ""
-        units = ", ".join(f"{s.device_id}=unit {s.unit}" for s in specs)
-        print(f"forest sim: {sim.port}{link}: {units}; ground truth {args.ground_truth}", flush=True)
-        stop.wait(args.duration)
-    finally:
-        sim.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        print(f"forest sim: stopped; {json.dumps(sim.counters)}", flush=True)
+    # SIGUSR1: stop sampling but keep answering (end of a test run: the ground truth is then final)
+    with stop_on_signals({signal.SIGUSR1: sim.freeze}) as stop:
+        try:
+            sim.start()
+            link = f" (link {args.link})" if args.link else ""
+            units = ", ".join(f"{s.device_id}=unit {s.unit}" for s in specs)
+            print(f"forest sim: {sim.port}{link}: {units}; ground truth {args.ground_truth}", flush=True)
+            stop.wait(args.duration)
+        finally:
+            sim.stop()
+            print(f"forest sim: stopped; {json.dumps(sim.counters)}", flush=True)
     return 0
 
 

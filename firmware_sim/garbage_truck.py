@@ -47,7 +47,6 @@ import heapq
 import json
 import math
 import random
-import signal
 import sys
 import threading
 import time
@@ -62,6 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cityos.simclock import ScaledClock
 from firmware_sim.pty import PtyLink
+from firmware_sim.signals import stop_on_signals
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 DEFAULT_ROUTE_PATH = SCENARIOS / "tsuyama-truck-route.toml"
@@ -784,21 +784,15 @@ def main(argv: list[str] | None = None) -> int:
         sim.overload(dur, at=at)
     for port, at, dur in args.unplug:
         sim.unplug(port, at=at, duration_s=dur)
-    stop = threading.Event()
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    try:
-        ind, gps = sim.start()
-        print(f"truck sim: {spec.truck_id}: indicator {ind}, gps {gps}; route {spec.route.name!r} "
-              f"({len(spec.route.stops)} stops) x{spec.trips}, rate {args.rate}", flush=True)  # fmt: skip
-        stop.wait(args.duration)
-    finally:
-        sim.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        print(f"truck sim: stopped; {json.dumps(sim.counters)}", flush=True)
+    with stop_on_signals() as stop:
+        try:
+            ind, gps = sim.start()
+            print(f"truck sim: {spec.truck_id}: indicator {ind}, gps {gps}; route {spec.route.name!r} "
+                  f"({len(spec.route.stops)} stops) x{spec.trips}, rate {args.rate}", flush=True)  # fmt: skip
+            stop.wait(args.duration)
+        finally:
+            sim.stop()
+            print(f"truck sim: stopped; {json.dumps(sim.counters)}", flush=True)
     return 0
 
 

@@ -62,7 +62,6 @@ import json
 import math
 import os
 import random
-import signal
 import sys
 import threading
 import time
@@ -74,6 +73,7 @@ from typing import Any, Literal
 from cityos.simclock import ScaledClock
 from firmware_sim import echonet as el
 from firmware_sim.pty import PtyLink
+from firmware_sim.signals import stop_on_signals
 
 Dialect = Literal["bp35c2", "bp35a1", "rl7023"]
 DIALECTS: tuple[str, ...] = ("bp35c2", "bp35a1", "rl7023")
@@ -938,42 +938,36 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"meter sim: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    try:
-        for sim, link in sims:
-            port = sim.start()
-            print(
-                f"meter sim: {sim.spec.device_id} on {port}" + (f" (link {link})" if link else ""), flush=True
-            )
-        every = args.expire_every
-        rl = [float(x) for x in args.rate_limit_every.split(":")] if args.rate_limit_every else None
-        t0 = time.monotonic()
-        next_expire = t0 + every if every else math.inf
-        next_rl = t0 + rl[0] if rl else math.inf
-        end = t0 + args.duration if args.duration else math.inf
-        while not stop.wait(min(0.5, max(0.0, min(next_expire, next_rl, end) - time.monotonic()))):
-            t = time.monotonic()
-            if t >= end:
-                break
-            if t >= next_expire and every:
-                for sim, _ in sims:
-                    sim.expire_session()
-                next_expire += every
-            if t >= next_rl and rl:
-                for sim, _ in sims:
-                    sim.rate_limit(rl[1])
-                next_rl += rl[0]
-    finally:
-        for sim, _ in sims:
-            sim.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        totals = {sim.spec.device_id: sim.counters for sim, _ in sims}
-        print(f"meter sim: stopped; {json.dumps(totals)}", flush=True)
+    with stop_on_signals() as stop:
+        try:
+            for sim, link in sims:
+                port = sim.start()
+                print(
+                    f"meter sim: {sim.spec.device_id} on {port}" + (f" (link {link})" if link else ""), flush=True
+                )
+            every = args.expire_every
+            rl = [float(x) for x in args.rate_limit_every.split(":")] if args.rate_limit_every else None
+            t0 = time.monotonic()
+            next_expire = t0 + every if every else math.inf
+            next_rl = t0 + rl[0] if rl else math.inf
+            end = t0 + args.duration if args.duration else math.inf
+            while not stop.wait(min(0.5, max(0.0, min(next_expire, next_rl, end) - time.monotonic()))):
+                t = time.monotonic()
+                if t >= end:
+                    break
+                if t >= next_expire and every:
+                    for sim, _ in sims:
+                        sim.expire_session()
+                    next_expire += every
+                if t >= next_rl and rl:
+                    for sim, _ in sims:
+                        sim.rate_limit(rl[1])
+                    next_rl += rl[0]
+        finally:
+            for sim, _ in sims:
+                sim.stop()
+            totals = {sim.spec.device_id: sim.counters for sim, _ in sims}
+            print(f"meter sim: stopped; {json.dumps(totals)}", flush=True)
     return 0
 
 
