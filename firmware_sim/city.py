@@ -330,11 +330,13 @@ class CitySim:
     def start(self) -> None:
         """Power on every device at the scenario's start time, then start one agent per gateway."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Plan first (the bus's day takes a fraction of a second to plan): the clock's anchor is the moment the
+        # devices power on, so no simulator starts behind it and bursts to catch up before its gateway listens.
+        self.plan()
         self.clock = ScaledClock(
             sim_start=self.sim_start, real_anchor=time.time(), rate=self.sc.day.rate, until=self.sim_end + 60
         )
         (self.run_dir / "clock.json").write_text(self.clock.model_dump_json())
-        self.plan()
         for f in self.families:
             for gw in f.gateways:
                 gw.dir.mkdir(parents=True, exist_ok=True)

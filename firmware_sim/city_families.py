@@ -267,13 +267,13 @@ class BusFamily(Family):
     name = "bus"
 
     def plan(self) -> None:
-        from firmware_sim.bus import BusDay, BusDaySpec
-
         bs = self.city.sc.buses
         self.sim: Any = None
         self.day: Any = None
         if not bs.count:
             return
+        from firmware_sim.bus import BusDay, BusDaySpec  # numpy: only for a city with a bus
+
         gw = Gateway("gw-bus-01", self.name, self.city.run_dir / "gw-bus-01", ["bus-01"])
         midnight = self.city.sim_start - _hhmm(self.city.sc.day.start)
         dropouts = [(ev.at, ev.duration_s) for ev in self.city.sc.faults

@@ -71,7 +71,9 @@ sample_interval_s = 600
 
 [trucks]
 count = 1
-depart = "12:05"
+# 20 simulated minutes is 1.7 s at 720x: the truck's gateway agent is up before the first bin is lifted (its first
+# read flushes what waited on the port, so a pickup made before it listens would count as the empty weight)
+depart = "12:20"
 """
 
 
