@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -53,3 +53,13 @@ def validate(model: type[M], data: dict[str, Any], source: str = "config") -> M:
 
 def load_toml(model: type[M], path: str | Path) -> M:
     return validate(model, read_toml(path), str(path))
+
+
+def _http_url(v: str) -> str:
+    if not v.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return v.rstrip("/")
+
+
+#: An HTTP(S) base URL without its trailing slash (InfluxDB, Grafana): checked where a config names it.
+HttpUrl = Annotated[str, AfterValidator(_http_url)]

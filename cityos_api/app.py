@@ -25,9 +25,9 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, HTTPException, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from cityos.config import load_toml
+from cityos.config import HttpUrl, load_toml
 from cityos.stack import InfluxQueryError
 from cityos_api.gtfs_rt import DEFAULT_MAX_AGE_S, build_feed, feed_json, http_query, latest_positions
 
@@ -41,18 +41,12 @@ class _Section(BaseModel):
 
 
 class InfluxSettings(_Section):
-    url: str = "http://127.0.0.1:8086"
+    url: HttpUrl = "http://127.0.0.1:8086"
     db: str = Field(default="cityos", min_length=1)
     username: str | None = None
     password: str | None = Field(default=None, repr=False)
     timeout_s: float = Field(default=10.0, gt=0)
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return v.rstrip("/")
 
 
 class GtfsRtSettings(_Section):

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cityos import wire
-from cityos.config import ConfigError, load_toml, validate
+from cityos.config import ConfigError, HttpUrl, load_toml, validate
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; cityos.stack is a test/demo dependency
     from cityos.stack import StackInfo
@@ -83,7 +83,7 @@ class MqttConfig(_Section):
 
 
 class InfluxConfig(_Section):
-    url: str = "http://127.0.0.1:8086"
+    url: HttpUrl = "http://127.0.0.1:8086"
     db: str = Field(default="cityos", min_length=1)
     username: str | None = None
     password: str | None = Field(default=None, repr=False)
@@ -98,12 +98,6 @@ class InfluxConfig(_Section):
     #: Cap of the exponential retry backoff while InfluxDB fails.
     retry_max_s: float = Field(default=10.0, gt=0)
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return v.rstrip("/")
 
 
 class IngestSection(_Section):
