@@ -312,6 +312,11 @@ class BleScanner:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def adapter_up(self) -> bool:
+        """Whether the adapter is there now (read on every turn of the bus source's loop: no dict built)."""
+        return self._adapter_up
+
     def health(self) -> dict[str, float]:
         h = {
             "ble_adapter_up": 1.0 if self._adapter_up else 0.0,

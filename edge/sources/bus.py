@@ -280,7 +280,7 @@ class Bus:
             ctx.emit(reading)
 
     def _check_ble(self) -> None:
-        up = self.scanner.health().get("ble_adapter_up", 0.0) >= 1.0
+        up = self.scanner.adapter_up
         if up != self._ble_up:
             self._ble_up = up
             if up:
