@@ -84,9 +84,8 @@ def worker_init(service_pid: int | None = None) -> None:
     """Set up a decode worker process.
 
     It ignores SIGINT (Ctrl-C reaches the whole process group; the service stops its workers itself after the
-    final flush) but not SIGTERM: that is how ProcessPoolExecutor ends the surviving workers of a broken pool. It
-    exits when the service process is gone (SIGKILL, OOM kill): a ProcessPoolExecutor worker holds both ends of
-    its own task pipe and would otherwise wait forever, keeping the forkserver and the resource tracker with it.
+    final flush) but not SIGTERM. It exits when the service process is gone (SIGKILL, OOM kill) even if its pipe
+    stays open somewhere, so it never keeps the forkserver and the resource tracker alive.
     """
     import os
     import signal

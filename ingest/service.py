@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,7 @@ from ingest.batcher import AckSequencer, Batch, Batcher, Item
 from ingest.config import ConfigError, IngestConfig, load_config
 from ingest.deadletter import DeadLetter, DeadLetterStore
 from ingest.decode import ChunkResult, decode_chunk, worker_init
+from ingest.decode_pool import DecodePool, RemoteError
 from ingest.health import Health, HealthServer, health_line, write_health_file
 from ingest.influx import InfluxWriter, WriteResult
 from ingest.mqtt_in import Inbound, MqttIn
@@ -62,7 +63,6 @@ class _Chunk:
     messages: list[Inbound]
     args: tuple[Any, ...]  # decode_chunk arguments, to decode inline if the worker pool breaks
     result: Future[list[ChunkResult]] | list[ChunkResult]
-    pool: ProcessPoolExecutor | None = None  # the pool the future belongs to
 
 
 class IngestService:
@@ -80,8 +80,7 @@ class IngestService:
         self._abort = threading.Event()  # writer: stop retrying (shutdown deadline passed)
         self._abort_lock = threading.Lock()
         self._abort_timer: threading.Timer | None = None
-        self._pool: ProcessPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        self._pool: DecodePool | None = None
 
         self.acks = AckSequencer()
         self.health = Health(
@@ -143,10 +142,17 @@ class IngestService:
             self.data_dir,
         )
         if cfg.ingest.decode_workers:
-            self._pool = self._new_pool()
+            # forkserver, not fork: this process has threads (paho's) that a fork would copy mid-flight.
+            self._pool = DecodePool(
+                cfg.ingest.decode_workers,
+                decode_chunk,
+                mp_context=multiprocessing.get_context("forkserver"),
+                initializer=worker_init,
+                initargs=(os.getpid(),),
+                on_restart=self.health.on_worker_restart,
+            )
             # Start the workers now (they import pydantic and the wire models), not on the first message.
-            for f in [self._pool.submit(decode_chunk, [], 0) for _ in range(cfg.ingest.decode_workers)]:
-                f.result(timeout=60)
+            self._pool.warm_up([], 0, timeout=60)
         if cfg.ingest.health_port:
             self.health_server = HealthServer(self.health, cfg.ingest.health_port).start()
             log.info("health endpoint on http://127.0.0.1:%d/health", self.health_server.port)
@@ -159,15 +165,6 @@ class IngestService:
             self._dispatch_loop()
         finally:
             self._shutdown()
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        # forkserver, not fork: this process has threads (paho's) that a fork would copy mid-flight.
-        return ProcessPoolExecutor(
-            self.cfg.ingest.decode_workers,
-            mp_context=multiprocessing.get_context("forkserver"),
-            initializer=worker_init,
-            initargs=(os.getpid(),),
-        )
 
     # --- dispatcher (run() thread) -----------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
@@ -209,17 +206,10 @@ class IngestService:
             cfg.max_future_s,
         )
         result: Future[list[ChunkResult]] | list[ChunkResult]
-        pool = self._pool
-        if pool is not None:
-            try:
-                result = pool.submit(decode_chunk, *args)
-            except (BrokenProcessPool, RuntimeError):  # a worker died (or the pool is being replaced)
-                self._restart_pool(pool)
-                result = decode_chunk(*args)
-        else:
-            result = decode_chunk(*args)
+        # submit() never raises: a dead worker fails the future instead, and the collector decodes that chunk
+        result = self._pool.submit(*args) if self._pool is not None else decode_chunk(*args)
         self.health.on_decoding(len(keep))
-        item = _Chunk(keep, args, result, pool)
+        item = _Chunk(keep, args, result)
         while True:  # blocks while the collector is blocked (InfluxDB down): backpressure
             try:
                 self._decoded.put(item, timeout=0.5)
@@ -262,9 +252,12 @@ class IngestService:
         else:
             try:
                 results = c.result.result()
-            except BrokenProcessPool:
-                if c.pool is not None:
-                    self._restart_pool(c.pool)
+            except (
+                BrokenProcessPool,
+                RemoteError,
+            ) as exc:  # the worker died holding it (it is being replaced)
+                if isinstance(exc, RemoteError):
+                    log.error("decode worker failed on a chunk; decoding it here: %s", exc)
                 results = decode_chunk(*c.args)  # decode this chunk here instead
         self.health.on_decoding(-len(c.messages))
         dead: list[DeadLetter] = []
@@ -312,23 +305,6 @@ class IngestService:
                     )
                 if self._abort.wait(min(10.0, 0.5 * attempt)):
                     raise _Aborted from exc
-
-    def _restart_pool(self, broken: ProcessPoolExecutor) -> None:
-        """Replace a broken worker pool (once, whichever thread notices first)."""
-        with self._pool_lock:
-            if self._pool is not broken:
-                return
-            log.error(
-                "a decode worker died; restarting the worker pool (the affected messages are decoded here)"
-            )
-            self._pool = None
-            self.health.on_worker_restart()
-            with contextlib.suppress(Exception):
-                broken.shutdown(wait=False, cancel_futures=True)
-            try:
-                self._pool = self._new_pool()
-            except Exception:  # pragma: no cover - e.g. out of memory: keep going, decoding in this process
-                log.exception("cannot start decode workers; decoding in the service process from now on")
 
     def _hand_off(self, batch: Batch) -> None:
         # Blocks while the writer is busy with the previous batch (e.g. InfluxDB down): the backpressure.
@@ -520,7 +496,7 @@ class IngestService:
                     self._abort_timer.cancel()
             self.mqtt.stop()  # the PUBACKs queued above go out before DISCONNECT
             if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool.shutdown(timeout=10)
             self._reporter_stop.set()
             if self._reporter.is_alive():
                 self._reporter.join(timeout=5)

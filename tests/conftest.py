@@ -6,12 +6,24 @@ below rather than mixing them in. Helper functions (no fixtures) live in ``tests
 
 from __future__ import annotations
 
+import faulthandler
+import sys
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from cityos.stack import Stack, StackInfo
+
+# ------------------------------------------------------------------------------------------------------------
+# A run that hangs after its last test (a thread or worker pool that will not stop: a defect, which once kept CI
+# waiting for 90 minutes) prints every thread's stack and exits with status 1 instead.
+EXIT_GRACE_S = 120
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True, file=sys.__stderr__)
+
 
 # ------------------------------------------------------------------------------------------------------------
 # Service stack: one private Mosquitto + InfluxDB per test session, on free loopback ports under a tmp dir.
