@@ -10,22 +10,25 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import random
 import threading
 import time
+import tty
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pymodbus.framer import FramerType
 
 from cityos.simclock import ScaledClock
 from cityos.wire import Reading
 from edge import clock
 from edge.sources import forest_codec as codec
 from edge.sources.base import registry
-from edge.sources.forest import ForestBus, ForestBusConfig
+from edge.sources.forest import ForestBus, ForestBusConfig, _BusClient
 from firmware_sim.forest_station import ForestStationSim, StationSpec, TruthWindows
 from firmware_sim.scenario import Scenario
 
@@ -239,7 +242,11 @@ def test_exact_through_garbage_and_crc_errors(make_sim, gt):
     freeze_and_catch_up(sim, outbox, gt, units)
     for name in ("garbage", "crc", "malformed"):
         sim.set_fault(name, 0.0)
-    time.sleep(0.3)  # a few clean polls: junk still in the line buffer is read away (and counted)
+    # Junk sent after the last reply waits in the gateway's input buffer until its next request reads it away (and
+    # counts it). A station whose current sample the gateway has is polled again only when its next sample is due
+    # (ForestBus._sleep_until_next_sample: ~1 s here), so a short sleep here often ends the run before that poll.
+    junk = sim.counters["garbage_bytes"]  # final: the faults are off
+    wait_for(lambda: run.bus.health()["garbage_bytes"] >= junk, 10, "the gateway to read away the last junk")
     health = run.stop()
 
     truth, got = truth_samples(gt), outbox.by_device()
@@ -254,6 +261,45 @@ def test_exact_through_garbage_and_crc_errors(make_sim, gt):
     assert injected["malformed"] > 0 and health["framing_errors"] > 0
     assert health["missed_samples"] == 0
     assert health["port_errors"] == 0
+
+
+class _ByteAfterTheLook:
+    """A serial port on which a junk byte arrives just after the first look at the input buffer."""
+
+    def __init__(self, port: Any, master_fd: int) -> None:
+        self._port, self._master_fd, self._sent = port, master_fd, False
+
+    @property
+    def in_waiting(self) -> int:
+        n = self._port.in_waiting
+        if not self._sent:
+            self._sent = True
+            os.write(self._master_fd, b"\xa5")
+            wait_for(lambda: self._port.in_waiting, 2.0, "the byte to come through the pty")
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._port, name)
+
+
+def test_a_junk_byte_arriving_while_a_request_is_sent_is_recorded():
+    """Whatever the client reads is in stale_bytes or an attempt (and so counted): pymodbus' own send looks at the
+    input buffer a second time and reads away, unrecorded, what arrived since the first look."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    client = _BusClient(os.ttyname(slave), framer=FramerType.RTU, baudrate=9600, timeout=0.1, retries=0)
+    try:
+        assert client.connect()
+        client.socket = _ByteAfterTheLook(client.socket, master)
+        request = bytes.fromhex("01040000000d31cf")  # unit 1: read input registers 0..12
+        assert client.send(request) == len(request)
+        assert os.read(master, 64) == request
+        assert client.recv(None) == b"\xa5"  # the junk byte comes in as this attempt's reply bytes
+        assert (client.stale_bytes, client.attempts) == (0, [bytearray(b"\xa5")])
+    finally:
+        client.close()
+        os.close(master)
+        os.close(slave)
 
 
 @pytest.mark.timeout(40)

@@ -47,7 +47,9 @@ Faults and how pymodbus 3.16 reports them (read from its source, checked against
   :func:`forest_codec.classify_reply` to count ``timeouts``, ``crc_errors``, ``garbage_bytes`` and
   ``framing_errors`` precisely.
 * Junk that arrives between frames would sit in the input buffer; pymodbus' ``send`` reads it away with a
-  WARNING log line per request. We read it away first (and count it as ``garbage_bytes``).
+  WARNING log line per request. We read it away ourselves (and count it as ``garbage_bytes``) and write the
+  request ourselves too: pymodbus' ``send`` looks at the input buffer once more and would read away, uncounted,
+  whatever arrived between our look and its own.
 * A reply with a good CRC that does not decode as a PDU raises ``ModbusIOException("Unable to decode
   request")`` (no retry); a reply with a good CRC but fewer registers than asked for is *accepted* by pymodbus
   (the byte count is not checked against the request), so :func:`forest_codec.decode_sample` checks it. Both
@@ -235,16 +237,22 @@ class _BusClient(ModbusSerialClient):
         self.stale_bytes = 0
 
     def send(self, request: bytes, addr: tuple | None = None) -> int:
-        if self.socket is not None and request:
-            try:
-                waiting = self.socket.in_waiting
-                if waiting:
-                    self.stale_bytes += len(self.socket.read(waiting))
-            except OSError:
-                self.close()
-                raise ConnectionException(f"I/O error on {self.comm_params.host}") from None
-        self.attempts.append(bytearray())
-        return super().send(request, addr)
+        """pymodbus' ``send`` without its clean-up read (see the module docstring): stale input is read and
+        counted here, then the request is written. A byte that arrives after the look at the input buffer stays
+        there and comes in with the reply, in this attempt."""
+        sock = self.socket
+        if sock is None:
+            raise ConnectionException(str(self))
+        if not request:
+            return 0
+        try:
+            if waiting := sock.in_waiting:
+                self.stale_bytes += len(sock.read(waiting))
+            self.attempts.append(bytearray())
+            return sock.write(request) or 0
+        except OSError:  # pyserial's SerialException (and its write timeout) included
+            self.close()
+            raise ConnectionException(f"I/O error on {self.comm_params.host}") from None
 
     def _wait_for_data(self) -> int:
         """Wait for reply bytes with select(), not pymodbus' sleep-polling (a wake-up and two ioctls every four
