@@ -253,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rate", type=float, default=None, help="simulated seconds per real second (default: scenario's)")
     d.set_defaults(func=_demo_cmd)
 
-    a = sub.add_parser("api", help="the City OS API (GTFS-Realtime vehicle positions), with uvicorn")
-    a.add_argument("--config", required=True, type=Path, help="API TOML config ([influx], [gtfs_rt])")
+    a = sub.add_parser("api", help="the City OS API (GTFS-Realtime vehicle positions, bus open data), with uvicorn")
+    a.add_argument("--config", required=True, type=Path, help="API TOML config ([influx], [gtfs_rt], [open_data])")
     a.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
     a.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
     a.set_defaults(func=_api_cmd)
