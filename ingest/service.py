@@ -252,13 +252,11 @@ class IngestService:
         else:
             try:
                 results = c.result.result()
-            except (
-                BrokenProcessPool,
-                RemoteError,
-            ) as exc:  # the worker died holding it (it is being replaced)
-                if isinstance(exc, RemoteError):
-                    log.error("decode worker failed on a chunk; decoding it here: %s", exc)
-                results = decode_chunk(*c.args)  # decode this chunk here instead
+            except BrokenProcessPool:  # the worker died holding it (it is being replaced): decode it here
+                results = decode_chunk(*c.args)
+            except RemoteError as exc:  # decode_chunk raised in the worker: try once more here
+                log.error("decode worker failed on a chunk; decoding it here: %s", exc)
+                results = decode_chunk(*c.args)
         self.health.on_decoding(-len(c.messages))
         dead: list[DeadLetter] = []
         finished: list[tuple[int, int]] = []  # ack keys of messages that need no write
