@@ -5,7 +5,7 @@ Issue 5's target: edge CPU at 300 advertisements/s ≤ 10 % of one core, residen
 A real agent process (``cityos gateway run``) with one ``type = "bus"`` source reads the bus simulator
 (``firmware_sim.bus.BusSimLive``, played in this process): GPS NMEA on a pty link and every received
 advertisement as a JSON line on a Unix socket (``[sources.ble] backend = "sim"``), with the loop's GTFS-JP
-feed, and publishes to a private Mosquitto (``cityos.stack.Stack``), where a subscriber makes every PUBACK a
+feed, and publishes to a private Mosquitto (``citylab.stack.Stack``), where a subscriber makes every PUBACK a
 success. Agent and simulator share one ``cityos.simclock.ScaledClock`` (``[clock]``), so GPS time and the
 agent's clock agree.
 
@@ -72,9 +72,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import edge_footprint
 from edge_footprint import UNIT_ENV, measure
 
+from citylab.stack import Stack, StackInfo
 from cityos import wire
 from cityos.simclock import ScaledClock
-from cityos.stack import Stack, StackInfo
 from firmware_sim.bus import DEFAULT_SPEC_PATH, BusDay, BusDaySpec, BusSimLive, _hhmm_s
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,7 +242,7 @@ def phase(
     watcher = Watcher(info, gw)
     cfg = _config(work, info, gw, clock, gps, sock, spec)
     agent = subprocess.Popen(
-        [sys.executable, "-m", "cityos", "gateway", "run", "--config", str(cfg)],
+        [sys.executable, "-m", "cityos_cli", "gateway", "run", "--config", str(cfg)],
         env=UNIT_ENV,
         stdout=(work / "agent.log").open("ab"),
         stderr=subprocess.STDOUT,

@@ -33,7 +33,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cityos.stack import Stack, StackInfo, influx_query
+from citylab.stack import Stack, StackInfo, influx_query
 from firmware_sim.loadgen import LoadProfile, build_gateways
 from ingest.config import MqttConfig
 from ingest.mqtt_in import discard_session
@@ -94,7 +94,7 @@ def run_step(
     cfg = _ingest_config(info, work, db, client_id)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     ingest = subprocess.Popen(
-        [sys.executable, "-m", "cityos", "ingest", "--config", str(cfg)],
+        [sys.executable, "-m", "cityos_cli", "ingest", "--config", str(cfg)],
         stdout=(work / "ingest.log").open("ab"), stderr=subprocess.STDOUT, env=env,
     )
     try:
@@ -105,7 +105,7 @@ def run_step(
             "mosquitto": _find("mosquitto", run_dir),
         }
         args = [
-            sys.executable, "-m", "firmware_sim.loadgen", "--run-dir", str(run_dir), "--json",
+            sys.executable, "-m", "cityos_cli", "sim", "load", "--run-dir", str(run_dir), "--json",
             "--duration", str(duration), "--speed", str(speed), "--prefix", f"b{uuid.uuid4().hex[:4]}",
         ]
         for k, v in profile.items():

@@ -25,8 +25,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from citylab.stack import Stack, StackInfo
 from cityos import wire
-from cityos.stack import Stack, StackInfo
 from edge.config import MqttSection
 from edge.outbox import Outbox
 from edge.uplink import Uplink

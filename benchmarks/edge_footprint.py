@@ -43,8 +43,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from citylab.stack import Stack, StackInfo
 from cityos import wire
-from cityos.stack import Stack, StackInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,7 +151,7 @@ def run_once(info: StackInfo, work: Path, args: argparse.Namespace) -> dict[str,
         time.sleep(0.1)
     counter = Counter(info, gw)
     cfg = _config(work, info, gw, buses, min(0.05, interval / 3), args.synchronous)
-    agent = subprocess.Popen([sys.executable, "-m", "cityos", "gateway", "run", "--config", str(cfg)], env=UNIT_ENV,
+    agent = subprocess.Popen([sys.executable, "-m", "cityos_cli", "gateway", "run", "--config", str(cfg)], env=UNIT_ENV,
                              stdout=(work / "agent.log").open("ab"), stderr=subprocess.STDOUT)
     try:
         proc = psutil.Process(agent.pid)

@@ -1,6 +1,6 @@
 """Ingest throughput against InfluxDB's raw write ceiling on this machine.
 
-Two measurements on a private stack (``cityos.stack.Stack``), alternated ``--repeat`` times, each into a fresh
+Two measurements on a private stack (``citylab.stack.Stack``), alternated ``--repeat`` times, each into a fresh
 database:
 
 1. **ceiling**: POST pre-generated, pre-gzipped line protocol straight to ``/write?precision=ms`` in batches of
@@ -36,9 +36,9 @@ import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from citylab.pipeline import ingest_config
+from citylab.stack import Stack, StackInfo
 from cityos import wire
-from cityos.stack import Stack, StackInfo
-from ingest.config import IngestConfig
 from ingest.mqtt_in import discard_session
 from ingest.service import IngestService
 
@@ -154,7 +154,7 @@ def run_ingest(
     db = f"bench_ingest_{uuid.uuid4().hex[:8]}"
     stack.create_database(db)
     client_id = f"bench-ingest-{uuid.uuid4().hex[:8]}"
-    cfg = IngestConfig.from_stack(
+    cfg = ingest_config(
         info, work / client_id, client_id=client_id, db=db, ingest=ingest_overrides, influx=influx_overrides
     )
 

@@ -3,6 +3,9 @@ a field technician can act on ("mqtt.port: Input should be a valid integer, got 
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -63,3 +66,57 @@ def _http_url(v: str) -> str:
 
 #: An HTTP(S) base URL without its trailing slash (InfluxDB, Grafana): checked where a config names it.
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+def dump_toml(data: dict[str, Any], header: str = "") -> str:
+    """``data`` as TOML, the inverse of :func:`read_toml` for configs: the one writer the project's tools use
+    (the demo's and the tests' gateway and ingest configs). ``None`` values are left out; a :class:`Path` is its
+    string; dicts become tables and lists of dicts arrays of tables. (``tomllib`` reads TOML but does not write
+    it, and the configs need nothing a TOML library would add.)"""
+    out: list[str] = [f"# {line}" for line in header.splitlines()]
+    _table(out, (), data, array=False)
+    return "\n".join(out).lstrip("\n") + "\n"
+
+
+def _table(out: list[str], path: tuple[str, ...], data: dict[str, Any], *, array: bool) -> None:
+    if path:
+        name = ".".join(_key(p) for p in path)
+        out += ["", f"[[{name}]]" if array else f"[{name}]"]
+    subtables: list[tuple[str, Any]] = []
+    for k, v in data.items():
+        if v is None:
+            continue
+        if isinstance(v, dict) or (isinstance(v, list) and v and all(isinstance(x, dict) for x in v)):
+            subtables.append((k, v))
+        else:
+            out.append(f"{_key(k)} = {toml_value(v)}")
+    for k, v in subtables:
+        if isinstance(v, dict):
+            _table(out, (*path, k), v, array=False)
+        else:
+            for item in v:
+                _table(out, (*path, k), item, array=True)
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _key(k: str) -> str:
+    return k if _BARE_KEY.match(k) else json.dumps(k, ensure_ascii=False)
+
+
+def toml_value(v: Any) -> str:
+    """One TOML value (JSON's string escapes are valid TOML basic-string escapes)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        if isinstance(v, float) and not math.isfinite(v):
+            return ("-inf" if v < 0 else "inf") if math.isinf(v) else "nan"
+        return repr(v)
+    if isinstance(v, Path):
+        return json.dumps(str(v), ensure_ascii=False)
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {toml_value(x)}" for k, x in v.items() if x is not None) + " }"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(str(v), ensure_ascii=False)

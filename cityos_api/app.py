@@ -34,15 +34,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import httpx
 from fastapi import FastAPI, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cityos.config import HttpUrl, load_toml
-from cityos.stack import InfluxQueryError
+from cityos.influx import InfluxClient, InfluxError, InfluxSettings
 from cityos.wire import ID_PATTERN
-from cityos_api.gtfs_rt import DEFAULT_MAX_AGE_S, build_feed, feed_json, http_query, latest_positions
+from cityos_api.gtfs_rt import DEFAULT_MAX_AGE_S, build_feed, feed_json, latest_positions, query_fn
 from cityos_api.opendata import (
     DEFAULT_MIN_COUNT,
     Publication,
@@ -72,15 +71,6 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class InfluxSettings(_Section):
-    url: HttpUrl = "http://127.0.0.1:8086"
-    db: str = Field(default="cityos", min_length=1)
-    username: str | None = None
-    password: str | None = Field(default=None, repr=False)
-    timeout_s: float = Field(default=10.0, gt=0)
-
-
-
 class GtfsRtSettings(_Section):
     max_age_s: float = Field(default=DEFAULT_MAX_AGE_S, gt=0)
 
@@ -106,8 +96,8 @@ def load_settings(path: str | Path) -> ApiSettings:
 
 def create_app(settings: ApiSettings, *, transport: Any = None) -> FastAPI:
     """The API app; ``transport`` (an httpx transport) is for tests that stand in for InfluxDB."""
-    client = httpx.Client(timeout=settings.influx.timeout_s, trust_env=False, transport=transport)
-    query = http_query(settings.influx.url, settings.influx.username, settings.influx.password, client=client)
+    client = InfluxClient.from_settings(settings.influx, transport=transport)
+    query = query_fn(client)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -122,7 +112,7 @@ def create_app(settings: ApiSettings, *, transport: Any = None) -> FastAPI:
         try:
             positions = latest_positions(query, settings.influx.db, settings.gtfs_rt.max_age_s,
                                          now_ms=int(now * 1000))
-        except (InfluxQueryError, httpx.HTTPError) as exc:
+        except InfluxError as exc:
             # a journey planner should keep its last feed rather than read an empty one as "no buses"
             raise HTTPException(status_code=503, detail=f"InfluxDB unavailable: {exc}") from None
         return build_feed(positions, now)
@@ -163,7 +153,7 @@ def create_app(settings: ApiSettings, *, transport: Any = None) -> FastAPI:
     def read(fetch: Callable[..., Any], *args: Any) -> Any:
         try:
             return fetch(query, settings.influx.db, *args)
-        except (InfluxQueryError, httpx.HTTPError) as exc:
+        except InfluxError as exc:
             raise HTTPException(status_code=503, detail=f"InfluxDB unavailable: {exc}") from None
 
     def respond(fmt: str, doc: dict[str, Any], columns: list[str], filename: str, **const: Any) -> Response:

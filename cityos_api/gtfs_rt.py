@@ -3,7 +3,7 @@
 Journey planners poll this feed; a position that is old misleads them more than no position, so vehicles whose
 newest point is older than ``max_age_s`` are left out. InfluxDB is read only through the v1 ``/query`` API: a
 *query callable* (InfluxQL in, HTTP status and body out) keeps this module free of any HTTP client, and
-:func:`http_query` is the httpx one the API and the CLI use.
+:func:`query_fn` makes one of the kernel's InfluxDB client (:mod:`cityos.influx`).
 
 Occupancy is an estimate from in-vehicle Bluetooth devices: ``occupancy_percentage`` is the estimate rounded,
 ``occupancy_status`` a coarse class of it (:data:`OCCUPANCY_STEPS`). Both are left out without a configured
@@ -19,12 +19,18 @@ from typing import Any
 from google.transit import gtfs_realtime_pb2 as rt
 from pydantic import BaseModel, ConfigDict, Field
 
-from cityos.stack import query_results
+from cityos.influx import InfluxClient, query_results
 from cityos.wire import DEFAULT_MAX_FUTURE_S
 
 __all__ = [
-    "MEASUREMENT", "OCCUPANCY_STEPS", "Position", "QueryFn", "build_feed", "http_query", "latest_positions",
+    "MEASUREMENT",
+    "OCCUPANCY_STEPS",
+    "Position",
+    "QueryFn",
+    "build_feed",
+    "latest_positions",
     "occupancy_status",
+    "query_fn",
 ]
 
 MEASUREMENT = "bus_position"
@@ -79,7 +85,7 @@ def _positions_query(max_age_s: float, now_ms: int) -> str:
 def latest_positions(query: QueryFn, db: str, max_age_s: float = DEFAULT_MAX_AGE_S,
                      now_ms: int | None = None) -> list[Position]:
     """The newest position of each vehicle seen in the last ``max_age_s`` seconds (of ``now_ms``, default: this
-    machine's clock), sorted by vehicle id. Raises :class:`cityos.stack.InfluxQueryError` on a failed query."""
+    machine's clock), sorted by vehicle id. Raises :class:`cityos.influx.InfluxQueryError` on a failed query."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
     status, raw = query(db, _positions_query(max_age_s, now))
     out = []
@@ -92,19 +98,9 @@ def latest_positions(query: QueryFn, db: str, max_age_s: float = DEFAULT_MAX_AGE
     return sorted(out, key=lambda p: p.device)
 
 
-def http_query(url: str, username: str | None = None, password: str | None = None, *,
-               timeout_s: float = 10.0, client: Any = None) -> QueryFn:
-    """A :data:`QueryFn` over httpx (POST ``/query``, ``epoch=ms``, HTTP Basic when a user is given)."""
-    import httpx
-
-    http = client if client is not None else httpx.Client(timeout=timeout_s, trust_env=False)
-    auth = (username, password or "") if username else None
-
-    def run(db: str, q: str) -> tuple[int, bytes]:
-        resp = http.post(url.rstrip("/") + "/query", data={"db": db, "q": q, "epoch": "ms"}, auth=auth)
-        return resp.status_code, resp.content
-
-    return run
+def query_fn(client: InfluxClient) -> QueryFn:
+    """The :data:`QueryFn` of the kernel's InfluxDB client (POST ``/query``, ``epoch=ms``)."""
+    return lambda db, q: client.query_raw(q, db)
 
 
 def occupancy_status(pct: float) -> int:

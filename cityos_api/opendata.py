@@ -34,7 +34,7 @@ from fractions import Fraction
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from cityos.stack import InfluxQueryError, query_results
+from cityos.influx import InfluxQueryError, query_results
 from cityos_api.gtfs_rt import QueryFn
 
 __all__ = [

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cityos.stack import StackInfo
 from dashboards.macros import ALL, VarSpec, calculate_interval, expand, panel_max_data_points
 from dashboards.model import Dashboard, Panel, Target
 from dashboards.queryrun import InfluxSource, QueryError, Series, run_query, source_of, tag_values
@@ -766,7 +765,7 @@ def _slug(s: str) -> str:
 
 
 def render(
-    source: InfluxSource | StackInfo,
+    source: InfluxSource | Any,
     out_dir: Path | str,
     dashboards: Sequence[Dashboard] | None = None,
     *,
@@ -792,7 +791,7 @@ def render(
         from dashboards.catalog import DASHBOARDS
 
         dashboards = DASHBOARDS
-    src = source_of(source) if isinstance(source, StackInfo) else source
+    src = source if isinstance(source, InfluxSource) else source_of(source)
     geo = json.loads(Path(geojson).read_text(encoding="utf-8")) if isinstance(geojson, str | Path) else geojson
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -860,45 +859,22 @@ def _parse_time(text: str) -> int:
     return int(t.timestamp() * 1000)
 
 
-def _find_stack(run_dir: str) -> Path | None:
-    for d in (Path(run_dir), Path(run_dir) / "stack"):
-        if (d / "stack.json").exists():
-            return d
-    return None
-
-
 def cli_preview(
-    *, out: Path, lang: str = "ja", stack: Path | None = None, influx_url: str | None = None, db: str | None = None,
-    user: str | None = None, password: str | None = None, time_from: str | None = None, time_to: str | None = None,
-    per_panel: bool = False, only: Sequence[str] = (), geojson: Path | None = None, default_run_dir: str = "run",
+    *, out: Path, source: InfluxSource, lang: str = "ja", time_from: str | None = None, time_to: str | None = None,
+    per_panel: bool = False, only: Sequence[str] = (), geojson: Path | None = None,
 ) -> int:
-    """``cityos dashboards preview``: PNGs of the catalogue's dashboards from a stack's or any InfluxDB's data.
+    """``cityos dashboards preview``: PNGs of the catalogue's dashboards from ``source``'s data (the CLI resolves a
+    developer's stack or ``--influx-url`` to it).
 
     ``--to`` also pins InfluxQL's ``now()`` (alert-style windows) to that instant; ``--from``/``--to`` without a
-    zone are Japan time. Credentials for ``--influx-url`` may come from $INFLUXDB_USER / $INFLUXDB_PASSWORD."""
-    import os
+    zone are Japan time."""
     import sys
 
-    from cityos.stack import StackError, load_info
-
+    src = source
     try:
-        if influx_url:
-            if not db:
-                print("cityos dashboards preview: --influx-url needs --db", file=sys.stderr)
-                return 2
-            src = InfluxSource(influx_url.rstrip("/"), db, user or os.environ.get("INFLUXDB_USER", ""),
-                               password or os.environ.get("INFLUXDB_PASSWORD", ""))
-        else:
-            run_dir = stack or _find_stack(default_run_dir)
-            if run_dir is None:
-                print(f"cityos dashboards preview: no stack in {default_run_dir}/ or {default_run_dir}/stack/: "
-                      "give --stack RUN_DIR or --influx-url URL --db DB", file=sys.stderr)
-                return 2
-            info = load_info(run_dir)
-            src = source_of(info, db)
         t0 = _parse_time(time_from) if time_from else None
         t1 = _parse_time(time_to) if time_to else None
-    except (StackError, ValueError) as exc:
+    except ValueError as exc:
         print(f"cityos dashboards preview: {exc}", file=sys.stderr)
         return 2
     from dashboards.catalog import DASHBOARDS

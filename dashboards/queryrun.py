@@ -7,12 +7,12 @@ error text, so a test failure or a preview shows what InfluxDB said about which 
 
 from __future__ import annotations
 
+import functools
 import re
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cityos.stack import InfluxQueryError, StackInfo, influx_request, query_results
+from cityos.influx import InfluxClient, InfluxQueryError, InfluxUnreachable, query_results
 
 __all__ = [
     "InfluxSource", "QueryError", "RuleEvaluation", "Series", "evaluate_rule", "run_query", "source_of",
@@ -65,33 +65,35 @@ class Series:
         return sum(1 for row in self.values for v in row[skip:] if v is not None)
 
 
-def source_of(info: StackInfo, db: str | None = None, **kw: Any) -> InfluxSource:
-    """The :class:`InfluxSource` of a ``cityos stack``."""
+def source_of(info: Any, db: str | None = None, **kw: Any) -> InfluxSource:
+    """The :class:`InfluxSource` of anything that names an InfluxDB the way a developer's stack does
+    (``influx_url``, ``influx_db``, ``influx_username``, ``influx_password``)."""
     return InfluxSource(info.influx_url, db or info.influx_db, info.influx_username, info.influx_password, **kw)
 
 
-def run_query(source: InfluxSource | StackInfo, query: str) -> list[Series]:
+@functools.lru_cache(maxsize=8)
+def _client(src: InfluxSource) -> InfluxClient:
+    """One kept-open client per source (a preview runs hundreds of queries against one)."""
+    return InfluxClient(src.url, src.db, src.username or None, src.password, timeout_s=src.timeout)
+
+
+def run_query(source: InfluxSource | Any, query: str) -> list[Series]:
     """Run ``query`` (already expanded: no Grafana macros left) and return every statement's series."""
-    src = source_of(source) if isinstance(source, StackInfo) else source
+    src = source if isinstance(source, InfluxSource) else source_of(source)
     params = {"db": src.db, "q": query, "epoch": "ms"}
-    auth: tuple[str, str] | None = None
-    if src.username:
-        if src.auth_params:
-            params.update(u=src.username, p=src.password)
-        else:
-            auth = (src.username, src.password)
+    if src.username and src.auth_params:
+        params.update(u=src.username, p=src.password)
+    client = _client(src)
     try:
         if src.method == "POST":
             # Grafana POSTs q as a form body, everything else in the URL
             url_params = {k: v for k, v in params.items() if k != "q"}
-            status, raw = influx_request(
-                src.url, "/query?" + urllib.parse.urlencode(url_params), method="POST",
-                params={"q": query}, auth=auth, timeout=src.timeout,
-            )
+            status, raw = client.request("/query", method="POST", params=url_params, form={"q": query},
+                                         auth=not src.auth_params)
         else:
-            status, raw = influx_request(src.url, "/query", params=params, auth=auth, timeout=src.timeout)
-    except OSError as e:
-        raise QueryError(query, f"InfluxDB at {src.url} unreachable: {e}") from e
+            status, raw = client.request("/query", params=params, auth=not src.auth_params)
+    except InfluxUnreachable as e:
+        raise QueryError(query, str(e)) from e
     try:
         results = query_results(status, raw)
     except InfluxQueryError as e:
@@ -106,7 +108,7 @@ def run_query(source: InfluxSource | StackInfo, query: str) -> list[Series]:
     return out
 
 
-def tag_values(source: InfluxSource | StackInfo, query: str) -> list[str]:
+def tag_values(source: InfluxSource | Any, query: str) -> list[str]:
     """The values a Grafana query variable offers: the ``value`` column of ``SHOW TAG VALUES`` (or the first
     non-time column of any other query), deduplicated in order."""
     seen: dict[str, None] = {}
@@ -204,7 +206,7 @@ def _math(expr: str, env: dict[str, float | None]) -> bool:
     return bool(eval("".join(out), {"__builtins__": {}}, {}))  # only the tokens checked above
 
 
-def evaluate_rule(source: InfluxSource | StackInfo, rule: Any, now_ms: int) -> RuleEvaluation:
+def evaluate_rule(source: InfluxSource | Any, rule: Any, now_ms: int) -> RuleEvaluation:
     """Evaluate an alert rule as Grafana would at ``now_ms``: each query over ``[now - relative_from_s, now]``
     (``$timeFilter``, ``$__interval`` = alerting's default 1 s, ``now()`` pinned to ``now_ms``), every series
     reduced with ``rule.reducer``, then ``rule.math`` over the reduced values (series matched by labels; a ref

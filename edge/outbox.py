@@ -212,6 +212,23 @@ class Outbox:
         with self._lock:
             self._db.close()
 
+    @staticmethod
+    def depth_of(path: Path | str, older_than_s: float = 0.0) -> int:
+        """Readings waiting in the outbox at ``path``, read-only, from another process while its agent writes it
+        (the developer's tools watch gateways drain this way); with ``older_than_s`` only those stored longer ago
+        than that (a gateway always holds the readings of its last linger window). 0 if there is none yet."""
+        path = Path(path)
+        if not path.exists():
+            return 0
+        cutoff_ms = int((time.time() - older_than_s) * 1000)
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(db.execute("SELECT count(*) FROM readings WHERE created_ms <= ?", (cutoff_ms,)).fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0  # created but no table yet
+        finally:
+            db.close()
+
     # --- internals -----------------------------------------------------------------------------------------
 
     def _meta(self, key: str) -> int:

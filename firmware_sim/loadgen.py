@@ -26,17 +26,14 @@ of idle connections cheaply, which is not what this measures).
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import json
 import random
-import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -264,40 +261,3 @@ def validate_sample(profile: LoadProfile) -> None:
              "readings": rs}
         ).encode()
         wire.decode_batch(wire.telemetry_topic(gw.gateway_id), payload, now_ms=now)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="cityos sim load", description=__doc__.split("\n")[0])
-    for name, f in LoadProfile.model_fields.items():
-        ap.add_argument(f"--{name.replace('_', '-')}", type=type(f.default), default=f.default)
-    ap.add_argument("--duration", type=float, default=60.0, help="real seconds to publish for")
-    ap.add_argument("--run-dir", type=Path, default=Path("run/stack"), help="the private stack's run directory")
-    ap.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = ap.parse_args(argv)
-    from cityos.stack import load_info
-
-    profile = LoadProfile(**{k: getattr(args, k) for k in LoadProfile.model_fields})
-    validate_sample(profile)
-    info = load_info(args.run_dir)
-    load = CityLoad(profile, host=info.mqtt_host, port=info.mqtt_port, username=info.mqtt_username,
-                    password=info.mqtt_password)
-    load.connect()
-    try:
-        res = load.run(args.duration)
-    finally:
-        load.close()
-    if args.json:
-        print(json.dumps(res.as_dict()))
-    else:
-        print(
-            f"{res.gateways} virtual gateways, {res.duration_s:.1f} s: {res.messages} messages "
-            f"({res.acked_messages} acknowledged), {res.readings} readings "
-            f"({res.readings / res.duration_s:.1f}/s), max scheduling lag {res.max_lag_s:.3f} s"
-        )
-        for m, n in sorted(res.by_measurement.items()):
-            print(f"  {m:20s} {n}")
-    return 0 if res.acked_messages >= res.messages else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

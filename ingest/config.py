@@ -33,15 +33,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cityos import wire
-from cityos.config import ConfigError, HttpUrl, load_toml, validate
-
-if TYPE_CHECKING:  # pragma: no cover - typing only; cityos.stack is a test/demo dependency
-    from cityos.stack import StackInfo
+from cityos.config import ConfigError, dump_toml, load_toml, validate
+from cityos.influx import InfluxSettings
 
 __all__ = ["ConfigError", "InfluxConfig", "IngestConfig", "IngestSection", "MqttConfig", "load_config"]
 
@@ -82,12 +80,11 @@ class MqttConfig(_Section):
         return base
 
 
-class InfluxConfig(_Section):
-    url: HttpUrl = "http://127.0.0.1:8086"
-    db: str = Field(default="cityos", min_length=1)
-    username: str | None = None
-    password: str | None = Field(default=None, repr=False)
-    timeout_s: float = Field(default=10.0, gt=0)
+class InfluxConfig(InfluxSettings):
+    """Where to write (the kernel's :class:`~cityos.influx.InfluxSettings`) and how to batch."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     batch_lines: int = Field(default=5000, ge=1, le=100_000)
     #: Also flush when the uncompressed body reaches this size (InfluxDB 1.x max-body-size is 25 MB).
     batch_bytes: int = Field(default=8_000_000, ge=1024, le=25_000_000)
@@ -131,59 +128,9 @@ class IngestConfig(_Section):
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> IngestConfig:
         return validate(cls, data, source)
 
-    @classmethod
-    def from_stack(
-        cls,
-        info: StackInfo,
-        data_dir: str | Path,
-        client_id: str = "cityos-ingest",
-        *,
-        db: str | None = None,
-        mqtt: dict[str, Any] | None = None,
-        influx: dict[str, Any] | None = None,
-        ingest: dict[str, Any] | None = None,
-    ) -> IngestConfig:
-        """A config pointing at a private :class:`cityos.stack.Stack` (demo and tests); extra keys override."""
-        data = {
-            "mqtt": {
-                "host": info.mqtt_host,
-                "port": info.mqtt_port,
-                "username": info.mqtt_username,
-                "password": info.mqtt_password,
-                "client_id": client_id,
-                **(mqtt or {}),
-            },
-            "influx": {
-                "url": info.influx_url,
-                "db": db or info.influx_db,
-                "username": info.influx_username,
-                "password": info.influx_password,
-                **(influx or {}),
-            },
-            "ingest": {"data_dir": str(data_dir), **(ingest or {})},
-        }
-        return cls.from_dict(data, "from_stack")
-
     def to_toml(self) -> str:
         """Render as TOML (for starting the service as a subprocess); ``None`` values are omitted."""
-        out: list[str] = []
-        for section in ("mqtt", "influx", "ingest"):
-            out.append(f"[{section}]")
-            for key, value in getattr(self, section).model_dump(mode="json").items():
-                if value is None:
-                    continue
-                out.append(f"{key} = {_toml_value(value)}")
-            out.append("")
-        return "\n".join(out)
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{s}"'
+        return dump_toml(self.model_dump(mode="json"))
 
 
 def load_config(path: str | Path) -> IngestConfig:

@@ -66,6 +66,20 @@ class DeadLetterStore:
         """The store the service uses: ``<data_dir>/deadletter.sqlite``."""
         return cls(Path(data_dir) / cls.FILENAME)
 
+    @classmethod
+    def count_in(cls, data_dir: str | Path) -> int:
+        """Messages dead-lettered in ``data_dir``, read-only from another process while the service runs."""
+        p = Path(data_dir) / cls.FILENAME
+        if not p.exists():
+            return 0
+        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM deadletter").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0  # created but no table yet
+        finally:
+            db.close()
+
     def add(
         self, topic: str, payload: bytes, reason: str, detail: str = "", received_at: int | None = None
     ) -> None:

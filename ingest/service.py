@@ -38,13 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cityos.influx import InfluxClient, WriteResult
 from ingest.batcher import AckSequencer, Batch, Batcher, Item
 from ingest.config import ConfigError, IngestConfig, load_config
 from ingest.deadletter import DeadLetter, DeadLetterStore
 from ingest.decode import ChunkResult, decode_chunk, worker_init
 from ingest.decode_pool import DecodePool, RemoteError
 from ingest.health import Health, HealthServer, health_line, write_health_file
-from ingest.influx import InfluxWriter, WriteResult
 from ingest.mqtt_in import Inbound, MqttIn
 
 log = logging.getLogger("ingest")
@@ -95,8 +95,8 @@ class IngestService:
             max_bytes=config.influx.batch_bytes,
             max_messages=max(1, config.mqtt.receive_maximum // 2),
         )
-        self._influx_local = threading.local()  # one InfluxWriter (HTTP connection) per writer thread
-        self._influx_all: list[InfluxWriter] = []
+        self._influx_local = threading.local()  # one InfluxClient (HTTP connection) per writer thread
+        self._influx_all: list[InfluxClient] = []
         self.mqtt = MqttIn(
             config.mqtt,
             self._sink,
@@ -338,12 +338,12 @@ class IngestService:
 
     # --- writer thread -----------------------------------------------------------------------------------------
     @property
-    def influx(self) -> InfluxWriter:
+    def influx(self) -> InfluxClient:
         """This writer thread's InfluxDB client."""
         w = getattr(self._influx_local, "writer", None)
         if w is None:
             c = self.cfg.influx
-            w = InfluxWriter(c.url, c.db, c.username, c.password, timeout_s=c.timeout_s, gzip=c.gzip)
+            w = InfluxClient(c.url, c.db, c.username, c.password, timeout_s=c.timeout_s, gzip=c.gzip)
             self._influx_local.writer = w
             self._influx_all.append(w)
         return w
@@ -445,7 +445,7 @@ class IngestService:
         every = self.cfg.ingest.self_metrics_interval_s
         next_point = time.monotonic() + min(every, 2.0)  # a first point soon after start: "the ingest is up"
         c = self.cfg.influx
-        own = InfluxWriter(c.url, c.db, c.username, c.password, timeout_s=c.timeout_s, gzip=False)
+        own = InfluxClient(c.url, c.db, c.username, c.password, timeout_s=c.timeout_s, gzip=False)
         try:
             while not self._reporter_stop.wait(1.0):
                 snap = self.health.snapshot()

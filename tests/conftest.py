@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cityos.stack import Stack, StackInfo
+from citylab.stack import Stack, StackInfo
 
 # ------------------------------------------------------------------------------------------------------------
 # A run that hangs after its last test (a thread or worker pool that will not stop: a defect, which once kept CI

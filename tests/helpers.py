@@ -1,15 +1,16 @@
 """Small helpers shared by tests: talk to the test stack's InfluxDB over its v1 HTTP API.
 
 Import as ``from helpers import influx_query`` (pytest puts ``tests/`` on sys.path because it has no
-``__init__.py``). Stdlib only, so these work whatever extras are installed.
+``__init__.py``). Through the kernel's one InfluxDB client.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from cityos import stack
-from cityos.stack import StackInfo
+from citylab import stack
+from citylab.stack import StackInfo
+from cityos.influx import InfluxClient
 
 
 class InfluxQueryError(AssertionError):
@@ -42,14 +43,8 @@ def influx_count(info: StackInfo, db: str, measurement: str, field: str | None =
 def influx_write(info: StackInfo, db: str, lines: str | list[str], precision: str = "ms") -> None:
     """Write line protocol (``precision`` as in the /write API: ns, u, ms, s)."""
     body = lines if isinstance(lines, str) else "\n".join(lines)
-    status, raw = stack.influx_request(
-        info.influx_url,
-        "/write",
-        method="POST",
-        params={"db": db, "precision": precision},
-        body=body.encode(),
-        auth=(info.influx_username, info.influx_password),
-        timeout=30,
-    )
-    if status != 204:
-        raise InfluxQueryError(f"write to {db}: HTTP {status}: {raw[:300]!r}")
+    with InfluxClient(info.influx_url, db, info.influx_username, info.influx_password, gzip=False,
+                      precision=precision, timeout_s=30) as client:
+        res = client.write(body.encode())
+    if not res.ok:
+        raise InfluxQueryError(f"write to {db}: HTTP {res.status}: {res.message[:300]!r}")

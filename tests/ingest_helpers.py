@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cityos.stack import StackInfo
+from citylab.pipeline import ingest_config as stack_ingest_config
+from citylab.stack import StackInfo
 from ingest.config import IngestConfig
 from ingest.mqtt_in import discard_session
 from ingest.service import IngestService
@@ -34,7 +35,7 @@ def uid() -> str:
 def ingest_config(
     info: StackInfo, tmp_path: Path, db: str, name: str = "ingest", **sections: Any
 ) -> IngestConfig:
-    return IngestConfig.from_stack(
+    return stack_ingest_config(
         info,
         tmp_path / f"data-{name}",
         client_id=f"test-{name}-{uid()}",

@@ -11,8 +11,8 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 
+from citylab.pipeline import Proc
 from cityos import wire
-from cityos.pipeline import Proc
 from firmware_sim.forest_station import ForestStationSim, StationSpec
 
 pytestmark = pytest.mark.timeout(90)
@@ -87,7 +87,7 @@ def test_status_online_then_last_will_on_sigkill_then_clean_exit_on_sigterm(stac
         ground_truth=tmp_path / "gt.jsonl",
     ).start()
     cfg = _config(tmp_path, info, gw, tmp_path / "tty0")
-    agent = Proc("agent", [sys.executable, "-m", "cityos", "gateway", "run", "--config", cfg], tmp_path / "a.log")
+    agent = Proc("agent", [sys.executable, "-m", "cityos_cli", "gateway", "run", "--config", cfg], tmp_path / "a.log")
     try:
         agent.start()
         online = watch.wait(lambda s: s["state"] == "online" and s["counters"].get("bus0_readings", 0) >= 1)

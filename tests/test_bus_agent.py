@@ -2,7 +2,7 @@
 
 One module-scoped run plays the default bus day (``firmware_sim.bus``, seed 0) live at ``RATE``× from 07:55
 JST, a few minutes before the 08:00 trip (the morning peak), through the session's Mosquitto to a real
-``python -m cityos gateway run`` process, with this fault schedule in simulated time (derived from the
+``python3 -m cityos_cli gateway run`` process, with this fault schedule in simulated time (derived from the
 simulator's truth, so every fault hits the part of the trip it is meant to):
 
 * a GPS dropout (RMC status V, 60 s) over the 8th call: the bus arrives and leaves unseen;
@@ -36,10 +36,10 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
+from citylab.pipeline import Proc, write_ingest_config
+from citylab.stack import Stack, StackInfo, influx_query
 from cityos import wire
-from cityos.pipeline import Proc, write_ingest_config
 from cityos.simclock import ScaledClock
-from cityos.stack import Stack, StackInfo, influx_query
 from cityos.wire import Reading, decode_batch
 from firmware_sim.bus import DEFAULT_FEED, BusDay, BusDaySpec, BusSimLive
 from ingest.config import IngestConfig
@@ -283,7 +283,7 @@ def write_config(
     ble_socket: Path,
     city_uuid: uuid.UUID,
 ) -> None:
-    """A bus gateway's TOML, on the run's scaled clock (as ``firmware_sim.city`` writes them)."""
+    """A bus gateway's TOML, on the run's scaled clock (as ``citylab.city`` writes them)."""
     path.write_text(
         "\n".join(
             [
@@ -403,12 +403,12 @@ def bus_run(
         ingest_cfg, stack_info, db=db, data_dir=tmp / "ingest", client_id=f"ingest-{gateway_id}"
     )
     ingest = Proc(
-        "ingest", [sys.executable, "-m", "cityos", "ingest", "--config", str(ingest_cfg)], tmp / "ingest.log"
+        "ingest", [sys.executable, "-m", "cityos_cli", "ingest", "--config", str(ingest_cfg)], tmp / "ingest.log"
     )
     sim = BusSimLive(day, clock=clock, gps_link=sim_dir / "ttyGPS0", ble_socket=sim_dir / "ble.sock")
     agent = Proc(
         "agent",
-        [sys.executable, "-m", "cityos", "gateway", "run", "--config", str(config)],
+        [sys.executable, "-m", "cityos_cli", "gateway", "run", "--config", str(config)],
         gw_dir / "agent.log",
     )
     now_ms = lambda: int(clock.now() * 1000)  # noqa: E731

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cityos.citydemo import CityRun
+from citylab.city import load_scenario
+from citylab.cityrun import CityRun
 from cityos.config import ConfigError
-from firmware_sim.city import load_scenario
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 )
 def test_every_subcommand_has_help(sub):
     r = subprocess.run(
-        [sys.executable, "-m", "cityos", *sub, "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "cityos_cli", *sub, "--help"], capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 0, r.stderr
     assert "usage:" in r.stdout
@@ -40,7 +40,7 @@ def test_gateway_runs_without_cloud_packages(tmp_path):
         "        if name.split('.')[0] in ('httpx', 'fastapi', 'ingest', 'cityos_api'):\n"
         "            raise ImportError('blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import edge.agent, edge.sources.forest, cityos.cli\n"
+        "import edge.agent, edge.sources.forest, cityos_cli.cli\n"
         "print('ok')\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)

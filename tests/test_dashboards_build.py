@@ -13,7 +13,7 @@ import pytest
 import yaml
 from grafana_foundation_sdk.models.dashboard import Dashboard as SdkDashboard
 
-from cityos.cli import main
+from cityos_cli.cli import main
 from dashboards import build, catalog
 
 COMMITTED = build.DEFAULT_OUT

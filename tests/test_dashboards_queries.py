@@ -32,12 +32,12 @@ from typing import Any
 
 import pytest
 
-from cityos.citydemo import CityRun
-from cityos.cityverify import _lines  # the ground-truth JSONL reader the city check uses
+from citylab.city import load_scenario
+from citylab.cityrun import CityRun
+from citylab.verify import _lines  # the ground-truth JSONL reader the city check uses
 from dashboards.macros import ALL, VarSpec, calculate_interval, expand, panel_max_data_points
 from dashboards.model import AlertRule, Dashboard, Panel, Target
 from dashboards.queryrun import InfluxSource, Series, evaluate_rule, run_query, source_of, tag_values
-from firmware_sim.city import load_scenario
 
 pytestmark = pytest.mark.timeout(300)
 

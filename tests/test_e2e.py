@@ -13,7 +13,7 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 
-from cityos.pipeline import Pipeline
+from citylab.pipeline import Pipeline
 from ingest.deadletter import DeadLetterStore
 
 pytestmark = pytest.mark.timeout(240)

@@ -74,14 +74,14 @@ def test_broken_toml_says_where(tmp_path):
 def test_cli_check_exits_2_with_the_message_on_stderr(tmp_path):
     path = _write(tmp_path, GOOD.replace("port = 1883", "port = 70000"))
     r = subprocess.run(
-        [sys.executable, "-m", "cityos", "gateway", "check", "--config", str(path)],
+        [sys.executable, "-m", "cityos_cli", "gateway", "check", "--config", str(path)],
         capture_output=True, text=True, timeout=60,
     )
     assert r.returncode == 2
     assert "mqtt.port: Input should be less than or equal to 65535" in r.stderr
     assert "Traceback" not in r.stderr
     ok = subprocess.run(
-        [sys.executable, "-m", "cityos", "gateway", "check", "--config", str(_write(tmp_path, GOOD))],
+        [sys.executable, "-m", "cityos_cli", "gateway", "check", "--config", str(_write(tmp_path, GOOD))],
         capture_output=True, text=True, timeout=60,
     )
     assert ok.returncode == 0, ok.stderr

@@ -18,10 +18,10 @@ from google.protobuf import json_format
 from google.transit import gtfs_realtime_pb2 as rt
 from helpers import influx_write
 
-from cityos.cli import main
 from cityos.wire import Reading, TelemetryBatch, batch_to_lines
 from cityos_api.app import ApiSettings, InfluxSettings, create_app
 from cityos_api.gtfs_rt import OCCUPANCY_STEPS, build_feed, occupancy_status
+from cityos_cli.cli import main
 
 VP = rt.VehiclePosition
 

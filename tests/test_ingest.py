@@ -29,8 +29,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from citylab.stack import Stack, StackInfo
 from cityos import wire
-from cityos.stack import Stack, StackInfo
 from ingest.config import MqttConfig
 from ingest.deadletter import DeadLetterStore
 from ingest.decode import decode_message

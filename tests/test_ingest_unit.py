@@ -16,16 +16,17 @@ from types import SimpleNamespace
 
 import pytest
 
+from citylab.pipeline import ingest_config
 from cityos import wire
+from cityos.influx import InfluxClient, classify
 from ingest.batcher import AckSequencer, Batch, Batcher, Item
-from ingest.config import ConfigError, IngestConfig, load_config
+from ingest.config import ConfigError, load_config
 from ingest.deadletter import MAX_STORED_PAYLOAD, DeadLetter, DeadLetterStore
 from ingest.decode import (
     decode_chunk,
     decode_message,
 )
 from ingest.health import Health, HealthServer, read_health_file, write_health_file
-from ingest.influx import InfluxWriter, classify
 
 NOW = 1_790_000_000_000
 
@@ -271,11 +272,11 @@ def test_config_from_stack() -> None:
         influx_username="iu",
         influx_password="ip",
     )
-    cfg = IngestConfig.from_stack(info, "/tmp/x", client_id="c1", db="other", ingest={"stall_after_s": 2})  # type: ignore[arg-type]
+    cfg = ingest_config(info, "/tmp/x", client_id="c1", db="other", ingest={"stall_after_s": 2})  # type: ignore[arg-type]
     assert cfg.mqtt.client_id == "c1" and cfg.mqtt.username == "u" and cfg.influx.db == "other"
     assert cfg.influx.username == "iu" and cfg.ingest.stall_after_s == 2
     with pytest.raises(ConfigError, match=r"ingest.bogus: unknown key"):
-        IngestConfig.from_stack(info, "/tmp/x", ingest={"bogus": 1})  # type: ignore[arg-type]
+        ingest_config(info, "/tmp/x", ingest={"bogus": 1})  # type: ignore[arg-type]
 
 
 # --- InfluxDB response classification ------------------------------------------------------------------------
@@ -316,14 +317,14 @@ def test_writer_connection_refused_and_timeout_are_retryable() -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with InfluxWriter(f"http://127.0.0.1:{port}", "db", timeout_s=2) as w:
+    with InfluxClient(f"http://127.0.0.1:{port}", "db", timeout_s=2) as w:
         r = w.write(b"m f=1 1")
     assert r.outcome == "connection" and r.retryable and not r.ok and r.status is None
 
     with socket.socket() as srv:  # accepts the TCP connection (backlog) but never answers
         srv.bind(("127.0.0.1", 0))
         srv.listen(5)
-        with InfluxWriter(f"http://127.0.0.1:{srv.getsockname()[1]}", "db", timeout_s=0.3) as w:
+        with InfluxClient(f"http://127.0.0.1:{srv.getsockname()[1]}", "db", timeout_s=0.3) as w:
             r = w.write(b"m f=1 1")
     assert r.outcome == "timeout" and r.retryable
 

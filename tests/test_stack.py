@@ -15,14 +15,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from helpers import influx_count, influx_query, influx_write
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-import cityos.stack as stack_mod
-from cityos.stack import Stack, StackError, StackInfo, influx_request
+import citylab.stack as stack_mod
+from citylab.stack import Stack, StackError, StackInfo
 
 # ---- helpers
 
@@ -75,8 +76,10 @@ def _http(
     auth: tuple[str, str] | None,
     body: bytes | None = None,
 ) -> int:
+    """The raw HTTP status, with exactly these credentials (or none): what any client would get."""
     method = "POST" if body is not None else "GET"
-    return influx_request(info.influx_url, path, method=method, params=params, body=body, auth=auth)[0]
+    return httpx.request(method, info.influx_url + path, params=params, content=body, auth=auth,
+                         trust_env=False, timeout=10).status_code
 
 
 # ---- session stack: reachable, authenticated

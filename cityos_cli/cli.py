@@ -15,7 +15,7 @@ DEFAULT_RUN_DIR = os.environ.get("CITYOS_RUN_DIR", "run")
 
 
 def _stack_cmd(args: argparse.Namespace) -> int:
-    from cityos.stack import Stack, StackError
+    from citylab.stack import Stack, StackError
 
     stack = Stack(args.run_dir)
     try:
@@ -59,8 +59,8 @@ SIMULATORS = {
     "meter": "firmware_sim.wisun_module",
     "truck": "firmware_sim.garbage_truck",
     "bus": "firmware_sim.bus",
-    "load": "firmware_sim.loadgen",
-    "run": "firmware_sim.city",
+    "load": "citylab.load",
+    "run": "citylab.city",
 }
 
 
@@ -82,7 +82,7 @@ def _schema_cmd(args: argparse.Namespace) -> int:
 
 
 def _demo_cmd(args: argparse.Namespace) -> int:
-    from cityos.demo import run_demo
+    from citylab.demo import run_demo
 
     return run_demo(run_dir=Path(args.run_dir), scenario=args.scenario, duration=args.duration, rate=args.rate)
 
@@ -99,18 +99,18 @@ def _api_cmd(args: argparse.Namespace) -> int:
 def _gtfs_rt_cmd(args: argparse.Namespace) -> int:
     import time
 
-    import httpx
-
-    from cityos.stack import StackError, load_info
-    from cityos_api.gtfs_rt import build_feed, feed_json, http_query, latest_positions
+    from citylab.stack import StackError, load_info
+    from cityos.influx import InfluxClient, InfluxError
+    from cityos_api.gtfs_rt import build_feed, feed_json, latest_positions, query_fn
 
     try:
         info = load_info(args.stack)
-        query = http_query(info.influx_url, info.influx_username, info.influx_password)
-        now = time.time()
-        positions = latest_positions(query, args.db or info.influx_db, args.max_age_s, now_ms=int(now * 1000))
+        with InfluxClient(info.influx_url, args.db or info.influx_db, info.influx_username,
+                          info.influx_password) as client:
+            now = time.time()
+            positions = latest_positions(query_fn(client), client.db, args.max_age_s, now_ms=int(now * 1000))
         feed = build_feed(positions, now)
-    except (StackError, httpx.HTTPError) as exc:
+    except (StackError, InfluxError) as exc:
         print(f"cityos gtfs-rt: {exc}", file=sys.stderr)
         return 1
     if args.out is None:
@@ -181,11 +181,31 @@ def _dashboards_push_parser(actions: argparse._SubParsersAction) -> None:
 
 def _dashboards_preview_cmd(args: argparse.Namespace) -> int:
     from dashboards.preview import cli_preview
+    from dashboards.queryrun import InfluxSource, source_of
 
+    if args.influx_url:
+        if not args.db:
+            print("cityos dashboards preview: --influx-url needs --db", file=sys.stderr)
+            return 2
+        src = InfluxSource(args.influx_url.rstrip("/"), args.db, args.user or os.environ.get("INFLUXDB_USER", ""),
+                           args.password or os.environ.get("INFLUXDB_PASSWORD", ""))
+    else:
+        from citylab.stack import StackError, load_info
+
+        run_dir = args.stack or next((d for d in (Path(DEFAULT_RUN_DIR), Path(DEFAULT_RUN_DIR) / "stack")
+                                      if (d / "stack.json").exists()), None)
+        if run_dir is None:
+            print(f"cityos dashboards preview: no stack in {DEFAULT_RUN_DIR}/ or {DEFAULT_RUN_DIR}/stack/: "
+                  "give --stack RUN_DIR or --influx-url URL --db DB", file=sys.stderr)
+            return 2
+        try:
+            src = source_of(load_info(run_dir), args.db)
+        except StackError as exc:
+            print(f"cityos dashboards preview: {exc}", file=sys.stderr)
+            return 2
     return cli_preview(
-        out=args.out, lang=args.lang, stack=args.stack, influx_url=args.influx_url, db=args.db, user=args.user,
-        password=args.password, time_from=args.time_from, time_to=args.time_to, per_panel=args.per_panel,
-        only=args.dashboard or (), default_run_dir=DEFAULT_RUN_DIR,
+        out=args.out, source=src, lang=args.lang, time_from=args.time_from, time_to=args.time_to,
+        per_panel=args.per_panel, only=args.dashboard or (),
     )
 
 

@@ -1,7 +1,7 @@
 """The whole path as processes on this machine: simulated stations → gateway agents → broker → ingest → InfluxDB.
 
 Used by ``cityos demo`` and by the end-to-end tests, which kill and restart its pieces. Every piece runs as its own
-OS process started exactly as an operator would start it (``python -m cityos gateway run --config ...``), so a
+OS process started exactly as an operator would start it (``python3 -m cityos_cli gateway run --config ...``), so a
 SIGKILL here is a real crash, not a simulated one.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cityos.stack import StackInfo, influx_query
+from citylab.stack import StackInfo, influx_query
+from cityos.config import dump_toml
+from edge.outbox import Outbox
+from ingest.config import IngestConfig
 
 
 class Proc:
@@ -99,10 +101,6 @@ class GatewaySpec:
         return self.dir / "gateway.toml"
 
 
-def _toml_value(v: Any) -> str:
-    return json.dumps(str(v)) if isinstance(v, Path) else json.dumps(v)
-
-
 @dataclass
 class Comparison:
     truth: int
@@ -118,50 +116,65 @@ class Comparison:
 
 
 def outbox_depth(paths: Iterable[Path], older_than_s: float = 0.0) -> int:
-    """Readings waiting in these gateways' outboxes, read-only (the agents may be writing); with ``older_than_s``
-    only those stored longer ago than that (a gateway always holds the readings of the last linger window)."""
-    total = 0
-    cutoff_ms = int((time.time() - older_than_s) * 1000)
-    for path in paths:
-        if path.exists():
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-            try:
-                total += db.execute("SELECT count(*) FROM readings WHERE created_ms <= ?", (cutoff_ms,)).fetchone()[0]
-            except sqlite3.OperationalError:
-                pass  # created but no table yet
-            finally:
-                db.close()
-    return total
+    """Readings waiting in these gateways' outboxes (read-only: the agents may be writing them)."""
+    return sum(Outbox.depth_of(p, older_than_s) for p in paths)
+
+
+def gateway_config(
+    info: StackInfo, gateway_id: str, outbox: Path, sources: list[dict[str, Any]], **sections: dict[str, Any]
+) -> dict[str, Any]:
+    """A gateway's config on the private stack, as an installer would write it, with the short reconnect and
+    status intervals a demo or a test watches; ``sections`` add or extend sections (``outbox={...}``,
+    ``clock={...}``)."""
+    cfg: dict[str, Any] = {
+        "gateway": {"id": gateway_id},
+        "mqtt": {
+            "host": info.mqtt_host, "port": info.mqtt_port, "username": info.mqtt_username,
+            "password": info.mqtt_password, "backoff_min_s": 0.2, "backoff_max_s": 2.0, "status_interval_s": 2.0,
+        },
+        "outbox": {"path": outbox},
+    }
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    cfg["sources"] = sources
+    return cfg
+
+
+def write_gateway_config(path: Path, cfg: dict[str, Any], header: str = "") -> None:
+    path.write_text(dump_toml(cfg, header), encoding="utf-8")
+
+
+def ingest_config(
+    info: StackInfo,
+    data_dir: str | Path,
+    client_id: str = "cityos-ingest",
+    *,
+    db: str | None = None,
+    mqtt: dict[str, Any] | None = None,
+    influx: dict[str, Any] | None = None,
+    ingest: dict[str, Any] | None = None,
+) -> IngestConfig:
+    """An ingest config for the private stack (the demo, the tests, the benchmarks); extra keys override."""
+    data = {
+        "mqtt": {
+            "host": info.mqtt_host, "port": info.mqtt_port, "username": info.mqtt_username,
+            "password": info.mqtt_password, "client_id": client_id, **(mqtt or {}),
+        },
+        "influx": {
+            "url": info.influx_url, "db": db or info.influx_db, "username": info.influx_username,
+            "password": info.influx_password, **(influx or {}),
+        },
+        "ingest": {"data_dir": str(data_dir), **(ingest or {})},
+    }
+    return IngestConfig.from_dict(data, "ingest_config")
 
 
 def write_ingest_config(path: Path, info: StackInfo, *, db: str, data_dir: Path, client_id: str) -> None:
-    """An ingest config for the private stack, with short retry and stall times (a demo or a test watches it)."""
+    """An ingest config file for the private stack, with short retry and stall times (a demo or a test watches)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        "\n".join(
-            [
-                "[mqtt]",
-                f"host = {_toml_value(info.mqtt_host)}",
-                f"port = {info.mqtt_port}",
-                f"username = {_toml_value(info.mqtt_username)}",
-                f"password = {_toml_value(info.mqtt_password)}",
-                f"client_id = {_toml_value(client_id)}",
-                "reconnect_max_s = 2",
-                "",
-                "[influx]",
-                f"url = {_toml_value(info.influx_url)}",
-                f"db = {_toml_value(db)}",
-                f"username = {_toml_value(info.influx_username)}",
-                f"password = {_toml_value(info.influx_password)}",
-                "retry_max_s = 2.0",
-                "",
-                "[ingest]",
-                f"data_dir = {_toml_value(data_dir)}",
-                "stall_after_s = 5",
-                "",
-            ]
-        )
-    )
+    cfg = ingest_config(info, data_dir, client_id, db=db, mqtt={"reconnect_max_s": 2},
+                        influx={"retry_max_s": 2.0}, ingest={"stall_after_s": 5})
+    path.write_text(cfg.to_toml(), encoding="utf-8")
 
 
 class Pipeline:
@@ -205,31 +218,9 @@ class Pipeline:
     def write_configs(self) -> None:
         for gw in self.gateways:
             gw.dir.mkdir(parents=True, exist_ok=True)
-            lines = [
-                "[gateway]",
-                f"id = {_toml_value(gw.gateway_id)}",
-                "",
-                "[mqtt]",
-                f"host = {_toml_value(self.info.mqtt_host)}",
-                f"port = {self.info.mqtt_port}",
-                f"username = {_toml_value(self.info.mqtt_username)}",
-                f"password = {_toml_value(self.info.mqtt_password)}",
-                "backoff_min_s = 0.2",
-                "backoff_max_s = 2.0",
-                "status_interval_s = 2.0",
-                "",
-                "[outbox]",
-                f"path = {_toml_value(gw.outbox)}",
-                "",
-                "[[sources]]",
-                'type = "forest_station"',
-                'name = "bus0"',
-                f"port = {_toml_value(gw.tty)}",
-                "",
-            ]
-            for dev, unit in gw.stations:
-                lines += ["[[sources.stations]]", f"device_id = {_toml_value(dev)}", f"unit = {unit}", ""]
-            gw.config.write_text("\n".join(lines))
+            source = {"type": "forest_station", "name": "bus0", "port": gw.tty,
+                      "stations": [{"device_id": dev, "unit": unit} for dev, unit in gw.stations]}
+            write_gateway_config(gw.config, gateway_config(self.info, gw.gateway_id, gw.outbox, [source]))
         write_ingest_config(
             self.run_dir / "ingest.toml", self.info, db=self.db, data_dir=self.ingest_dir,
             client_id=self.ingest_client_id,
@@ -242,7 +233,7 @@ class Pipeline:
 
     def start_ingest(self) -> None:
         self.ingest = Proc(
-            "ingest", self._py("cityos", "ingest", "--config", str(self.run_dir / "ingest.toml")),
+            "ingest", self._py("cityos_cli", "ingest", "--config", str(self.run_dir / "ingest.toml")),
             self.run_dir / "logs" / "ingest.log",
         )
         self.ingest.start()
@@ -262,7 +253,7 @@ class Pipeline:
 
     def start_agent(self, gw: GatewaySpec) -> None:
         p = Proc(
-            f"agent-{gw.gateway_id}", self._py("cityos", "gateway", "run", "--config", str(gw.config)),
+            f"agent-{gw.gateway_id}", self._py("cityos_cli", "gateway", "run", "--config", str(gw.config)),
             self.run_dir / "logs" / f"agent-{gw.gateway_id}.log",
         )
         p.start()
@@ -296,7 +287,6 @@ class Pipeline:
         if self.ingest:
             self.ingest.stop()
             # The ingest's durable session would otherwise queue every later message for days on this broker.
-            from ingest.config import IngestConfig
             from ingest.mqtt_in import discard_session
 
             discard_session(IngestConfig.from_toml(self.run_dir / "ingest.toml").mqtt)

@@ -37,10 +37,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from citylab.pipeline import Proc, gateway_config, outbox_depth, write_gateway_config
+from citylab.stack import StackInfo
 from cityos.config import ConfigError, format_validation_error
-from cityos.pipeline import Proc, outbox_depth
 from cityos.simclock import ScaledClock
-from cityos.stack import StackInfo
 
 JST = dt.timezone(dt.timedelta(hours=9), "JST")
 
@@ -231,16 +231,6 @@ class Family:
         return False
 
 
-def _toml(v: Any) -> str:
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    if isinstance(v, Path):
-        return json.dumps(str(v))
-    return json.dumps(v)
-
-
 class CitySim:
     """Devices + agents for a scenario. ``start()``, then ``run(until_end)``; ``stop()`` always."""
 
@@ -264,7 +254,7 @@ class CitySim:
     # --- setup ---
 
     def plan(self) -> None:
-        from firmware_sim.city_families import families_for
+        from citylab.city_families import families_for
 
         self.families = families_for(self)
         for f in self.families:
@@ -280,52 +270,17 @@ class CitySim:
 
     def write_config(self, gw: Gateway) -> None:
         assert self.clock is not None
-        i = self.info
-        lines = [
-            "# Written by cityos sim run: a simulated gateway.",
-            "[gateway]",
-            f"id = {_toml(gw.gateway_id)}",
-            "",
-            "[mqtt]",
-            f"host = {_toml(i.mqtt_host)}",
-            f"port = {i.mqtt_port}",
-            f"username = {_toml(i.mqtt_username)}",
-            f"password = {_toml(i.mqtt_password)}",
-            "backoff_min_s = 0.2",
-            "backoff_max_s = 2.0",
-            "status_interval_s = 2.0",
-            "",
-            "[outbox]",
-            f"path = {_toml(gw.outbox)}",
+        cfg = gateway_config(
+            self.info, gw.gateway_id, gw.outbox, gw.sources,
             # "Late" is 120 s of data time in the field. On a clock running `rate` times faster, ordinary transport
             # (a 0.25 s poll, a 0.1 s linger) already takes minutes of data time: without this every live reading
             # would be marked backfill and the live-only alert rules could never fire. 3 real seconds.
-            f"backfill_after_s = {max(120.0, 3.0 * self.clock.rate)!r}",
-            "",
-            "[health]",
-            "interval_s = 5",
-            "",
-            "[clock]",
-            f"sim_start = {self.clock.sim_start!r}",
-            f"real_anchor = {self.clock.real_anchor!r}",
-            f"rate = {self.clock.rate!r}",
-            f"until = {self.clock.until!r}",
-            "",
-        ]
-        for src in gw.sources:
-            lines.append("[[sources]]")
-            nested: list[tuple[str, list[dict[str, Any]]]] = []
-            for k, v in src.items():
-                if isinstance(v, list) and v and isinstance(v[0], dict):
-                    nested.append((k, v))
-                else:
-                    lines.append(f"{k} = {_toml(v)}")
-            for k, items in nested:
-                for item in items:
-                    lines.append(f"[[sources.{k}]]")
-                    lines += [f"{ik} = {_toml(iv)}" for ik, iv in item.items()]
-            lines.append("")
-        gw.config.write_text("\n".join(lines), encoding="utf-8")
+            outbox={"backfill_after_s": max(120.0, 3.0 * self.clock.rate)},
+            health={"interval_s": 5},
+            clock={"sim_start": self.clock.sim_start, "real_anchor": self.clock.real_anchor,
+                   "rate": self.clock.rate, "until": self.clock.until},
+        )
+        write_gateway_config(gw.config, cfg, "Written by cityos sim run: a simulated gateway.")
 
     def start(self) -> None:
         """Power on every device at the scenario's start time, then start one agent per gateway."""
@@ -345,7 +300,7 @@ class CitySim:
             self.write_config(gw)
             gw.proc = Proc(
                 f"agent-{gw.gateway_id}",
-                [sys.executable, "-m", "cityos", "gateway", "run", "--config", str(gw.config)],
+                [sys.executable, "-m", "cityos_cli", "gateway", "run", "--config", str(gw.config)],
                 self.run_dir / "logs" / f"agent-{gw.gateway_id}.log",
             )
             gw.proc.start()
@@ -416,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", type=Path, default=Path("run/city"))
     ap.add_argument("--stack-dir", type=Path, default=Path("run/stack"), help="a running `cityos stack`")
     args = ap.parse_args(argv)
-    from cityos.stack import load_info
+    from citylab.stack import load_info
 
     sc = load_scenario(args.scenario)
     info = load_info(args.stack_dir)

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cityos.stack import Stack, StackError
+from citylab.stack import Stack, StackError
 
 
 def _say(msg: str = "") -> None:
@@ -44,8 +44,8 @@ def _previews(info: Any, run: Any, sc: Any, out: Path) -> None:
 
 def run_demo(*, run_dir: Path, scenario: Path, duration: float | None, rate: float | None = None) -> int:
     """The simulated city's day through the real stack, then InfluxDB against the ground truth."""
-    from cityos.citydemo import CityRun
-    from firmware_sim.city import load_scenario
+    from citylab.city import load_scenario
+    from citylab.cityrun import CityRun
 
     run_dir = run_dir.resolve()
     sc = load_scenario(scenario)

@@ -1,4 +1,4 @@
-"""The device families of the simulated city (see :mod:`firmware_sim.city`): forest, meters, trucks, buses.
+"""The device families of the simulated city (see :mod:`citylab.city`): forest, meters, trucks, buses.
 
 Each family creates its gateways (ids, devices, the ``[[sources]]`` sections an installer would write), powers its
 simulators on in this process and applies scheduled faults. Times in the scenario are simulated; where a
@@ -16,10 +16,10 @@ import threading
 import zlib
 from typing import TYPE_CHECKING, Any
 
-from firmware_sim.city import JST, Family, FaultEvent, Gateway, _hhmm
+from citylab.city import JST, Family, FaultEvent, Gateway, _hhmm
 
 if TYPE_CHECKING:
-    from firmware_sim.city import CitySim
+    from citylab.city import CitySim
 
 
 def _district_ids(city: CitySim) -> list[str]:

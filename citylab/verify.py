@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cityos.stack import StackInfo, influx_query
+from citylab.stack import StackInfo, influx_query
 
 
 @dataclass
@@ -170,8 +170,8 @@ def verify_bus(info: StackInfo, db: str, buses: dict[str, Path], t0: int, t1: in
     reported is stored once (no visit twice at two times, none that the bus did not make), and the visits the
     gateway could see are there. Visits hidden by one of the ``faults`` scheduled on the bus (a GPS dropout, the
     agent down) may be missing: each is allowed two. The accuracy against the truth goes in the summary
-    (:func:`cityos.busscore.score`)."""
-    from cityos.busscore import score
+    (:func:`firmware_sim.busscore.score`)."""
+    from firmware_sim.busscore import score
 
     c = Check("bus")
     fields = {

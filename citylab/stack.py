@@ -19,7 +19,6 @@ Python process that started them: ``cityos stack up`` returns and the stack keep
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
 import json
@@ -30,15 +29,22 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Stack", "StackError", "StackInfo", "find_binary", "influx_query", "influx_request", "load_info"]
+from cityos.influx import (
+    InfluxClient,
+    InfluxError,
+    InfluxQueryError,
+    InfluxUnreachable,
+    query_results,
+    quote_ident,
+)
+
+__all__ = ["Stack", "StackError", "StackInfo", "find_binary", "influx_client", "influx_query", "load_info"]
 
 HOST = "127.0.0.1"
 MQTT_USERNAME = "cityos"
@@ -60,8 +66,6 @@ _CREDENTIALS_JSON = "credentials.json"
 #: alive in /proc). Services started by another process (e.g. an earlier ``cityos stack up``) are not in here.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
-# Loopback requests must never go through an HTTP proxy from the environment.
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class StackError(RuntimeError):
@@ -213,98 +217,29 @@ def _log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
-def influx_request(
-    base_url: str,
-    path: str,
-    *,
-    method: str = "GET",
-    params: dict[str, str] | None = None,
-    body: bytes | None = None,
-    auth: tuple[str, str] | None = None,
-    timeout: float = 10.0,
-) -> tuple[int, bytes]:
-    """One InfluxDB v1 HTTP API request, stdlib only (so ``cityos stack`` works with the base install).
+def influx_client(info: StackInfo, db: str | None = None) -> InfluxClient:
+    """The kernel's InfluxDB client for this stack, as its admin (one per stack and database, kept open)."""
+    key = (info.influx_url, info.influx_username, info.influx_password, db or info.influx_db)
+    client = _CLIENTS.get(key)
+    if client is None:
+        client = _CLIENTS[key] = InfluxClient(
+            info.influx_url, db or info.influx_db, info.influx_username, info.influx_password, timeout_s=30.0
+        )
+    return client
 
-    With ``body`` (a /write) the params go in the URL; a POST without body sends them as a form (a /query).
-    """
-    url = base_url + path
-    data = body
-    if params and method == "POST" and body is None:
-        data = urllib.parse.urlencode(params).encode()
-    elif params:
-        url += "?" + urllib.parse.urlencode(params)
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None and body is None:
-        req.add_header("Content-Type", "application/x-www-form-urlencoded")
-    if auth is not None:
-        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        req.add_header("Authorization", f"Basic {token}")
-    try:
-        with _HTTP.open(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+
+_CLIENTS: dict[tuple[str, str, str, str], InfluxClient] = {}
 
 
 def influx_query(info: StackInfo, db: str, q: str, timeout: float = 30.0) -> list[dict[str, Any]]:
     """InfluxQL with ``epoch=ms``: the series of all statements (``{"name", "columns", "values", "tags"?}``).
 
-    Raises :class:`StackError` on any HTTP or statement error.
+    Raises :class:`StackError` on any HTTP or statement error (the developers' tools print it as is).
     """
-    status, raw = influx_request(
-        info.influx_url, "/query", method="POST", params={"db": db, "q": q, "epoch": "ms"},
-        auth=(info.influx_username, info.influx_password), timeout=timeout,
-    )
     try:
-        results = query_results(status, raw)
-    except InfluxQueryError as exc:
+        return influx_client(info, db).query(q)
+    except InfluxError as exc:
         raise StackError(f"{q!r}: {exc}") from None
-    return [s for result in results for s in result.get("series", [])]
-
-
-class InfluxQueryError(StackError):
-    """A /query response that is an error: HTTP-level, not JSON, or a statement's; ``error`` is InfluxDB's text."""
-
-    def __init__(self, status: int, error: str) -> None:
-        self.status = status
-        self.error = error
-        super().__init__(error if status == 200 else f"HTTP {status}: {error}")
-
-
-def query_results(status: int, raw: bytes) -> list[dict[str, Any]]:
-    """The ``results`` (one per statement) of a /query response; :class:`InfluxQueryError` if any is an error."""
-    try:
-        doc = json.loads(raw or b"{}")
-    except ValueError:
-        raise InfluxQueryError(status, f"not JSON: {raw[:300]!r}") from None
-    if status != 200 or "error" in doc:
-        raise InfluxQueryError(status, str(doc.get("error", raw[:300])))
-    results: list[dict[str, Any]] = doc.get("results", [])
-    for result in results:
-        if "error" in result:
-            raise InfluxQueryError(status, str(result["error"]))
-    return results
-
-
-def _influx_error(status: int, body: bytes) -> str | None:
-    """The error of a /query response (HTTP-level or per-statement), or None if every statement succeeded."""
-    try:
-        doc = json.loads(body or b"{}")
-    except ValueError:
-        return f"HTTP {status}: {body[:200]!r}"
-    if status != 200:
-        return f"HTTP {status}: {doc.get('error', body[:200])}"
-    if "error" in doc:
-        return str(doc["error"])
-    for result in doc.get("results", []):
-        if "error" in result:
-            return str(result["error"])
-    return None
-
-
-def _quote_ident(name: str) -> str:
-    """InfluxQL double-quoted identifier."""
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -438,8 +373,8 @@ class Stack:
         influx_url = state.get("influx_url")
         ready = False
         if influx_pid and influx_url:
-            with contextlib.suppress(OSError):
-                ready = influx_request(influx_url, "/ping", timeout=2)[0] == 204
+            with InfluxClient(influx_url, "") as client:
+                ready = client.ping(timeout_s=2)
         http_port = urllib.parse.urlsplit(influx_url).port if influx_url else None
         return {
             "run_dir": str(self.run_dir),
@@ -494,7 +429,7 @@ class Stack:
 
     def drop_database(self, name: str) -> None:
         """``DROP DATABASE`` (no error if it does not exist)."""
-        self._influx_query(self.info(), f"DROP DATABASE {_quote_ident(name)}")
+        self._influx_query(self.info(), f"DROP DATABASE {quote_ident(name)}")
 
     # ---- state
 
@@ -665,7 +600,7 @@ class Stack:
     def _mosquitto_conf(self, port: int) -> str:
         d = self._dir(_MQTT)
         lines = [
-            "# Written by cityos.stack: regenerated on every start, edits are lost.",
+            "# Written by citylab.stack: regenerated on every start, edits are lost.",
             "per_listener_settings false",
         ]
         if os.geteuid() == 0:
@@ -726,7 +661,7 @@ class Stack:
     def _influxdb_conf(self, http_port: int, rpc_port: int) -> str:
         d = self._dir(_INFLUX)
         return f"""\
-# Written by cityos.stack: regenerated on every start, edits are lost.
+# Written by citylab.stack: regenerated on every start, edits are lost.
 reporting-disabled = true
 # RPC (backup/restore) port: a free one, the default 8088 may clash with another InfluxDB.
 bind-address = "{HOST}:{rpc_port}"
@@ -778,39 +713,33 @@ bind-address = "{HOST}:{rpc_port}"
             _INFLUX, [influxd, "run", "-config", str(conf), "-pidfile", str(self._pidfile(_INFLUX))], env=env
         )
 
-        def ping() -> bool:
-            try:
-                return influx_request(info.influx_url, "/ping", timeout=1)[0] == 204
-            except OSError:
-                return False
-
-        self._wait_ready(_INFLUX, proc, info.influx_port, deadline, ping)
+        with InfluxClient(info.influx_url, "") as client:
+            self._wait_ready(_INFLUX, proc, info.influx_port, deadline, client.ping)
 
     def _influx_query(self, info: StackInfo, q: str, *, auth: bool = True) -> None:
-        creds = (info.influx_username, info.influx_password) if auth else None
-        try:
-            status, body = influx_request(
-                info.influx_url, "/query", method="POST", params={"q": q}, auth=creds
-            )
-        except OSError as e:
-            raise StackError(f"InfluxDB at {info.influx_url} unreachable: {e}") from e
-        err = _influx_error(status, body)
+        err = self._influx_error(info, q, auth=auth)
         if err is not None:
             raise StackError(f"InfluxDB query failed ({q.split(' WITH PASSWORD')[0]}): {err}")
 
+    @staticmethod
+    def _influx_error(info: StackInfo, q: str, *, auth: bool = True) -> str | None:
+        """InfluxDB's error for ``q`` (HTTP-level or a statement's), or None if it succeeded."""
+        with InfluxClient(info.influx_url, "", info.influx_username, info.influx_password) as client:
+            try:
+                query_results(*client.request("/query", method="POST", form={"q": q}, auth=auth))
+            except InfluxUnreachable as e:
+                raise StackError(str(e)) from e
+            except InfluxQueryError as e:
+                return str(e)
+        return None
+
     def _ensure_influx_admin(self, info: StackInfo) -> None:
         """Create the admin user on first start (allowed unauthenticated only while no user exists)."""
-        status, body = influx_request(
-            info.influx_url,
-            "/query",
-            method="POST",
-            params={"q": "SHOW DATABASES"},
-            auth=(info.influx_username, info.influx_password),
-        )
-        if status == 200:
+        login_error = self._influx_error(info, "SHOW DATABASES")
+        if login_error is None:
             return
         q = (
-            f"CREATE USER {_quote_ident(info.influx_username)} WITH PASSWORD '{info.influx_password}' "
+            f"CREATE USER {quote_ident(info.influx_username)} WITH PASSWORD '{info.influx_password}' "
             "WITH ALL PRIVILEGES"
         )
         try:
@@ -818,9 +747,9 @@ bind-address = "{HOST}:{rpc_port}"
         except StackError as e:
             raise StackError(
                 f"cannot log in to InfluxDB in {self._dir(_INFLUX)} as {info.influx_username!r} "
-                f"({_influx_error(status, body)}) and cannot create that user ({e}); "
+                f"({login_error}) and cannot create that user ({e}); "
                 f"was {self.run_dir / _CREDENTIALS_JSON} changed? Remove {self._dir(_INFLUX)} to start afresh"
             ) from e
 
     def _ensure_database(self, info: StackInfo, name: str) -> None:
-        self._influx_query(info, f"CREATE DATABASE {_quote_ident(name)}")
+        self._influx_query(info, f"CREATE DATABASE {quote_ident(name)}")

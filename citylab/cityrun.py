@@ -1,14 +1,13 @@
 """The simulated city through the real stack: devices → agents → Mosquitto → ingest → InfluxDB, then the proof.
 
 Used by ``cityos demo`` and by the city end-to-end test. The ingest runs as its own process, the agents as theirs
-(:class:`firmware_sim.city.CitySim`), so a fault schedule that kills an agent kills a real process.
+(:class:`citylab.city.CitySim`), so a fault schedule that kills an agent kills a real process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import sqlite3
 import sys
 import threading
 import time
@@ -18,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cityos import cityverify
-from cityos.pipeline import Proc, write_ingest_config
-from cityos.stack import StackInfo, influx_query
-from firmware_sim.city import JST, CityScenario, CitySim
+from citylab import verify as cityverify
+from citylab.city import JST, CityScenario, CitySim
+from citylab.pipeline import Proc, write_ingest_config
+from citylab.stack import StackInfo, influx_query
+from ingest.deadletter import DeadLetterStore
 from ingest.health import read_health_file
 from ingest.service import HEALTH_FILE
 
@@ -66,7 +66,7 @@ class CityRun:
         self.clear_previous()
         cfg = self.run_dir / "ingest.toml"
         write_ingest_config(cfg, self.info, db=self.db, data_dir=self.ingest_dir, client_id=self.client_id)
-        self.ingest = Proc("ingest", [sys.executable, "-m", "cityos", "ingest", "--config", str(cfg)],
+        self.ingest = Proc("ingest", [sys.executable, "-m", "cityos_cli", "ingest", "--config", str(cfg)],
                            self.run_dir / "logs" / "ingest.log")
         self.ingest.start()
         self._wait(lambda: self._ingest_health().get("connected") is True, 30, "the ingest to connect")
@@ -177,18 +177,6 @@ class CityRun:
         rep.dead = [g.gateway_id for g in self.city.gateways if g.proc is not None and not g.proc.alive]
         if self.ingest is not None and not self.ingest.alive:
             rep.dead.append("ingest")
-        rep.dead_lettered = _dead_letters(self.ingest_dir)
+        rep.dead_lettered = DeadLetterStore.count_in(self.ingest_dir)
         return rep
 
-
-def _dead_letters(ingest_dir: Path) -> int:
-    p = ingest_dir / "deadletter.sqlite"
-    if not p.exists():
-        return 0
-    db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
-    try:
-        return int(db.execute("SELECT count(*) FROM deadletter").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        db.close()

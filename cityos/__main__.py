@@ -1,5 +1,0 @@
-import sys
-
-from cityos.cli import main
-
-sys.exit(main())
