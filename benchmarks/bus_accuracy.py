@@ -1,12 +1,12 @@
 """Bus ridership accuracy against the simulator's ground truth over whole service days.
 
-The simulator (``firmware_sim/bus.py``) plays a service day of the loop bus: GPS NMEA bytes and every received
+The simulator (``firmware_sim/bus/sim.py``) plays a service day of the loop bus: GPS NMEA bytes and every received
 Bluetooth advertisement as bleak's own objects, with passengers boarding and alighting by a seeded schedule. They
-go through :class:`edge.sources.bus.BusCore`, exactly the code a gateway runs behind its ports, and the readings
+go through :class:`edge.sources.bus.source.BusCore`, exactly the code a gateway runs behind its ports, and the readings
 it produces are compared with the ground truth:
 
 boardings per stop visit (MAE), occupancy per segment (MAPE, MAE, by band, interval coverage) and app riders'
-origin-destination pairs (exact), by :func:`firmware_sim.busscore.score` (the simulated city's check uses it too).
+origin-destination pairs (exact), by :func:`firmware_sim.bus.score.score` (the simulated city's check uses it too).
 
 Devices per passenger (mean and spread) are calibrated on one day (``--calibration-seed``) and the accuracy is
 measured on other days (``--seeds``), as a city would calibrate against a manual count and then rely on it.
@@ -28,10 +28,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cityos.wire import Reading
-from edge.sources.ble_ids import make_advertisement
-from edge.sources.bus import BusConfig, BusCore
-from firmware_sim.bus import BusDay, BusDaySpec
-from firmware_sim.busscore import score
+from edge.sources.bus.ble_ids import make_advertisement
+from edge.sources.bus.source import BusConfig, BusCore
+from firmware_sim.bus.score import score
+from firmware_sim.bus.sim import BusDay, BusDaySpec
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SCENARIO = ROOT / "scenarios" / "bus-day.toml"
@@ -106,7 +106,7 @@ def calibrate(readings: list[Reading], day: BusDay) -> tuple[float, float, float
 
 
 def evaluate(readings: list[Reading], day: BusDay) -> dict[str, Any]:
-    """The day's readings scored against its truth (:func:`firmware_sim.busscore.score`)."""
+    """The day's readings scored against its truth (:func:`firmware_sim.bus.score.score`)."""
 
     def of(kind: str) -> list[dict[str, Any]]:
         return [dict(r.values) for r in readings if r.kind == kind]

@@ -3,7 +3,7 @@
 Issue 5's target: edge CPU at 300 advertisements/s ≤ 10 % of one core, resident memory ≤ 40 MB.
 
 A real agent process (``cityos gateway run``) with one ``type = "bus"`` source reads the bus simulator
-(``firmware_sim.bus.BusSimLive``, played in this process): GPS NMEA on a pty link and every received
+(``firmware_sim.bus.sim.BusSimLive``, played in this process): GPS NMEA on a pty link and every received
 advertisement as a JSON line on a Unix socket (``[sources.ble] backend = "sim"``), with the loop's GTFS-JP
 feed, and publishes to a private Mosquitto (``citylab.stack.Stack``), where a subscriber makes every PUBACK a
 success. Agent and simulator share one ``cityos.simclock.ScaledClock`` (``[clock]``), so GPS time and the
@@ -75,7 +75,7 @@ from edge_footprint import UNIT_ENV, measure
 from citylab.stack import Stack, StackInfo
 from cityos import wire
 from cityos.simclock import ScaledClock
-from firmware_sim.bus import DEFAULT_SPEC_PATH, BusDay, BusDaySpec, BusSimLive, _hhmm_s
+from firmware_sim.bus.sim import DEFAULT_SPEC_PATH, BusDay, BusDaySpec, BusSimLive, _hhmm_s
 
 ROOT = Path(__file__).resolve().parent.parent
 BUS_FLOOR_IMPORTS = (
@@ -338,8 +338,8 @@ def profile_core(day: BusDay, spec: BusDaySpec, a: float, b: float, top: int) ->
     events → readings. Returns µs per advert for the stages and prints cProfile's top functions."""
     from bus_accuracy import bus_config
 
-    from edge.sources.ble_scan import decode_sim_line
-    from edge.sources.bus import BusCore
+    from edge.sources.bus.ble_scan import decode_sim_line
+    from edge.sources.bus.source import BusCore
 
     cfg = bus_config(spec)
     events = [(t, ev if isinstance(ev, bytes) else ev.to_json().encode()) for t, ev in day.stream(a, b)]

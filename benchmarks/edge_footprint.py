@@ -140,7 +140,7 @@ def run_once(info: StackInfo, work: Path, args: argparse.Namespace) -> dict[str,
         devs = [f"st-{b}-{s:02d}" for s in range(per_bus)]
         tty = work / f"tty{b}"
         sims.append(subprocess.Popen(
-            [sys.executable, "-m", "firmware_sim.forest_station", "--stations",
+            [sys.executable, "-m", "firmware_sim.forest.sim", "--stations",
              ",".join(f"{d}:{u}" for u, d in enumerate(devs, start=1)), "--link", str(tty),
              "--ground-truth", str(work / f"gt{b}.jsonl"), "--sample-interval", str(interval)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -1,8 +1,10 @@
 """The simulated city: ``cityos sim run SCENARIO``.
 
 A scenario file (``scenarios/tsuyama-day.toml``) describes a day of Tsuyama: districts (GeoJSON polygons with real
-district names), households with smart meters, forest stations on the mountain slopes, garbage trucks on a route,
-the time acceleration, and a fault schedule. This module turns it into running parts:
+district names), the time acceleration, a fault schedule, and one section per device family (households with smart
+meters, forest stations on the mountain slopes, garbage trucks on a route, the loop bus). This module turns it into
+running parts, looping over the family registry (:data:`cityos.families.FAMILIES`) and each family's part of the
+city (``firmware_sim/<family>/city.py``, a :class:`firmware_sim.cityplugin.CityFamily`):
 
 * **devices**, each speaking its real protocol on a pseudo-terminal, all hosted in this process as threads (a
   Wi-SUN module per household meter, a Modbus RTU bus per forest gateway, an indicator and a GPS port per truck);
@@ -25,45 +27,33 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import importlib
 import json
+import math
 import sys
 import threading
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, create_model, field_validator
 
 from citylab.pipeline import Proc, gateway_config, outbox_depth, write_gateway_config
 from citylab.stack import StackInfo
 from cityos.config import ConfigError, format_validation_error
+from cityos.families import FAMILIES
 from cityos.simclock import ScaledClock
+from firmware_sim.cityplugin import JST, CityFamily, FaultEvent, Gateway, Section, hhmm
 
-JST = dt.timezone(dt.timedelta(hours=9), "JST")
+__all__ = ["JST", "CityScenario", "CitySim", "load_scenario"]
 
 
 # --- the scenario file --------------------------------------------------------------------------------------
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _hhmm(v: str) -> int:
-    """``"07:30"`` → seconds after midnight; ``"24:00"`` is the end of the day."""
-    try:
-        h, m = (int(x) for x in v.split(":"))
-    except ValueError:
-        raise ValueError(f"{v!r} is not HH:MM") from None
-    if not (0 <= h <= 24 and 0 <= m < 60) or (h == 24 and m):
-        raise ValueError(f"{v!r} is not a time of day")
-    return h * 3600 + m * 60
-
-
-class DaySection(_Model):
+class DaySection(Section):
     #: The simulated calendar day in JST: ``"yesterday"`` or ``YYYY-MM-DD`` (must be in the past).
     date: str = "yesterday"
     start: str = "00:00"
@@ -74,7 +64,7 @@ class DaySection(_Model):
     @field_validator("start", "end")
     @classmethod
     def _time(cls, v: str) -> str:
-        _hhmm(v)
+        hhmm(v)
         return v
 
     def day(self, today: dt.date | None = None) -> dt.date:
@@ -89,69 +79,14 @@ class DaySection(_Model):
     def window(self, today: dt.date | None = None) -> tuple[float, float]:
         """(start, end) of the simulated span in epoch seconds."""
         midnight = dt.datetime.combine(self.day(today), dt.time(), JST).timestamp()
-        return midnight + _hhmm(self.start), midnight + _hhmm(self.end)
+        return midnight + hhmm(self.start), midnight + hhmm(self.end)
 
 
-class ForestSection(_Model):
-    stations: int = Field(default=4, ge=0, le=247)
-    #: Stations share one RS-485 bus per gateway.
-    per_gateway: int = Field(default=4, ge=1, le=247)
-    #: Simulated seconds between samples (a field station: 600).
-    sample_interval_s: float = Field(default=600.0, gt=0)
-
-
-class MeterSection(_Model):
-    households: int = Field(default=12, ge=0)
-    #: Households (each with its own Wi-SUN module) read by one gateway: an apartment block's concentrator.
-    per_gateway: int = Field(default=6, ge=1)
-    #: Simulated seconds between instantaneous power readings.
-    poll_interval_s: float = Field(default=300.0, gt=0)
-
-
-class TruckSection(_Model):
-    count: int = Field(default=1, ge=0)
-    #: Route file (relative to the scenario), or empty for the built-in Tsuyama route.
-    route: str = ""
-    #: Collection starts at this simulated time of day.
-    depart: str = "08:00"
-
-
-class BusSection(_Model):
-    #: Buses on the loop (the committed GTFS-JP feed runs one block a day: 0 or 1).
-    count: int = Field(default=0, ge=0, le=1)
-    #: The bus day's simulator spec (relative to the scenario); its date and seed follow the city's.
-    spec: str = "bus-day.toml"
-    #: The gateway's calibration (devices per passenger, their spread): `benchmarks/bus_accuracy.py` prints it.
-    devices_per_passenger: float = Field(default=0.88, gt=0)
-    devices_per_passenger_sd: float = Field(default=0.39, ge=0)
-    capacity: int = Field(default=36, gt=0)
-
-
-class FaultEvent(_Model):
-    #: Simulated time of day.
-    at: str
-    #: A device id (``hh-0003``, ``truck-01``, ``forest-01-02``) or a gateway id (``gw-meter-01``).
-    target: str
-    fault: str
-    #: Simulated seconds the fault lasts (where it has a duration).
-    duration_s: float = Field(default=0.0, ge=0)
-
-    @field_validator("at")
-    @classmethod
-    def _time(cls, v: str) -> str:
-        _hhmm(v)
-        return v
-
-
-class CityScenario(_Model):
+class _ScenarioBase(Section):
     name: str
     seed: int = 7
     districts: str = "tsuyama-districts.geojson"
     day: DaySection = DaySection()
-    forest: ForestSection = ForestSection()
-    meters: MeterSection = MeterSection()
-    trucks: TruckSection = TruckSection()
-    buses: BusSection = BusSection()
     faults: list[FaultEvent] = Field(default_factory=list)
     #: The file it was read from: relative paths in it are relative to its folder.
     path: Path | None = None
@@ -161,7 +96,21 @@ class CityScenario(_Model):
         return p if p.is_absolute() or self.path is None else self.path.parent / p
 
 
-def load_scenario(path: str | Path) -> CityScenario:
+#: Each family's part of the city (``firmware_sim/<family>/city.py``), in the registry's order.
+CITY_FAMILIES: tuple[type[CityFamily], ...] = tuple(
+    importlib.import_module(f.city_module).FAMILY for f in FAMILIES
+)
+
+#: The scenario: the day, the faults, and one section per family (its ``Section`` model, all defaults if absent).
+CityScenario = create_model(
+    "CityScenario",
+    __base__=_ScenarioBase,
+    **{cf.family.scenario_section: (cf.Section, cf.Section()) for cf in CITY_FAMILIES},  # type: ignore[call-overload]
+)
+
+
+def load_scenario(path: str | Path) -> Any:
+    """The scenario file as a :data:`CityScenario`; :class:`ConfigError` names the file, the field and the problem."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -181,60 +130,10 @@ def load_scenario(path: str | Path) -> CityScenario:
 # --- running it ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Gateway:
-    """One simulated gateway: its agent process, its devices' ground truth, its source sections."""
-
-    gateway_id: str
-    family: str
-    dir: Path
-    devices: list[str]
-    sources: list[dict[str, Any]] = field(default_factory=list)
-    proc: Proc | None = None
-
-    @property
-    def config(self) -> Path:
-        return self.dir / "gateway.toml"
-
-    @property
-    def outbox(self) -> Path:
-        return self.dir / "outbox.db"
-
-    @property
-    def truth(self) -> Path:
-        return self.dir / "truth.jsonl"
-
-
-class Family:
-    """A device family in the city: starts its simulators and says how its gateways read them."""
-
-    name = ""
-
-    def __init__(self, city: CitySim) -> None:
-        self.city = city
-        self.gateways: list[Gateway] = []
-
-    def plan(self) -> None:
-        """Create this family's :class:`Gateway` entries (ids, devices, source sections)."""
-
-    def start(self) -> None:
-        """Power the devices on (ptys exist when this returns)."""
-
-    def freeze(self) -> None:
-        """Stop producing new data (the ground truth becomes final); keep answering the gateways."""
-
-    def stop(self) -> None:
-        """Power off."""
-
-    def fault(self, ev: FaultEvent) -> bool:
-        """Apply a scheduled fault to one of this family's devices; False if the target is not ours."""
-        return False
-
-
 class CitySim:
     """Devices + agents for a scenario. ``start()``, then ``run(until_end)``; ``stop()`` always."""
 
-    def __init__(self, scenario: CityScenario, run_dir: Path, info: StackInfo, *, today: dt.date | None = None):
+    def __init__(self, scenario: Any, run_dir: Path, info: StackInfo, *, today: dt.date | None = None):
         self.sc = scenario
         self.run_dir = Path(run_dir)
         self.info = info
@@ -245,7 +144,7 @@ class CitySim:
                 "the ingest rejects readings from the future; choose an earlier day"
             )
         self.clock: ScaledClock | None = None
-        self.families: list[Family] = []
+        self.families: list[CityFamily] = []
         self._fault_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.fault_log: list[dict[str, Any]] = []
@@ -254,9 +153,7 @@ class CitySim:
     # --- setup ---
 
     def plan(self) -> None:
-        from citylab.city_families import families_for
-
-        self.families = families_for(self)
+        self.families = [cf(self) for cf in CITY_FAMILIES]
         for f in self.families:
             f.plan()
 
@@ -308,10 +205,10 @@ class CitySim:
         self._fault_thread.start()
 
     def _faults(self) -> None:
-        midnight = self.sim_start - _hhmm(self.sc.day.start)
-        pending = sorted(self.sc.faults, key=lambda e: _hhmm(e.at))
+        midnight = self.sim_start - hhmm(self.sc.day.start)
+        pending = sorted(self.sc.faults, key=lambda e: hhmm(e.at))
         for ev in pending:
-            at = midnight + _hhmm(ev.at)
+            at = midnight + hhmm(ev.at)
             if at >= self.sim_end:
                 self.fault_log.append({"at": ev.at, "target": ev.target, "fault": ev.fault, "applied": False,
                                        "why": "after the end of the simulated span"})
@@ -347,9 +244,14 @@ class CitySim:
                 tick()
             stop.wait(min(1.0, max(0.05, self.clock.real_delay(sim_s - self.clock.now()))))
 
-    def freeze(self) -> None:
+    def freeze(self, at: float | None = None) -> None:
+        """The devices stop producing new data at simulated ``at`` (default: now), as they do at the end of the
+        day: their clock stands still there and the ground truth becomes final; they keep answering."""
+        assert self.clock is not None
+        until = min(self.clock.now() if at is None else at, self.clock.until or math.inf)
+        self.clock = self.clock.model_copy(update={"until": until})
         for f in self.families:
-            f.freeze()
+            f.freeze(self.clock)
 
     def backlog(self, older_than_s: float = 0.0) -> int:
         return outbox_depth((gw.outbox for gw in self.gateways), older_than_s)

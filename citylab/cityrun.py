@@ -17,21 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from citylab import verify as cityverify
-from citylab.city import JST, CityScenario, CitySim
+from citylab.city import CitySim
 from citylab.pipeline import Proc, write_ingest_config
 from citylab.stack import StackInfo, influx_query
+from cityos.families import FAMILIES
+from firmware_sim.cityplugin import JST, Check
 from ingest.deadletter import DeadLetterStore
 from ingest.health import read_health_file
 from ingest.service import HEALTH_FILE
 
-#: The truck indicator's resolution in the default truck spec (kg per display step).
-TRUCK_RESOLUTION_KG = 10.0
-
 
 @dataclass
 class CityReport:
-    checks: list[cityverify.Check] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
     dead: list[str] = field(default_factory=list)
     faults: list[dict[str, Any]] = field(default_factory=list)
     dead_lettered: int = 0
@@ -42,7 +40,7 @@ class CityReport:
 
 
 class CityRun:
-    def __init__(self, scenario: CityScenario, run_dir: Path, info: StackInfo, *, db: str | None = None,
+    def __init__(self, scenario: Any, run_dir: Path, info: StackInfo, *, db: str | None = None,
                  say: Callable[[str], None] = print) -> None:
         self.sc = scenario
         self.run_dir = Path(run_dir)
@@ -58,7 +56,7 @@ class CityRun:
 
     def clear_previous(self) -> None:
         """Points of an earlier run of the same day would count as extra: drop this city's series first."""
-        gw = "^gw-(forest|meter|truck|bus)-[0-9]+$"
+        gw = "^(" + "|".join(f.gateway_prefix for f in FAMILIES) + ")[0-9]+$"
         influx_query(self.info, self.db, f'DROP SERIES FROM /.*/ WHERE "gateway" =~ /{gw}/')
 
     def start(self) -> None:
@@ -98,16 +96,17 @@ class CityRun:
             time.sleep(0.2)
 
     def counts(self) -> dict[str, int]:
+        """Points stored so far, per family (its progress measurement and field)."""
         t0, t1 = int(self.city.sim_start * 1000) - 1, int(self.city.sim_end * 1000) + 3_600_000
         out = {}
-        for m, field_ in (("forest", "battery_v"), ("energy", "energy_kwh"), ("waste_collection", "kg"),
-                          ("bus_stop", "dwell_s")):
+        for f in self.city.families:
+            m, field_ = f.progress
             try:
                 s = influx_query(self.info, self.db,
                                  f'SELECT count("{field_}") FROM "{m}" WHERE time >= {t0}ms AND time <= {t1}ms')
-                out[m] = int(s[0]["values"][0][1]) if s else 0
+                out[f.name] = int(s[0]["values"][0][1]) if s else 0
             except Exception:
-                out[m] = -1
+                out[f.name] = -1
         return out
 
     def backlog(self) -> int:
@@ -117,9 +116,8 @@ class CityRun:
         now = dt.datetime.fromtimestamp(self.city.sim_now(), JST)
         c = self.counts()
         dead = int(self._ingest_health().get("dead_lettered_total", 0))
-        return (f"{now:%H:%M} JST  forest {c['forest']:6d}  energy {c['energy']:6d}  "
-                f"waste {c['waste_collection']:4d}  bus stops {c['bus_stop']:4d}  backlog {self.backlog():6d}  "
-                f"dead-letter {dead}")
+        fams = "  ".join(f"{f.progress[0].replace('_', ' ')} {c[f.name]:5d}" for f in self.city.families)
+        return f"{now:%H:%M} JST  {fams}  backlog {self.backlog():6d}  dead-letter {dead}"
 
     # --- the day ---
 
@@ -130,9 +128,22 @@ class CityRun:
             self.say(self.progress_line())
             stop.wait(min(every_s, max(0.05, self.city.clock.real_delay(end - self.city.sim_now()))))
 
-    def settle(self, timeout: float = 180, stop: threading.Event | None = None) -> None:
-        """Devices stop producing; wait until every gateway's outbox is empty and the ingest has written it all."""
-        self.city.freeze()
+    def run_day(self, stop: threading.Event, duration: float | None = None, *,
+                on_over: Callable[[], None] | None = None) -> CityReport:
+        """Play the day (or its first ``duration`` real seconds), let everything be delivered, and check every
+        family over exactly the part that was played."""
+        until = None if duration is None else min(self.city.sim_end, self.city.sim_now() + duration * self.sc.day.rate)
+        self.play(stop, until=until)
+        played_to = min(self.city.sim_now(), until or self.city.sim_end)
+        if on_over:
+            on_over()
+        self.settle(stop=stop, at=played_to)
+        return self.verify(until=played_to)
+
+    def settle(self, timeout: float = 180, stop: threading.Event | None = None, *, at: float | None = None) -> None:
+        """Devices stop producing (at simulated ``at``, default now); wait until every gateway's outbox is empty
+        and the ingest has written it all."""
+        self.city.freeze(at)
         time.sleep(3.0)
         # Health and status readings keep coming, so "nothing moves" never happens, and an outbox is never empty
         # for long (a health reading lingers 0.1 s before it goes): settled is no outbox holding a reading for
@@ -150,30 +161,20 @@ class CityRun:
                 quiet_since = None
             time.sleep(0.25)
 
-    def verify(self) -> CityReport:
-        t0, t1 = int(self.city.sim_start * 1000), int(self.city.sim_end * 1000)
-        fams = {f.name: f for f in self.city.families}
+    def verify(self, until: float | None = None) -> CityReport:
+        """Every family's check over the part of the day played: to simulated ``until`` (default: the end)."""
+        t0 = int(self.city.sim_start * 1000)
+        t1 = int(min(until or self.city.sim_end, self.city.sim_end) * 1000)
+        partial = t1 < int(self.city.sim_end * 1000)
         rep = CityReport(faults=list(self.city.fault_log))
-        forest = fams["forest"]
-        if forest.gateways:
-            rep.checks.append(cityverify.verify_forest(
-                self.info, self.db, [(g.gateway_id, g.truth) for g in forest.gateways], t0, t1 + 3_600_000))
-        meters = fams["meter"]
-        if meters.gateways:
-            hh = {h: (d["district"], meters.truth_path(h)) for h, d in meters.households.items()}
-            # The value at the power-on instant itself (t0) is the meters' starting point, taken as the gateways
-            # start: whether a gateway's first read still sees it is a race, and no half hour ends there.
-            rep.checks.append(cityverify.verify_energy(self.info, self.db, hh, t0, t1, first_slot=t0 + 1))
-        trucks = fams["truck"]
-        if trucks.gateways:
-            rep.checks.append(cityverify.verify_waste(
-                self.info, self.db, {g.devices[0]: g.truth for g in trucks.gateways}, t0, t1, TRUCK_RESOLUTION_KG))
-        buses = fams["bus"]
-        if buses.gateways:
-            hits = sum(1 for f in self.city.fault_log
-                       if f.get("applied") and f["target"] in ("bus-01", "gw-bus-01") and f["fault"] != "ble_outage")
-            rep.checks.append(cityverify.verify_bus(
-                self.info, self.db, {g.devices[0]: g.truth for g in buses.gateways}, t0, t1, faults=hits))
+
+        def query(q: str) -> list[dict[str, Any]]:
+            return influx_query(self.info, self.db, q)
+
+        for f in self.city.families:
+            check = f.verify(query, t0, t1, partial=partial)
+            if check is not None:
+                rep.checks.append(check)
         rep.dead = [g.gateway_id for g in self.city.gateways if g.proc is not None and not g.proc.alive]
         if self.ingest is not None and not self.ingest.alive:
             rep.dead.append("ingest")

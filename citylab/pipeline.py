@@ -121,7 +121,7 @@ def outbox_depth(paths: Iterable[Path], older_than_s: float = 0.0) -> int:
 
 
 def gateway_config(
-    info: StackInfo, gateway_id: str, outbox: Path, sources: list[dict[str, Any]], **sections: dict[str, Any]
+    info: StackInfo, gateway_id: str, outbox_path: Path, sources: list[dict[str, Any]], **sections: dict[str, Any]
 ) -> dict[str, Any]:
     """A gateway's config on the private stack, as an installer would write it, with the short reconnect and
     status intervals a demo or a test watches; ``sections`` add or extend sections (``outbox={...}``,
@@ -132,7 +132,7 @@ def gateway_config(
             "host": info.mqtt_host, "port": info.mqtt_port, "username": info.mqtt_username,
             "password": info.mqtt_password, "backoff_min_s": 0.2, "backoff_max_s": 2.0, "status_interval_s": 2.0,
         },
-        "outbox": {"path": outbox},
+        "outbox": {"path": outbox_path},
     }
     for name, values in sections.items():
         cfg[name] = {**cfg.get(name, {}), **values}
@@ -241,7 +241,7 @@ class Pipeline:
     def start_sim(self, gw: GatewaySpec) -> None:
         stations = ",".join(f"{d}:{u}" for d, u in gw.stations)
         argv = self._py(
-            "firmware_sim.forest_station", "--stations", stations, "--link", str(gw.tty),
+            "firmware_sim.forest.sim", "--stations", stations, "--link", str(gw.tty),
             "--ground-truth", str(gw.ground_truth), "--accel", str(self.accel),
             "--sample-interval", str(self.sample_interval), "--seed", str(zlib.crc32(gw.gateway_id.encode()) % 1000),
         )

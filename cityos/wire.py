@@ -31,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from cityos.families import FAMILIES
+
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "cityos/v1"
 
@@ -64,21 +66,12 @@ RESERVED_TAGS = frozenset({"device", "gateway"})
 TagKey = Annotated[str, StringConstraints(pattern=KIND_PATTERN)]
 Value = float | bool | Annotated[str, StringConstraints(max_length=MAX_STRING_VALUE)]
 
-#: Known device kinds → InfluxDB measurement. A kind not listed maps to a measurement of its own name, so a new
-#: device type needs no change here; listing it documents its measurement.
+#: Known reading kinds → InfluxDB measurement: the gateway's own health, then every family's
+#: (:data:`cityos.families.FAMILIES`). A kind not listed maps to a measurement of its own name, so a new device type
+#: needs no change here; its family's descriptor documents its measurements.
 MEASUREMENTS: dict[str, str] = {
-    "forest_station": "forest",
-    "smart_meter": "energy",
     "gateway_health": "gateway_health",
-    # garbage trucks (edge/sources/truck.py, docs/trucks.md): one point per pickup, tagged district; one per trip
-    "truck_collection": "waste_collection",
-    "truck_trip": "waste_trip",
-    # buses (edge/sources/bus.py, docs/bus.md): ridership per stop visit and per segment, consenting app riders'
-    # origin-destination pairs (a per-day keyed hash, never a token), and the live position for GTFS-Realtime
-    "bus_stop_visit": "bus_stop",
-    "bus_segment": "bus_segment",
-    "bus_od": "bus_od",
-    "bus_position": "bus_position",
+    **{kind: m for fam in FAMILIES for kind, m in fam.measurements.items()},
 }
 
 

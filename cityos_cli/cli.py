@@ -55,10 +55,10 @@ def _ingest_cmd(args: argparse.Namespace) -> int:
 
 #: ``cityos sim <device>`` → the module whose ``main(argv)`` runs it.
 SIMULATORS = {
-    "forest": "firmware_sim.forest_station",
-    "meter": "firmware_sim.wisun_module",
-    "truck": "firmware_sim.garbage_truck",
-    "bus": "firmware_sim.bus",
+    "forest": "firmware_sim.forest.sim",
+    "meter": "firmware_sim.meter.sim",
+    "truck": "firmware_sim.truck.sim",
+    "bus": "firmware_sim.bus.sim",
     "load": "citylab.load",
     "run": "citylab.city",
 }

@@ -13,7 +13,7 @@ import pytest
 
 from citylab.pipeline import Proc
 from cityos import wire
-from firmware_sim.forest_station import ForestStationSim, StationSpec
+from firmware_sim.forest.sim import ForestStationSim, StationSpec
 
 pytestmark = pytest.mark.timeout(90)
 

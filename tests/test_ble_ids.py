@@ -18,8 +18,8 @@ import pytest
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
-from edge.sources import ble_ids
-from edge.sources.ble_ids import (
+from edge.sources.bus import ble_ids
+from edge.sources.bus.ble_ids import (
     APPLE_COMPANY_ID,
     IBeacon,
     KeyedHasher,

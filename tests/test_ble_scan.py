@@ -26,8 +26,8 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from pydantic import ValidationError
 
-from edge.sources.ble_ids import APPLE_COMPANY_ID, parse_ibeacon
-from edge.sources.ble_scan import (
+from edge.sources.bus.ble_ids import APPLE_COMPANY_ID, parse_ibeacon
+from edge.sources.bus.ble_scan import (
     PASSIVE_OR_PATTERNS,
     BleScanConfig,
     BleScanner,
@@ -212,7 +212,7 @@ def test_sim_malformed_lines_are_counted_and_skipped(
         b"\xff\xfe garbage bytes",
         b"x" * 20000,  # overlong
     ]
-    with caplog.at_level(logging.WARNING, logger="edge.sources.ble_scan"):
+    with caplog.at_level(logging.WARNING, logger="edge.sources.bus.ble_scan"):
         scanner.start()
         try:
             wait_for(lambda: server.clients == 1, what="connect")
@@ -266,7 +266,7 @@ def test_callback_errors_are_counted_and_scanning_goes_on(
 ) -> None:
     sink = Sink(fail=lambda adv: adv.rssi == -66)
     scanner = sim_scanner(server, sink)
-    with caplog.at_level(logging.ERROR, logger="edge.sources.ble_scan"):
+    with caplog.at_level(logging.ERROR, logger="edge.sources.bus.ble_scan"):
         scanner.start()
         try:
             wait_for(lambda: server.clients == 1, what="connect")
@@ -438,7 +438,7 @@ def test_bluez_without_adapter_fails_counts_and_retries_without_spinning(
 ) -> None:
     sink = Sink()
     scanner = BleScanner(BleScanConfig(backend="bluez"), sink)
-    with caplog.at_level(logging.WARNING, logger="edge.sources.ble_scan"):
+    with caplog.at_level(logging.WARNING, logger="edge.sources.bus.ble_scan"):
         scanner.start()
         try:
             time.sleep(2.0)
@@ -462,7 +462,7 @@ def test_no_bluez_backend_imported_unless_used() -> None:
     """Memory on the Pi: the sim backend and the config never load bleak's BlueZ backend or dbus-fast."""
     code = (
         "import sys\n"
-        "from edge.sources.ble_scan import BleScanConfig, BleScanner, bluez_scanner_kwargs\n"
+        "from edge.sources.bus.ble_scan import BleScanConfig, BleScanner, bluez_scanner_kwargs\n"
         "bluez_scanner_kwargs(BleScanConfig(mode='passive'))\n"
         "BleScanner(BleScanConfig(backend='sim', sim_socket='/nonexistent'), lambda d, a: None)\n"
         "print(sorted(m for m in sys.modules if m.startswith(('dbus_fast', 'bleak.backends.bluezdbus'))))\n"

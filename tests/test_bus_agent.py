@@ -1,6 +1,6 @@
 """A real gateway agent on a simulated bus (issue 5's "must show"): privacy, GPS loss, BLE loss, restart.
 
-One module-scoped run plays the default bus day (``firmware_sim.bus``, seed 0) live at ``RATE``× from 07:55
+One module-scoped run plays the default bus day (``firmware_sim.bus.sim``, seed 0) live at ``RATE``× from 07:55
 JST, a few minutes before the 08:00 trip (the morning peak), through the session's Mosquitto to a real
 ``python3 -m cityos_cli gateway run`` process, with this fault schedule in simulated time (derived from the
 simulator's truth, so every fault hits the part of the trip it is meant to):
@@ -41,7 +41,7 @@ from citylab.stack import Stack, StackInfo, influx_query
 from cityos import wire
 from cityos.simclock import ScaledClock
 from cityos.wire import Reading, decode_batch
-from firmware_sim.bus import DEFAULT_FEED, BusDay, BusDaySpec, BusSimLive
+from firmware_sim.bus.sim import DEFAULT_FEED, BusDay, BusDaySpec, BusSimLive
 from ingest.config import IngestConfig
 from ingest.health import read_health_file
 from ingest.mqtt_in import discard_session

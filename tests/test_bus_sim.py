@@ -1,4 +1,4 @@
-"""The bus day simulator (firmware_sim/bus.py): GPS the edge's stop detector can follow, consistent ground truth,
+"""The bus day simulator (firmware_sim/bus/sim.py): GPS the edge's stop detector can follow, consistent ground truth,
 adverts shaped like BlueZ's, determinism, and the live driver on a pty and a Unix socket. Short windows only."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from cityos.simclock import ScaledClock
-from edge.sources.ble_ids import is_city_rider, parse_ibeacon, rider_token
-from edge.sources.ble_scan import decode_sim_line
-from edge.sources.busstops import StopArrival, StopDeparture, StopDetector
-from edge.sources.gtfs import load_feed
-from edge.sources.nmea import GpsTracker, NmeaDecoder, RmcFix
-from firmware_sim.bus import DEFAULT_SPEC_PATH, Advert, BusDay, BusDaySpec, BusSimLive
+from edge.sources.bus.ble_ids import is_city_rider, parse_ibeacon, rider_token
+from edge.sources.bus.ble_scan import decode_sim_line
+from edge.sources.bus.gtfs import load_feed
+from edge.sources.bus.stops import StopArrival, StopDeparture, StopDetector
+from edge.sources.common.nmea import GpsTracker, NmeaDecoder, RmcFix
+from firmware_sim.bus.sim import DEFAULT_SPEC_PATH, Advert, BusDay, BusDaySpec, BusSimLive
 
 CITY = "6f1c0e2a-5d3b-4f7e-9a41-7473757961ff"
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from edge.sources.busstops import (
+from edge.sources.bus.gtfs import Feed, load_feed
+from edge.sources.bus.stops import (
     StopArrival,
     StopDeparture,
     StopDetector,
@@ -22,9 +23,8 @@ from edge.sources.busstops import (
     StopEvent,
     StopPassed,
 )
-from edge.sources.geo import EARTH_RADIUS_M, haversine_m
-from edge.sources.gtfs import Feed, load_feed
-from edge.sources.nmea import RmcFix
+from edge.sources.common.geo import EARTH_RADIUS_M, haversine_m
+from edge.sources.common.nmea import RmcFix
 
 FEED_PATH = Path(__file__).resolve().parent.parent / "scenarios" / "gtfs-tsuyama-loop"
 DAY = date(2026, 4, 1)  # a Wednesday: weekday timetable, wd-01 leaves 津山駅 at 07:00

@@ -124,6 +124,59 @@ def test_city_morning_with_every_fault_is_exact_in_influxdb(stack, influx_db, tm
     assert waste.summary["unlocated"] <= 2  # only pickups inside the 5-minute GPS dropout may lack a district
 
 
+EARLY = """
+name = "test early stop"
+seed = 3
+districts = "{districts}"
+
+[day]
+date = "yesterday"
+start = "06:30"
+end = "12:00"
+rate = 288
+
+[meters]
+households = 3
+per_gateway = 3
+
+[forest]
+stations = 2
+per_gateway = 2
+
+[trucks]
+count = 1
+depart = "09:00"
+
+[buses]
+count = 1
+spec = "{bus_spec}"
+"""
+
+
+def test_a_day_stopped_early_is_checked_over_the_part_played(stack, influx_db, tmp_path):
+    """`cityos demo --duration N`: 10 real seconds at 288x play 06:30-07:18. The bus has made its first stop
+    visits by then and the truck has not left the depot: every family's check covers exactly what was played,
+    and a family with nothing due yet says so instead of failing."""
+    sc_path = tmp_path / "early.toml"
+    sc_path.write_text(EARLY.format(districts=REPO / "scenarios" / "tsuyama-districts.geojson",
+                                    bus_spec=REPO / "scenarios" / "bus-day.toml"))
+    sc = load_scenario(sc_path)
+    run = CityRun(sc, tmp_path / "city", stack.info(), db=influx_db, say=lambda _m: None)
+    try:
+        run.start()
+        rep = run.run_day(threading.Event(), duration=10)
+    finally:
+        run.stop()
+    report = "\n".join(c.line() + "".join(f"\n  {p}" for p in c.problems[:10]) for c in rep.checks)
+    checks = {c.name: c for c in rep.checks}
+    assert list(checks) == ["forest", "energy", "waste", "bus"]
+    assert rep.exact, f"{report}\ndead: {rep.dead}, dead-lettered: {rep.dead_lettered}"
+    assert all(c.partial for c in rep.checks)
+    assert checks["forest"].truth >= 2 * 4 and checks["energy"].truth >= 3
+    assert checks["waste"].nothing_due and "nothing due yet" in checks["waste"].line()
+    assert checks["bus"].truth >= 5 and not checks["bus"].nothing_due  # the 07:00 trip's first stops
+
+
 def test_scenario_errors_name_the_field(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text('name = "x"\n[day]\nstart = "25:00"\nrate = -1\n')

@@ -40,7 +40,7 @@ def test_gateway_runs_without_cloud_packages(tmp_path):
         "        if name.split('.')[0] in ('httpx', 'fastapi', 'ingest', 'cityos_api'):\n"
         "            raise ImportError('blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import edge.agent, edge.sources.forest, cityos_cli.cli\n"
+        "import edge.agent, edge.sources.forest.source, cityos_cli.cli\n"
         "print('ok')\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)

@@ -9,8 +9,8 @@ import pytest
 
 from cityos.simclock import ScaledClock
 from edge import clock
-from edge.sources.forest import ForestBus, ForestBusConfig
-from firmware_sim.forest_station import ForestStationSim, StationSpec
+from edge.sources.forest.source import ForestBus, ForestBusConfig
+from firmware_sim.forest.sim import ForestStationSim, StationSpec
 
 
 class _Ctx:

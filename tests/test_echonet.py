@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from firmware_sim import echonet as el
+from firmware_sim.meter import echonet as el
 
 GET_E7 = bytes.fromhex("1081000105FF010288016201E700")
 GET_RES_E7 = bytes.fromhex("1081000102880105FF017201E704000004A5")

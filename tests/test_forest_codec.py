@@ -10,7 +10,7 @@ from pymodbus.framer import FramerRTU
 from pymodbus.pdu import DecodePDU
 from pymodbus.pdu.register_message import ReadInputRegistersResponse
 
-from edge.sources import forest_codec as codec
+from edge.sources.forest import codec as codec
 
 pytestmark = pytest.mark.timeout(10)
 

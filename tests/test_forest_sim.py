@@ -21,14 +21,14 @@ from pymodbus.client import ModbusSerialClient
 from pymodbus.exceptions import ModbusIOException
 
 from cityos.simclock import ScaledClock
-from firmware_sim.forest_station import (
+from firmware_sim.forest.scenario import Scenario
+from firmware_sim.forest.sim import (
     RTC_POWER_ON_MS,
     ForestStationSim,
     StationSpec,
     parse_faults,
     parse_stations,
 )
-from firmware_sim.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(30)
@@ -377,7 +377,7 @@ def test_standalone_process(tmp_path):
     args = ["--stations", "forest-01:1,forest-02:2", "--link", str(link), "--ground-truth", str(gt)]
     args += ["--accel", "3600", "--duration", "3", "--sample-interval", "0.2", "--fault", "garbage=0.01"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "firmware_sim.forest_station", *args],
+        [sys.executable, "-m", "firmware_sim.forest.sim", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

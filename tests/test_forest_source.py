@@ -1,6 +1,6 @@
 """The forest station source against the simulated stations, over a real pseudo-terminal.
 
-The gateway side (``edge.sources.forest``) and the device side (``firmware_sim.forest_station``) implement the
+The gateway side (``edge.sources.forest.source``) and the device side (``firmware_sim.forest.sim``) implement the
 register map independently; the simulator's ground truth says which readings the gateway should make. The only
 test double is the outbox: :class:`Outbox` collects what the source emits, with the committed state.
 """
@@ -26,11 +26,11 @@ from pymodbus.framer import FramerType
 from cityos.simclock import ScaledClock
 from cityos.wire import Reading
 from edge import clock
-from edge.sources import forest_codec as codec
 from edge.sources.base import registry
-from edge.sources.forest import ForestBus, ForestBusConfig, _BusClient
-from firmware_sim.forest_station import ForestStationSim, StationSpec, TruthWindows
-from firmware_sim.scenario import Scenario
+from edge.sources.forest import codec as codec
+from edge.sources.forest.source import ForestBus, ForestBusConfig, _BusClient
+from firmware_sim.forest.scenario import Scenario
+from firmware_sim.forest.sim import ForestStationSim, StationSpec, TruthWindows
 
 #: One "hour" of scenario per second; the storm starts after a second.
 SCENARIO = Scenario(accel=3600, dry_hours=1.0)

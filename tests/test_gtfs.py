@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.sources.gtfs import FeedError, load_feed, parse_time
+from edge.sources.bus.gtfs import FeedError, load_feed, parse_time
 
 FEED = Path(__file__).resolve().parent.parent / "scenarios" / "gtfs-tsuyama-loop"
 

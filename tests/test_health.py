@@ -11,7 +11,7 @@ from edge.agent import Agent
 from edge.config import parse_config
 from edge.health import HealthSampler, device_name, field_name
 from edge.machine import Machine, release_free_memory
-from firmware_sim.forest_station import ForestStationSim, StationSpec
+from firmware_sim.forest.sim import ForestStationSim, StationSpec
 
 
 def test_sampler_reports_machine_and_per_source_counters(tmp_path):

@@ -154,7 +154,7 @@ def tree(tmp_path: Path) -> Path:
         ("cityos/wire.py", "from citylab.stack import StackInfo\n", "cityos.wire imports citylab.stack"),
         ("cityos/simclock.py", "def f():\n    import edge.outbox\n", "cityos.simclock imports edge.outbox"),
         ("ingest/service.py", "from citylab import stack\n", "ingest.service imports citylab.stack"),
-        ("cityos_api/app.py", "import firmware_sim.bus\n", "cityos_api.app imports firmware_sim.bus"),
+        ("cityos_api/app.py", "import firmware_sim.bus.sim\n", "cityos_api.app imports firmware_sim.bus.sim"),
         ("dashboards/queryrun.py", "from citylab.stack import StackInfo\n", "dashboards.queryrun imports citylab"),
         ("edge/agent.py", "from cityos.influx import InfluxClient\n", "the InfluxDB client is cloud-side"),
         ("edge/outbox.py", "import ingest.decode\n", "edge.outbox imports ingest.decode"),

@@ -22,10 +22,10 @@ from pydantic import ValidationError
 from cityos.simclock import ScaledClock
 from cityos.wire import Reading, measurement_for
 from edge import clock as edge_clock
-from edge.sources import meter as m
 from edge.sources.base import registry
-from firmware_sim import wisun_module as wm
-from firmware_sim.wisun_module import MeterSpec, WiSunModuleSim
+from edge.sources.meter import source as m
+from firmware_sim.meter import sim as wm
+from firmware_sim.meter.sim import MeterSpec, WiSunModuleSim
 
 #: 2026-11-25 02:00 JST; a test would have to run 22 s to cross the meter's midnight.
 SIM_START = 1795539600.0

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from edge.sources.nmea import GgaFix, GpsTracker, NmeaDecoder, RmcFix
+from edge.sources.common.nmea import GgaFix, GpsTracker, NmeaDecoder, RmcFix
 
 
 def sentence(body: str, *, checksum: int | None = None) -> bytes:

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from edge.sources.ble_ids import APPLE_COMPANY_ID, KeyedHasher, make_advertisement
-from edge.sources.busstops import StopArrival, StopDeparture, StopEvent, StopPassed
-from edge.sources.ridership import (
+from edge.sources.bus.ble_ids import APPLE_COMPANY_ID, KeyedHasher, make_advertisement
+from edge.sources.bus.ridership import (
     RidershipConfig,
     RidershipEstimator,
     RidershipResult,
@@ -22,6 +21,7 @@ from edge.sources.ridership import (
     SegmentCount,
     VisitCount,
 )
+from edge.sources.bus.stops import StopArrival, StopDeparture, StopEvent, StopPassed
 
 T0 = 1_775_000_000.0  # a weekday morning, epoch s
 CITY = uuid.UUID("6f1c0e2a-5d3b-4f7e-9a41-7473757961ff")

@@ -1,7 +1,7 @@
 """The garbage-truck source against the simulated truck, over two real pseudo-terminals.
 
-The gateway side (``edge.sources.truck``: codecs, tracker, ports) and the device side
-(``firmware_sim.garbage_truck``) are independent; the simulator's ground truth says which pickups and trips the
+The gateway side (``edge.sources.truck.source``: codecs, tracker, ports) and the device side
+(``firmware_sim.truck.sim``) are independent; the simulator's ground truth says which pickups and trips the
 gateway should report. The only test double is the outbox (:class:`Outbox`: readings and committed state).
 
 Time runs on a :class:`ScaledClock` at a few hundred times real time, shared by the simulator (RMC time) and the
@@ -30,9 +30,9 @@ from cityos.wire import Reading, measurement_for
 from edge import clock as edge_clock
 from edge.config import parse_config
 from edge.sources.base import registry
-from edge.sources.geo import load_districts
-from edge.sources.truck import GarbageTruck, TruckConfig
-from firmware_sim.garbage_truck import (
+from edge.sources.common.geo import load_districts
+from edge.sources.truck.source import GarbageTruck, TruckConfig
+from firmware_sim.truck.sim import (
     DEFAULT_DISTRICTS_PATH,
     DEFAULT_ROUTE_PATH,
     GarbageTruckSim,
@@ -504,7 +504,7 @@ def test_registered_and_the_default_scenario_files_are_valid() -> None:
 
 
 def test_simulator_cli_runs_and_streams(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from firmware_sim.garbage_truck import main
+    from firmware_sim.truck.sim import main
 
     ind, gps, gt = tmp_path / "ttyIND", tmp_path / "ttyGPS", tmp_path / "gt.jsonl"
     argv = ["--indicator-link", str(ind), "--gps-link", str(gps), "--ground-truth", str(gt), "--rate", "400"]

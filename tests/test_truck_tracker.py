@@ -9,10 +9,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from edge.sources.nmea import GpsTracker
-from edge.sources.truck import CollectionTracker, Emission, TripState, TruckConfig
-from edge.sources.weighing_codec import WeightFrame
-from firmware_sim.garbage_truck import DEFAULT_DISTRICTS_PATH
+from edge.sources.common.nmea import GpsTracker
+from edge.sources.truck.source import CollectionTracker, Emission, TripState, TruckConfig
+from edge.sources.truck.weighing import WeightFrame
+from firmware_sim.truck.sim import DEFAULT_DISTRICTS_PATH
 
 DISPOSAL = (35.0800, 133.9780)
 CHUO = (35.0600, 134.0050)

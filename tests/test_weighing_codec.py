@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge.sources.lines import LineSplitter
-from edge.sources.weighing_codec import (
+from edge.sources.common.lines import LineSplitter
+from edge.sources.truck.weighing import (
     WeighingDecoder,
     WeighingFormatError,
     WeightFrame,

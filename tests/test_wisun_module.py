@@ -20,9 +20,9 @@ from momonga.momonga_echonet_data import EchonetDataParser, EchonetProperty
 from momonga.momonga_echonet_enum import EchonetServiceCode
 
 from cityos.simclock import ScaledClock
-from firmware_sim import echonet as el
-from firmware_sim import wisun_module as wm
-from firmware_sim.wisun_module import MeterSpec, WiSunModuleSim
+from firmware_sim.meter import echonet as el
+from firmware_sim.meter import sim as wm
+from firmware_sim.meter.sim import MeterSpec, WiSunModuleSim
 
 GET_E7 = bytes.fromhex("1081000105FF010288016201E700")
 GET_RES_E7 = bytes.fromhex("1081000102880105FF017201E704000004A5")

@@ -1,4 +1,5 @@
-"""The source plug-in interface: a device protocol is one module plus one config section.
+"""The source plug-in interface: a device family's source is one module (``edge/sources/<family>/source.py``) plus
+one config section.
 
 A source module defines a pydantic config model whose ``type`` field is a ``Literal`` naming it, and a class
 implementing :class:`Source`. It registers both with :func:`register`. The agent runs each source in its own
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from cityos.families import FAMILIES
 from cityos.wire import Reading
 
 
@@ -71,14 +73,10 @@ def register(type_name: str, config_model: type[SourceConfig], factory: Callable
     _REGISTRY[type_name] = SourcePlugin(config_model, factory)
 
 
-#: Built-in plug-ins: source type → the module that registers it. Imported only when a config uses the type,
-#: so a gateway that reads forest stations never loads momonga or pynmea2 (resident memory is a budget on a Pi).
-BUILTIN: dict[str, str] = {
-    "forest_station": "edge.sources.forest",
-    "smart_meter": "edge.sources.meter",
-    "garbage_truck": "edge.sources.truck",
-    "bus": "edge.sources.bus",
-}
+#: Built-in plug-ins, one per family (:data:`cityos.families.FAMILIES`): source type → the module that registers it.
+#: Imported only when a config uses the type, so a gateway that reads forest stations never loads momonga or
+#: pynmea2 (resident memory is a budget on a Pi).
+BUILTIN: dict[str, str] = {f.source_type: f.edge_module for f in FAMILIES}
 
 
 def plugin(type_name: str) -> SourcePlugin | None:

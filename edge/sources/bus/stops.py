@@ -1,6 +1,6 @@
 """Bus stop events from GPS fixes and the GTFS timetable (sans-I/O): where and when the bus stopped, trip by trip.
 
-:class:`StopDetector` is fed :class:`~edge.sources.nmea.RmcFix` values (GPS time, position, speed, validity) and
+:class:`StopDetector` is fed :class:`~edge.sources.common.nmea.RmcFix` values (GPS time, position, speed, validity) and
 returns :class:`StopArrival` / :class:`StopDeparture` / :class:`StopPassed` events. It reads no clock and no port:
 the same fixes always give the same events. The reasoning is in ``docs/bus.md``; in short:
 
@@ -33,9 +33,9 @@ from datetime import date, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edge.sources.geo import haversine_m
-from edge.sources.gtfs import Feed, StopTime, Trip
-from edge.sources.nmea import RmcFix
+from edge.sources.bus.gtfs import Feed, StopTime, Trip
+from edge.sources.common.geo import haversine_m
+from edge.sources.common.nmea import RmcFix
 
 
 class StopDetectorConfig(BaseModel):

@@ -19,7 +19,7 @@ Backends (``BleScanConfig.backend``):
   not each repeat (DuplicateData is a discovery filter, unused in passive mode; bleak #235): prefer ``active``.
   bleak's module for BlueZ (and dbus-fast) is imported only by this backend (memory on the Pi).
 * ``sim``: JSON lines from a simulator on a Unix stream socket (:func:`decode_sim_line`), turned into the same
-  bleak objects with :func:`edge.sources.ble_ids.make_advertisement`.
+  bleak objects with :func:`edge.sources.bus.ble_ids.make_advertisement`.
 
 Failures of either backend (no D-Bus, adapter missing or powered off, ``BleakError``/``BleakDBusError``, the
 simulator's socket refused or closed) set ``ble_adapter_up`` to 0, are counted, logged rate-limited (addresses
@@ -50,8 +50,8 @@ from bleak.backends.scanner import AdvertisementData
 from bleak.uuids import normalize_uuid_str
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from edge.sources.ble_ids import make_advertisement
-from edge.sources.logs import RateLimited
+from edge.sources.bus.ble_ids import make_advertisement
+from edge.sources.common.logs import RateLimited
 
 __all__ = [
     "PASSIVE_OR_PATTERNS",

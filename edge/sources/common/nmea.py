@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 import pynmea2
 
-from edge.sources.lines import LineSplitter
+from edge.sources.common.lines import LineSplitter
 
 #: NMEA 0183 allows 82 characters; leave room for receivers that exceed it a little.
 MAX_SENTENCE = 120

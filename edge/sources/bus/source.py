@@ -2,15 +2,15 @@
 
 Source type ``bus`` (config :class:`BusConfig`). One bus, one gateway:
 
-* **GPS** (NMEA 0183 on a serial port, :class:`~edge.sources.nmea.GpsTracker`, shared with the garbage trucks)
-  feeds :class:`~edge.sources.busstops.StopDetector`, which follows the timetable of the GTFS-JP feed on the
+* **GPS** (NMEA 0183 on a serial port, :class:`~edge.sources.common.nmea.GpsTracker`, shared with the garbage trucks)
+  feeds :class:`~edge.sources.bus.stops.StopDetector`, which follows the timetable of the GTFS-JP feed on the
   gateway and gives arrivals and departures per stop.
-* **Bluetooth** (:class:`~edge.sources.ble_scan.BleScanner`: bleak over BlueZ on a Pi, or the simulator's socket)
+* **Bluetooth** (:class:`~edge.sources.bus.ble_scan.BleScanner`: bleak over BlueZ on a Pi, or the simulator's socket)
   hands bleak's own objects to :meth:`RidershipEstimator.observe` on the scanner's thread, which hashes the
-  address at once; only the hashed :class:`~edge.sources.ridership.Observation` crosses to this source's thread,
+  address at once; only the hashed :class:`~edge.sources.bus.ridership.Observation` crosses to this source's thread,
   through a bounded queue (overflow is counted, never blocks the scanner).
-* **Ridership** (:class:`~edge.sources.ridership.RidershipEstimator`) turns both into stop visits, segments and app
-  riders' origin-destination pairs; :mod:`edge.sources.bus_wire` shapes the readings. Every
+* **Ridership** (:class:`~edge.sources.bus.ridership.RidershipEstimator`) turns both into stop visits, segments and app
+  riders' origin-destination pairs; :mod:`edge.sources.bus.readings` shapes the readings. Every
   ``position_interval_s`` a ``bus_position`` reading carries the live fix, trip, stop and occupancy for
   GTFS-Realtime.
 
@@ -42,15 +42,15 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
 from cityos.wire import DeviceId, Reading
 from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
-from edge.sources.ble_ids import KeyedHasher
-from edge.sources.ble_scan import BleScanConfig, BleScanner
-from edge.sources.bus_wire import position_reading, result_reading
-from edge.sources.busstops import StopDetector, StopDetectorConfig
-from edge.sources.gtfs import Feed, FeedError, load_feed
-from edge.sources.logs import RateLimited
-from edge.sources.nmea import GpsTracker, RmcFix
-from edge.sources.ridership import Observation, RidershipConfig, RidershipEstimator, RiderTrip
-from edge.sources.serialport import SerialPort
+from edge.sources.bus.ble_ids import KeyedHasher
+from edge.sources.bus.ble_scan import BleScanConfig, BleScanner
+from edge.sources.bus.gtfs import Feed, FeedError, load_feed
+from edge.sources.bus.readings import position_reading, result_reading
+from edge.sources.bus.ridership import Observation, RidershipConfig, RidershipEstimator, RiderTrip
+from edge.sources.bus.stops import StopDetector, StopDetectorConfig
+from edge.sources.common.logs import RateLimited
+from edge.sources.common.nmea import GpsTracker, RmcFix
+from edge.sources.common.serialport import SerialPort
 
 log = logging.getLogger(__name__)
 

@@ -61,11 +61,11 @@ from pydantic import (
 from cityos.wire import DeviceId, Reading
 from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
-from edge.sources.geo import UNKNOWN, Districts, DistrictsError, haversine_m, load_districts
-from edge.sources.logs import RateLimited
-from edge.sources.nmea import GpsTracker, Position
-from edge.sources.serialport import SerialPort
-from edge.sources.weighing_codec import WeighingDecoder, WeightFrame
+from edge.sources.common.geo import UNKNOWN, Districts, DistrictsError, haversine_m, load_districts
+from edge.sources.common.logs import RateLimited
+from edge.sources.common.nmea import GpsTracker, Position
+from edge.sources.common.serialport import SerialPort
+from edge.sources.truck.weighing import WeighingDecoder, WeightFrame
 
 log = logging.getLogger(__name__)
 

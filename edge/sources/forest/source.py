@@ -3,7 +3,7 @@
 One :class:`ForestBus` per serial port, run in its own thread. It owns the pymodbus ``ModbusSerialClient``
 (synchronous, RTU framer), so the bus needs no further lock: every request, clock sync and reconnect happens
 in this one thread, round-robin over the bus's stations every poll interval. Decoding is in
-:mod:`edge.sources.forest_codec` (sans-I/O); the register map is ``hardware/forest-station/register-map.md``.
+:mod:`edge.sources.forest.codec` (sans-I/O); the register map is ``hardware/forest-station/register-map.md``.
 
 Behaviour
 ---------
@@ -93,9 +93,9 @@ from pymodbus.pdu import ModbusPDU
 
 from cityos.wire import DeviceId, Reading
 from edge import clock
-from edge.sources import forest_codec as codec
 from edge.sources.base import SourceConfig, SourceContext, register
-from edge.sources.logs import RateLimited
+from edge.sources.common.logs import RateLimited
+from edge.sources.forest import codec as codec
 
 log = logging.getLogger(__name__)
 

@@ -2,11 +2,11 @@
 
 :class:`RidershipEstimator` is fed two streams, each with its own time: Bluetooth advertisements as bleak delivers
 them (``observe`` turns one into an :class:`Observation` at once, ``add`` files it) and stop events from
-:class:`~edge.sources.busstops.StopDetector`. It returns :class:`VisitCount`, :class:`SegmentCount` and
+:class:`~edge.sources.bus.stops.StopDetector`. It returns :class:`VisitCount`, :class:`SegmentCount` and
 :class:`RiderTrip` results. It reads no clock, no radio and no file. The reasoning is in ``docs/bus.md``; in short:
 
 * **Privacy first.** ``observe`` replaces the address (or an app rider's iBeacon token) with a keyed 64-bit hash
-  under the memory-only daily salt of :class:`~edge.sources.ble_ids.KeyedHasher` before anything is kept: raw
+  under the memory-only daily salt of :class:`~edge.sources.bus.ble_ids.KeyedHasher` before anything is kept: raw
   identifiers live only in the caller's stack frame. Tracks hold hashes, and only counts and the per-day hashes of
   consenting app riders leave this module.
 * **Rotating addresses are stitched into tracks.** A phone changes its random address every 5 to 15 minutes, so
@@ -56,8 +56,8 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edge.sources.ble_ids import APPLE_COMPANY_ID, KeyedHasher, is_city_rider, parse_ibeacon, rider_token
-from edge.sources.busstops import StopArrival, StopDeparture, StopEvent, StopPassed
+from edge.sources.bus.ble_ids import APPLE_COMPANY_ID, KeyedHasher, is_city_rider, parse_ibeacon, rider_token
+from edge.sources.bus.stops import StopArrival, StopDeparture, StopEvent, StopPassed
 
 _Z90 = 1.6449  # two-sided 90 % interval of a normal distribution
 

@@ -8,7 +8,7 @@ scaled real time onto a pty (GPS) and a Unix stream socket (BLE adverts as JSON 
 
 **The bus.** Straight lines stop to stop (local east/north metres around the first stop), accelerating at
 ``accel_ms2``, cruising at U(``cruise_kmh``) and braking at ``decel_ms2`` to a real standstill exactly at each
-stop, so the edge's :class:`~edge.sources.busstops.StopDetector` (arrival = first fix within 30 m at ≤ 5 km/h,
+stop, so the edge's :class:`~edge.sources.bus.stops.StopDetector` (arrival = first fix within 30 m at ≤ 5 km/h,
 departure = beyond 50 m) sees every visit. The straight line is shorter than the road, so the timetable has
 slack: the bus aims at the scheduled arrival plus a random-walk delay and spends the slack stopped at traffic
 lights (≥ 60 m from any stop: not an arrival). Dwell = max(8 s, door time + 2.5 s per passenger, each ±20 %);
@@ -56,7 +56,7 @@ call arrives at the same time and boards during the layover), ``segment`` per st
 per app rider, and ``device`` for every address any device used while it could be heard (the privacy test
 searches the gateway's output for each of them; app phones' records carry their ``token``).
 
-Standalone: ``python -m firmware_sim.bus --gps-link run/dev/ttyGPS0 --ble-socket run/ble.sock
+Standalone: ``python -m firmware_sim.bus.sim --gps-link run/dev/ttyGPS0 --ble-socket run/ble.sock
 --ground-truth bus.jsonl --rate 60`` prints the pty path.
 """
 
@@ -86,11 +86,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cityos.simclock import ScaledClock
+from firmware_sim.bus.timetable import SimCall, Timetable
 from firmware_sim.pty import PtyLink
 from firmware_sim.signals import stop_on_signals
-from firmware_sim.timetable import SimCall, Timetable
 
-SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 DEFAULT_FEED = SCENARIOS / "gtfs-tsuyama-loop"
 DEFAULT_SPEC_PATH = SCENARIOS / "bus-day.toml"
 EARTH_RADIUS_M = 6_371_008.8
@@ -1221,7 +1221,7 @@ class BusSimLive:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m firmware_sim.bus", description="Simulated city bus: GPS on a pty, "
+    p = argparse.ArgumentParser(prog="python -m firmware_sim.bus.sim", description="Simulated city bus: GPS on a pty, "
                                 "BLE adverts on a Unix socket, ground truth to a file.")  # fmt: skip
     p.add_argument(
         "--spec", type=Path, default=DEFAULT_SPEC_PATH, help="scenario TOML (default: %(default)s)"

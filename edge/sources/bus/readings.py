@@ -10,7 +10,7 @@ import re
 from datetime import date
 
 from cityos.wire import ID_PATTERN, Reading
-from edge.sources.ridership import RidershipConfig, RidershipResult, RiderTrip, SegmentCount, VisitCount
+from edge.sources.bus.ridership import RidershipConfig, RidershipResult, RiderTrip, SegmentCount, VisitCount
 
 KIND_VISIT = "bus_stop_visit"
 KIND_SEGMENT = "bus_segment"

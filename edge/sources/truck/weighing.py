@@ -8,7 +8,7 @@ framing and format rule is tested with byte vectors, not with a serial line.
 
 Why a hand-written splitter rather than ``readline()``: reads return arbitrary fragments (a line split across
 two reads, three lines in one), a noisy line may never send its CR LF, and a line must not be able to grow
-without bound in a 40 MB process. :class:`~edge.sources.lines.LineSplitter` (shared with the NMEA decoder) keeps
+without bound in a 40 MB process. :class:`~edge.sources.common.lines.LineSplitter` (shared with the NMEA decoder) keeps
 at most ``max_len`` bytes of a pending line and discards (and counts) the rest up to the next terminator.
 """
 
@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from edge.sources.lines import LineSplitter
+from edge.sources.common.lines import LineSplitter
 
 __all__ = [
     "MAX_LINE",

@@ -36,7 +36,7 @@ silence with ``silent=True``), bad NMEA checksums at a rate, garbage / partial /
 rate, :meth:`overload`, :meth:`unplug` / :meth:`replug` of either port (the pty goes away and comes back as a new
 one, the symlink re-pointed, as udev does).
 
-Standalone: ``python -m firmware_sim.garbage_truck --indicator-link run/dev/ttyIND0 --gps-link run/dev/ttyGPS0
+Standalone: ``python -m firmware_sim.truck.sim --indicator-link run/dev/ttyIND0 --gps-link run/dev/ttyGPS0
 --ground-truth truck.jsonl --rate 288 --trips 2``.
 """
 
@@ -63,7 +63,7 @@ from cityos.simclock import ScaledClock
 from firmware_sim.pty import PtyLink
 from firmware_sim.signals import stop_on_signals
 
-SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 DEFAULT_ROUTE_PATH = SCENARIOS / "tsuyama-truck-route.toml"
 DEFAULT_DISTRICTS_PATH = SCENARIOS / "tsuyama-districts.geojson"
 EARTH_RADIUS_M = 6_371_008.8
@@ -726,7 +726,7 @@ def _unplug_arg(text: str) -> tuple[str, float, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m firmware_sim.garbage_truck",
+        prog="python -m firmware_sim.truck.sim",
         description="Simulated garbage truck: weighing indicator + GPS on two pseudo-terminals.",
     )
     p.add_argument("--route", type=Path, default=DEFAULT_ROUTE_PATH, help="route TOML (default: %(default)s)")

@@ -47,7 +47,7 @@ longer parse). Junk is only ever sent next to a line the module sends anyway, ne
 
 Standalone (``cityos sim meter ...`` calls :func:`main`)::
 
-    python -m firmware_sim.wisun_module --households hh-0001:1,hh-0002:2 --link-dir run/dev \\
+    python -m firmware_sim.meter.sim --households hh-0001:1,hh-0002:2 --link-dir run/dev \\
         --ground-truth meters.jsonl [--rate 288] [--garble 0.02] [--fail-joins 2] [--expire-every 600]
 """
 
@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cityos.simclock import ScaledClock
-from firmware_sim import echonet as el
+from firmware_sim.meter import echonet as el
 from firmware_sim.pty import PtyLink
 from firmware_sim.signals import stop_on_signals
 

@@ -25,7 +25,7 @@ meter's date, so the EA timestamp is read again after the history: if the meter'
 across midnight), nothing is emitted and the recovery is retried. Slots older than 99 days, or that the meter has
 no value for, are counted as ``lost_slots``.
 
-Faults, as momonga 0.7 surfaces them (read from its source, checked against ``firmware_sim.wisun_module``)
+Faults, as momonga 0.7 surfaces them (read from its source, checked against ``firmware_sim.meter.sim``)
 ---------------------------------------------------------------------------------------------------------
 momonga raises nothing for EVENT 29/32: its receiver thread closes a transmit *gate*, and a request then waits at
 the gate up to ``xmit_timeout`` (``MomongaXmitTimeout``). To show these states in ``health()`` as they happen, and to
@@ -77,7 +77,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator
 from cityos.wire import DeviceId, Reading
 from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
-from edge.sources.logs import RateLimited
+from edge.sources.common.logs import RateLimited
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """ECHONET Lite frames (EDATA format 1), sans-I/O: bytes ↔ :class:`Frame`, and the smart meter's property codecs.
 
-For the Wi-SUN module emulator (:mod:`firmware_sim.wisun_module`), which must answer momonga's requests as a
+For the Wi-SUN module emulator (:mod:`firmware_sim.meter.sim`), which must answer momonga's requests as a
 low-voltage smart meter would (Get → Get_Res/Get_SNA, SetC → Set_Res/SetC_SNA, INF of the fixed-time value). Written by hand because no maintained PyPI package builds *meter-side* frames: momonga and the other
 B-route libraries implement the controller side only. Pure functions, no I/O; tested against the byte vectors of
 ``shared/reference/broute-echonet.md``.

@@ -6,7 +6,7 @@ the input buffer is flushed: stale bytes in the driver are of unknown age (a wei
 I/O error, a hang-up, or a udev symlink that now leads elsewhere (checked every second) closes the port; it is
 reopened by its configured path with backoff (0.1 s doubling to 2 s). Reads are *bounded* (``chunk`` bytes per
 call) so a thread serving several ports interleaves their backlogs after a stall. Warnings go through the
-caller's :class:`~edge.sources.logs.RateLimited` (one per minute per cause, with the count suppressed).
+caller's :class:`~edge.sources.common.logs.RateLimited` (one per minute per cause, with the count suppressed).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import time
 from typing import Any
 
-from edge.sources.logs import RateLimited
+from edge.sources.common.logs import RateLimited
 
 __all__ = ["SerialPort"]
 

@@ -21,7 +21,7 @@ The stations
 ------------
 Each station samples every sample interval (holding register 2) on its own clock. Its RTC starts unset (status
 bit 3, time counting from 2000-01-01) until the gateway writes holding registers 0-1; after that a sample's
-time is the station clock. Values come from :mod:`firmware_sim.scenario` (deterministic from the seed and the
+time is the station clock. Values come from :mod:`firmware_sim.forest.scenario` (deterministic from the seed and the
 accelerated scenario time) and are quantized into the registers (13 input registers: register 12 is the water
 level in mm, 0xFFFF when ``StationSpec.water_sensor`` is off).
 
@@ -61,7 +61,7 @@ answer), ``unplug()``/``replug()`` (the adapter leaves and comes back as a new p
 
 Standalone (``main(argv)``; ``cityos sim forest ...`` calls it)::
 
-    python -m firmware_sim.forest_station --stations forest-01:1,forest-02:2 --link run/dev/ttyFOREST0 \
+    python -m firmware_sim.forest.sim --stations forest-01:1,forest-02:2 --link run/dev/ttyFOREST0 \
         --ground-truth gt.jsonl [--accel 3600] [--duration S] [--fault garbage=0.05,crc=0.01,silent=2]
 """
 
@@ -93,8 +93,8 @@ from pymodbus.pdu.register_message import (
 )
 
 from cityos.simclock import ScaledClock
+from firmware_sim.forest.scenario import Scenario
 from firmware_sim.pty import PtyLink
-from firmware_sim.scenario import Scenario
 from firmware_sim.signals import stop_on_signals
 
 #: The RTC's time after losing power: 2000-01-01T00:00:00Z.

@@ -1,0 +1,7 @@
+"""Garbage trucks: a weighing indicator on RS-232 and a GPS (NMEA 0183), pickups per district.
+
+``weighing``: the sans-I/O core of the indicator's lines; ``source``: the adapter the agent runs for
+``type = "garbage_truck"``. Nothing is imported here.
+"""
+
+__all__ = ["source", "weighing"]
