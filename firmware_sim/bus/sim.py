@@ -87,8 +87,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cityos.simclock import ScaledClock
 from firmware_sim.bus.timetable import SimCall, Timetable
+from firmware_sim.device import SimDevice, serve_until_stopped
 from firmware_sim.pty import PtyLink
-from firmware_sim.signals import stop_on_signals
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 DEFAULT_FEED = SCENARIOS / "gtfs-tsuyama-loop"
@@ -1052,11 +1052,14 @@ def _ms(t: float) -> int:
 # --- live driver --------------------------------------------------------------------------------------------
 
 
-class BusSimLive:
+class BusSimLive(SimDevice):
     """Plays :meth:`BusDay.stream` paced by a scaled clock: NMEA onto a pty, adverts as JSON lines to every
     client of a Unix stream socket (the gateway's simulated BLE adapter). Caught up when late, like the truck."""
 
+    WAKE_PIPE = False  # its threads poll their stop event
+
     def __init__(self, day: BusDay, *, clock: ScaledClock, gps_link: Path | None, ble_socket: Path) -> None:
+        super().__init__()
         self.day = day
         self.clock = clock
         self.link = PtyLink(gps_link)
@@ -1064,8 +1067,6 @@ class BusSimLive:
         self._server: socket.socket | None = None
         self._clients: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._outage_until = -math.inf
         self.gen_t = -math.inf
         self.counters = {"gps_seconds": 0, "adverts": 0, "adverts_sent": 0, "clients": 0, "outages": 0}
@@ -1076,23 +1077,16 @@ class BusSimLive:
 
     def start(self) -> str:
         """Open the pty and the socket, start playing; returns the GPS port (symlink if given, else the pty)."""
-        if self._threads:
+        if self.running:
             return self.gps_port
         self.link.open()
         self.ble_socket.parent.mkdir(parents=True, exist_ok=True)
         self._listen()
-        self._stopping.clear()
         for fn, name in ((self._accept, "bus-sim-accept"), (self._play, "bus-sim-play")):
-            th = threading.Thread(target=fn, name=name, daemon=True)
-            th.start()
-            self._threads.append(th)
+            self._spawn(fn, name)
         return self.gps_port
 
-    def stop(self) -> None:
-        self._stopping.set()
-        for th in self._threads:
-            th.join(timeout=5)
-        self._threads = []
+    def _close(self) -> None:
         with self._lock:
             self._drop_clients()
             if self._server is not None:
@@ -1102,12 +1096,6 @@ class BusSimLive:
                     self.ble_socket.unlink()
         self.link.close()
 
-    def __enter__(self) -> BusSimLive:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def ble_outage(self, duration_s: float) -> None:
         """The BLE adapter is unplugged for ``duration_s`` simulated seconds: clients are closed and the socket
@@ -1258,16 +1246,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"bus sim: {exc}", file=sys.stderr)
         return 2
-    with stop_on_signals() as stop:
-        try:
-            port = live.start()
-            print(f"bus sim: gps {port} ({live.link.port}), ble {args.ble_socket}; "
-                  f"{json.dumps(day.summary(), ensure_ascii=False)}", flush=True)  # fmt: skip
-            stop.wait(args.duration)
-        finally:
-            live.stop()
-            print(f"bus sim: stopped; {json.dumps(live.counters)}", flush=True)
-    return 0
+    return serve_until_stopped(
+        "bus sim", [live], duration=args.duration, counters=lambda: live.counters,
+        started=lambda: print(f"bus sim: gps {live.gps_port} ({live.link.port}), ble {args.ble_socket}; "
+                              f"{json.dumps(day.summary(), ensure_ascii=False)}", flush=True),
+    )
 
 
 if __name__ == "__main__":

@@ -68,10 +68,8 @@ Standalone (``main(argv)``; ``cityos sim forest ...`` calls it)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import os
 import queue
 import random
 import signal
@@ -93,9 +91,9 @@ from pymodbus.pdu.register_message import (
 )
 
 from cityos.simclock import ScaledClock
+from firmware_sim.device import SimDevice, serve_until_stopped
 from firmware_sim.forest.scenario import Scenario
 from firmware_sim.pty import PtyLink
-from firmware_sim.signals import stop_on_signals
 
 #: The RTC's time after losing power: 2000-01-01T00:00:00Z.
 RTC_POWER_ON_MS = 946_684_800_000
@@ -251,7 +249,7 @@ class _Station:
         return [(secs >> 16) & 0xFFFF, secs & 0xFFFF, self.interval_ds, self.spec.rain_res_x1000]
 
 
-class ForestStationSim:
+class ForestStationSim(SimDevice):
     """Several forest stations on one simulated RS-485 bus (a pty). See the module docstring."""
 
     def __init__(
@@ -278,6 +276,7 @@ class ForestStationSim:
         self._rate = clock.rate if clock is not None else 1.0
         self._wall_minus_mono = time.time() - time.monotonic()
         self.ground_truth = Path(ground_truth)
+        super().__init__(self.ground_truth)
         self._rng = random.Random(f"forest-faults:{seed}")
         self._lock = threading.RLock()
         self._frozen = False
@@ -297,13 +296,7 @@ class ForestStationSim:
         self._framer = FramerRTU(DecodePDU(True))
         self._stations: dict[int, _Station] = {}
         self._t0: float | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
         self._cmds: queue.Queue[tuple[Callable[[], Any], threading.Event, list[Any]]] = queue.Queue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._truth: Any = None
 
     # --- public API -----------------------------------------------------------------------------------------
     @property
@@ -322,38 +315,19 @@ class ForestStationSim:
 
     def start(self) -> ForestStationSim:
         """Power the stations on and serve the bus from a background thread."""
-        if self._thread is not None:
+        if self.running:
             return self
-        self.ground_truth.parent.mkdir(parents=True, exist_ok=True)
-        self._truth = self.ground_truth.open("a", encoding="utf-8")
+        self._open_truth()
         now = time.monotonic()
         self._t0 = now
         with self._lock:
             for spec in self.specs:
                 self._stations[spec.unit] = _Station(spec, now, self._tips_total(spec, now), self._rate)
-        self._thread = threading.Thread(target=self._serve, name="forest-sim", daemon=True)
-        self._thread.start()
+        self._spawn(self._serve, "forest-sim")
         return self
 
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+    def _close(self) -> None:
         self._link.close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        if self._truth is not None:
-            self._truth.close()
-            self._truth = None
-
-    def __enter__(self) -> ForestStationSim:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def set_fault(self, name: str, value: Any) -> None:
         """``garbage``/``crc``/``malformed``: probability per reply; ``silent``: a set of unit ids."""
@@ -423,19 +397,15 @@ class ForestStationSim:
     # --- the bus loop ---------------------------------------------------------------------------------------
     def _in_loop(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the serving thread (it owns the fds), or here when not running."""
-        if self._thread is None or threading.current_thread() is self._thread:
+        if not self._threads or threading.current_thread() is self._threads[0]:
             with self._lock:
                 return fn()
         done, out = threading.Event(), []
         self._cmds.put((fn, done, out))
-        self._wake()
+        self.wake()
         if not done.wait(5):
             raise TimeoutError("simulator loop did not respond")
         return out[0] if out else None
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
 
     def _serve(self) -> None:
         buf = b""
@@ -465,8 +435,7 @@ class ForestStationSim:
             except OSError:
                 data = b""
                 time.sleep(timeout)
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.read(self._wake_r, 512)
+            self._drain_wake()
             if data:
                 buf += data
                 last_rx = time.monotonic()
@@ -798,18 +767,14 @@ def main(argv: list[str] | None = None) -> int:
         faults=faults,
         clock=clock,
     )
+    link = f" (link {args.link})" if args.link else ""
+    units = ", ".join(f"{s.device_id}=unit {s.unit}" for s in specs)
     # SIGUSR1: stop sampling but keep answering (end of a test run: the ground truth is then final)
-    with stop_on_signals({signal.SIGUSR1: sim.freeze}) as stop:
-        try:
-            sim.start()
-            link = f" (link {args.link})" if args.link else ""
-            units = ", ".join(f"{s.device_id}=unit {s.unit}" for s in specs)
-            print(f"forest sim: {sim.port}{link}: {units}; ground truth {args.ground_truth}", flush=True)
-            stop.wait(args.duration)
-        finally:
-            sim.stop()
-            print(f"forest sim: stopped; {json.dumps(sim.counters)}", flush=True)
-    return 0
+    return serve_until_stopped(
+        "forest sim", [sim], duration=args.duration, counters=lambda: sim.counters,
+        signals={signal.SIGUSR1: sim.freeze},
+        started=lambda: print(f"forest sim: {sim.port}{link}: {units}; ground truth {args.ground_truth}", flush=True),
+    )
 
 
 if __name__ == "__main__":

@@ -54,13 +54,11 @@ Standalone (``cityos sim meter ...`` calls :func:`main`)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import heapq
 import itertools
 import json
 import math
-import os
 import random
 import sys
 import threading
@@ -71,9 +69,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cityos.simclock import ScaledClock
+from firmware_sim.device import SimDevice, serve_until_stopped
 from firmware_sim.meter import echonet as el
 from firmware_sim.pty import PtyLink
-from firmware_sim.signals import stop_on_signals
 
 Dialect = Literal["bp35c2", "bp35a1", "rl7023"]
 DIALECTS: tuple[str, ...] = ("bp35c2", "bp35a1", "rl7023")
@@ -298,7 +296,7 @@ class _ModuleState:
     expired: bool = False  # EVENT 29 sent, re-authentication pending
 
 
-class WiSunModuleSim:
+class WiSunModuleSim(SimDevice):
     """A Wi-SUN module and its meter on a pty. ``start()`` → the pty path; fault methods are thread-safe."""
 
     def __init__(
@@ -317,8 +315,8 @@ class WiSunModuleSim:
         fault_seed: int | None = None,
     ) -> None:
         self.spec = spec or MeterSpec()
+        super().__init__(truth_path)
         self.clock = clock
-        self.truth_path = Path(truth_path) if truth_path else None
         self.notify_fixed = notify_fixed
         self.join_delay_s, self.scan_delay_s, self.reauth_delay_s = join_delay_s, scan_delay_s, reauth_delay_s
         self._rng = random.Random(f"wisun-faults:{self.spec.seed if fault_seed is None else fault_seed}")
@@ -334,12 +332,6 @@ class WiSunModuleSim:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._tid = itertools.count(1)
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._truth: Any = None
         self.join_times: list[float] = []  # monotonic time of every SKJOIN received: lets tests see hammering
         self._counters: dict[str, int] = dict.fromkeys(
             (
@@ -369,41 +361,20 @@ class WiSunModuleSim:
 
     def start(self) -> str:
         """Power on: open the pty, start the meter at the current simulated time, serve from a thread."""
-        if self._thread is not None:
+        if self.running:
             return self.port or ""
         port = self._link.open()
-        if self.truth_path is not None:
-            self.truth_path.parent.mkdir(parents=True, exist_ok=True)
-            self._truth = open(self.truth_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+        self._open_truth()
         with self._lock:
             self._meter = _Meter(self.spec, self.sim_now())
             self._event("power_on", count=self._meter.count, joules=self._meter.joules)
             if self._meter.t in self._meter.slots:
                 self._write_fixed(self._meter.t)
-        self._thread = threading.Thread(target=self._serve, name=f"wisun-{self.spec.device_id}", daemon=True)
-        self._thread.start()
+        self._spawn(self._serve, f"wisun-{self.spec.device_id}")
         return port
 
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+    def _close(self) -> None:
         self._link.close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        if self._truth is not None:
-            self._truth.close()
-            self._truth = None
-
-    def __enter__(self) -> WiSunModuleSim:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def sim_now(self) -> float:
         return self.clock.now() if self.clock is not None else time.time()
@@ -454,14 +425,10 @@ class WiSunModuleSim:
             self._garble = max(0.0, min(1.0, probability))
 
     # --- loop -----------------------------------------------------------------------------------------------
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-
     def _schedule(self, delay_s: float, fn: Callable[[], None]) -> None:
         with self._lock:
             heapq.heappush(self._timers, (time.monotonic() + delay_s, next(self._seq), fn))
-        self._wake()
+        self.wake()
 
     def _serve(self) -> None:
         buf = b""
@@ -481,8 +448,7 @@ class WiSunModuleSim:
                 data = self._link.read(min(max(next_due, 0.0), 0.05), extra_fds=(self._wake_r,))
             except OSError:
                 data = b""
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.read(self._wake_r, 512)
+            self._drain_wake()
             if data:
                 buf += data
                 with self._lock:
@@ -938,37 +904,31 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"meter sim: {exc}", file=sys.stderr)
         return 2
-    with stop_on_signals() as stop:
-        try:
-            for sim, link in sims:
-                port = sim.start()
-                print(
-                    f"meter sim: {sim.spec.device_id} on {port}" + (f" (link {link})" if link else ""), flush=True
-                )
-            every = args.expire_every
-            rl = [float(x) for x in args.rate_limit_every.split(":")] if args.rate_limit_every else None
-            t0 = time.monotonic()
-            next_expire = t0 + every if every else math.inf
-            next_rl = t0 + rl[0] if rl else math.inf
-            end = t0 + args.duration if args.duration else math.inf
-            while not stop.wait(min(0.5, max(0.0, min(next_expire, next_rl, end) - time.monotonic()))):
-                t = time.monotonic()
-                if t >= end:
-                    break
-                if t >= next_expire and every:
-                    for sim, _ in sims:
-                        sim.expire_session()
-                    next_expire += every
-                if t >= next_rl and rl:
-                    for sim, _ in sims:
-                        sim.rate_limit(rl[1])
-                    next_rl += rl[0]
-        finally:
+    every = args.expire_every
+    rl = [float(x) for x in args.rate_limit_every.split(":")] if args.rate_limit_every else None
+    t0 = time.monotonic()
+    due = {"expire": t0 + every if every else math.inf, "rate_limit": t0 + rl[0] if rl else math.inf}
+
+    def started() -> None:
+        for sim, link in sims:
+            print(f"meter sim: {sim.spec.device_id} on {sim.port}" + (f" (link {link})" if link else ""), flush=True)
+
+    def tick() -> float:
+        t = time.monotonic()
+        if every and t >= due["expire"]:
             for sim, _ in sims:
-                sim.stop()
-            totals = {sim.spec.device_id: sim.counters for sim, _ in sims}
-            print(f"meter sim: stopped; {json.dumps(totals)}", flush=True)
-    return 0
+                sim.expire_session()
+            due["expire"] += every
+        if rl and t >= due["rate_limit"]:
+            for sim, _ in sims:
+                sim.rate_limit(rl[1])
+            due["rate_limit"] += rl[0]
+        return min(0.5, max(0.0, min(due.values()) - time.monotonic()))
+
+    return serve_until_stopped(
+        "meter sim", [sim for sim, _ in sims], duration=args.duration, started=started, tick=tick,
+        counters=lambda: {sim.spec.device_id: sim.counters for sim, _ in sims},
+    )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cityos.simclock import ScaledClock
+from firmware_sim.device import SimDevice, serve_until_stopped
 from firmware_sim.pty import PtyLink
-from firmware_sim.signals import stop_on_signals
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 DEFAULT_ROUTE_PATH = SCENARIOS / "tsuyama-truck-route.toml"
@@ -310,7 +310,9 @@ def _ddmm(value: float, deg_digits: int) -> str:
     return f"{deg:0{deg_digits}d}{minutes:08.5f}"
 
 
-class GarbageTruckSim:
+class GarbageTruckSim(SimDevice):
+    WAKE_PIPE = False  # the serving thread waits on an event, not on its ptys
+
     """One simulated truck: two ptys and the ground truth (see the module docstring)."""
 
     def __init__(
@@ -328,7 +330,7 @@ class GarbageTruckSim:
             raise ValueError("bin_kg_max < bin_kg_min")
         now = time.time()
         self.clock = clock or ScaledClock(sim_start=now, real_anchor=now, rate=1.0)
-        self.truth_path = Path(truth_path) if truth_path else None
+        super().__init__(truth_path)
         self.plan, self._pending_truth = build_plan(self.spec)
         self._districts = _DistrictMap(self.spec.districts)
         self._links: dict[str, PtyLink] = {"indicator": PtyLink(indicator_link), "gps": PtyLink(gps_link)}
@@ -346,10 +348,7 @@ class GarbageTruckSim:
         self.indicator_period = max(1 / self.spec.indicator_hz, rate / self.spec.indicator_max_real_hz)
         self.gps_period = max(1 / self.spec.gps_hz, rate / self.spec.gps_max_real_hz)
         self._cond = threading.Condition(self._lock)
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._truth_file: Any = None
+        self._woken = threading.Event()
         self.truth: list[dict[str, Any]] = []
         self.t0_epoch = 0.0
         self.gen_t = -1.0
@@ -393,39 +392,24 @@ class GarbageTruckSim:
 
     def start(self) -> tuple[str, str]:
         """Open both ptys and start streaming; returns (indicator_port, gps_port)."""
-        if self._thread is not None:
+        if self.running:
             return self.ports
         for link in self._links.values():
             link.open()
-        if self.truth_path is not None:
-            self.truth_path.parent.mkdir(parents=True, exist_ok=True)
-            self._truth_file = self.truth_path.open("a", encoding="utf-8")
+        self._open_truth()
         self._truth_plan = list(self._pending_truth)
         self._truth_i = 0
         self.t0_epoch = self.clock.now()
-        self._thread = threading.Thread(target=self._run, name="truck-sim", daemon=True)
-        self._thread.start()
+        self._spawn(self._run, "truck-sim")
         return self.ports
 
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+    def wake(self) -> None:
+        self._woken.set()
+
+    def _close(self) -> None:
         with self._lock:
             for link in self._links.values():
                 link.close()
-            if self._truth_file is not None:
-                self._truth_file.close()
-                self._truth_file = None
-
-    def __enter__(self) -> GarbageTruckSim:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def t_at(self, epoch_s: float) -> float:
         """Simulated seconds since start of a simulated wall time (to place a fault at "09:30"); after start()."""
@@ -478,14 +462,14 @@ class GarbageTruckSim:
             self._schedule(t, lambda: self._do_unplug(port))
             if duration_s is not None:
                 self._schedule(t + duration_s, lambda: self._do_replug(port))
-        self._wake.set()
+        self.wake()
 
     def replug(self, port: Port, *, at: float | None = None) -> None:
         """The adapter comes back as a new pty; the symlink is re-pointed."""
         self._check_port(port)
         with self._lock:
             self._schedule(self._when(at), lambda: self._do_replug(port))
-        self._wake.set()
+        self.wake()
 
     # --- internals ------------------------------------------------------------------------------------------
     @staticmethod
@@ -508,8 +492,8 @@ class GarbageTruckSim:
                 self._cond.notify_all()
                 nxt = self._next_due()
             delay = self.clock.real_delay(max(0.0, nxt - now_t))
-            self._wake.wait(min(max(delay, 0.0005), 0.05))
-            self._wake.clear()
+            self._woken.wait(min(max(delay, 0.0005), 0.05))
+            self._woken.clear()
 
     def _next_due(self) -> float:
         cands = [self._next_ind, self._next_gps]
@@ -701,9 +685,9 @@ class GarbageTruckSim:
 
     def _write_truth(self, obj: dict[str, Any]) -> None:
         self.truth.append(obj)
-        if self._truth_file is not None:
-            self._truth_file.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
-            self._truth_file.flush()
+        if self._truth is not None:
+            self._truth.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+            self._truth.flush()
 
 
 # --- standalone ---------------------------------------------------------------------------------------------
@@ -784,16 +768,12 @@ def main(argv: list[str] | None = None) -> int:
         sim.overload(dur, at=at)
     for port, at, dur in args.unplug:
         sim.unplug(port, at=at, duration_s=dur)
-    with stop_on_signals() as stop:
-        try:
-            ind, gps = sim.start()
-            print(f"truck sim: {spec.truck_id}: indicator {ind}, gps {gps}; route {spec.route.name!r} "
-                  f"({len(spec.route.stops)} stops) x{spec.trips}, rate {args.rate}", flush=True)  # fmt: skip
-            stop.wait(args.duration)
-        finally:
-            sim.stop()
-            print(f"truck sim: stopped; {json.dumps(sim.counters)}", flush=True)
-    return 0
+    return serve_until_stopped(
+        "truck sim", [sim], duration=args.duration, counters=lambda: sim.counters,
+        started=lambda: print(
+            f"truck sim: {spec.truck_id}: indicator {sim.ports[0]}, gps {sim.ports[1]}; route {spec.route.name!r} "
+            f"({len(spec.route.stops)} stops) x{spec.trips}, rate {args.rate}", flush=True),
+    )
 
 
 if __name__ == "__main__":

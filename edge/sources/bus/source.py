@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import collections
 import logging
-import select
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -50,6 +48,7 @@ from edge.sources.bus.ridership import Observation, RidershipConfig, RidershipEs
 from edge.sources.bus.stops import StopDetector, StopDetectorConfig
 from edge.sources.common.logs import RateLimited
 from edge.sources.common.nmea import GpsTracker, RmcFix
+from edge.sources.common.polling import PollingSource, select_ready
 from edge.sources.common.serialport import SerialPort
 
 log = logging.getLogger(__name__)
@@ -207,7 +206,7 @@ class BusCore:
         return h
 
 
-class Bus:
+class Bus(PollingSource):
     """The ``bus`` source (see the module docstring): :class:`BusCore` with a GPS port and a scanner thread."""
 
     def __init__(self, config: BusConfig) -> None:
@@ -238,33 +237,18 @@ class Bus:
         with self._lock:
             return dict(self._health)
 
-    def run(self, ctx: SourceContext, stop: threading.Event) -> None:
+    def _on_start(self, ctx: SourceContext) -> None:
         self.scanner.start()
-        last_health = 0.0
-        try:
-            while not stop.is_set():
-                self._loop_once(ctx)
-                mono = time.monotonic()
-                if mono - last_health >= 0.5:
-                    self._refresh_health()
-                    last_health = mono
-        finally:
-            self.scanner.stop()
-            self._port.close()
-            self._refresh_health()
+
+    def _on_stop(self) -> None:
+        self.scanner.stop()
+        self._port.close()
 
     def _loop_once(self, ctx: SourceContext) -> None:
         port = self._port
         if port.ensure_open():
             self.core.gps.reset()
-        ready = False
-        if port.fd is None:
-            time.sleep(0.1)
-        else:
-            try:
-                ready = bool(select.select([port.fd], [], [], 0.1)[0])
-            except (OSError, ValueError):  # the fd closed under us
-                ready = False
+        ready = bool(select_ready((port,), 0.1))
         now = clock.now()
         self._check_ble()
         self._drain()

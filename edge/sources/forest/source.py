@@ -94,7 +94,7 @@ from pymodbus.pdu import ModbusPDU
 from cityos.wire import DeviceId, Reading
 from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
-from edge.sources.common.logs import RateLimited
+from edge.sources.common.logs import LOG_PERIOD_S, LibraryLogFilter, RateLimited, install_once
 from edge.sources.forest import codec as codec
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,6 @@ _MAX_POLL_GAP_S = 30.0
 #: How often the bus checks that its port path (a udev by-id link) still leads to the device it opened: at most
 #: once a second, not per poll (resolving the link is five system calls).
 _PORT_CHECK_S = 1.0
-_LOG_PERIOD_S = 60.0
 #: How far from a second boundary an RTC write may still arrive.
 _CLOCK_WRITE_SLACK_S = 0.1
 #: Real-time jitter (request latency, thread scheduling) budgeted for the skew check on a scaled clock.
@@ -188,37 +187,10 @@ class ForestBusConfig(SourceConfig):
 # --- logging helpers ----------------------------------------------------------------------------------------
 
 
-class _PymodbusLogFilter(logging.Filter):
-    """Rate-limit pymodbus' own per-request ERROR/WARNING lines (see the module docstring)."""
-
-    def __init__(self, period_s: float = _LOG_PERIOD_S) -> None:
-        super().__init__("pymodbus")
-        self.period_s = period_s
-        self._last: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if logging.getLogger("pymodbus.logging").getEffectiveLevel() <= logging.DEBUG:
-            return True
-        key = str(record.msg).split("\n", 1)[0][:80]
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last.get(key, -math.inf) < self.period_s:
-                return False
-            self._last[key] = now
-        return True
-
-
-_filter_installed = False
-_filter_lock = threading.Lock()
-
-
 def _install_pymodbus_log_filter() -> None:
-    global _filter_installed
-    with _filter_lock:
-        if not _filter_installed:
-            logging.getLogger("pymodbus.logging").addFilter(_PymodbusLogFilter())
-            _filter_installed = True
+    """Rate-limit pymodbus' own per-request ERROR/WARNING lines (see the module docstring)."""
+    install_once("pymodbus", [logging.getLogger("pymodbus.logging")], lambda: LibraryLogFilter(
+        "pymodbus.logging", LOG_PERIOD_S, key=lambda r: str(r.msg).split("\n", 1)[0][:80]))
 
 
 # --- the client ---------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator
 from cityos.wire import DeviceId, Reading
 from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
-from edge.sources.common.logs import RateLimited
+from edge.sources.common.logs import LOG_PERIOD_S, LibraryLogFilter, RateLimited, install_once
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,6 @@ KIND = "smart_meter"
 STATE_VERSION = 1
 SLOT_MS = 30 * 60 * 1000
 MAX_HISTORY_DAY = 99
-_LOG_PERIOD_S = 60.0
 _TAP_NAME = "cityos_tap"
 
 # session_state codes (health() is dict[str, float]); the table is in docs/meters.md
@@ -199,47 +198,24 @@ _by_thread: dict[int, SmartMeterSource] = {}
 _by_thread_lock = threading.Lock()
 
 
-class _MomongaLogFilter(logging.Filter):
-    """Counts momonga's per-attempt receive timeouts for the source whose thread logged them, drops its
-    per-request INFO chatter and rate-limits the rest (everything passes when momonga is at DEBUG)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._last: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = str(record.msg)
-        if msg.startswith("The request for transaction id") and "timed out" in msg:
-            with _by_thread_lock:
-                src = _by_thread.get(record.thread or 0)
-            if src is not None:
-                src._count("timeouts")
-        if logging.getLogger("momonga").getEffectiveLevel() <= logging.DEBUG:
-            return True
-        if record.levelno <= logging.INFO and msg.startswith("Successfully"):
-            return False
-        key = f"{record.name}:{msg[:80]}"
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last.get(key, -math.inf) < _LOG_PERIOD_S:
-                return False
-            self._last[key] = now
-        return True
-
-
-_filter_installed = False
-_filter_lock = threading.Lock()
+def _count_timeout(record: logging.LogRecord) -> None:
+    """momonga only logs a receive timeout per attempt: count it for the source whose thread logged it."""
+    msg = str(record.msg)
+    if msg.startswith("The request for transaction id") and "timed out" in msg:
+        with _by_thread_lock:
+            src = _by_thread.get(record.thread or 0)
+        if src is not None:
+            src._count("timeouts")
 
 
 def _configure_momonga_logging(debug: bool) -> None:
-    global _filter_installed
-    with _filter_lock:
-        if not _filter_installed:
-            f = _MomongaLogFilter()
-            for lg in (momonga.logger, momonga.session_manager_logger, momonga.sk_wrapper_logger):
-                lg.addFilter(f)
-            _filter_installed = True
+    """Count momonga's per-attempt receive timeouts, drop its per-request INFO chatter and rate-limit the rest."""
+    install_once(
+        "momonga", (momonga.logger, momonga.session_manager_logger, momonga.sk_wrapper_logger),
+        lambda: LibraryLogFilter(
+            "momonga", LOG_PERIOD_S, observe=_count_timeout,
+            drop=lambda r: r.levelno <= logging.INFO and str(r.msg).startswith("Successfully")),
+    )
     root = logging.getLogger("momonga")
     if not debug and (root.level == logging.NOTSET or root.level < logging.INFO):
         root.setLevel(logging.INFO)

@@ -41,9 +41,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import select
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +62,7 @@ from edge.sources.base import SourceConfig, SourceContext, register
 from edge.sources.common.geo import UNKNOWN, Districts, DistrictsError, haversine_m, load_districts
 from edge.sources.common.logs import RateLimited
 from edge.sources.common.nmea import GpsTracker, Position
+from edge.sources.common.polling import PollingSource, select_ready
 from edge.sources.common.serialport import SerialPort
 from edge.sources.truck.weighing import WeighingDecoder, WeightFrame
 
@@ -423,7 +422,7 @@ class CollectionTracker:
 # --- the source ---------------------------------------------------------------------------------------------
 
 
-class GarbageTruck:
+class GarbageTruck(PollingSource):
     """The ``garbage_truck`` source (see the module docstring)."""
 
     def __init__(self, config: TruckConfig) -> None:
@@ -455,20 +454,14 @@ class GarbageTruck:
         with self._lock:
             return dict(self._health)
 
-    def run(self, ctx: SourceContext, stop: threading.Event) -> None:
+    health_every_s = 0.2
+
+    def _on_start(self, ctx: SourceContext) -> None:
         self.tracker.state = TripState.load(ctx.state)
-        last_health = 0.0
-        try:
-            while not stop.is_set():
-                self._loop_once(ctx)
-                mono = time.monotonic()
-                if mono - last_health >= 0.2:
-                    self._refresh_health()
-                    last_health = mono
-        finally:
-            for p in self._ports.values():
-                p.close()
-            self._refresh_health()
+
+    def _on_stop(self) -> None:
+        for p in self._ports.values():
+            p.close()
 
     def _loop_once(self, ctx: SourceContext) -> None:
         gps, ind = self._ports["gps"], self._ports["indicator"]
@@ -476,23 +469,18 @@ class GarbageTruck:
             self.gps.reset()
         if ind.ensure_open():
             self.weighing.reset()
-        fds = [p.fd for p in (gps, ind) if p.fd is not None]
-        if not fds:
-            time.sleep(0.05)
+        ready = select_ready((gps, ind), 0.1, idle_s=0.05)
+        if ready is None:
             self.gps.tick(clock.now())
             return
-        try:
-            ready, _, _ = select.select(fds, [], [], 0.1)
-        except (OSError, ValueError):  # an fd closed under us
-            ready = []
         now = clock.now()
         out: list[Emission] = []
-        if gps.fd is not None and gps.fd in ready:
+        if gps in ready:
             data = gps.read()
             if data:
                 for pos in self.gps.feed(data, now):
                     out += self.tracker.on_position(pos, now)
-        if ind.fd is not None and ind.fd in ready:
+        if ind in ready:
             data = ind.read()
             if data:
                 for frame in self.weighing.feed(data):
