@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from citylab.pipeline import ingest_config
 from citylab.stack import Stack, StackInfo
 from cityos import wire
+from ingest import lineproto
 from ingest.mqtt_in import discard_session
 from ingest.service import IngestService
 
@@ -71,7 +72,7 @@ def make_messages(
         batch = wire.TelemetryBatch(
             gateway_id=gw, boot_id="bench-boot-0001", seq=m, sent_at=now_ms, readings=readings
         )
-        out.append((wire.telemetry_topic(gw), wire.encode_batch(batch), wire.batch_to_lines(batch)))
+        out.append((wire.telemetry_topic(gw), wire.encode_batch(batch), lineproto.batch_to_lines(batch)))
     return out
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cityos.wire import Reading
+from cityos.wire import Reading, reading_body
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -101,7 +101,7 @@ class Outbox:
     ) -> bool:
         """Commit a reading (and its source's state, or one part of it). False if the drop policy refused it."""
         # backfill is decided at send time (edge/uplink.py), never stored
-        body = reading.model_dump_json(exclude_defaults=True, exclude={"backfill"})
+        body = reading_body(reading)
         now = _now_ms()
         with self._lock:
             cur = self._db.cursor()

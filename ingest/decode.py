@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from cityos import wire
 from cityos.wire import ContractError
+from ingest.lineproto import batch_to_lines, status_to_line
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +41,8 @@ def decode_message(
     if topic.endswith("/status"):
         if not payload:
             return None
-        return Decoded(_encode(wire.status_to_line(wire.decode_status(topic, payload, **limits))), 1, "status")
-    lines = wire.batch_to_lines(wire.decode_batch(topic, payload, **limits))
+        return Decoded(_encode(status_to_line(wire.decode_status(topic, payload, **limits))), 1, "status")
+    lines = batch_to_lines(wire.decode_batch(topic, payload, **limits))
     return Decoded(_encode("\n".join(lines)), len(lines), "telemetry")
 
 

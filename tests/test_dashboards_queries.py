@@ -34,10 +34,10 @@ import pytest
 
 from citylab.city import load_scenario
 from citylab.cityrun import CityRun
-from firmware_sim.cityplugin import read_truth as _lines  # the ground-truth JSONL reader the city check uses
 from dashboards.macros import ALL, VarSpec, calculate_interval, expand, panel_max_data_points
 from dashboards.model import AlertRule, Dashboard, Panel, Target
 from dashboards.queryrun import InfluxSource, Series, evaluate_rule, run_query, source_of, tag_values
+from firmware_sim.cityplugin import read_truth as _lines  # the ground-truth JSONL reader the city check uses
 
 pytestmark = pytest.mark.timeout(300)
 

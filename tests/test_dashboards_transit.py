@@ -5,7 +5,7 @@ check compared with what was written.
 The day (2026-11-24, a Tuesday, JST): bus-01 runs trips wd-01 (07:00) and wd-02 (08:00) of route loop-e over the
 committed feed's 20 calls (scenarios/gtfs-tsuyama-loop), with a capacity of 60; bus-02 runs one short trip of a
 second route (loop-w) without a capacity. Readings are wire-contract readings (docs/bus.md) written through
-``cityos.wire.batch_to_lines``, as the ingest writes them. The simulated city has no buses yet, which is why
+``ingest.lineproto.batch_to_lines``, as the ingest writes them. The simulated city has no buses yet, which is why
 tests/test_dashboards_queries.py leaves this dashboard out.
 """
 
@@ -23,11 +23,12 @@ from typing import Any
 
 import pytest
 
-from cityos.wire import Reading, TelemetryBatch, batch_to_lines
+from cityos.wire import Reading, TelemetryBatch
 from dashboards import catalog as cat
 from dashboards.macros import ALL, VarSpec, calculate_interval, expand, panel_max_data_points
 from dashboards.model import Panel
 from dashboards.queryrun import InfluxSource, Series, run_query, source_of, tag_values
+from ingest.lineproto import batch_to_lines
 
 REPO = Path(__file__).resolve().parent.parent
 JST = dt.timezone(dt.timedelta(hours=9))

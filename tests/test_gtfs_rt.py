@@ -1,7 +1,7 @@
 """The GTFS-Realtime VehiclePositions feed (cityos_api/gtfs_rt.py, cityos_api/app.py) against real InfluxDB 1.6.
 
 Points are written as the ingest writes them: wire-contract ``bus_position`` readings (docs/bus.md) through
-``cityos.wire.batch_to_lines``. Four buses: one on a trip stopped at a stop with a capacity configured, one on a
+``ingest.lineproto.batch_to_lines``. Four buses: one on a trip stopped at a stop with a capacity configured, one on a
 trip in transit without capacity (its older point had one: nothing may leak from it), one out of service (no trip),
 and one whose last position is stale (left out). The feed is fetched through the FastAPI app and parsed back.
 """
@@ -18,10 +18,11 @@ from google.protobuf import json_format
 from google.transit import gtfs_realtime_pb2 as rt
 from helpers import influx_write
 
-from cityos.wire import Reading, TelemetryBatch, batch_to_lines
+from cityos.wire import Reading, TelemetryBatch
 from cityos_api.app import ApiSettings, InfluxSettings, create_app
 from cityos_api.gtfs_rt import OCCUPANCY_STEPS, build_feed, occupancy_status
 from cityos_cli.cli import main
+from ingest.lineproto import batch_to_lines
 
 VP = rt.VehiclePosition
 

@@ -19,6 +19,7 @@ import pytest
 from citylab.pipeline import ingest_config
 from cityos import wire
 from cityos.influx import InfluxClient, classify
+from ingest import lineproto
 from ingest.batcher import AckSequencer, Batch, Batcher, Item
 from ingest.config import ConfigError, load_config
 from ingest.deadletter import MAX_STORED_PAYLOAD, DeadLetter, DeadLetterStore
@@ -344,7 +345,7 @@ def test_decode_message_telemetry() -> None:
     b = _batch()
     d = decode_message(wire.telemetry_topic("gw-a"), wire.encode_batch(b), now_ms=NOW)
     assert d is not None and d.kind == "telemetry" and d.n_lines == 3
-    assert d.body.decode().split("\n") == wire.batch_to_lines(b)
+    assert d.body.decode().split("\n") == lineproto.batch_to_lines(b)
 
 
 def _payload(**overrides: object) -> bytes:
@@ -400,7 +401,7 @@ def test_status_message_becomes_a_gateway_status_point() -> None:
     d = decode_message(topic, json.dumps(_status()).encode(), now_ms=NOW)
     assert d is not None and d.kind == "status" and d.n_lines == 1
     assert d.body.decode() == (
-        f'{wire.STATUS_MEASUREMENT},gateway=gw-a agent_version="0.1 \\"beta\\"",backlog_age_s=3.5,'
+        f'{lineproto.STATUS_MEASUREMENT},gateway=gw-a agent_version="0.1 \\"beta\\"",backlog_age_s=3.5,'
         f'backlog_depth=12.0,boot_id="boot-0001",c_dropped=0.0,c_published=10.0,config_hash="abc123",'
         f'state="online" {NOW}'
     )
@@ -419,8 +420,8 @@ def test_status_message_becomes_a_gateway_status_point() -> None:
         now_ms=NOW,
     )
     assert (
-        wire.status_to_line(minimal)
-        == f'{wire.STATUS_MEASUREMENT},gateway=gw-a boot_id="boot-0001",state="offline" {NOW}'
+        lineproto.status_to_line(minimal)
+        == f'{lineproto.STATUS_MEASUREMENT},gateway=gw-a boot_id="boot-0001",state="offline" {NOW}'
     )
     assert decode_message(topic, b"", now_ms=NOW) is None  # a cleared retained status
 
@@ -597,9 +598,9 @@ def test_fast_path_matches_wire_on_random_batches() -> None:
         fast, slow = _outcome(wire.decode_batch, topic, payload), _outcome(_checked, topic, payload)
         assert fast == slow
         if slow[0] == "ok":
-            assert wire.batch_to_lines(slow[1]) == _reference_lines(slow[1])  # type: ignore[arg-type]
+            assert lineproto.batch_to_lines(slow[1]) == _reference_lines(slow[1])  # type: ignore[arg-type]
             d = decode_message(topic, payload, now_ms=NOW)
-            assert d is not None and d.body == "\n".join(wire.batch_to_lines(slow[1])).encode()  # type: ignore[arg-type]
+            assert d is not None and d.body == "\n".join(lineproto.batch_to_lines(slow[1])).encode()  # type: ignore[arg-type]
 
 
 # --- health --------------------------------------------------------------------------------------------------

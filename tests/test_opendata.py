@@ -23,9 +23,10 @@ from helpers import influx_query, influx_write
 from pydantic import ValidationError
 
 from cityos.config import ConfigError
-from cityos.wire import Reading, TelemetryBatch, batch_to_lines
+from cityos.wire import Reading, TelemetryBatch
 from cityos_api.app import ApiSettings, InfluxSettings, OpenDataSettings, create_app, load_settings
 from cityos_api.opendata import determined, suppress
+from ingest.lineproto import batch_to_lines
 
 JST = ZoneInfo("Asia/Tokyo")
 K = 10

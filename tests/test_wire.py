@@ -11,6 +11,7 @@ import jsonschema
 import pytest
 
 from cityos import wire
+from ingest import lineproto
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = int(time.time() * 1000)
@@ -44,7 +45,7 @@ def _raw(d: dict) -> bytes:
 
 def test_roundtrip_and_line_protocol():
     b = wire.decode_batch(TOPIC, _raw(_batch()), now_ms=NOW)
-    assert wire.batch_to_lines(b) == [
+    assert lineproto.batch_to_lines(b) == [
         f'forest,device=forest-01,gateway=gw-1 ok=true,rain_tips=5.0,soil_moisture_pct=31.4,state="joined",backfill=false {NOW - 1000}'
     ]
 
@@ -52,7 +53,7 @@ def test_roundtrip_and_line_protocol():
 def test_backfill_is_a_field_not_a_tag():
     d = _batch()
     d["readings"][0]["backfill"] = True
-    line = wire.batch_to_lines(wire.decode_batch(TOPIC, _raw(d), now_ms=NOW))[0]
+    line = lineproto.batch_to_lines(wire.decode_batch(TOPIC, _raw(d), now_ms=NOW))[0]
     tags, fields, _ = line.split(" ")
     assert "backfill" not in tags and fields.endswith(",backfill=true")
 
@@ -60,7 +61,7 @@ def test_backfill_is_a_field_not_a_tag():
 def test_extra_tags_are_sorted_into_the_series_key():
     d = _batch()
     d["readings"][0]["tags"] = {"district": "kamo", "area": "north"}
-    line = wire.batch_to_lines(wire.decode_batch(TOPIC, _raw(d), now_ms=NOW))[0]
+    line = lineproto.batch_to_lines(wire.decode_batch(TOPIC, _raw(d), now_ms=NOW))[0]
     assert line.startswith("forest,area=north,device=forest-01,district=kamo,gateway=gw-1 ok=true,")
 
 
@@ -80,7 +81,7 @@ def test_string_fields_are_escaped():
     d = _batch()
     d["readings"][0]["values"] = {"note": 'a "quoted" \\ value'}
     d["readings"][0]["units"] = {}
-    line = wire.batch_to_lines(wire.decode_batch(TOPIC, _raw(d), now_ms=NOW))[0]
+    line = lineproto.batch_to_lines(wire.decode_batch(TOPIC, _raw(d), now_ms=NOW))[0]
     assert 'note="a \\"quoted\\" \\\\ value"' in line
 
 
@@ -142,3 +143,25 @@ def test_only_the_wire_contract_crosses_between_edge_and_cloud():
     assert not _imports("ingest") & {"edge", "firmware_sim"}
     # the simulator is the device: it shares nothing with the gateway code
     assert not _imports("firmware_sim") & {"edge", "ingest"}
+
+
+def test_spliced_batch_is_the_batch_of_its_readings():
+    """The gateway's fast path (stored bodies spliced, late ones marked) decodes to exactly the TelemetryBatch of
+    those readings: the wire module owns these bytes and the contract checks them."""
+    readings = [
+        wire.Reading(device_id="forest-01-01", kind="forest_station", ts=NOW - 5000,
+                     values={"rain_mm": 0.5, "ok": True, "note": 'a "quoted" \\ value'}, units={"rain_mm": "mm"}),
+        wire.Reading(device_id="truck-01", kind="truck_collection", ts=NOW - 4000, values={"kg": 120.0},
+                     tags={"district": "chuo"}),
+        wire.Reading(device_id="hh-0001", kind="smart_meter", ts=NOW - 3000, values={"energy_kwh": 1234.5}),
+    ]
+    late = [False, True, False]
+    payload = wire.splice_batch("gw-forest-01", "boot-0001", 7, NOW, [wire.reading_body(r) for r in readings],
+                                late)
+    got = wire.decode_batch(wire.telemetry_topic("gw-forest-01"), payload, now_ms=NOW)
+    want = wire.TelemetryBatch(gateway_id="gw-forest-01", boot_id="boot-0001", seq=7, sent_at=NOW, readings=[
+        r.model_copy(update={"backfill": lt}) for r, lt in zip(readings, late, strict=True)])
+    assert got == want
+    assert json.loads(payload) == json.loads(wire.encode_batch(want)) | {
+        "readings": [json.loads(wire.reading_body(r)) | ({"backfill": True} if lt else {})
+                     for r, lt in zip(readings, late, strict=True)]}
