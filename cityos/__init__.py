@@ -1,0 +1,14 @@
+"""The kernel: what every floor of the house shares, and nothing else of the project.
+
+* ``wire``: the wire contract (readings, batches, statuses, topics, JSON Schemas): the only thing the gateway and
+  the cloud exchange;
+* ``families``: the device families' descriptors and their registry (``FAMILIES``);
+* ``config``: config loading (TOML → pydantic, errors that name the field) and the one TOML writer;
+* ``simclock``: the scaled clock of the simulated city;
+* ``influx``: the one InfluxDB client (v1 HTTP API; cloud side only: it needs httpx, which a gateway does not
+  install).
+
+Nothing is imported here, so a gateway that imports ``cityos.wire`` loads neither httpx nor the InfluxDB client.
+"""
+
+__all__ = ["config", "families", "influx", "simclock", "wire"]
