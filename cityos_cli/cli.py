@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from cityos.config import ConfigError
+from cityos.families import FAMILIES
 
 DEFAULT_RUN_DIR = os.environ.get("CITYOS_RUN_DIR", "run")
 
@@ -55,10 +56,7 @@ def _ingest_cmd(args: argparse.Namespace) -> int:
 
 #: ``cityos sim <device>`` → the module whose ``main(argv)`` runs it.
 SIMULATORS = {
-    "forest": "firmware_sim.forest.sim",
-    "meter": "firmware_sim.meter.sim",
-    "truck": "firmware_sim.truck.sim",
-    "bus": "firmware_sim.bus.sim",
+    **{f.name: f.sim_module for f in FAMILIES},
     "load": "citylab.load",
     "run": "citylab.city",
 }
