@@ -176,6 +176,8 @@ class CityFamily:
     def __init__(self, city: City) -> None:
         self.city = city
         self.gateways: list[Gateway] = []
+        #: The family's running simulators (devices), by device or gateway id: ``start()`` fills it.
+        self.sims: dict[str, Any] = {}
 
     @property
     def name(self) -> str:
@@ -200,10 +202,15 @@ class CityFamily:
 
     def freeze(self, clock: ScaledClock) -> None:
         """Stop producing new data (the ground truth becomes final) and keep answering the gateways: ``clock``
-        is the city's clock standing still at this instant, as it does at the end of the day."""
+        is the city's clock standing still at this instant, as it does at the end of the day. By default every
+        simulator reads that clock from now on (its time stands still: nothing new happens)."""
+        for sim in self.sims.values():
+            sim.clock = clock
 
     def stop(self) -> None:
-        """Power off."""
+        """Power off every simulator."""
+        for sim in self.sims.values():
+            sim.stop()
 
     def fault(self, ev: FaultEvent) -> bool:
         """Apply a scheduled fault to one of this family's devices; False if the target is not ours."""

@@ -11,7 +11,6 @@ from typing import Any
 from pydantic import Field
 
 from cityos.families import by_name
-from cityos.simclock import ScaledClock
 from firmware_sim.cityplugin import (
     JST,
     Check,
@@ -49,7 +48,6 @@ class BusCity(CityFamily):
 
     def plan(self) -> None:
         bs = self.section
-        self.sim: Any = None
         self.day: Any = None
         if not bs.count:
             return
@@ -82,26 +80,18 @@ class BusCity(CityFamily):
         assert self.city.clock is not None
         gw = self.gateways[0]
         self.day.write_truth(gw.truth)
-        self.sim = BusSimLive(self.day, clock=self.city.clock, gps_link=gw.dir / "ttyGPS0",
-                              ble_socket=gw.dir / "ble.sock")
-        self.sim.start()
-
-    def freeze(self, clock: ScaledClock) -> None:
-        # the bus stops where it is: no GPS sentence or advert of a later instant
-        if self.sim is not None:
-            self.sim.clock = clock
-
-    def stop(self) -> None:
-        if self.sim is not None:
-            self.sim.stop()
+        sim = self.sims["bus-01"] = BusSimLive(self.day, clock=self.city.clock, gps_link=gw.dir / "ttyGPS0",
+                                               ble_socket=gw.dir / "ble.sock")
+        sim.start()
 
     def fault(self, ev: FaultEvent) -> bool:
-        if ev.target != "bus-01" or self.sim is None:
+        sim = self.sims.get(ev.target)
+        if sim is None:
             return False
         if ev.fault == "gps_dropout":
             return True  # planned into the bus's day (see plan)
         if ev.fault == "ble_outage":
-            self.sim.ble_outage(ev.duration_s)
+            sim.ble_outage(ev.duration_s)
             return True
         return False
 

@@ -42,7 +42,6 @@ class ForestCity(CityFamily):
                              for u, d in zip(units, gw.devices, strict=True)],
             }]
             self.gateways.append(gw)
-        self.sims: dict[str, Any] = {}
 
     def start(self) -> None:
         from firmware_sim.forest.scenario import Scenario
@@ -61,12 +60,9 @@ class ForestCity(CityFamily):
             ).start()
 
     def freeze(self, clock: ScaledClock) -> None:
+        # the stations stop sampling and keep their clocks (a station's RTC runs on, as in the field)
         for s in self.sims.values():
             s.freeze()
-
-    def stop(self) -> None:
-        for s in self.sims.values():
-            s.stop()
 
     def fault(self, ev: FaultEvent) -> bool:
         for gw in self.gateways:

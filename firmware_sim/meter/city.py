@@ -13,7 +13,6 @@ from typing import Any
 from pydantic import Field
 
 from cityos.families import by_name
-from cityos.simclock import ScaledClock
 from firmware_sim.cityplugin import Check, CityFamily, FaultEvent, Query, Section, read_truth, window
 
 __all__ = ["FAMILY", "MeterCity", "MeterSection"]
@@ -69,7 +68,6 @@ class MeterCity(CityFamily):
                     "session_wait_s": 10.0, "rate_limit_wait_s": 30.0,
                 })
             self.gateways.append(gw)
-        self.sims: dict[str, Any] = {}
 
     def truth_path(self, hh: str) -> Path:
         gw = next(g for g in self.gateways if hh in g.devices)
@@ -85,15 +83,6 @@ class MeterCity(CityFamily):
                 spec, clock=self.city.clock, truth_path=self.truth_path(hh), link_path=gw.dir / f"tty-{hh}",
             )
             self.sims[hh].start()
-
-    def freeze(self, clock: ScaledClock) -> None:
-        # the meters' own time stands still: no new :00/:30 value, and the gateways read the last one again
-        for s in self.sims.values():
-            s.clock = clock
-
-    def stop(self) -> None:
-        for s in self.sims.values():
-            s.stop()
 
     def fault(self, ev: FaultEvent) -> bool:
         sim = self.sims.get(ev.target)

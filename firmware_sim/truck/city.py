@@ -11,7 +11,6 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from cityos.families import by_name
-from cityos.simclock import ScaledClock
 from firmware_sim.cityplugin import Check, CityFamily, FaultEvent, Query, Section, hhmm, read_truth, window
 
 __all__ = ["FAMILY", "TruckCity", "TruckSection"]
@@ -43,7 +42,6 @@ class TruckCity(CityFamily):
     progress = ("waste_collection", "kg")
 
     def plan(self) -> None:
-        self.sims: dict[str, Any] = {}
         for t in range(self.section.count):
             gw = self.gateway(t + 1, [f"truck-{t + 1:02d}"])
             gw.sources = [{
@@ -87,15 +85,6 @@ class TruckCity(CityFamily):
             )
             sim.start()
             self.sims[gw.devices[0]] = sim
-
-    def freeze(self, clock: ScaledClock) -> None:
-        # the truck stands where it is: no pickup after this instant
-        for s in self.sims.values():
-            s.clock = clock
-
-    def stop(self) -> None:
-        for s in self.sims.values():
-            s.stop()
 
     def fault(self, ev: FaultEvent) -> bool:
         sim = self.sims.get(ev.target)
