@@ -8,12 +8,15 @@ injected in between. A scaled clock (one simulated hour per real second) makes h
 
 from __future__ import annotations
 
+import ast
 import copy
+import datetime as _dt
 import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +26,7 @@ from cityos.simclock import ScaledClock
 from cityos.wire import Reading, measurement_for
 from edge import clock as edge_clock
 from edge.sources.base import registry
+from edge.sources.meter import core as mc
 from edge.sources.meter import source as m
 from firmware_sim.meter import sim as wm
 from firmware_sim.meter.sim import MeterSpec, WiSunModuleSim
@@ -330,3 +334,219 @@ def test_config_is_strict_and_never_echoes_secrets() -> None:
     cfg = m.SmartMeterConfig.model_validate({**good, "rbid": "0123 4567 89AB CDEF 0123 4567 89AB CDEF"})
     assert cfg.rbid.get_secret_value() == good["rbid"]
     assert "ABCDEFGH1234" not in repr(cfg) and "0123456789ABCDEF" not in cfg.model_dump_json()
+
+
+# --- the sans-I/O core (edge/sources/meter/core.py): no emulator, no thread, no clock -----------------------
+
+T0_MS = int(SIM_START) * 1000  # 2026-11-25 02:00 JST
+
+
+def _ea(local: str, kwh: float | None) -> dict[str, Any]:
+    """EA as momonga decodes it."""
+    return {"timestamp": _dt.datetime.fromisoformat(local), "cumulative energy": kwh}
+
+
+def _committed(core: mc.MeterCore, step: mc.Step) -> list[Reading]:
+    """What the adapter does with a step: emit each reading, then tell the core it was committed."""
+    for e in step.emissions:
+        core.committed(e)
+    return step.readings
+
+
+def test_core_is_sans_io() -> None:
+    tree = ast.parse(Path(mc.__file__).read_text(encoding="utf-8"))
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"__future__", "datetime", "math", "collections", "dataclasses", "typing", "cityos"}
+
+
+def test_core_resolution_rounds_to_the_meters_decimals() -> None:
+    resolutions = [(0.1, 1), (0.01, 10), (1, 1), (10, 1), (0.0001, 1), (0.001, 1)]
+    assert [mc.decimals_for(u, c) for u, c in resolutions] == [1, 1, 0, 0, 4, 3]
+    assert mc.decimals_for(0, 1) == 3  # no resolution: the default
+    core = mc.MeterCore("hh-0001")
+    assert core.decimals == 3  # until the session read E1/D3
+    core.set_resolution(0.01, 10)
+    step = core.on_poll(T0_MS + 1000, {0xE7: 532, 0xE0: 98765 * 0.01 * 10, 0xE3: 3 * 0.01 * 10})
+    (r,) = _committed(core, step)
+    assert r.values == {"power_w": 532.0, "energy_kwh": 9876.5, "energy_reverse_kwh": 0.3}
+    assert r.units == {"power_w": "W", "energy_kwh": "kWh", "energy_reverse_kwh": "kWh"}
+    assert r.ts == T0_MS + 1000 and r.kind == "smart_meter" and r.tags == {} and not r.backfill
+    assert step.counts == {"polls": 1} and step.history is None and not step.retry
+    assert step.emissions[0].state is None and step.emissions[0].counter == "readings"
+
+
+def test_core_live_reading_skips_missing_values_and_the_same_instant() -> None:
+    core = mc.MeterCore("hh-0001", district="kamo")
+    core.set_resolution(0.1)
+    step = core.on_poll(T0_MS, {0xE7: None, 0xE0: None, 0xEA: _ea("2026-11-25T02:00:00", None)})
+    assert step.emissions == [] and step.counts == {"polls": 1}  # nothing the meter has: nothing emitted
+    (r,) = core.on_poll(T0_MS, {0xE7: -120, 0xE0: 123456 * 0.1}).readings  # the last time had no reading
+    assert r.values == {"power_w": -120.0, "energy_kwh": 12345.6} and r.tags == {"district": "kamo"}
+    for t in (T0_MS, T0_MS - 1):  # a clock that stood still or stepped back
+        step = core.on_poll(t, {0xE7: 100, 0xE0: 123457 * 0.1})
+        assert step.emissions == [] and step.counts == {"polls": 1, "same_instant_skips": 1}
+    assert core.on_poll(T0_MS + 1, {0xE7: 100}).readings[0].values == {"power_w": 100.0}
+    assert core.on_poll(T0_MS + 2, {0xE7: 1.5, 0xE0: "x"}).emissions == []  # not momonga's types: no values
+
+
+def test_core_asks_for_e3_until_the_meter_refuses_it() -> None:
+    core = mc.MeterCore("hh-0001")
+    assert core.poll_properties() == {0xE7, 0xE0, 0xEA, 0xE3}
+    assert core.get_refused() is True  # the first poll with E3 refused: the meter has none
+    assert core.poll_properties() == {0xE7, 0xE0, 0xEA}
+    assert core.get_refused() is False  # any later refusal is a refusal
+    other = mc.MeterCore("hh-0002")
+    other.on_poll(T0_MS, {0xE7: 1, 0xE0: 1.0, 0xE3: 0.0})
+    assert other.get_refused() is False and mc.EPC_ENERGY_REVERSE in other.poll_properties()
+
+
+def test_core_fixed_slot_once_with_its_state_committed() -> None:
+    core = mc.MeterCore("hh-0001", district="kamo")
+    core.set_resolution(0.1)
+    ea = {0xEA: _ea("2026-11-25T02:00:00", 123450 * 0.1)}
+    step = core.on_notification(ea)
+    (e,) = step.emissions
+    assert (
+        e.reading.ts == T0_MS and e.reading.values == {"energy_fixed_kwh": 12345.0} and not e.reading.backfill
+    )
+    assert (
+        e.state == {"v": 1, "last_slot_ms": T0_MS, "last_slot_kwh": 12345.0} and e.counter == "fixed_readings"
+    )
+    assert core.last_slot_ms is None  # not committed yet: the outbox may still refuse it
+    assert len(core.on_notification(ea).emissions) == 1
+    core.committed(e)
+    assert core.state == e.state and core.last_slot_ms == T0_MS
+    assert core.on_notification(ea).emissions == []  # never again, from an INF
+    assert [r.values for r in core.on_poll(T0_MS + 60_000, {0xE7: 5, **ea}).readings] == [{"power_w": 5.0}]
+    (nxt,) = _committed(core, core.on_notification({0xEA: _ea("2026-11-25T02:30:00", 123469 * 0.1)}))
+    assert nxt.ts == T0_MS + SLOT_MS and nxt.values == {"energy_fixed_kwh": 12346.9}
+    assert core.on_notification({0xEA: _ea("2026-11-25T02:00:00", 12345.0)}).emissions == []  # older: never
+
+
+def test_core_rejects_what_is_not_a_fixed_time_value() -> None:
+    core = mc.MeterCore("hh-0001")
+    aware = _dt.datetime(2026, 11, 25, 2, tzinfo=_dt.UTC)
+    for bad in (
+        None,
+        b"\x07\xea\x0b",  # the raw bytes momonga keeps for an INF it could not read
+        {"timestamp": "2026-11-25T02:00:00", "cumulative energy": 1.0},
+        _ea("2026-11-25T02:00:00", None),  # the meter has no value yet
+        {"timestamp": aware, "cumulative energy": 1.0},  # not the meter's local time
+    ):
+        step = core.on_notification({0xEA: bad})
+        assert step.emissions == [] and step.counts == {}, bad
+    for off_grid in ("2026-11-25T02:00:05", "2026-11-25T02:15:00"):
+        step = core.on_notification({0xEA: _ea(off_grid, 1.0)})
+        assert step.emissions == [] and step.counts == {"request_errors": 1}
+    assert core.last_slot_ms is None
+
+
+def test_core_restores_only_its_own_state_version() -> None:
+    old = {"v": 1, "last_slot_ms": T0_MS, "last_slot_kwh": 12345.0}  # as every agent so far committed it
+    core = mc.MeterCore("hh-0001", state=old)
+    assert core.state == old
+    core.restore({})  # nothing committed: keep what we have
+    core.restore({"v": 2, "last_slot_ms": T0_MS + SLOT_MS})
+    assert core.state == old
+    assert core.on_notification({0xEA: _ea("2026-11-25T02:00:00", 12345.0)}).emissions == []
+    (r,) = _committed(core, core.on_notification({0xEA: _ea("2026-11-25T02:30:00", 12346.0)}))
+    assert r.ts == T0_MS + SLOT_MS and not r.backfill
+    assert mc.MeterCore("hh-0001", state={"v": 2, "last_slot_ms": 5}).last_slot_ms is None
+
+
+def test_core_backfills_missed_slots_from_the_history_oldest_first() -> None:
+    last = T0_MS - 6 * SLOT_MS  # 2026-11-24 23:00 JST
+    core = mc.MeterCore("hh-0001", state={"v": 1, "last_slot_ms": last, "last_slot_kwh": 12300.4})
+    core.set_resolution(0.1)
+    now = _ea("2026-11-25T02:00:00", 123450 * 0.1)
+    step = core.on_poll(T0_MS + 60_000, {0xE7: 410, 0xEA: now})
+    assert [r.values for r in step.readings] == [{"power_w": 410.0}]  # the live reading goes out first
+    req = step.history
+    assert (
+        req is not None and req.days == (1, 0) and req.after_slot_ms == last and req.current_slot_ms == T0_MS
+    )
+    assert req.wanted == ((last + SLOT_MS, 1, 47), *((last + (k + 2) * SLOT_MS, 0, k) for k in range(4)))
+    _committed(core, step)
+    day0 = (123102 * 0.1, None, 123250 * 0.1, 123399 * 0.1)  # 00:00 .. 01:30, 01:00 missing
+    history = {
+        1: [{"cumulative energy": None}] * 47 + [{"cumulative energy": 123031 * 0.1}],
+        0: [{"cumulative energy": v} for v in day0],
+    }
+    done = core.on_history(req, history, now)
+    assert [(r.ts, r.values["energy_fixed_kwh"], r.backfill) for r in done.readings] == [
+        (last + SLOT_MS, 12303.1, True),
+        (last + 2 * SLOT_MS, 12310.2, True),
+        (last + 4 * SLOT_MS, 12325.0, True),
+        (last + 5 * SLOT_MS, 12339.9, True),
+        (T0_MS, 12345.0, False),
+    ]
+    assert [e.state["last_slot_ms"] for e in done.emissions if e.state] == [r.ts for r in done.readings]
+    assert done.counts == {"recovered_slots": 4, "lost_slots": 1} and done.lost_slots == 1
+    _committed(core, done)
+    assert core.state == {"v": 1, "last_slot_ms": T0_MS, "last_slot_kwh": 12345.0}
+    assert core.on_poll(T0_MS + 120_000, {0xEA: now}).history is None
+
+
+def test_core_redoes_a_recovery_read_across_the_meters_midnight() -> None:
+    last = T0_MS - 7 * SLOT_MS  # 22:30 JST
+    core = mc.MeterCore("hh-0001", state={"v": 1, "last_slot_ms": last, "last_slot_kwh": 12290.1})
+    req = core.on_notification({0xEA: _ea("2026-11-24T23:30:00", 12297.8)}).history
+    assert req is not None and req.days == (0,) and req.wanted == ((last + SLOT_MS, 0, 46),)
+    step = core.on_history(
+        req, {0: [{"cumulative energy": 12294.0}] * 48}, _ea("2026-11-25T00:00:00", 12299.0)
+    )
+    assert step.retry and step.emissions == [] and step.counts == {}  # day 0 already meant the 25th
+    assert core.on_history(req, {}, None).retry  # no EA after the history: no date to check against
+    # the next EA starts over, from the meter's new date
+    req2 = core.on_notification({0xEA: _ea("2026-11-25T00:00:00", 12299.0)}).history
+    assert req2 is not None and req2.days == (1,) and [w[1:] for w in req2.wanted] == [(1, 46), (1, 47)]
+    # meanwhile 23:00 came on its own (one slot after the committed one) and was committed: req2 is stale
+    (e,) = core.on_notification({0xEA: _ea("2026-11-24T23:00:00", 12294.0)}).emissions
+    core.committed(e)
+    assert core.on_history(
+        req2, {1: [{"cumulative energy": 12294.0}] * 48}, _ea("2026-11-25T00:00:00", 1)
+    ).retry
+
+
+def test_core_slots_beyond_the_history_are_lost() -> None:
+    now = _dt.datetime(2026, 11, 25, 2, 0)
+    last = mc.slot_ms(now - _dt.timedelta(days=100, hours=2, minutes=30), 9.0)  # 23:30, 101 days back
+    core = mc.MeterCore("hh-0001", state={"v": 1, "last_slot_ms": last, "last_slot_kwh": 1.0})
+    req = core.on_notification({0xEA: {"timestamp": now, "cumulative energy": 9.0}}).history
+    assert req is not None and req.days == tuple(range(99, -1, -1))  # E5 reaches 99 days back
+    assert req.wanted[0] == (last + 49 * SLOT_MS, 99, 0)  # the 48 slots of day 100 are not asked for
+    assert len(req.wanted) == 99 * 48 + 4
+    done = core.on_history(req, {}, {"timestamp": now, "cumulative energy": 9.0})  # and the meter had none
+    assert [r.ts for r in done.readings] == [mc.slot_ms(now, 9.0)]
+    assert (
+        done.counts == {"recovered_slots": 0, "lost_slots": 100 * 48 + 4} and done.lost_slots == 100 * 48 + 4
+    )
+
+
+def test_core_slot_time_is_the_meters_local_time_in_utc() -> None:
+    jst = _dt.datetime(2026, 11, 25, 2, 0)
+    assert mc.slot_ms(jst, 9.0) == T0_MS and mc.local_time(T0_MS, 9.0) == jst
+    assert mc.slot_ms(jst, 5.5) == T0_MS + int(3.5 * 3600_000)
+    assert mc.local_time(mc.slot_ms(jst, -3.0), -3.0) == jst
+    core = mc.MeterCore("hh-0001", utc_offset_h=0.0)
+    (r,) = core.on_notification({0xEA: _ea("2026-11-25T02:00:00", 1.0)}).readings
+    assert r.ts == T0_MS + 9 * 3600_000
+
+
+def test_the_source_feeds_its_core() -> None:
+    good = {
+        "type": "smart_meter",
+        "name": "m",
+        "port": "/dev/x",
+        "device_id": "hh-0001",
+        "district": "kamo",
+        "rbid": "0123456789ABCDEF0123456789ABCDEF",
+        "password": "ABCDEFGH1234",
+        "meter_utc_offset_h": 8,
+    }
+    src = m.SmartMeterSource(m.SmartMeterConfig.model_validate(good))
+    core = src._core
+    assert core.device_id == "hh-0001" and core.tags == {"district": "kamo"} and core.utc_offset_h == 8
+    assert m.KIND == mc.KIND and m.SLOT_MS == mc.SLOT_MS == SLOT_MS and m.STATE_VERSION == mc.STATE_VERSION
+    assert src.health()["last_fixed_slot_ms"] == 0.0

@@ -1,29 +1,38 @@
-"""Household smart meters over the B-route (Wi-SUN module + SKSTACK-IP + ECHONET Lite): the gateway side.
+"""Household smart meters over the B-route (Wi-SUN module + SKSTACK-IP + ECHONET Lite): the gateway's adapter.
 
-One :class:`SmartMeterSource` per household meter (one USB Wi-SUN module each: a module holds one PANA session),
-run in its own thread. All of SKSTACK-IP and ECHONET Lite is momonga's (sync API, unmodified); this module decides
-*when* to read, what to emit, and how to wait out the faults. See ``docs/meters.md`` for the full story.
+One :class:`SmartMeterSource` per household meter (one USB Wi-SUN module each: a module holds one PANA
+session), run in its own thread. All of SKSTACK-IP and ECHONET Lite is momonga's (sync API, unmodified). What
+the readings are is decided sans-I/O by :class:`edge.sources.meter.core.MeterCore`; this module is the I/O
+around it: it opens and keeps the momonga session, decides *when* to read, asks momonga for the properties the
+core wants, hands the decoded values to the core, emits what the core returns (with the state to commit) and
+confirms each commit back to it, reads the meter's history when the core asks for it, logs what the core
+reports, and waits out the faults. See ``docs/meters.md`` for the full story.
 
-Readings (kind ``smart_meter``, tagged with ``district`` when configured)
------------------------------------------------------------------------
-* Every ``poll_interval_s``: one Get of E7 + E0 (+ E3) + EA in a single frame. A *live* reading stamped with
-  ``edge.clock.now()``: ``power_w``, ``energy_kwh`` (E0 × D3 × unit E1; momonga reads E1/D3 once per session) and
-  ``energy_reverse_kwh`` when the meter has E3.
-* The fixed-time cumulative value (EA, latched by the meter at :00 and :30 and also sent by it as an INF) as a
-  reading of its own, ``energy_fixed_kwh``, stamped with the *meter's* slot time, so that the energy of a household
-  in a half hour is the exact difference of two consecutive fixed-time readings. kWh values are rounded to the
-  meter's resolution (unit × coefficient), so they are the decimal value the register means, not a float product.
+Readings (kind ``smart_meter``, tagged with ``district`` when configured; the rules are in :mod:`.core`)
+-------------------------------------------------------------------------------------------------------
+* Every ``poll_interval_s``: one Get of E7 + E0 (+ E3) + EA in a single frame (``MeterCore.poll_properties``).
+  A *live* reading stamped with ``edge.clock.now()`` when the answer came: ``power_w``, ``energy_kwh`` (E0 ×
+  D3 × unit E1; momonga reads E1/D3 once per session, the adapter hands them to ``MeterCore.set_resolution``)
+  and ``energy_reverse_kwh`` when the meter has E3 (a Get_SNA to the first poll with E3:
+  ``MeterCore.get_refused``, polled again at once without it).
+* The fixed-time cumulative value (EA, latched by the meter at :00 and :30; also sent by it as an INF, taken
+  from momonga's ``get_notification``) as a reading of its own, ``energy_fixed_kwh``, stamped with the
+  *meter's* slot time, so that the energy of a household in a half hour is the exact difference of two
+  consecutive fixed-time readings. kWh values are rounded to the meter's resolution (unit × coefficient).
 
 Exactly once across rejoins and restarts
 ----------------------------------------
-The last emitted slot (``{"v": 1, "last_slot_ms", "last_slot_kwh"}``) is committed with each fixed-time reading
-(``ctx.emit(reading, state=...)``). A slot not after it is never emitted again. When the meter's current slot is
-more than one slot after it (an outage: no session, rate limit, agent down), the missed slots are read from the
-30-min history (E2 with the day set by E5, ``Momonga.get_historical_cumulative_energy_1``), emitted oldest first
-with ``backfill=True``, each with its state, then the current slot. The history's day index is relative to the
-meter's date, so the EA timestamp is read again after the history: if the meter's date changed meanwhile (a read
-across midnight), nothing is emitted and the recovery is retried. Slots older than 99 days, or that the meter has
-no value for, are counted as ``lost_slots``.
+The core's state (``{"v": 1, "last_slot_ms", "last_slot_kwh"}``) is committed with each fixed-time reading
+(``ctx.emit(reading, state=...)``), and becomes the core's own only after that emit returned
+(``MeterCore.committed``); ``run()`` hands the committed state back to the core (``MeterCore.restore``). A
+slot not after it is never emitted again. When the meter's current slot is more than one slot after it (an
+outage: no session, rate limit, agent down), the core returns a ``HistoryRequest``: the adapter reads those
+days of the 30-min history (E2 with the day set by E5, ``Momonga.get_historical_cumulative_energy_1``, oldest
+day first) and then EA again, and gives both to ``MeterCore.on_history``, which emits the missed slots oldest
+first with ``backfill=True``, each with its state, then the current slot — or nothing, if the meter's date
+changed during the read (the day index meant another day): the recovery is redone on the next poll. Slots
+older than 99 days, or that the meter has no value for, are counted as ``lost_slots`` and logged here
+(rate-limited).
 
 Faults, as momonga 0.7 surfaces them (read from its source, checked against ``firmware_sim.meter.sim``)
 ---------------------------------------------------------------------------------------------------------
@@ -60,9 +69,7 @@ the B-route ID) is dumped unmasked at DEBUG, so the ``momonga`` logger is held a
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import math
 import queue
 import re
 import threading
@@ -74,17 +81,24 @@ from momonga import EchonetPropertyCode as EPC
 from momonga.momonga_device import parse_sk_line
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
-from cityos.wire import DeviceId, Reading
+from cityos.wire import DeviceId
 from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
 from edge.sources.common.logs import LOG_PERIOD_S, LibraryLogFilter, RateLimited, install_once
+from edge.sources.meter.core import KIND, MAX_HISTORY_DAY, SLOT_MS, STATE_VERSION, MeterCore, Step
+
+__all__ = [
+    "KIND",
+    "MAX_HISTORY_DAY",
+    "SLOT_MS",
+    "STATE_NAMES",
+    "STATE_VERSION",
+    "SmartMeterConfig",
+    "SmartMeterSource",
+]
 
 log = logging.getLogger(__name__)
 
-KIND = "smart_meter"
-STATE_VERSION = 1
-SLOT_MS = 30 * 60 * 1000
-MAX_HISTORY_DAY = 99
 _TAP_NAME = "cityos_tap"
 
 # session_state codes (health() is dict[str, float]); the table is in docs/meters.md
@@ -275,13 +289,11 @@ class SmartMeterSource:
         self._backoff = config.reconnect_backoff_min_s
         self._failed_joins_in_row = 0
         self._next_poll = 0.0
-        self._reverse: bool | None = None  # does the meter have E3? (None: not asked yet)
-        self._last_live_ts = 0  # ms of the last power/energy reading: never the same instant twice
-        self._decimals = 3
-        self._state: dict[str, Any] = {"v": STATE_VERSION}
-        self._tz = dt.timezone(dt.timedelta(hours=config.meter_utc_offset_h))
+        # what the readings are and which slots were committed: sans-I/O, fed with what momonga decoded
+        self._core = MeterCore(
+            config.device_id, district=config.district, utc_offset_h=config.meter_utc_offset_h
+        )
         self._warn = RateLimited(log)
-        self._tags = {"district": config.district} if config.district else {}
         _configure_momonga_logging(config.momonga_debug)
 
     # --- health ---------------------------------------------------------------------------------------------
@@ -304,7 +316,7 @@ class SmartMeterSource:
             out["session_state"] = float(self._state_code())
             waiting = self._mo is None and self._phase != STOPPED
             out["backoff_s"] = round(max(0.0, self._next_open - time.monotonic()), 1) if waiting else 0.0
-            last = self._state.get("last_slot_ms")
+            last = self._core.last_slot_ms
             out["last_fixed_slot_ms"] = float(last) if last is not None else 0.0
         return out
 
@@ -350,9 +362,8 @@ class SmartMeterSource:
     # --- run ------------------------------------------------------------------------------------------------
     def run(self, ctx: SourceContext, stop: threading.Event) -> None:
         _configure_momonga_logging(self.config.momonga_debug)
-        saved = ctx.state or {}
-        if saved.get("v") == STATE_VERSION:
-            self._state = dict(saved)
+        with self._lock:
+            self._core.restore(ctx.state or {})
         done = threading.Event()
         watcher = threading.Thread(
             target=self._watch_stop, args=(stop, done), name=f"{self.name}-stop", daemon=True
@@ -446,8 +457,7 @@ class SmartMeterSource:
             self._mo = mo
             return
         self._mo = mo
-        unit = float(mo.energy_unit) * float(mo.energy_coefficient)
-        self._decimals = max(0, math.ceil(-math.log10(unit) - 1e-9)) if unit > 0 else 3
+        self._core.set_resolution(mo.energy_unit, mo.energy_coefficient)
         self._failed_joins_in_row = 0
         self._backoff = cfg.reconnect_backoff_min_s
         self._next_poll = 0.0
@@ -559,139 +569,42 @@ class SmartMeterSource:
             note = mo.get_notification(timeout=0)
             if note is None:
                 return
-            fixed = note["properties"].get(EPC.cumulative_energy_measured_at_fixed_time)
-            if isinstance(fixed, dict):
-                self._on_fixed(ctx, mo, fixed)
+            self._apply(ctx, mo, self._core.on_notification(note["properties"]))
 
     def _poll(self, ctx: SourceContext, mo: momonga.Momonga) -> None:
-        props = {
-            EPC.instantaneous_power,
-            EPC.measured_cumulative_energy,
-            EPC.cumulative_energy_measured_at_fixed_time,
-        }
-        if self._reverse is not False:
-            props.add(EPC.measured_cumulative_energy_reversed)
         try:
-            res = mo.request_to_get(props)
+            res = mo.request_to_get({EPC(code) for code in self._core.poll_properties()})
         except momonga.MomongaResponseNotPossible:
-            if self._reverse is None:  # the meter has no E3: ask without it from now on
-                self._reverse = False
+            if self._core.get_refused():  # the meter has no E3: ask without it from now on
                 self._next_poll = 0.0
                 raise _Retry from None
             raise
-        if self._reverse is None:
-            self._reverse = True
-        self._count("polls")
-        values: dict[str, float] = {}
-        power = res.get(EPC.instantaneous_power)
-        if isinstance(power, int):
-            values["power_w"] = float(power)
-        for epc, name in (
-            (EPC.measured_cumulative_energy, "energy_kwh"),
-            (EPC.measured_cumulative_energy_reversed, "energy_reverse_kwh"),
-        ):
-            v = res.get(epc)
-            if isinstance(v, int | float):
-                values[name] = round(float(v), self._decimals)
-        ts = round(clock.now() * 1000)
-        if ts <= self._last_live_ts:
-            # The gateway clock did not advance since the last reading (a stopped simulated clock, a clock stepped
-            # back): the same instant again would only overwrite that point in InfluxDB.
-            self._count("same_instant_skips")
-            values = {}
-        if values:
-            self._last_live_ts = ts
-            ctx.emit(
-                Reading(
-                    device_id=self.config.device_id,
-                    kind=KIND,
-                    ts=ts,
-                    values=values,
-                    units={k: ("W" if k == "power_w" else "kWh") for k in values},
-                    tags=self._tags,
-                )
-            )
-            self._count("readings")
-        fixed = res.get(EPC.cumulative_energy_measured_at_fixed_time)
-        if isinstance(fixed, dict):
-            self._on_fixed(ctx, mo, fixed)
+        self._apply(ctx, mo, self._core.on_poll(round(clock.now() * 1000), res))
 
-    # --- fixed-time values ----------------------------------------------------------------------------------
-    def _slot_ms(self, local: dt.datetime) -> int:
-        seconds = (local - dt.datetime(1970, 1, 1)) // dt.timedelta(seconds=1)
-        return (seconds - round(self.config.meter_utc_offset_h * 3600)) * 1000
+    # --- handing the core's steps out -----------------------------------------------------------------------
+    def _apply(self, ctx: SourceContext, mo: momonga.Momonga, step: Step) -> None:
+        """Emit what the core made of an event; when it needs the meter's history, read it and go on."""
+        self._commit(ctx, step)
+        req = step.history
+        if req is not None:
+            history = {day: mo.get_historical_cumulative_energy_1(day) for day in req.days}  # oldest first
+            after = mo.get_cumulative_energy_measured_at_fixed_time()
+            self._commit(ctx, self._core.on_history(req, history, after))
 
-    def _local(self, slot_ms: int) -> dt.datetime:
-        return dt.datetime(1970, 1, 1) + dt.timedelta(
-            milliseconds=slot_ms + round(self.config.meter_utc_offset_h * 3600_000)
-        )
-
-    def _on_fixed(self, ctx: SourceContext, mo: momonga.Momonga, fixed: dict[str, Any]) -> None:
-        when, kwh = fixed.get("timestamp"), fixed.get("cumulative energy")
-        if not isinstance(when, dt.datetime) or not isinstance(kwh, int | float):
-            return  # the meter has no fixed-time value yet
-        slot = self._slot_ms(when)
-        if slot % SLOT_MS:
-            self._count("request_errors")
-            return
-        last = self._state.get("last_slot_ms")
-        if last is not None and slot <= last:
-            return
-        if last is not None and slot - last > SLOT_MS:
-            recovered = self._recover(mo, last, slot, when)
-            for s, v in recovered:
-                self._emit_fixed(ctx, s, v, backfill=True)
-            self._count("recovered_slots", len(recovered))
-            lost = (slot - last) // SLOT_MS - 1 - len(recovered)
-            if lost:
-                self._count("lost_slots", lost)
-                self._warn(
-                    logging.WARNING, "lost", "%s: %d half-hour value(s) not recoverable", self.name, lost
-                )
-        self._emit_fixed(ctx, slot, float(kwh), backfill=False)
-
-    def _recover(
-        self, mo: momonga.Momonga, last: int, slot: int, meter_now: dt.datetime
-    ) -> list[tuple[int, float]]:
-        """The values of the slots strictly between ``last`` and ``slot`` from the meter's 30-min history (E2)."""
-        by_day: dict[int, list[tuple[int, int]]] = {}
-        for s in range(last + SLOT_MS, slot, SLOT_MS):
-            local = self._local(s)
-            day = (meter_now.date() - local.date()).days
-            if 0 <= day <= MAX_HISTORY_DAY:
-                by_day.setdefault(day, []).append((s, local.hour * 2 + local.minute // 30))
-        found: dict[int, float] = {}
-        for day in sorted(by_day, reverse=True):  # oldest day first
-            history = mo.get_historical_cumulative_energy_1(day)
-            for s, index in by_day[day]:
-                v = history[index].get("cumulative energy")
-                if isinstance(v, int | float):
-                    found[s] = float(v)
-        if by_day:
-            check = mo.get_cumulative_energy_measured_at_fixed_time()
-            now2 = check.get("timestamp")
-            if not isinstance(now2, dt.datetime) or now2.date() != meter_now.date():
-                raise _Retry  # the meter's day turned during the read: the day index meant another date
-        return sorted(found.items())
-
-    def _emit_fixed(self, ctx: SourceContext, slot: int, kwh: float, *, backfill: bool) -> None:
-        kwh = round(kwh, self._decimals)
-        state = {"v": STATE_VERSION, "last_slot_ms": slot, "last_slot_kwh": kwh}
-        ctx.emit(
-            Reading(
-                device_id=self.config.device_id,
-                kind=KIND,
-                ts=slot,
-                values={"energy_fixed_kwh": kwh},
-                units={"energy_fixed_kwh": "kWh"},
-                tags=self._tags,
-                backfill=backfill,
-            ),
-            state=state,
-        )
+    def _commit(self, ctx: SourceContext, step: Step) -> None:
+        if step.retry:
+            raise _Retry  # the meter's day turned during the history read: nothing emitted, redo it next poll
+        for emission in step.emissions:
+            ctx.emit(emission.reading, state=emission.state)
+            with self._lock:
+                self._core.committed(emission)  # the committed state is the core's only now
+                self._counters[emission.counter] += 1
         with self._lock:
-            self._state = state
-            self._counters["fixed_readings"] += 1
+            for name, n in step.counts.items():
+                self._counters[name] += n
+        lost = step.lost_slots
+        if lost:
+            self._warn(logging.WARNING, "lost", "%s: %d half-hour value(s) not recoverable", self.name, lost)
 
 
 def _short(exc: BaseException) -> str:
