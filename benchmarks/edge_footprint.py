@@ -13,8 +13,9 @@ the acked count is read from its retained status). Each repetition starts fresh;
 Two reference points from the same run:
 
 * **idle**: the same agent with its stations frozen (no new samples): the fixed cost of polling and the runtime;
-* **floor**: a bare ``python -c`` that imports the libraries this forest gateway runs on (paho-mqtt, pymodbus,
-  pyserial, sqlite3, pydantic's BaseModel) and sleeps: the RSS no agent written in Python with them goes below.
+* **floor**: a bare ``python -c`` that imports the libraries this forest gateway runs on (paho-mqtt, pyserial,
+  sqlite3, pydantic's BaseModel; its Modbus master is its own, ``edge/sources/forest/codec.py``) and sleeps: the
+  RSS no agent written in Python with them goes below.
 
 The agent runs as deployed: with the systemd unit's environment (``MALLOC_ARENA_MAX=2``) and with its bytecode
 compiled (as pip does at install).
@@ -61,7 +62,7 @@ def _unit_environment() -> dict[str, str]:
 
 
 UNIT_ENV = _unit_environment()
-FLOOR_IMPORTS = "import paho.mqtt.client, pymodbus.client, serial, sqlite3; from pydantic import BaseModel"
+FLOOR_IMPORTS = "import paho.mqtt.client, serial, sqlite3; from pydantic import BaseModel"
 
 
 class Counter:

@@ -7,8 +7,15 @@ import random
 
 import pytest
 from pymodbus.framer import FramerRTU
-from pymodbus.pdu import DecodePDU
-from pymodbus.pdu.register_message import ReadInputRegistersResponse
+from pymodbus.pdu import DecodePDU, ExceptionResponse
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest,
+    ReadHoldingRegistersResponse,
+    ReadInputRegistersRequest,
+    ReadInputRegistersResponse,
+    WriteMultipleRegistersRequest,
+    WriteMultipleRegistersResponse,
+)
 
 from edge.sources.forest import codec as codec
 
@@ -243,6 +250,177 @@ def test_classify_reply_vectors():
     assert codec.classify_reply(short, 1, 4, size) == codec.ReplyVerdict("ok", 0)
     write_echo = _frame(1, 0x10, bytes.fromhex("00000002"))
     assert codec.classify_reply(write_echo, 1, 0x10, codec.reply_size(0x10)) == codec.ReplyVerdict("ok", 0)
+
+
+def test_crc16_is_the_reference_crc():
+    rng = random.Random(3)
+    for n in (0, 1, 2, 6, 29, 255):
+        data = bytes(rng.randrange(256) for _ in range(n))
+        assert codec.crc16(data) == crc16_modbus(data)
+    assert codec.crc_ok(FRAME)
+    assert not codec.crc_ok(FRAME[:-1] + bytes([FRAME[-1] ^ 0x80]))
+    assert not codec.crc_ok(FRAME[:3])
+
+
+def test_requests_are_the_bytes_pymodbus_builds():
+    """The master's request frames, against pymodbus (the simulator's framer) as an independent peer."""
+    # the register map's worked example: unit 1, read input registers 0..12
+    assert codec.read_registers(1, codec.FC_READ_INPUT, 0, 13).frame == bytes.fromhex("01040000000d31cf")
+    peer = FramerRTU(DecodePDU(False))
+    for unit, address, count in [(1, 0, 13), (247, 0x1FF0, 13), (3, 0, 4), (9, 0xFFFF, 1), (2, 100, 125)]:
+        req = codec.read_registers(unit, codec.FC_READ_HOLDING, address, count)
+        pdu = ReadHoldingRegistersRequest(address=address, count=count, dev_id=unit)
+        assert req.frame == peer.buildFrame(pdu)
+        assert (req.unit, req.function_code, req.reply_size) == (unit, 3, 5 + 2 * count)
+        req = codec.read_registers(unit, codec.FC_READ_INPUT, address, count)
+        pdu = ReadInputRegistersRequest(address=address, count=count, dev_id=unit)
+        assert req.frame == peer.buildFrame(pdu)
+    for values in ([0x6B06, 0x9580], [0], list(range(0xFF00, 0xFF00 + 123))):
+        req = codec.write_registers(5, codec.HOLDING_RTC, values)
+        pdu = WriteMultipleRegistersRequest(address=0, registers=values, dev_id=5)
+        assert req.frame == peer.buildFrame(pdu)
+        assert (req.function_code, req.reply_size) == (0x10, 8)
+    bad = [
+        lambda: codec.read_registers(0, 4, 0, 13),  # broadcast: no reply to wait for
+        lambda: codec.read_registers(248, 4, 0, 13),
+        lambda: codec.read_registers(1, 4, 0, 0),
+        lambda: codec.read_registers(1, 4, 0, 126),
+        lambda: codec.read_registers(1, 4, 0xFFFF, 2),
+        lambda: codec.read_registers(1, 6, 0, 1),
+        lambda: codec.write_registers(1, 0, []),
+        lambda: codec.write_registers(1, 0, [0x10000]),
+        lambda: codec.write_registers(1, 0, [0] * 124),
+    ]
+    for make in bad:
+        with pytest.raises(ValueError):
+            make()
+
+
+def test_reply_payloads_are_what_pymodbus_decodes():
+    """Replies built by pymodbus (junk around them) parse into the payload pymodbus decodes from them."""
+    rng = random.Random(4)
+    peer = FramerRTU(DecodePDU(True))  # server side: builds responses
+    for _ in range(200):
+        unit = rng.randint(1, 247)
+        regs = [rng.randrange(0x10000) for _ in range(rng.randint(1, 13))]
+        junk = bytes(rng.randrange(256) for _ in range(rng.randint(0, 8)))
+        for fc, response in ((3, ReadHoldingRegistersResponse), (4, ReadInputRegistersResponse)):
+            frame = peer.buildFrame(response(registers=regs, dev_id=unit))
+            reply = codec.parse_reply(junk + frame, unit, fc, codec.reply_size(fc, len(regs)))
+            if reply.garbage_bytes != len(junk):  # the junk happened to hold a good frame: not a vector
+                continue
+            assert (reply.kind, reply.registers, reply.problem) == ("ok", tuple(regs), None)
+    echo = WriteMultipleRegistersResponse(address=0, count=2, dev_id=1)
+    reply = codec.parse_reply(peer.buildFrame(echo), 1, 0x10, 8)
+    assert (reply.kind, reply.echo, reply.registers) == ("ok", (0, 2), None)
+    exc = ExceptionResponse(4, 2)
+    exc.dev_id = 1
+    reply = codec.parse_reply(peer.buildFrame(exc), 1, 4, 31)
+    assert (reply.kind, reply.exception_code, reply.registers) == ("exception", 2, None)
+
+
+def test_reply_vectors_with_payload():
+    size = codec.reply_size(4, 13)
+    reply = codec.parse_reply(b"\x8a\x00\x13" + FRAME + b"\xff", 1, 4, size)
+    assert reply == codec.Reply("ok", 4, registers=tuple(REGS))
+    assert reply.verdict == codec.ReplyVerdict("ok", 4)
+    # a good frame with 2 registers instead of 13: ok, the registers as sent (the decoder rejects the count)
+    short = _frame(1, 4, bytes([4, 0, 1, 0, 2]))
+    assert codec.parse_reply(short, 1, 4, size) == codec.Reply("ok", registers=(1, 2))
+    # a good CRC but an odd byte count: a whole frame whose data does not decode
+    odd = codec.parse_reply(_frame(1, 4, bytes([3, 0, 1, 2])), 1, 4, size)
+    assert (odd.kind, odd.registers) == ("ok", None) and "odd byte count 3" in (odd.problem or "")
+    # a late reply: a good frame from the unit answering another function is garbage to this request, and said
+    late = _frame(1, 3, bytes([8, 0x6B, 0x06, 0x95, 0x80, 0, 10, 0, 200]))
+    assert codec.parse_reply(late, 1, 4, size) == codec.Reply("framing", len(late), late_function_code=3)
+    assert codec.parse_reply(late + FRAME, 1, 4, size) == codec.Reply("ok", len(late), registers=tuple(REGS))
+    assert codec.parse_reply(_frame(1, 0x83, b"\x02"), 1, 4, size).late_function_code == 0x83
+    # ... but another unit's good frame is just junk
+    assert codec.parse_reply(_frame(2, 3, bytes([2, 0, 1])), 1, 4, size) == codec.Reply("framing", 7)
+    assert codec.parse_reply(b"", 1, 4, size) == codec.Reply("timeout")
+
+
+def test_reply_reader_is_complete_at_the_first_good_frame():
+    reader = codec.read_registers(1, codec.FC_READ_INPUT, 0, 13).reader()
+    junk = b"\x01\x04\xff\x13"  # looks like a frame start: a 260-byte candidate that never completes
+    for i, byte in enumerate(junk + FRAME):
+        assert not reader.complete
+        assert reader.feed(bytes([byte])) == (i == len(junk + FRAME) - 1)
+    assert reader.reply() == codec.Reply("ok", len(junk), registers=tuple(REGS))
+    # a damaged frame does not complete a reply: more may follow, so the adapter reads until its time is up
+    reader = codec.read_registers(1, codec.FC_READ_INPUT, 0, 13).reader()
+    assert not reader.feed(FRAME[:-1] + bytes([FRAME[-1] ^ 1]))
+    assert reader.reply() == codec.Reply("crc", 0)
+    # nor does an exception reply to another unit
+    assert not reader.feed(_frame(2, 0x84, b"\x02"))
+    assert reader.feed(_frame(1, 0x84, b"\x02"))
+    assert reader.reply() == codec.Reply("exception", 31 + 5, exception_code=2)
+
+
+def _classify_reference(raw: bytes, unit: int, fc: int, size: int) -> tuple[str, int]:
+    """The counting rules as the gateway first wrote them (``classify_reply`` beside pymodbus' client), kept
+    here as the specification of the one parser that replaced them."""
+    if not raw:
+        return "timeout", 0
+    n = len(raw)
+
+    def good(frame: bytes) -> bool:
+        return len(frame) >= 4 and crc16_modbus(frame[:-2]).to_bytes(2, "little") == frame[-2:]
+
+    for k in range(n - 1):
+        if raw[k] != unit:
+            continue
+        got_fc = raw[k + 1]
+        if got_fc == fc:
+            got = raw[k + 2] + 5 if got_fc in (3, 4) and k + 2 < n else size
+            if k + got <= n and good(raw[k : k + got]):
+                return "ok", n - got
+        elif got_fc == fc | 0x80 and k + 5 <= n and good(raw[k : k + 5]):
+            return "exception", n - 5
+    for k in range(n):
+        if raw[k] == unit and k + 1 < n and raw[k + 1] == fc and k + size <= n:
+            return "crc", n - size
+    return "framing", n
+
+
+def test_one_parse_keeps_the_counting_rules_however_the_bytes_arrive():
+    """Random replies (good, damaged, truncated, late, another unit's, junk), fed whole and in random chunks
+    until the reader is complete, as the adapter feeds it: the verdict is the reference rules' over the bytes
+    read."""
+    rng = random.Random(5)
+
+    def frame(unit: int, fc: int, count: int) -> bytes:
+        if rng.random() < 0.2:
+            f = _frame(unit, fc | 0x80, bytes([rng.randint(1, 4)]))
+        elif fc in (3, 4):
+            f = _frame(unit, fc, bytes([2 * count]) + bytes(rng.randrange(256) for _ in range(2 * count)))
+        else:
+            f = _frame(unit, fc, bytes(rng.randrange(256) for _ in range(4)))
+        if rng.random() < 0.2:
+            i = rng.randrange(len(f))
+            f = f[:i] + bytes([f[i] ^ 1 << rng.randrange(8)]) + f[i + 1 :]
+        return f[: rng.randrange(len(f))] if rng.random() < 0.1 else f
+
+    for _ in range(5000):
+        unit, fc, count = rng.choice([1, 2]), rng.choice([3, 4, 16]), rng.choice([1, 4, 13])
+        size = codec.reply_size(fc, count)
+        raw = b"".join(
+            frame(rng.choice([unit, unit, 3]), rng.choice([fc, fc, 3, 4, 16]), rng.choice([count, count, 2]))
+            if rng.random() < 0.5
+            else bytes(rng.choice([unit, fc, rng.randrange(256)]) for _ in range(rng.randint(1, 8)))
+            for _ in range(rng.randrange(4))
+        )
+        want = codec.ReplyVerdict(*_classify_reference(raw, unit, fc, size))
+        assert codec.classify_reply(raw, unit, fc, size) == want
+        reader, i = codec.ReplyReader(unit, fc, size), 0
+        while i < len(raw) and not reader.complete:
+            j = min(len(raw), i + rng.randint(1, 12))
+            reader.feed(raw[i:j])
+            i = j
+        got = reader.reply()
+        assert got.verdict == codec.ReplyVerdict(*_classify_reference(raw[:i], unit, fc, size)), raw.hex()
+        if got.kind == "ok" and fc in (3, 4) and got.problem is None:
+            assert got.registers is not None
 
 
 # --- derived values ------------------------------------------------------------------------------------------

@@ -7,11 +7,15 @@ test double is the outbox: :class:`Outbox` collects what the source emits, with 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
 import os
 import random
+import select
+import subprocess
+import sys
 import threading
 import time
 import tty
@@ -21,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pymodbus.framer import FramerType
 
 from cityos.simclock import ScaledClock
 from cityos.wire import Reading
 from edge import clock
 from edge.sources.base import registry
 from edge.sources.forest import codec as codec
-from edge.sources.forest.source import ForestBus, ForestBusConfig, _BusClient
+from edge.sources.forest.source import ForestBus, ForestBusConfig, _Port, _RequestFailed
 from firmware_sim.forest.scenario import Scenario
 from firmware_sim.forest.sim import ForestStationSim, StationSpec, TruthWindows
 
@@ -283,23 +286,200 @@ class _ByteAfterTheLook:
 
 
 def test_a_junk_byte_arriving_while_a_request_is_sent_is_recorded():
-    """Whatever the client reads is in stale_bytes or an attempt (and so counted): pymodbus' own send looks at the
-    input buffer a second time and reads away, unrecorded, what arrived since the first look."""
+    """Whatever the adapter reads is in stale_bytes or an attempt's reply bytes (and so counted): a byte that
+    arrives after the look at the input buffer comes in with the reply. (pymodbus' own send, which the gateway
+    used before, looked at the input buffer a second time and read away, unrecorded, what arrived since.)"""
     master, slave = os.openpty()
     tty.setraw(slave)
-    client = _BusClient(os.ttyname(slave), framer=FramerType.RTU, baudrate=9600, timeout=0.1, retries=0)
+    port = _Port(os.ttyname(slave), bus_config(os.ttyname(slave), {"forest-01": 1}, retries=0))
     try:
-        assert client.connect()
-        client.socket = _ByteAfterTheLook(client.socket, master)
+        port.ser = _ByteAfterTheLook(port.ser, master)
         request = bytes.fromhex("01040000000d31cf")  # unit 1: read input registers 0..12
-        assert client.send(request) == len(request)
+        assert port.send(request) == len(request)
         assert os.read(master, 64) == request
-        assert client.recv(None) == b"\xa5"  # the junk byte comes in as this attempt's reply bytes
-        assert (client.stale_bytes, client.attempts) == (0, [bytearray(b"\xa5")])
+        attempt = port.recv(0.1)
+        assert attempt == b"\xa5"  # the junk byte comes in as this attempt's reply bytes
+        assert (port.stale_bytes, [bytearray(attempt)]) == (0, [bytearray(b"\xa5")])
+        reader = codec.read_registers(1, codec.FC_READ_INPUT, 0, 13).reader()
+        reader.feed(attempt)
+        assert reader.reply().verdict == codec.ReplyVerdict("framing", 1)  # and so it is counted, as garbage
     finally:
-        client.close()
+        port.close()
         os.close(master)
         os.close(slave)
+
+
+def test_the_gateway_runs_without_pymodbus(tmp_path):
+    """The gateway's Modbus master is its own (pymodbus is in the simulator's install, not the gateway's)."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'pymodbus':\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from edge.sources.forest.source import ForestBusConfig\n"
+        "import edge.agent, edge.sources.forest.golden\n"
+        "ForestBusConfig.model_validate({'type': 'forest_station', 'name': 'b', 'port': '/dev/ttyUSB0',\n"
+        "                                'stations': [{'device_id': 'forest-01', 'unit': 1}]})\n"
+        "print('ok')\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+# --- the adapter against a scripted station: retries and counters, attempt by attempt -----------------------
+
+
+class _ScriptedStation:
+    """A station on a pty that answers the n-th request it receives with ``replies[n]`` (None or missing:
+    silence) and records the requests: the bytes of each attempt are exactly known."""
+
+    def __init__(self, replies: list[bytes | None]) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+        self.replies = list(replies)
+        self.requests: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        buf = b""
+        while not self._stop.is_set():
+            if not select.select([self.master], [], [], 0.02)[0]:
+                continue
+            try:
+                buf += os.read(self.master, 512)
+            except OSError:
+                return
+            while len(buf) >= 8:
+                size = 8 if buf[1] in (3, 4) else 9 + buf[6] if len(buf) > 6 else 0
+                if not size or len(buf) < size:
+                    break
+                self.requests.append(buf[:size])
+                buf = buf[size:]
+                n = len(self.requests) - 1
+                if n < len(self.replies) and self.replies[n] is not None:
+                    os.write(self.master, self.replies[n])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        for fd in (self.master, self.slave):
+            with contextlib.suppress(OSError):  # the master may have been closed by the test
+                os.close(fd)
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., tuple[_ScriptedStation, ForestBus]]]:
+    made: list[tuple[_ScriptedStation, ForestBus]] = []
+
+    def make(replies: list[bytes | None], **kw: Any) -> tuple[_ScriptedStation, ForestBus]:
+        station = _ScriptedStation(replies)
+        bus = ForestBus(bus_config(station.path, {"forest-01": 1}, **kw))
+        bus._port = _Port(station.path, bus.config)
+        made.append((station, bus))
+        return station, bus
+
+    yield make
+    for station, bus in made:
+        bus._close()
+        station.close()
+
+
+def _rtu(*body: int) -> bytes:
+    frame = bytes(body)
+    return frame + codec.crc16(frame).to_bytes(2, "little")
+
+
+#: A sample as the station's 13 input registers, and unit 1's reply carrying it.
+_REGS = [0x6B06, 0x9580, 250, 7, 234, 0xFFFF, 0, 42, 0xFF9C, 12, 3712, 0, 1234]
+_GOOD = _rtu(1, 4, 26, *b"".join(r.to_bytes(2, "big") for r in _REGS))
+_READ = codec.read_registers(1, codec.FC_READ_INPUT, 0, 13)
+
+
+def _counts(bus: ForestBus) -> dict[str, float]:
+    h = bus.health()
+    names = ("timeouts", "crc_errors", "framing_errors", "garbage_bytes", "exception_responses")
+    return {k: h[k] for k in names if h[k]}
+
+
+@pytest.mark.timeout(20)
+def test_each_attempt_is_counted_from_its_one_parse_and_retried(scripted):
+    damaged = _GOOD[:-1] + bytes([_GOOD[-1] ^ 0x40])
+    # attempt 1: silence; 2: junk and our reply with a bad CRC; 3: junk, the reply, junk after it
+    station, bus = scripted([None, b"\x13\x37" + damaged, b"\x8a" + _GOOD + b"\xff\xfe", _GOOD])
+    assert bus._request(_READ).registers == tuple(_REGS)
+    assert station.requests == [_READ.frame] * 3  # retried after the timeout and the CRC error, then done
+    # a second request reads away whatever of the junk after the frame had not come in with it: all counted
+    assert bus._request(_READ).registers == tuple(_REGS)
+    assert _counts(bus) == {"timeouts": 1, "crc_errors": 1, "garbage_bytes": 2 + 1 + 2}
+
+
+@pytest.mark.timeout(20)
+def test_no_reply_after_the_retries(scripted, caplog):
+    station, bus = scripted([b"\x01\x04\x1a\x00", None, b"\x55" * 5], retries=2)
+    with caplog.at_level("WARNING"), pytest.raises(_RequestFailed):
+        bus._request(_READ)
+    assert len(station.requests) == 3
+    assert _counts(bus) == {"timeouts": 1, "framing_errors": 2, "garbage_bytes": 4 + 5}
+    assert "unit 1: No response received after 2 retries (framing, timeout, framing)" in caplog.text
+    # the RTC write is never re-sent: its second would be stale
+    station.requests.clear()
+    with pytest.raises(_RequestFailed):
+        bus._request(codec.write_registers(1, codec.HOLDING_RTC, codec.encode_time(1_795_593_600)), retries=0)
+    assert len(station.requests) == 1 and station.requests[0][1] == 0x10
+
+
+@pytest.mark.timeout(20)
+def test_a_good_frame_ends_the_request_unretried(scripted, caplog):
+    late = _rtu(1, 3, 8, 0x6B, 0x06, 0x95, 0x80, 0, 10, 0, 200)  # the reply to a holding-register read
+    station, bus = scripted(
+        [
+            _rtu(1, 0x84, 2),  # a Modbus exception: illegal data address
+            late,
+            _rtu(1, 4, 3, 0, 1, 2),  # a good CRC around an odd byte count
+            _rtu(1, 4, 4, 0, 1, 0, 2),  # a good frame with 2 registers instead of 13
+            _rtu(1, 0x10, 0, 0, 0, 2),  # the RTC write's echo
+        ]
+    )
+    with caplog.at_level("WARNING"):
+        with pytest.raises(_RequestFailed):
+            bus._request(_READ)
+        assert _counts(bus) == {"exception_responses": 1}
+        assert "unit 1: Modbus exception 2 to function 4" in caplog.text
+        with pytest.raises(_RequestFailed):
+            bus._request(_READ)
+        # the late reply is junk to this request (its attempt's framing error) and a function code mismatch
+        assert _counts(bus) == {"exception_responses": 1, "framing_errors": 2, "garbage_bytes": len(late)}
+        assert "unit 1: reply to function 3 while waiting for 4" in caplog.text
+        with pytest.raises(_RequestFailed):
+            bus._request(_READ)
+        assert "unit 1: bad reply: odd byte count 3" in caplog.text
+        with pytest.raises(_RequestFailed):
+            bus._read_sample(bus._stations[0], codec.INPUT_BLOCK_ADDRESS)
+        assert "unit 1: expected 13 registers, got 2" in caplog.text
+    assert _counts(bus) == {"exception_responses": 1, "framing_errors": 4, "garbage_bytes": len(late)}
+    write = bus._request(codec.write_registers(1, codec.HOLDING_RTC, codec.encode_time(1_795_593_600)))
+    assert write.echo == (0, 2)
+    assert len(station.requests) == 5  # one attempt each
+
+
+@pytest.mark.timeout(20)
+def test_an_attempt_cut_short_by_an_io_error_gets_no_verdict(scripted):
+    station, bus = scripted([b"\x01\x04"])  # two bytes of a reply, then the adapter is pulled
+    threading.Timer(0.05, lambda: os.close(station.master)).start()
+    with pytest.raises(OSError):
+        bus._request(_READ)
+    assert _counts(bus) == {"garbage_bytes": 2}
+    bus._io_error(OSError("gone"))
+    assert bus.health()["port_errors"] == 1 and bus._port is None
 
 
 @pytest.mark.timeout(40)
@@ -539,8 +719,8 @@ def _storm_sim(make_sim: Callable[..., ForestStationSim], c: ScaledClock, units:
 
 
 def _storm_config(port: Path, units: dict[str, int]) -> ForestBusConfig:
-    # 2 × 60 samples a second real: 115200 baud (a pty ignores it) shortens pymodbus' wait of 3.5 characters
-    # before each request from 3.6 ms to 0.3 ms, so the gateway keeps up with room to spare on a busy machine
+    # 2 × 60 samples a second real, on a line as fast as a real one can be: 115200 baud (a pty ignores it) is
+    # what the gateway times the RTC write and the wire time of its replies by
     return bus_config(port, units, poll_interval_s=0.03, baudrate=115200)
 
 

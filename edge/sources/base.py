@@ -6,7 +6,7 @@ implementing :class:`Source`. It registers both with :func:`register`. The agent
 thread (one thread per serial bus, so the bus needs no further lock), hands it a :class:`SourceContext` whose ``emit``
 commits a reading (and the source's state) to the durable outbox, and reads ``health()`` for the status message.
 
-Why threads and not asyncio: the protocol libraries we use on the edge (pymodbus' sync client over pyserial,
+Why threads and not asyncio: the I/O libraries we use on the edge (pyserial,
 paho's network thread, sqlite3) are blocking, and one thread per bus is exactly the per-bus serialisation the
 hardware needs.
 """

@@ -36,7 +36,7 @@ class RateLimited:
 
 
 class LibraryLogFilter(logging.Filter):
-    """Rate-limits a protocol library's own log lines (pymodbus, momonga): one line per key per period, so a
+    """Rate-limits a protocol library's own log lines (momonga's): one line per key per period, so a
     device that fails every poll does not fill the journal; everything passes while the library's logger is at
     DEBUG (a technician chasing a fault wants every line). ``observe`` sees every record first (to count what the
     library only logs), ``drop`` discards chatter outright, ``key`` says which lines are "the same"."""

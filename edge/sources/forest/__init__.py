@@ -1,7 +1,7 @@
 """Forest sensor stations on RS-485 Modbus RTU (soil moisture, rain, tilt: landslide risk).
 
 ``codec``: the sans-I/O core (register bytes in, readings out); ``source``: the adapter the agent runs for
-``type = "forest_station"`` (pymodbus over pyserial). Nothing is imported here, so a core can be used without
+``type = "forest_station"`` (pyserial: the Modbus RTU master is the codec's, see source.py for why). Nothing is imported here, so a core can be used without
 the adapter's libraries.
 """
 

@@ -1,11 +1,18 @@
-"""Forest sensor station register map, decoded sans-I/O: registers in, values out.
+"""Forest sensor stations, sans-I/O: the Modbus RTU master's bytes and the register map, decoded.
 
-Nothing here touches a serial port. :func:`decode_sample` turns the 13 input registers into a :class:`Sample`,
+Nothing here touches a serial port. The bus master's half of Modbus RTU for the three functions the gateway
+uses (read holding registers 3, read input registers 4, write multiple registers 16): :func:`read_registers`
+and :func:`write_registers` build a request frame (CRC-16/MODBUS, :func:`crc16`), and :class:`ReplyReader`
+parses the bytes that come back after it, as they arrive, into one :class:`Reply`: the verdict the bus driver
+counts (ok, a Modbus exception and its code, a CRC error, junk, nothing), the garbage bytes around the frame,
+and the payload of a good frame (registers, or the write's echo). One parse per reply; :func:`parse_reply`
+takes the bytes at once and :func:`classify_reply` returns only the verdict. The serial I/O is the adapter's
+(:mod:`edge.sources.forest.source`).
+
+Then the register map: :func:`decode_sample` turns the 13 input registers into a :class:`Sample`,
 :func:`reading_values` turns a sample (and the previous emitted rain-tip count) into the value/unit dicts of a
-``Reading``, :func:`next_reading` adds the derived landslide-watch values (rain intensity, event rainfall, tilt
-rate) from the rolling windows kept in :class:`StationState`, and :func:`classify_reply` looks at the raw bytes
-that came back for one Modbus request so that the bus driver can count CRC errors, garbage bytes and timeouts
-(pymodbus itself reports all three as the same "no response" timeout). The register map is
+``Reading``, and :func:`next_reading` adds the derived landslide-watch values (rain intensity, event rainfall,
+tilt rate) from the rolling windows kept in :class:`StationState`. The register map is
 ``hardware/forest-station/register-map.md``; the derived values are specified there and in ``docs/forest.md``.
 
 Float arithmetic is part of the contract: every value is ``register / scale`` (one division of an integer),
@@ -32,7 +39,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pymodbus.framer import FramerRTU
+#: The readings' kind (one reading per emitted sample).
+KIND = "forest_station"
 
 #: Input registers 0..12 are read as one block.
 INPUT_BLOCK_ADDRESS = 0
@@ -384,7 +392,46 @@ def missed_samples(prev_no: int, new_no: int, elapsed_s: float | None, interval_
     return jump - 1
 
 
-# --- raw reply classification (for error counters) ----------------------------------------------------------
+# --- Modbus RTU, master side: requests out, replies in (bytes only; the serial I/O is the adapter's) --------
+#
+# An RTU frame is ``unit, function, data..., CRC-16/MODBUS (low byte first)`` with no length field and no
+# transaction id: a reply's length follows from its function code (a read reply carries a byte count) and a
+# reply belongs to the request that is outstanding. The gateway sends three requests: read holding registers
+# (3), read input registers (4) and write multiple registers (16). A reply to one of them is, on the wire::
+#
+#     3/4:       unit, fc, byte count N, N bytes (N/2 big-endian registers), CRC      (5 + N bytes)
+#     16:        unit, 0x10, address hi, lo, count hi, lo, CRC                         (8 bytes: the echo)
+#     exception: unit, fc | 0x80, exception code, CRC                                 (5 bytes)
+
+
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc16(data: bytes) -> int:
+    """CRC-16/MODBUS of ``data`` (reflected polynomial 0xA001, initial 0xFFFF); sent low byte first."""
+    crc = 0xFFFF
+    for byte in data:
+        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ byte) & 0xFF]
+    return crc
+
+
+def crc_ok(frame: bytes) -> bool:
+    """Whether the last two bytes of ``frame`` are the Modbus CRC of the rest."""
+    return len(frame) >= 4 and crc16(frame[:-2]) == int.from_bytes(frame[-2:], "little")
+
+
+def _frame(body: bytes) -> bytes:
+    return body + crc16(body).to_bytes(2, "little")
 
 
 def reply_size(function_code: int, count: int = 0) -> int:
@@ -396,9 +443,56 @@ def reply_size(function_code: int, count: int = 0) -> int:
     raise ValueError(f"unsupported function code {function_code}")
 
 
-def crc_ok(frame: bytes) -> bool:
-    """Whether the last two bytes of ``frame`` are the Modbus CRC of the rest (pymodbus' CRC routine)."""
-    return len(frame) >= 4 and FramerRTU.compute_CRC(frame[:-2]) == int.from_bytes(frame[-2:], "big")
+#: Most registers one request may read (3/4) or write (16): the Modbus application protocol's limits.
+MAX_READ_COUNT = 125
+MAX_WRITE_COUNT = 123
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of the bus master: the frame to send, and what its normal reply looks like."""
+
+    unit: int
+    function_code: int
+    frame: bytes
+    reply_size: int  # bytes of the normal reply (:func:`reply_size`)
+
+    def reader(self) -> ReplyReader:
+        """A fresh reader for the bytes that come back after this request is sent (one per attempt)."""
+        return ReplyReader(self.unit, self.function_code, self.reply_size)
+
+
+def _check_target(unit: int, address: int, count: int, most: int) -> None:
+    if not 1 <= unit <= 247:
+        raise ValueError(f"unit id {unit} outside 1..247")
+    if not 1 <= count <= most:
+        raise ValueError(f"register count {count} outside 1..{most}")
+    if not 0 <= address <= 0xFFFF or address + count > 0x10000:
+        raise ValueError(f"registers {address}..{address + count - 1} outside 0..65535")
+
+
+def read_registers(unit: int, function_code: int, address: int, count: int) -> Request:
+    """Read ``count`` holding (function 3) or input (function 4) registers from ``address`` of ``unit``."""
+    if function_code not in (FC_READ_HOLDING, FC_READ_INPUT):
+        raise ValueError(f"not a register read: function code {function_code}")
+    _check_target(unit, address, count, MAX_READ_COUNT)
+    body = bytes([unit, function_code]) + address.to_bytes(2, "big") + count.to_bytes(2, "big")
+    return Request(unit, function_code, _frame(body), reply_size(function_code, count))
+
+
+def write_registers(unit: int, address: int, values: list[int]) -> Request:
+    """Write multiple registers (function 16): ``values`` into ``unit``'s registers from ``address`` on."""
+    _check_target(unit, address, len(values), MAX_WRITE_COUNT)
+    if any(not 0 <= v <= 0xFFFF for v in values):
+        raise ValueError("register value outside 0..65535")
+    body = (
+        bytes([unit, FC_WRITE_MULTIPLE])
+        + address.to_bytes(2, "big")
+        + len(values).to_bytes(2, "big")
+        + bytes([2 * len(values)])
+        + b"".join(v.to_bytes(2, "big") for v in values)
+    )
+    return Request(unit, FC_WRITE_MULTIPLE, _frame(body), reply_size(FC_WRITE_MULTIPLE))
 
 
 @dataclass(frozen=True)
@@ -409,26 +503,168 @@ class ReplyVerdict:
     garbage_bytes: int = 0
 
 
-def classify_reply(raw: bytes, unit: int, function_code: int, size: int) -> ReplyVerdict:
-    """Classify the bytes received after one request to ``unit``; ``size`` from :func:`reply_size`.
+@dataclass(frozen=True)
+class Reply:
+    """The bytes received after one request attempt, parsed: the verdict and, for a good frame, its payload.
 
-    A frame with a good CRC is "ok" even when its register count is not what was asked for: that is for the
-    decoder to reject (counted once, there). Bytes around the frame are garbage.
+    ``kind`` and ``garbage_bytes`` are the verdict (:class:`ReplyVerdict`, rules in :class:`ReplyReader`).
     """
-    if not raw:
-        return ReplyVerdict("timeout")
-    n = len(raw)
-    for k in range(n - 1):
-        if raw[k] != unit:
-            continue
-        fc = raw[k + 1]
-        if fc == function_code:
-            got = raw[k + 2] + 5 if fc in (FC_READ_HOLDING, FC_READ_INPUT) and k + 2 < n else size
-            if k + got <= n and crc_ok(raw[k : k + got]):
-                return ReplyVerdict("ok", n - got)
-        elif fc == function_code | 0x80 and k + 5 <= n and crc_ok(raw[k : k + 5]):
-            return ReplyVerdict("exception", n - 5)
-    for k in range(n):
-        if raw[k] == unit and k + 1 < n and raw[k + 1] == function_code and k + size <= n:
-            return ReplyVerdict("crc", n - size)
-    return ReplyVerdict("framing", n)
+
+    kind: str
+    garbage_bytes: int = 0
+    #: "ok" to a read (3/4): the registers, however many the station sent (the caller checks the count).
+    registers: tuple[int, ...] | None = None
+    #: "ok" to a write (16): the echoed ``(address, count)``.
+    echo: tuple[int, int] | None = None
+    #: "exception": the station's exception code (1 illegal function, 2 illegal address, 3 illegal value).
+    exception_code: int | None = None
+    #: A good frame from the unit answering *another* function: a late reply to an earlier request (RTU has no
+    #: transaction id). Its bytes are garbage to this request; the verdict stays what the rules say.
+    late_function_code: int | None = None
+    #: "ok" (the frame is whole and its CRC good) but its data does not decode: why. No payload then.
+    problem: str | None = None
+
+    @property
+    def verdict(self) -> ReplyVerdict:
+        return ReplyVerdict(self.kind, self.garbage_bytes)
+
+
+_READS = (FC_READ_HOLDING, FC_READ_INPUT)
+_FUNCTIONS = (FC_READ_HOLDING, FC_READ_INPUT, FC_WRITE_MULTIPLE)
+_WAIT, _REJECT, _OURS, _LATE = range(4)
+
+
+class ReplyReader:
+    """The reply to one request attempt, parsed as its bytes arrive (sans-I/O: bytes in, a :class:`Reply`).
+
+    The adapter writes the request, then passes whatever the port delivers to :meth:`feed` until
+    :attr:`complete` or until its reply time is up, and takes :meth:`reply` once. Each byte position is
+    decided once as a possible frame start (one whose frame is not whole yet waits for more bytes), and each
+    whole candidate frame's CRC is computed once, however the bytes are chunked.
+
+    The verdict, over the bytes fed:
+
+    * **ok** / **exception**: the first position where a frame from ``unit`` with the request's function code
+      (its length from the byte count for a read, ``size`` for a write), or with that code | 0x80 (5 bytes),
+      is whole and has a good CRC. Every other byte, before or after it, is garbage. A read reply with fewer
+      or more registers than asked for is "ok": checking the count is the register decoder's job (counted
+      once, there).
+    * **timeout**: nothing at all.
+    * **crc**: no good frame, but ``unit``, the function code and ``size`` bytes from there: our reply,
+      damaged. Garbage is everything but those ``size`` bytes.
+    * **framing**: anything else (junk, a truncated frame, another unit's frame, a late reply); all garbage.
+
+    Completeness: :attr:`complete` turns true as soon as the bytes fed hold a good frame from ``unit``: ours
+    (ok/exception; the first by position among the bytes fed so far), or one answering another function (a
+    late reply: the station has spoken and will not answer twice). The adapter stops reading there: the
+    verdict is the rules' verdict over the bytes it read, and bytes that come later are stale input for the
+    next request (fed after a frame of ours anyway, they would only add garbage). Without a good frame the
+    adapter reads until its reply time is up: a candidate frame may still be completing, and bytes may still
+    follow a damaged one. No inter-frame gap ends an attempt early (the adapter's docstring says why).
+    """
+
+    def __init__(self, unit: int, function_code: int, size: int) -> None:
+        if function_code not in _FUNCTIONS:
+            raise ValueError(f"unsupported function code {function_code}")
+        self.unit, self.function_code, self.size = unit, function_code, size
+        self._buf = bytearray()
+        self._next = 0  # the first position not yet looked at as a frame start
+        self._waiting: list[int] = []  # frame starts whose frame is not whole yet, in order
+        self._ours: tuple[int, int] | None = None  # (start, length) of the good frame answering this request
+        self._late: int | None = None  # the function code of the first good frame answering another one
+
+    @property
+    def complete(self) -> bool:
+        """A good frame from the unit is in: the adapter stops reading."""
+        return self._ours is not None or self._late is not None
+
+    @property
+    def received(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> bool:
+        """Add received bytes; returns :attr:`complete`."""
+        self._buf += data
+        if self._ours is None:
+            self._hunt()
+        return self.complete
+
+    def _hunt(self) -> None:
+        n = len(self._buf)
+        starts = [*self._waiting, *range(self._next, n - 1)]  # a start needs its function code byte
+        self._next = max(self._next, n - 1)
+        waiting = []
+        for k in starts:
+            what, length = self._candidate(k, n)
+            if what == _WAIT:
+                waiting.append(k)
+            elif what == _OURS:
+                self._ours = (k, length)
+                break
+            elif what == _LATE and self._late is None:
+                self._late = self._buf[k + 1]
+        self._waiting = waiting
+
+    def _candidate(self, k: int, n: int) -> tuple[int, int]:
+        buf = self._buf
+        if buf[k] != self.unit:
+            return _REJECT, 0
+        fc = buf[k + 1]
+        ours = self.function_code
+        if fc & 0x80:
+            if fc & 0x7F not in _FUNCTIONS:
+                return _REJECT, 0
+            length = 5
+        elif fc in _READS:
+            if k + 2 >= n:
+                return _WAIT, 0
+            length = buf[k + 2] + 5
+        elif fc == FC_WRITE_MULTIPLE:
+            length = self.size if fc == ours else reply_size(FC_WRITE_MULTIPLE)
+        else:
+            return _REJECT, 0
+        if k + length > n:
+            return _WAIT, 0
+        if not crc_ok(buf[k : k + length]):
+            return _REJECT, 0
+        return (_OURS if fc in (ours, ours | 0x80) else _LATE), length
+
+    def reply(self) -> Reply:
+        """The verdict and payload over everything fed so far (see the class docstring)."""
+        buf, n = bytes(self._buf), len(self._buf)
+        if self._ours is not None:
+            k, length = self._ours
+            return _decode_frame(buf[k : k + length], n - length)
+        if not n:
+            return Reply("timeout")
+        for k in range(n - 1):
+            if buf[k] == self.unit and buf[k + 1] == self.function_code and k + self.size <= n:
+                return Reply("crc", n - self.size, late_function_code=self._late)
+        return Reply("framing", n, late_function_code=self._late)
+
+
+def _decode_frame(frame: bytes, garbage: int) -> Reply:
+    """A whole frame with a good CRC answering the request: its payload."""
+    fc = frame[1]
+    if fc & 0x80:
+        return Reply("exception", garbage, exception_code=frame[2])
+    if fc == FC_WRITE_MULTIPLE:
+        address, count = int.from_bytes(frame[2:4], "big"), int.from_bytes(frame[4:6], "big")
+        return Reply("ok", garbage, echo=(address, count))
+    count = frame[2]
+    if count % 2:
+        return Reply("ok", garbage, problem=f"odd byte count {count} in a register reply")
+    registers = tuple(int.from_bytes(frame[i : i + 2], "big") for i in range(3, 3 + count, 2))
+    return Reply("ok", garbage, registers=registers)
+
+
+def parse_reply(raw: bytes, unit: int, function_code: int, size: int) -> Reply:
+    """All the bytes received after one request to ``unit`` at once; ``size`` from :func:`reply_size`."""
+    reader = ReplyReader(unit, function_code, size)
+    reader.feed(raw)
+    return reader.reply()
+
+
+def classify_reply(raw: bytes, unit: int, function_code: int, size: int) -> ReplyVerdict:
+    """Only the verdict of :func:`parse_reply` (the rules are in :class:`ReplyReader`)."""
+    return parse_reply(raw, unit, function_code, size).verdict

@@ -1,9 +1,10 @@
-"""Forest sensor stations on an RS-485 Modbus RTU bus: the gateway side.
+"""Forest sensor stations on an RS-485 Modbus RTU bus: the gateway side (the serial adapter).
 
-One :class:`ForestBus` per serial port, run in its own thread. It owns the pymodbus ``ModbusSerialClient``
-(synchronous, RTU framer), so the bus needs no further lock: every request, clock sync and reconnect happens
-in this one thread, round-robin over the bus's stations every poll interval. Decoding is in
-:mod:`edge.sources.forest.codec` (sans-I/O); the register map is ``hardware/forest-station/register-map.md``.
+One :class:`ForestBus` per serial port, run in its own thread. It owns the port, so the bus needs no further
+lock: every request, clock sync and reconnect happens in this one thread, round-robin over the bus's stations
+every poll interval. The protocol is sans-I/O in :mod:`edge.sources.forest.codec`: request frames are built
+there, and the bytes that come back are parsed there, once, into a verdict and a payload; the register map is
+``hardware/forest-station/register-map.md``. This module only moves bytes, waits, retries and counts.
 
 Behaviour
 ---------
@@ -35,39 +36,53 @@ Behaviour
   catch-up from the history ring give exactly the values of an uninterrupted run. ``rain_event_dry_gap_h`` (per
   station, default 24 h) is the dry spell that ends a rain event.
 
-Faults and how pymodbus 3.16 reports them (read from its source, checked against the simulator)
----------------------------------------------------------------------------------------------
-* Silent slave, CRC error, junk before a reply: all look the same from the outside. The sync client's
-  ``sync_get_response`` hands the received bytes to ``FramerRTU``; a bad CRC — including a junk byte that
-  merely looks like the start of a frame, since the framer hunts byte by byte and its first candidate with a
-  plausible function code decides — makes the framer drop the *whole* buffer (valid reply included), the next
-  read times out, and the request is re-sent up to ``retries`` times. After that ``ModbusIOException("No
-  response received after N retries")`` is raised. No exception tells CRC from timeout from junk, so this
-  module records the raw bytes of every attempt (``send``/``recv`` overrides) and classifies them with
-  :func:`forest_codec.classify_reply` to count ``timeouts``, ``crc_errors``, ``garbage_bytes`` and
-  ``framing_errors`` precisely.
-* Junk that arrives between frames would sit in the input buffer; pymodbus' ``send`` reads it away with a
-  WARNING log line per request. We read it away ourselves (and count it as ``garbage_bytes``) and write the
-  request ourselves too: pymodbus' ``send`` looks at the input buffer once more and would read away, uncounted,
-  whatever arrived between our look and its own.
-* A reply with a good CRC that does not decode as a PDU raises ``ModbusIOException("Unable to decode
-  request")`` (no retry); a reply with a good CRC but fewer registers than asked for is *accepted* by pymodbus
-  (the byte count is not checked against the request), so :func:`forest_codec.decode_sample` checks it. Both
-  count as ``framing_errors``. A Modbus exception reply is a normal response with ``isError()``
-  (``exception_responses``).
-* An I/O error (adapter unplugged: EIO on ``in_waiting``/``read``/``write``) makes pymodbus close the port and
-  raise ``ConnectionException``; ``connect()`` returns False (and logs at ERROR) when the port cannot be
-  opened. We close, and reopen with backoff (0.25 s doubling to 5 s), by the configured path, so a udev
-  symlink that now points elsewhere is followed; a symlink that changed under an open port also triggers a
-  reopen.
-* RTU has no transaction id, and pymodbus matches a reply to its request by unit id only: a late reply to an
-  earlier request (another function code) would be returned as the response. We check the function code.
-* pymodbus 3.16 takes ``device_id=`` (``slave=``/``unit=`` are gone); its sync client ignores
-  ``reconnect_delay``. After ``retries + 3`` failed requests in a row it raises a "CLOSING CONNECTION" error
-  text but, for serial, does not actually close anything.
-* pymodbus logs every failed request at ERROR with the last frames appended. On a noisy bus that is a line per
-  poll, so a filter on the ``pymodbus.logging`` logger passes at most one record per message per minute (all
-  of them when that logger is set to DEBUG). This module's own warnings are rate-limited the same way.
+The Modbus master: ours, on pyserial (not pymodbus' client)
+-----------------------------------------------------------
+pymodbus' sync ``ModbusSerialClient``, which this gateway used before, cannot tell a bus's faults apart: a
+silent station, a bad CRC and junk before a reply all end in the same "No response received after N retries".
+Its RTU framer hunts byte by byte and its first candidate with a plausible function code decides; a bad CRC
+(including a junk byte that merely looks like a frame start) drops the *whole* buffer, valid reply included,
+and the request is re-sent. Exact counters need the bytes, so the gateway recorded them and framed every reply
+a second time, with a parser of its own that could disagree with pymodbus'. A master for three function codes
+is small: now there is one parser, the codec's :class:`~edge.sources.forest.codec.ReplyReader` (sans-I/O,
+tested with byte vectors), and this thin adapter over pyserial. pymodbus stays in the simulator
+(``firmware_sim/forest/sim.py``), an independent peer for the tests.
+
+* **Port.** pyserial opens the configured path (8 data bits, the configured baud rate, parity and stop bits,
+  raw mode, an exclusive lock, as pymodbus opened it); bytes are read with ``os.read`` on its fd after
+  ``poll()``, so an idle wait costs no wake-ups, and written with pyserial's ``write`` (write timeout
+  ``timeout_s``).
+* **One attempt.** Stale input (junk that arrived between frames) is read away and counted as
+  ``garbage_bytes``, then the request frame is written. A byte that arrives after that look at the input
+  buffer comes in with the reply and is counted there: nothing read goes uncounted. The reply's bytes go to
+  the attempt's reader as they arrive, until it holds a good frame from the unit (the station will not answer
+  twice; later bytes are stale input for the next request) or the reply time is up: ``timeout_s`` after the
+  request was written, plus the time the request and a normal reply take on the wire at the configured baud
+  rate (so ``timeout_s`` is the station's time to answer, at any baud rate). No inter-frame gap ends an
+  attempt early: USB adapters deliver in latency-timer chunks (FTDI: 16 ms) that break RTU's 3.5-character gap
+  at 9600 Bd and below, and noise can come before a slow reply; a damaged reply costs the rest of the reply
+  time, as it did with pymodbus (which waited a full timeout after it).
+* **Counting, per attempt, from its one parse:** nothing → ``timeouts``; our frame with a bad CRC →
+  ``crc_errors``; anything else without a good frame (junk, a short frame, another unit's) →
+  ``framing_errors``; every byte outside the accepted frame → ``garbage_bytes``. The rules are
+  :class:`~edge.sources.forest.codec.ReplyReader`'s: the ones these counters have always followed
+  (``codec.classify_reply``, which used to be applied to the bytes pymodbus had received).
+* **Retries, as pymodbus made them:** an attempt that timed out, or brought only a damaged reply or junk, is
+  re-sent, up to ``retries`` times (the RTC write: never, see ``_write_clock``); then the request fails with a
+  warning. A good frame ends the request: a Modbus exception reply counts as ``exception_responses``; a frame
+  with a good CRC whose data does not decode (an odd byte count), and a read reply with a good CRC but the
+  wrong number of registers (checked by :func:`forest_codec.decode_sample` and ``decode_holding``), count as
+  ``framing_errors``; none of them is retried.
+* **Late replies.** RTU has no transaction id: a good frame from the unit answering another function code is a
+  late reply to an earlier request. It ends the request unretried, counted as its attempt's ``framing_errors``
+  (its bytes as garbage) and once more for the function code mismatch, with a warning, as it was with pymodbus
+  (which returned it as the response).
+* **I/O errors** (adapter unplugged: EIO on ``in_waiting``/``read``/``write``, or a hang-up): the port is
+  closed and reopened with backoff (0.25 s doubling to 5 s) by the configured path, so a udev symlink that now
+  points elsewhere is followed; a symlink that changed under an open port also triggers a reopen
+  (``port_errors``, ``reconnects``). An attempt cut short by an I/O error gets no verdict; the bytes it had
+  count as garbage.
+* Warnings are rate-limited: one line per cause per minute, with the number suppressed.
 
 A station that keeps failing is polled less often (doubling backoff, never longer than half its sample
 interval or 5 s), so a dead station costs the others little bus time.
@@ -75,31 +90,29 @@ interval or 5 s), so a dead station costs the others little bus time.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import math
 import os
 import select
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import serial  # pyserial
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pymodbus.client import ModbusSerialClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.framer import FramerType
-from pymodbus.pdu import ModbusPDU
 
 from cityos.wire import DeviceId, Reading
 from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
-from edge.sources.common.logs import LOG_PERIOD_S, LibraryLogFilter, RateLimited, install_once
+from edge.sources.common.logs import RateLimited
 from edge.sources.forest import codec as codec
 
 log = logging.getLogger(__name__)
 
-KIND = "forest_station"
+KIND = codec.KIND
 #: v2: per-station state with the derived values' windows (v1 states are migrated: windows start empty).
 STATE_VERSION = 2
 _OPEN_BACKOFF_MIN_S = 0.25
@@ -184,70 +197,57 @@ class ForestBusConfig(SourceConfig):
         return self
 
 
-# --- logging helpers ----------------------------------------------------------------------------------------
+# --- the port -----------------------------------------------------------------------------------------------
 
 
-def _install_pymodbus_log_filter() -> None:
-    """Rate-limit pymodbus' own per-request ERROR/WARNING lines (see the module docstring)."""
-    install_once("pymodbus", [logging.getLogger("pymodbus.logging")], lambda: LibraryLogFilter(
-        "pymodbus.logging", LOG_PERIOD_S, key=lambda r: str(r.msg).split("\n", 1)[0][:80]))
+class _Port:
+    """The bus's serial port: set up by pyserial, bytes moved on its fd (see the module docstring)."""
 
+    #: Most bytes taken from the driver per read: a whole reply and then some.
+    CHUNK = 512
 
-# --- the client ---------------------------------------------------------------------------------------------
-
-
-class _BusClient(ModbusSerialClient):
-    """pymodbus' sync serial client, recording the raw bytes of each request attempt.
-
-    ``send`` starts an attempt (after reading away stale input), ``recv`` appends to it; the bus driver
-    classifies the attempts after each request to tell timeouts, CRC errors and junk apart.
-    """
-
-    def __init__(self, port: str, **kwargs: Any) -> None:
-        super().__init__(port, **kwargs)
-        self.attempts: list[bytearray] = []
+    def __init__(self, path: str, config: ForestBusConfig) -> None:
+        self.ser: Any = serial.Serial(
+            path,
+            baudrate=config.baudrate,
+            bytesize=serial.EIGHTBITS,
+            parity=config.parity,
+            stopbits=config.stopbits,
+            timeout=0,
+            write_timeout=config.timeout_s,
+            exclusive=True,
+        )
+        self._fd = self.ser.fileno()
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
+        #: Bytes read away before requests (junk between frames), not yet counted by the bus.
         self.stale_bytes = 0
 
-    def send(self, request: bytes, addr: tuple | None = None) -> int:
-        """pymodbus' ``send`` without its clean-up read (see the module docstring): stale input is read and
-        counted here, then the request is written. A byte that arrives after the look at the input buffer stays
-        there and comes in with the reply, in this attempt."""
-        sock = self.socket
-        if sock is None:
-            raise ConnectionException(str(self))
-        if not request:
-            return 0
-        try:
-            if waiting := sock.in_waiting:
-                self.stale_bytes += len(sock.read(waiting))
-            self.attempts.append(bytearray())
-            return sock.write(request) or 0
-        except OSError:  # pyserial's SerialException (and its write timeout) included
-            self.close()
-            raise ConnectionException(f"I/O error on {self.comm_params.host}") from None
+    def send(self, frame: bytes) -> int:
+        """Read away (and count in ``stale_bytes``) what waits in the input buffer, then write ``frame``.
 
-    def _wait_for_data(self) -> int:
-        """Wait for reply bytes with select(), not pymodbus' sleep-polling (a wake-up and two ioctls every four
-        character times: ~8 per reply at 9600 baud, even on an idle line). Returns what has arrived as soon as
-        anything has: pymodbus calls recv again until its framer has a whole frame, so a reply that trickles in
-        costs one wake-up per chunk the adapter delivers."""
-        sock = self.socket
-        if sock is None:
-            return 0
-        waiting = self._in_waiting()
-        if waiting:
-            return waiting
-        try:
-            ready, _, _ = select.select([sock.fileno()], [], [], self.comm_params.timeout_connect)
-        except (OSError, ValueError):
-            return 0
-        return self._in_waiting() if ready else 0
+        A byte that arrives after the look at the input buffer stays there and comes in with the reply."""
+        if waiting := self.ser.in_waiting:
+            self.stale_bytes += len(os.read(self._fd, waiting))
+        return self.ser.write(frame) or 0
 
-    def recv(self, size: int | None) -> bytes:
-        data = super().recv(size)
-        if data and self.attempts:
-            self.attempts[-1] += data
+    def recv(self, timeout_s: float) -> bytes:
+        """What has arrived, waiting up to ``timeout_s`` for something; b"" when nothing came in that time.
+        Raises OSError when the device is gone."""
+        if not self._poll.poll(max(0, math.ceil(timeout_s * 1000))):
+            return b""
+        try:
+            data = os.read(self._fd, self.CHUNK)
+        except BlockingIOError:
+            return b""
+        if not data:
+            raise OSError(errno.EIO, "the port hung up")
         return data
+
+    def close(self) -> None:
+        # closing a vanished device may fail in pyserial; there is nothing to do about it
+        with contextlib.suppress(Exception):
+            self.ser.close()
 
 
 # --- the bus ------------------------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ class ForestBus:
         self._counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._lock = threading.Lock()
         self._port_open = False
-        self._client: _BusClient | None = None
+        self._port: _Port | None = None
         self._opened_target: str | None = None
         self._port_checked = -math.inf
         self._next_open = 0.0
@@ -292,8 +292,8 @@ class ForestBus:
         self._state: dict[str, Any] = {"v": STATE_VERSION, "stations": {}}
         self._warn = RateLimited(log)
         bits = 1 + 8 + (config.parity != "N") + config.stopbits
-        self._write_lead_s = 13 * bits / config.baudrate  # time on the wire of the 13-byte RTC write
-        _install_pymodbus_log_filter()
+        self._char_s = bits / config.baudrate  # one character's time on the wire
+        self._write_lead_s = 13 * self._char_s  # time on the wire of the 13-byte RTC write
 
     # --- Source interface ----------------------------------------------------------------------------------
     def health(self) -> dict[str, float]:
@@ -310,11 +310,11 @@ class ForestBus:
                     stop.wait(max(0.05, min(self._next_open - time.monotonic(), 0.5)))
                     continue
                 for st in self._round_order():
-                    if stop.is_set() or self._client is None:
+                    if stop.is_set() or self._port is None:
                         break
                     if time.monotonic() >= st.next_poll:
                         self._service(st, ctx)
-                if self._client is not None:
+                if self._port is not None:
                     wait = min(st.next_poll for st in self._stations) - time.monotonic()
                     if wait > 0:
                         stop.wait(wait)
@@ -356,7 +356,7 @@ class ForestBus:
 
     def _ensure_open(self) -> bool:
         port = self.config.port
-        if self._client is not None:
+        if self._port is not None:
             now = time.monotonic()
             if now - self._port_checked < _PORT_CHECK_S:
                 return True
@@ -370,19 +370,14 @@ class ForestBus:
         now = time.monotonic()
         if now < self._next_open:
             return False
-        client = _BusClient(
-            port,
-            framer=FramerType.RTU,
-            baudrate=self.config.baudrate,
-            bytesize=8,
-            parity=self.config.parity,
-            stopbits=self.config.stopbits,
-            timeout=self.config.timeout_s,
-            retries=self.config.retries,
-            name=f"forest:{self.name}",
-        )
-        if not os.path.exists(port) or not client.connect():
-            client.close()
+        opened: _Port | None = None
+        why = "missing"
+        if os.path.exists(port):
+            try:
+                opened = _Port(port, self.config)
+            except (OSError, ValueError) as exc:  # pyserial's SerialException is an OSError
+                why = f"open failed: {_short(exc)}"
+        if opened is None:
             self._count("port_errors")
             self._warn(
                 logging.WARNING,
@@ -390,14 +385,14 @@ class ForestBus:
                 "%s: cannot open %s (%s); retrying in %.2g s",
                 self.name,
                 port,
-                "missing" if not os.path.exists(port) else "open failed",
+                why,
                 self._open_backoff,
             )
             self._port_failed = True
             self._next_open = now + self._open_backoff
             self._open_backoff = min(self._open_backoff * 2, _OPEN_BACKOFF_MAX_S)
             return False
-        self._client = client
+        self._port = opened
         self._opened_target = os.path.realpath(port)
         self._port_open = True
         self._open_backoff = _OPEN_BACKOFF_MIN_S
@@ -414,9 +409,9 @@ class ForestBus:
         return True
 
     def _close(self, failed: bool = False) -> None:
-        if self._client is not None:
-            self._client.close()
-        self._client = None
+        if self._port is not None:
+            self._port.close()
+        self._port = None
         self._port_open = False
         if failed:
             self._port_failed = True
@@ -424,36 +419,22 @@ class ForestBus:
             self._open_backoff = min(self._open_backoff * 2, _OPEN_BACKOFF_MAX_S)
 
     # --- requests ------------------------------------------------------------------------------------------
-    def _request(
-        self, st: _Station, fc: int, size: int, call: Callable[[_BusClient], ModbusPDU]
-    ) -> ModbusPDU:
-        """One request with pymodbus' retries; each attempt's reply bytes are classified and counted."""
-        client = self._client
-        assert client is not None
-        client.attempts = []
-        client.stale_bytes = 0
-        unit = st.cfg.unit
-        try:
-            response = call(client)
-        except ConnectionException:
-            self._account(client, unit, fc, size)
-            raise
-        except ModbusIOException as exc:
-            verdicts = self._account(client, unit, fc, size)
-            if verdicts and verdicts[-1] in ("ok", "exception"):  # a good frame that would not decode
-                self._count("framing_errors")
-            self._warn(logging.WARNING, f"noreply:{unit}", "%s: unit %d: %s", self.name, unit, _short(exc))
-            raise _RequestFailed from None
-        except (ModbusException, ValueError, IndexError) as exc:  # pymodbus choking on odd bytes
-            self._account(client, unit, fc, size)
-            self._count("framing_errors")
-            self._warn(
-                logging.WARNING, f"bad:{unit}", "%s: unit %d: bad reply: %s", self.name, unit, _short(exc)
-            )
-            raise _RequestFailed from None
-        self._account(client, unit, fc, size)
-        if response.function_code & 0x7F != fc:
-            # a late reply to an earlier request (pymodbus matches the unit id, not the function code)
+    def _request(self, request: codec.Request, retries: int | None = None) -> codec.Reply:
+        """One request, re-sent up to ``retries`` (default: the configured) times while no good frame comes
+        back; every attempt is counted from its one parse. Returns an "ok" reply with its payload, or raises
+        _RequestFailed (counted and warned) or OSError (the port failed)."""
+        port = self._port
+        assert port is not None
+        unit, fc = request.unit, request.function_code
+        attempts = 1 + (self.config.retries if retries is None else retries)
+        kinds = []
+        for _ in range(attempts):
+            reply = self._attempt(port, request)
+            kinds.append(reply.kind)
+            if reply.kind in ("ok", "exception") or reply.late_function_code is not None:
+                break
+        if reply.late_function_code is not None:  # (only ever set when no frame answered this request)
+            # a late reply to an earlier request: RTU replies carry no transaction id, only the function code
             self._count("framing_errors")
             self._warn(
                 logging.WARNING,
@@ -461,11 +442,11 @@ class ForestBus:
                 "%s: unit %d: reply to function %d while waiting for %d",
                 self.name,
                 unit,
-                response.function_code,
+                reply.late_function_code,
                 fc,
             )
             raise _RequestFailed
-        if response.isError():
+        if reply.kind == "exception":
             self._count("exception_responses")
             self._warn(
                 logging.WARNING,
@@ -473,29 +454,59 @@ class ForestBus:
                 "%s: unit %d: Modbus exception %s to function %d",
                 self.name,
                 unit,
-                getattr(response, "exception_code", "?"),
+                reply.exception_code,
                 fc,
             )
             raise _RequestFailed
-        return response
+        if reply.kind != "ok":
+            self._warn(
+                logging.WARNING,
+                f"noreply:{unit}",
+                "%s: unit %d: No response received after %d retries (%s)",
+                self.name,
+                unit,
+                attempts - 1,
+                ", ".join(kinds),
+            )
+            raise _RequestFailed
+        if reply.problem is not None:  # a whole frame with a good CRC whose data does not decode
+            self._count("framing_errors")
+            self._warn(
+                logging.WARNING, f"bad:{unit}", "%s: unit %d: bad reply: %s", self.name, unit, reply.problem
+            )
+            raise _RequestFailed
+        return reply
 
-    def _account(self, client: _BusClient, unit: int, fc: int, size: int) -> list[str]:
-        kinds = []
-        garbage = client.stale_bytes
-        for raw in client.attempts:
-            v = codec.classify_reply(bytes(raw), unit, fc, size)
-            kinds.append(v.kind)
-            garbage += v.garbage_bytes
-            if v.kind == "timeout":
-                self._count("timeouts")
-            elif v.kind == "crc":
-                self._count("crc_errors")
-            elif v.kind == "framing":
-                self._count("framing_errors")
-        self._count("garbage_bytes", garbage)
-        client.attempts = []
-        client.stale_bytes = 0
-        return kinds
+    def _attempt(self, port: _Port, request: codec.Request) -> codec.Reply:
+        """Send once, read the reply until the reader has a good frame or the reply time is up; count it."""
+        try:
+            port.send(request.frame)
+        finally:
+            stale, port.stale_bytes = port.stale_bytes, 0
+            self._count("garbage_bytes", stale)
+        reader = request.reader()
+        # the station's time to answer, plus the request's and a normal reply's time on the wire
+        wire_s = (len(request.frame) + request.reply_size) * self._char_s
+        deadline = time.monotonic() + self.config.timeout_s + wire_s
+        try:
+            while not reader.complete:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if data := port.recv(left):
+                    reader.feed(data)
+        except OSError:
+            self._count("garbage_bytes", reader.received)  # cut short: no verdict, but the bytes were read
+            raise
+        reply = reader.reply()
+        self._count("garbage_bytes", reply.garbage_bytes)
+        if reply.kind == "timeout":
+            self._count("timeouts")
+        elif reply.kind == "crc":
+            self._count("crc_errors")
+        elif reply.kind == "framing":
+            self._count("framing_errors")
+        return reply
 
     # --- per station ---------------------------------------------------------------------------------------
     def _service(self, st: _Station, ctx: SourceContext) -> None:
@@ -515,7 +526,7 @@ class ForestBus:
             st.next_poll = started + self._backoff(st)
             self._keep_clock_write_time(st)
             return
-        except (ConnectionException, OSError) as exc:
+        except OSError as exc:
             self._io_error(exc)
             return
         if st.fails >= 2:
@@ -524,7 +535,7 @@ class ForestBus:
         st.next_poll = started + self.config.poll_interval_s
         try:
             self._on_sample(st, sample, ctx)
-        except (ConnectionException, OSError) as exc:  # the adapter went away during a history catch-up
+        except OSError as exc:  # the adapter went away during a history catch-up
             self._io_error(exc)
             return
         self._sleep_until_next_sample(st, started)
@@ -559,14 +570,10 @@ class ForestBus:
     def _read_sample(self, st: _Station, address: int) -> codec.Sample:
         """One sample record: the live block (address 0) or a slot of the history ring."""
         unit = st.cfg.unit
-        rr = self._request(
-            st,
-            codec.FC_READ_INPUT,
-            codec.reply_size(codec.FC_READ_INPUT, codec.INPUT_BLOCK_COUNT),
-            lambda c: c.read_input_registers(address, count=codec.INPUT_BLOCK_COUNT, device_id=unit),
-        )
+        request = codec.read_registers(unit, codec.FC_READ_INPUT, address, codec.INPUT_BLOCK_COUNT)
+        reply = self._request(request)
         try:
-            return codec.decode_sample(list(rr.registers))
+            return codec.decode_sample(list(reply.registers or ()))
         except codec.CodecError as exc:
             self._count("framing_errors")
             self._warn(logging.WARNING, f"codec:{unit}", "%s: unit %d: %s", self.name, unit, exc)
@@ -588,16 +595,12 @@ class ForestBus:
 
     def _clock_check(self, st: _Station) -> None:
         unit = st.cfg.unit
-        rr = self._request(
-            st,
-            codec.FC_READ_HOLDING,
-            codec.reply_size(codec.FC_READ_HOLDING, codec.HOLDING_BLOCK_COUNT),
-            lambda c: c.read_holding_registers(
-                codec.HOLDING_BLOCK_ADDRESS, count=codec.HOLDING_BLOCK_COUNT, device_id=unit
-            ),
+        request = codec.read_registers(
+            unit, codec.FC_READ_HOLDING, codec.HOLDING_BLOCK_ADDRESS, codec.HOLDING_BLOCK_COUNT
         )
+        reply = self._request(request)
         try:
-            info = codec.decode_holding(list(rr.registers))
+            info = codec.decode_holding(list(reply.registers or ()))
         except codec.CodecError as exc:
             self._count("framing_errors")
             self._warn(logging.WARNING, f"codec:{unit}", "%s: unit %d: %s", self.name, unit, exc)
@@ -642,23 +645,14 @@ class ForestBus:
             self._schedule_clock_write(st)
             return
         st.clock_write_at = None
-        client = self._client
-        assert client is not None
-        # Not retried by pymodbus: a re-sent write would carry a second that is already stale. A write whose
-        # reply got lost is simply scheduled again for the next second boundary.
-        saved, client.transaction.retries = client.transaction.retries, 0
+        # Not retried: a re-sent write would carry a second that is already stale. A write whose reply got
+        # lost is simply scheduled again for the next second boundary.
         try:
-            self._request(
-                st,
-                codec.FC_WRITE_MULTIPLE,
-                codec.reply_size(codec.FC_WRITE_MULTIPLE),
-                lambda c: c.write_registers(codec.HOLDING_RTC, codec.encode_time(seconds), device_id=unit),
-            )
+            rtc = codec.write_registers(unit, codec.HOLDING_RTC, codec.encode_time(seconds))
+            self._request(rtc, retries=0)
         except _RequestFailed:
             self._schedule_clock_write(st)
             raise
-        finally:
-            client.transaction.retries = saved
         self._count("clock_syncs")
         st.force_clock_write = False
         st.unset_streak = 0
@@ -726,7 +720,7 @@ class ForestBus:
                 except _RequestFailed:
                     st.last_seen, st.last_seen_mono = prev_seen, prev_mono  # retry on the next poll
                     return
-                except (ConnectionException, OSError):
+                except OSError:
                     st.last_seen, st.last_seen_mono = prev_seen, prev_mono  # retry after the reopen
                     raise
         self._emit(st, s, ctx)
