@@ -88,7 +88,8 @@ def test_cli_check_exits_2_with_the_message_on_stderr(tmp_path):
 
 
 def test_only_the_configured_source_types_are_imported(tmp_path):
-    """A forest gateway must not pay the resident memory of momonga and pynmea2 (the Pi's RSS budget)."""
+    """A forest gateway must not pay the resident memory of momonga and pynmea2 (the Pi's RSS budget). It loads
+    pyserial for its bus, and no longer pymodbus (the Modbus RTU master is the forest codec's)."""
     import subprocess
     import sys
 
@@ -101,7 +102,7 @@ def test_only_the_configured_source_types_are_imported(tmp_path):
     code = (
         "import sys; from edge.agent import Agent; from edge.config import load_config; "
         f"Agent(load_config({str(cfg)!r})); "
-        "print(sorted(m for m in ('momonga', 'pynmea2', 'pymodbus') if m in sys.modules))"
+        "print(sorted(m for m in ('momonga', 'pynmea2', 'pymodbus', 'serial') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
-    assert out.stdout.strip() == "['pymodbus']"
+    assert out.stdout.strip() == "['serial']"
