@@ -1,9 +1,9 @@
 """Bus ridership accuracy against the simulator's ground truth over whole service days.
 
 The simulator (``firmware_sim/bus/sim.py``) plays a service day of the loop bus: GPS NMEA bytes and every received
-Bluetooth advertisement as bleak's own objects, with passengers boarding and alighting by a seeded schedule. They
-go through :class:`edge.sources.bus.source.BusCore`, exactly the code a gateway runs behind its ports, and the readings
-it produces are compared with the ground truth:
+Bluetooth advertisement (as the core's own :class:`~edge.sources.bus.ble_ids.Advert`), with passengers boarding
+and alighting by a seeded schedule. They go through :class:`edge.sources.bus.source.BusCore`, exactly the code a
+gateway runs behind its ports, and the readings it produces are compared with the ground truth:
 
 boardings per stop visit (MAE), occupancy per segment (MAPE, MAE, by band, interval coverage) and app riders'
 origin-destination pairs (exact), by :func:`firmware_sim.bus.score.score` (the simulated city's check uses it too).
@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cityos.wire import Reading
-from edge.sources.bus.ble_ids import make_advertisement
+from edge.sources.bus.ble_ids import Advert
 from edge.sources.bus.source import BusConfig, BusCore
 from firmware_sim.bus.score import score
 from firmware_sim.bus.sim import BusDay, BusDaySpec
@@ -66,10 +66,14 @@ def play(spec: BusDaySpec, cfg: BusConfig) -> tuple[list[Reading], BusDay, dict[
                 out.append(pos)
         else:
             adverts += 1
-            device, adv = make_advertisement(
-                ev.address, ev.rssi, manufacturer_data=ev.manufacturer_data, service_uuids=ev.service_uuids
-            )  # bleak's own objects, as the gateway's socket backend builds them from the simulator's lines
-            core.add(core.observe(device, adv, t))
+            advert = Advert(
+                address=ev.address,
+                rssi=ev.rssi,
+                rx_s=t,
+                manufacturer_data=ev.manufacturer_data,
+                service_uuids=ev.service_uuids,
+            )  # what the gateway's socket backend makes of the simulator's line
+            core.add(core.observe(advert))
     wall = time.perf_counter() - t0
     return out, day, {"adverts": adverts, "wall_s": wall, **core.health()}
 

@@ -36,8 +36,8 @@ agent for each phase; medians over ``--repeat`` are reported. References from th
 
 The agent runs as deployed: with the environment of the gateway's systemd unit (``MALLOC_ARENA_MAX=2``) and
 with its bytecode compiled (as pip does at install). ``--cprofile`` also plays the measuring window in-process
-through the code the agent runs per advert (``decode_sim_line`` → ``BusCore.observe`` → ``add``, plus the GPS)
-under cProfile, to show where the CPU goes; ``--py-spy DIR`` records the 300/s agent with py-spy when
+through the code the agent runs per advert (``decode_sim_line`` → ``Advert`` → ``BusCore.observe`` → ``add``, plus
+the GPS) under cProfile, to show where the CPU goes; ``--py-spy DIR`` records the 300/s agent with py-spy when
 installed.
 
     python benchmarks/bus_edge_footprint.py [--adverts 300] [--window 60] [--repeat 3] [--json out.json]
@@ -334,8 +334,8 @@ def sustained(r: dict[str, Any]) -> bool:
 
 
 def profile_core(day: BusDay, spec: BusDaySpec, a: float, b: float, top: int) -> dict[str, Any]:
-    """The agent's per-advert path in-process over [a, b): JSON line → bleak objects → hash → file; GPS → stop
-    events → readings. Returns µs per advert for the stages and prints cProfile's top functions."""
+    """The agent's per-advert path in-process over [a, b): JSON line → Advert → hash → file; GPS → stop events →
+    readings. Returns µs per advert for the stages and prints cProfile's top functions."""
     from bus_accuracy import bus_config
 
     from edge.sources.bus.ble_scan import decode_sim_line
@@ -352,18 +352,17 @@ def profile_core(day: BusDay, spec: BusDaySpec, a: float, b: float, top: int) ->
                 core.on_gps(ev, t)
                 core.tick(t)
             else:
-                device, adv = decode_sim_line(ev)
-                core.add(core.observe(device, adv, t))
+                core.add(core.observe(decode_sim_line(ev, t)))
 
     t0 = time.perf_counter()
     play()
     total = time.perf_counter() - t0
     t0 = time.perf_counter()
-    decoded = [(t, decode_sim_line(ev)) for t, ev in lines]
+    decoded = [decode_sim_line(ev, t) for t, ev in lines]
     t_decode = time.perf_counter() - t0
     core2 = BusCore(cfg, a)
     t0 = time.perf_counter()
-    obs = [core2.observe(d, adv, t) for t, (d, adv) in decoded]
+    obs = [core2.observe(adv) for adv in decoded]
     t_observe = time.perf_counter() - t0
     t0 = time.perf_counter()
     for o in obs:

@@ -1,4 +1,4 @@
-"""Keyed hashing of Bluetooth ids and iBeacon parsing on bleak's own objects (sans-I/O, explicit times).
+"""Keyed hashing of Bluetooth ids, the core's own advert type and iBeacon parsing on it (sans-I/O, explicit times).
 
 The iBeacon vectors are written byte by byte from Apple's format, not with the module's own ``struct``: a shared
 mistake in both would otherwise pass.
@@ -7,24 +7,25 @@ mistake in both would otherwise pass.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import hmac
 import pickle
+import subprocess
+import sys
 import uuid
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
 import pytest
-from bleak.backends.device import BLEDevice
-from bleak.backends.scanner import AdvertisementData
 
 from edge.sources.bus import ble_ids
 from edge.sources.bus.ble_ids import (
     APPLE_COMPANY_ID,
+    Advert,
     IBeacon,
     KeyedHasher,
     is_city_rider,
-    make_advertisement,
     normalise_address,
     parse_ibeacon,
     rider_token,
@@ -44,8 +45,8 @@ def jst(y: int, mo: int, d: int, h: int, mi: int = 0, s: int = 0) -> float:
     return datetime(y, mo, d, h, mi, s, tzinfo=JST).timestamp()
 
 
-def adv_with(mdata: dict[int, bytes]) -> AdvertisementData:
-    return make_advertisement(ADDR, -60, manufacturer_data=mdata)[1]
+def adv_with(mdata: dict[int, bytes]) -> Advert:
+    return Advert(address=ADDR, rssi=-60, rx_s=jst(2026, 4, 1, 8), manufacturer_data=mdata)
 
 
 # --- iBeacon ---------------------------------------------------------------------------------------------------
@@ -100,34 +101,53 @@ def test_beacon_repr_hides_the_token() -> None:
     assert "4660" not in text and "22136" not in text and "major" not in text and "minor" not in text
 
 
-# --- bleak objects ---------------------------------------------------------------------------------------------
+# --- the advert type -------------------------------------------------------------------------------------------
 
 
-def test_make_advertisement_builds_bleaks_own_objects() -> None:
-    dev, adv = make_advertisement(
-        "4c-1a-2b-3c-4d-5e",
-        -71,
-        manufacturer_data={APPLE_COMPANY_ID: IBEACON_PAYLOAD},
-        service_uuids=["0000FEAA-0000-1000-8000-00805F9B34FB"],
-        local_name="bus-rider",
-        tx_power=4,
+def test_advert_is_immutable_and_holds_only_what_the_core_reads() -> None:
+    mdata = {APPLE_COMPANY_ID: IBEACON_PAYLOAD}
+    uuids = ["0000feaa-0000-1000-8000-00805f9b34fb"]
+    adv = Advert(
+        address=ADDR,
+        rssi=-71,
+        rx_s=1.5,
+        manufacturer_data=mdata,
+        service_uuids=uuids,  # type: ignore[arg-type]
     )
-    assert type(dev) is BLEDevice and type(adv) is AdvertisementData
-    assert dev.address == ADDR and dev.name == "bus-rider"
-    assert dev.details["path"] == "/org/bluez/hci0/dev_4C_1A_2B_3C_4D_5E"
-    assert adv.rssi == -71 and adv.tx_power == 4 and adv.local_name == "bus-rider"
+    assert [f.name for f in dataclasses.fields(Advert)] == [
+        "address", "rssi", "rx_s", "manufacturer_data", "service_uuids"
+    ]  # fmt: skip
     assert adv.manufacturer_data == {APPLE_COMPANY_ID: IBEACON_PAYLOAD}
-    assert adv.service_uuids == ["0000feaa-0000-1000-8000-00805f9b34fb"]
-    assert adv.service_data == {}
-    assert adv.platform_data[0] == dev.details["path"]
-    assert adv.platform_data[1] is dev.details["props"]
+    assert adv.service_uuids == ("0000feaa-0000-1000-8000-00805f9b34fb",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        adv.rssi = -20  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        adv.manufacturer_data[0x0006] = b""  # type: ignore[index]
+    mdata[0x0006] = b"\x01"  # the builder's dict is copied: changing it later changes nothing
+    uuids.append("x")
+    assert adv.manufacturer_data == {APPLE_COMPANY_ID: IBEACON_PAYLOAD} and len(adv.service_uuids) == 1
+    with pytest.raises(TypeError):
+        Advert(ADDR, -71, 1.5)  # type: ignore[misc]  # keywords only: an rssi is never taken for a time
 
 
-def test_make_advertisement_defaults_as_bluez() -> None:
-    dev, adv = make_advertisement(ADDR, -90)
-    assert dev.name is None and adv.local_name is None and adv.tx_power is None
-    assert adv.manufacturer_data == {} and adv.service_uuids == [] and adv.service_data == {}
+def test_advert_defaults_and_repr_without_the_address() -> None:
+    adv = Advert(address=ADDR, rssi=-90, rx_s=0.0)
+    assert adv.manufacturer_data == {} and adv.service_uuids == ()
     assert parse_ibeacon(adv) is None
+    text = repr(adv)
+    assert "-90" in text and ADDR not in text.upper() and "4C1A" not in text.upper()
+
+
+def test_the_core_does_not_load_bleak() -> None:
+    """The cores take their own types: bleak is the scanner adapter's business (and memory on the Pi)."""
+    code = (
+        "import sys\n"
+        "import edge.sources.bus.ble_ids, edge.sources.bus.ridership, edge.sources.bus.stops\n"
+        "import edge.sources.bus.readings, edge.sources.bus.gtfs, edge.sources.common.nmea\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'bleak'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 # --- keyed hashing ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""The BLE scanner with real parts: a real Unix-socket simulator server, bleak's real objects, and bleak's real
-BlueZ backend on a machine with no Bluetooth adapter and no system D-Bus (it must fail, count and retry).
+"""The BLE scanner with real parts: a real Unix-socket simulator server, bleak's real objects (taken apart into the
+core's :class:`Advert` in one place), and bleak's real BlueZ backend on a machine with no Bluetooth adapter and no
+system D-Bus (it must fail, count and retry).
 
 "Adapter loss" is the simulator's socket closing; "adapter back" is the server listening again.
 """
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +27,65 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from pydantic import ValidationError
 
-from edge.sources.bus.ble_ids import APPLE_COMPANY_ID, parse_ibeacon
+from edge.sources.bus.ble_ids import APPLE_COMPANY_ID, Advert, parse_ibeacon
 from edge.sources.bus.ble_scan import (
     PASSIVE_OR_PATTERNS,
     BleScanConfig,
     BleScanner,
+    advert_from_bleak,
     bluez_scanner_kwargs,
     decode_sim_line,
 )
 
 ADDR = "C0:FF:EE:12:34:56"
 IBEACON = bytes.fromhex("0215" + "0f1e2d3c4b5a69788796a5b4c3d2e1f0" + "1234" + "abcd" + "c5")
+RX_S = 1_775_000_000.25  # the data clock the scanners under test stamp adverts with
+
+
+def bluez_objects(
+    address: str,
+    rssi: int,
+    *,
+    manufacturer_data: Mapping[int, bytes] | None = None,
+    service_uuids: Iterable[str] = (),
+    local_name: str | None = None,
+    tx_power: int | None = None,
+    service_data: Mapping[str, bytes] | None = None,
+    address_type: str = "random",
+) -> tuple[BLEDevice, AdvertisementData]:
+    """bleak's own ``(BLEDevice, AdvertisementData)`` as its BlueZ backend hands them to a detection callback:
+    the address upper case with colons, ``BLEDevice.details`` ``{"path", "props"}``, ``platform_data``
+    ``(path, props)``, ``BLEDevice.name`` None without a local name."""
+    digits = "".join(c for c in address if c not in " :-._").upper()
+    addr = ":".join(digits[i : i + 2] for i in range(0, 12, 2)) if len(digits) == 12 else address
+    mdata = {int(k): bytes(v) for k, v in (manufacturer_data or {}).items()}
+    sdata = {str(k): bytes(v) for k, v in (service_data or {}).items()}
+    uuids = [str(u).lower() for u in service_uuids]
+    path = "/org/bluez/hci0/dev_" + addr.replace(":", "_")
+    props: dict[str, Any] = {
+        "Address": addr,
+        "AddressType": address_type,
+        "Alias": local_name if local_name is not None else addr.replace(":", "-"),
+        "RSSI": rssi,
+        "ManufacturerData": mdata,
+        "ServiceData": sdata,
+        "UUIDs": uuids,
+    }
+    if local_name is not None:
+        props["Name"] = local_name
+    if tx_power is not None:
+        props["TxPower"] = tx_power
+    device = BLEDevice(addr, local_name, {"path": path, "props": props})
+    adv = AdvertisementData(
+        local_name=local_name,
+        manufacturer_data=mdata,
+        service_data=sdata,
+        service_uuids=uuids,
+        tx_power=tx_power,
+        rssi=rssi,
+        platform_data=(path, props),
+    )
+    return device, adv
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
@@ -134,18 +183,18 @@ def server(sock_dir: Path) -> Iterator[SimServer]:
 class Sink:
     """The ridership side: records what on_adv receives, on which thread."""
 
-    def __init__(self, fail: Callable[[AdvertisementData], bool] = lambda adv: False) -> None:
-        self.got: list[tuple[BLEDevice, AdvertisementData]] = []
+    def __init__(self, fail: Callable[[Advert], bool] = lambda adv: False) -> None:
+        self.got: list[Advert] = []
         self.threads: set[str] = set()
         self._fail = fail
         self._lock = threading.Lock()
 
-    def __call__(self, device: BLEDevice, adv: AdvertisementData) -> None:
+    def __call__(self, adv: Advert) -> None:
         self.threads.add(threading.current_thread().name)
         if self._fail(adv):
-            raise RuntimeError(f"consumer bug near {device.address}")
+            raise RuntimeError(f"consumer bug near {adv.address}")
         with self._lock:
-            self.got.append((device, adv))
+            self.got.append(adv)
 
     def __len__(self) -> int:
         with self._lock:
@@ -154,13 +203,13 @@ class Sink:
 
 def sim_scanner(server: SimServer, on_adv: Any, **cfg: Any) -> BleScanner:
     config = BleScanConfig(backend="sim", sim_socket=server.path, **cfg)
-    return BleScanner(config, on_adv)
+    return BleScanner(config, on_adv, now=lambda: RX_S)
 
 
 # --- the simulator backend ----------------------------------------------------------------------------------
 
 
-def test_sim_adverts_arrive_as_bleak_objects_repeats_included(server: SimServer) -> None:
+def test_sim_adverts_arrive_as_adverts_repeats_included(server: SimServer) -> None:
     sink = Sink()
     scanner = sim_scanner(server, sink)
     scanner.start()
@@ -177,18 +226,19 @@ def test_sim_adverts_arrive_as_bleak_objects_repeats_included(server: SimServer)
         wait_for(lambda: len(sink) == 4, what="4 adverts")
     finally:
         scanner.stop()
-    assert [adv.rssi for _, adv in sink.got] == [-71, -70, -71, -90]
-    device, adv = sink.got[0]
-    assert type(device) is BLEDevice and type(adv) is AdvertisementData
-    assert device.address == ADDR  # as BlueZ spells it
+    assert [adv.rssi for adv in sink.got] == [-71, -70, -71, -90]
+    adv = sink.got[0]
+    assert type(adv) is Advert  # built straight from the line: no bleak object on the way
+    assert adv.address == ADDR  # as BlueZ spells it
+    assert adv.rx_s == RX_S  # stamped with the scanner's data clock when received
     assert adv.manufacturer_data == {APPLE_COMPANY_ID: IBEACON}
-    assert adv.service_uuids == ["0000180f-0000-1000-8000-00805f9b34fb"]
-    assert adv.service_data == {"0000fe2c-0000-1000-8000-00805f9b34fb": b"\x01\x02"}
-    assert device.details["props"]["AddressType"] == "random"
+    assert adv.service_uuids == ("0000180f-0000-1000-8000-00805f9b34fb",)
+    # service data, address type, local name and TX power are checked on the line and go no further
+    assert not any(hasattr(adv, f) for f in ("service_data", "address_type", "local_name", "tx_power"))
     beacon = parse_ibeacon(adv)
     assert beacon is not None and (beacon.major, beacon.minor) == (0x1234, 0xABCD)
-    d2, a2 = sink.got[3]
-    assert d2.address == "11:22:33:44:55:66" and a2.manufacturer_data == {} and a2.local_name is None
+    a2 = sink.got[3]
+    assert a2.address == "11:22:33:44:55:66" and a2.manufacturer_data == {} and a2.service_uuids == ()
     assert sink.threads == {"ble-scan"}  # on_adv runs on the scanner's thread
     h = scanner.health()
     assert h["ble_adverts"] == 4 and h["ble_bad_lines"] == 0 and h["ble_errors"] == 0
@@ -225,7 +275,7 @@ def test_sim_malformed_lines_are_counted_and_skipped(
             wait_for(lambda: scanner.health()["ble_bad_lines"] == len(bad), what="bad lines counted")
         finally:
             scanner.stop()
-    assert [a.rssi for _, a in sink.got] == [-60, -61]
+    assert [a.rssi for a in sink.got] == [-60, -61]
     assert scanner.health()["ble_errors"] == 0  # a bad line is not a scanner failure
     text = caplog.text.upper()
     assert "BAD SIMULATOR LINE" in text
@@ -305,7 +355,7 @@ def test_stop_is_prompt_while_connected_and_while_backing_off(sock_dir: Path) ->
     config = BleScanConfig(
         backend="sim", sim_socket=sock_dir / "absent.sock", backoff_min_s=5, backoff_max_s=5
     )
-    scanner = BleScanner(config, Sink())
+    scanner = BleScanner(config, Sink(), now=lambda: RX_S)
     scanner.start()
     wait_for(lambda: scanner.health()["ble_errors"] >= 1, what="first refused connect")
     t0 = time.monotonic()
@@ -321,11 +371,73 @@ def test_decode_sim_line_fields() -> None:
         {"address": "aa-bb-cc-dd-ee-ff", "address_type": "public", "rssi": -40, "local_name": "bus-stop-beacon",
          "tx_power": -8, "manufacturer_data": {"0x004C": "0215", "6": ""}}
     ).encode()  # fmt: skip
-    device, adv = decode_sim_line(line)
-    assert device.address == "AA:BB:CC:DD:EE:FF" and device.name == "bus-stop-beacon"
-    assert adv.rssi == -40 and adv.tx_power == -8 and adv.local_name == "bus-stop-beacon"
-    assert adv.manufacturer_data == {0x004C: b"\x02\x15", 6: b""}
-    assert adv.platform_data[1]["AddressType"] == "public"
+    adv = decode_sim_line(line, 12.5)
+    assert adv == Advert(
+        address="AA:BB:CC:DD:EE:FF", rssi=-40, rx_s=12.5, manufacturer_data={0x004C: b"\x02\x15", 6: b""}
+    )  # the local name (often a person's) and the TX power are checked, then dropped
+
+
+def test_sim_line_and_bluez_objects_give_the_same_advert() -> None:
+    """The two backends agree: the simulator's line and bleak's objects for the same advertisement."""
+    wearable = "adabfb00-6e7d-4601-bda2-bffaa68956ba"
+    line = json.dumps(
+        {"address": "c0-ff-ee-12-34-56", "address_type": "random", "rssi": -71,
+         "manufacturer_data": {"76": IBEACON.hex()}, "service_uuids": [wearable.upper()],
+         "service_data": {"fe2c": "0102"}, "local_name": "Taro's phone"}
+    ).encode()  # fmt: skip
+    device, bleak_adv = bluez_objects(
+        ADDR, -71, manufacturer_data={APPLE_COMPANY_ID: IBEACON}, service_uuids=[wearable],
+        service_data={"0000fe2c-0000-1000-8000-00805f9b34fb": b"\x01\x02"}, local_name="Taro's phone",
+    )  # fmt: skip
+    from_bleak = advert_from_bleak(device, bleak_adv, RX_S)
+    assert from_bleak == decode_sim_line(line, RX_S)
+    assert from_bleak.address == ADDR and from_bleak.rssi == -71 and from_bleak.rx_s == RX_S
+    assert from_bleak.manufacturer_data == {APPLE_COMPANY_ID: IBEACON}
+    assert from_bleak.service_uuids == (wearable,)
+    assert "Taro" not in repr(from_bleak)
+
+
+def test_bluez_callback_stamps_converts_and_delivers_on_its_thread() -> None:
+    """The BlueZ backend's detection callback: bleak's objects in, one Advert with the data clock to ``on_adv``;
+    a consumer's exception is counted, not raised into bleak."""
+    sink = Sink(fail=lambda adv: adv.rssi == -66)
+    scanner = BleScanner(BleScanConfig(), sink, now=lambda: RX_S)
+    scanner._on_bluez(*bluez_objects(ADDR, -60, manufacturer_data={0x0006: b"\x01"}))
+    scanner._on_bluez(*bluez_objects(ADDR, -66))
+    assert sink.got == [Advert(address=ADDR, rssi=-60, rx_s=RX_S, manufacturer_data={0x0006: b"\x01"})]
+    h = scanner.health()
+    assert h["ble_adverts"] == 2 and h["ble_callback_errors"] == 1
+
+
+# --- bleak's objects as BlueZ delivers them (the fixture of the conversion tests) --------------------------
+
+
+def test_bluez_objects_are_bleaks_own() -> None:
+    payload = bytes.fromhex("0215" + "f7826da64fa24e988024bc5b71e0893e" + "0001" + "0002" + "c5")
+    dev, adv = bluez_objects(
+        "4c-1a-2b-3c-4d-5e",
+        -71,
+        manufacturer_data={APPLE_COMPANY_ID: payload},
+        service_uuids=["0000FEAA-0000-1000-8000-00805F9B34FB"],
+        local_name="bus-rider",
+        tx_power=4,
+    )
+    assert type(dev) is BLEDevice and type(adv) is AdvertisementData
+    assert dev.address == "4C:1A:2B:3C:4D:5E" and dev.name == "bus-rider"
+    assert dev.details["path"] == "/org/bluez/hci0/dev_4C_1A_2B_3C_4D_5E"
+    assert adv.rssi == -71 and adv.tx_power == 4 and adv.local_name == "bus-rider"
+    assert adv.manufacturer_data == {APPLE_COMPANY_ID: payload}
+    assert adv.service_uuids == ["0000feaa-0000-1000-8000-00805f9b34fb"]
+    assert adv.service_data == {}
+    assert adv.platform_data[0] == dev.details["path"]
+    assert adv.platform_data[1] is dev.details["props"]
+
+
+def test_bluez_objects_defaults_as_bluez() -> None:
+    dev, adv = bluez_objects("4C:1A:2B:3C:4D:5E", -90)
+    assert dev.name is None and adv.local_name is None and adv.tx_power is None
+    assert adv.manufacturer_data == {} and adv.service_uuids == [] and adv.service_data == {}
+    assert parse_ibeacon(advert_from_bleak(dev, adv, 0.0)) is None
 
 
 @pytest.mark.parametrize(
@@ -354,7 +466,7 @@ def test_decode_sim_line_fields() -> None:
 )
 def test_decode_sim_line_rejects_without_the_address(line: bytes, reason: str) -> None:
     with pytest.raises(ValueError) as info:
-        decode_sim_line(line)
+        decode_sim_line(line, RX_S)
     msg = str(info.value)
     assert reason in msg
     assert "C0:FF:EE" not in msg.upper() and "12:34" not in msg
@@ -464,7 +576,7 @@ def test_no_bluez_backend_imported_unless_used() -> None:
         "import sys\n"
         "from edge.sources.bus.ble_scan import BleScanConfig, BleScanner, bluez_scanner_kwargs\n"
         "bluez_scanner_kwargs(BleScanConfig(mode='passive'))\n"
-        "BleScanner(BleScanConfig(backend='sim', sim_socket='/nonexistent'), lambda d, a: None)\n"
+        "BleScanner(BleScanConfig(backend='sim', sim_socket='/nonexistent'), lambda a: None)\n"
         "print(sorted(m for m in sys.modules if m.startswith(('dbus_fast', 'bleak.backends.bluezdbus'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -22,8 +22,12 @@ takes about 105 s.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
+import shutil
+import socket
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -41,6 +45,8 @@ from citylab.stack import Stack, StackInfo, influx_query
 from cityos import wire
 from cityos.simclock import ScaledClock
 from cityos.wire import Reading, decode_batch
+from edge.sources.bus.ridership import Observation
+from edge.sources.bus.source import Bus, BusConfig
 from firmware_sim.bus.sim import DEFAULT_FEED, BusDay, BusDaySpec, BusSimLive
 from ingest.config import IngestConfig
 from ingest.health import read_health_file
@@ -164,6 +170,65 @@ def spellings(address: str, token: int, city_uuid: uuid.UUID) -> list[bytes]:
     out += [str(token).encode(), f"{token:08x}".encode(), f"{token:08X}".encode(), tb, tb[::-1]]
     out += [(city_uuid.bytes + tb).hex().encode(), (city_uuid.bytes + tb).hex().upper().encode()]
     return out
+
+
+# --- hashing on the scanner's thread -------------------------------------------------------------------------
+
+
+def test_the_source_hashes_on_the_scanner_thread_and_queues_only_hashes() -> None:
+    """docs/privacy.md: an advert (with its raw address) exists only on the scanner thread's stack; the source
+    hashes it there and queues only the keyed hash for its own thread. Real scanner, real socket, no agent."""
+    address, token, city = "5A:0B:C3:D4:E5:F6", 0x1234_ABCD, uuid.UUID("6f1c0e2a-5d3b-4f7e-9a41-7473757961ff")
+    beacon = bytes([0x02, 0x15]) + city.bytes + token.to_bytes(4, "big") + bytes([0xC5])
+    work = Path(tempfile.mkdtemp(prefix="busq", dir="/tmp"))  # AF_UNIX paths are short
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(work / "ble.sock"))
+    server.listen(1)
+    server.settimeout(10)
+    cfg = BusConfig.model_validate(
+        {
+            "type": "bus",
+            "name": "bus",
+            "vehicle_id": "bus-01",
+            "gps_port": "/dev/null",
+            "feed": str(DEFAULT_FEED),
+            "ble": {"backend": "sim", "sim_socket": str(work / "ble.sock")},
+            "ridership": {"city_uuid": str(city)},
+        }
+    )
+    bus = Bus(cfg)
+    threads: list[str] = []
+    observe = bus.core.observe
+
+    def spy(advert: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return observe(advert)
+
+    bus.core.observe = spy  # type: ignore[method-assign]
+    bus.scanner.start()
+    try:
+        conn, _ = server.accept()
+        lines = [
+            {"address": address.lower(), "rssi": -60},
+            {"address": "41:22:33:44:55:66", "rssi": -70, "manufacturer_data": {"76": beacon.hex()}},
+        ]
+        conn.sendall(b"".join(json.dumps(x).encode() + b"\n" for x in lines))
+        deadline = time.monotonic() + 10
+        while len(bus._queue) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        conn.close()
+    finally:
+        bus.scanner.stop()
+        server.close()
+        shutil.rmtree(work, ignore_errors=True)
+    queued = list(bus._queue)
+    assert threads == ["ble-scan", "ble-scan"]  # hashed where the advert arrived
+    assert [type(o) for o in queued] == [Observation, Observation]
+    hasher = bus.core.estimator.hasher
+    assert queued[0].key == "a" + hasher.hash(address)
+    assert queued[1].key == "r" + hasher.hash_token(token)  # an app rider: keyed by token, not address
+    ids = Identifiers(addresses=[address, "41:22:33:44:55:66"], tokens=[token], city_uuid=city)
+    assert ids.find(repr(queued).encode()) == []
 
 
 # --- the run ------------------------------------------------------------------------------------------------

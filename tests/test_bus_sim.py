@@ -54,8 +54,7 @@ def test_gps_gives_every_stop_to_the_detector(day: BusDay) -> None:
     events = []
     for t, ev in day.stream(day.start_s, end):
         if isinstance(ev, bytes):
-            for pos in tracker.feed(ev, t):
-                fix = RmcFix(True, pos.gps_ms, pos.lat, pos.lon, pos.speed_kmh, pos.course_deg)
+            for fix in tracker.feed(ev, t):
                 events.extend(det.on_fix(fix))
     got = {(type(e).__name__, e.trip_id, e.stop_sequence): e.ts for e in events}
     assert tracker.counters.bad_checksum == 0 and tracker.counters.rmc > 3000
@@ -119,10 +118,10 @@ def test_adverts(day: BusDay) -> None:
     assert all(ev.address in known for _, ev in adverts)
     tokens = set()
     rssi = defaultdict(list)
-    for _, ev in adverts:
+    for t, ev in adverts:
         assert ev.address == ev.address.upper() and int(ev.address[:2], 16) >> 6 == 0b01
         rssi[known[ev.address]].append(ev.rssi)
-        _, adv = decode_sim_line(ev.to_json().encode())  # as the gateway's socket backend reads it
+        adv = decode_sim_line(ev.to_json().encode(), t)  # as the gateway's socket backend reads it
         beacon = parse_ibeacon(adv)
         if beacon is not None and is_city_rider(beacon, CITY):
             tokens.add(rider_token(beacon))

@@ -90,7 +90,7 @@ def test_tracker_fix_dropout_and_recovery() -> None:
     (pos,) = gps.feed(sentence(RMC) + sentence(GGA), now_s=100.0)
     assert gps.fix_ok and gps.current(100.5) == pos
     assert (gps.fix_quality, gps.satellites, gps.hdop) == (1, 11, 0.9)
-    assert pos.gps_ms == T0_MS and pos.gps_ms_at(102.0) == T0_MS + 2000
+    assert pos.time_ms == T0_MS and gps.gps_ms_at(102.0) == T0_MS + 2000 and gps.age_s(102.0) == 2.0
     # status V: the fix is lost at once, counted once, the last good position kept
     assert gps.feed(sentence(RMC_V) + sentence(GGA_0), now_s=101.0) == []
     assert not gps.fix_ok and gps.current(101.0) is None and gps.dropouts == 1
@@ -102,6 +102,20 @@ def test_tracker_fix_dropout_and_recovery() -> None:
     assert gps.fix_ok
     assert gps.current(107.9) is not None
     assert gps.current(108.1) is None and gps.dropouts == 2
+
+
+def test_tracker_hands_on_the_decoders_own_fix() -> None:
+    """One fix type from the bytes to every consumer: the tracker returns the RmcFix the decoder made, as is
+    (an empty speed field stays None: each consumer decides what an unknown speed means)."""
+    gps = GpsTracker()
+    (pos,) = gps.feed(sentence(RMC), now_s=5.0)
+    assert type(pos) is RmcFix and pos == NmeaDecoder().feed(sentence(RMC))[0] and pos.usable
+    (no_speed,) = gps.feed(sentence("GNRMC,083016.50,A,3503.60000,N,13400.30000,E,,,010426,,,A"), now_s=6.0)
+    assert no_speed.speed_kmh is None and no_speed.course_deg is None and gps.last is no_speed
+    (v,) = NmeaDecoder().feed(sentence(RMC_V))
+    assert not v.usable
+    with pytest.raises(ValueError):
+        GpsTracker().gps_ms_at(0.0)  # no fix yet: no GPS time to extrapolate
 
 
 def test_tracker_reset_counts_a_cut_sentence() -> None:

@@ -1,4 +1,4 @@
-"""The ridership estimator on scripted rides (sans-I/O): bleak's own advertisement objects, explicit stop events.
+"""The ridership estimator on scripted rides (sans-I/O): the core's own adverts, explicit stop events.
 
 Each scenario is a short trip A → B → C → D (stop_sequence 1..4, D the block's last call) with devices that
 advertise once a second while present; expectations are written from who is where, not from the code.
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from edge.sources.bus.ble_ids import APPLE_COMPANY_ID, KeyedHasher, make_advertisement
+from edge.sources.bus.ble_ids import APPLE_COMPANY_ID, Advert, KeyedHasher
 from edge.sources.bus.ridership import (
     RidershipConfig,
     RidershipEstimator,
@@ -80,16 +80,16 @@ def play(
         t = d.start
         while t <= d.end:
             mdata = ibeacon(d.token) if d.token is not None else d.mdata or {0x0006: bytes([1, 9, 32, 2])}
-            timeline.append((t, 1, make_advertisement(d.address(t), d.rssi, manufacturer_data=mdata)))
+            adv = Advert(address=d.address(t), rssi=d.rssi, rx_s=T0 + t, manufacturer_data=mdata)
+            timeline.append((t, 1, adv))
             t += 1.0
     timeline.sort(key=lambda x: (x[0], x[1]))
     results: list[RidershipResult] = []
-    for t, kind, item in timeline:
+    for _t, kind, item in timeline:
         if kind == 0:
             results += est.on_stop_event(item)  # type: ignore[arg-type]
         else:
-            device, adv = item  # type: ignore[misc]
-            est.add(est.observe(device, adv, T0 + t))
+            est.add(est.observe(item))  # type: ignore[arg-type]
     return est, results
 
 

@@ -65,8 +65,8 @@ class Truck:
 
     def at(self, where: tuple[float, float] | None, speed_kmh: float = 0.0) -> None:
         self.now += 1
-        for pos in self.gps.feed(rmc(self.now, where, speed_kmh), self.now):
-            self.out += self.tracker.on_position(pos, self.now)
+        for fix in self.gps.feed(rmc(self.now, where, speed_kmh), self.now):
+            self.out += self.tracker.on_position(fix, self.now)
 
     def weigh(self, kg: float, status: str = "ST", mode: str = "NT", lines: int = 4) -> None:
         for _ in range(lines):

@@ -6,10 +6,14 @@ link a phone seen at boarding with the same phone at alighting) is a keyed hash:
 only in RAM, rotated daily at 03:00 Japan time and never written or sent, makes the hashes unlinkable across days
 and irreversible once the salt is gone (``docs/bus.md``, ``shared/reference/ble-ridership-privacy.md``).
 
+The core's input is :class:`Advert`: one received advertisement, with only what the ridership core reads (address,
+RSSI, manufacturer data, service UUIDs) and when it was received. The scanner adapter
+(:mod:`edge.sources.bus.ble_scan`) builds it, from bleak's objects on BlueZ or from the simulator's JSON lines;
+nothing in the core knows bleak. Local names (often a person's: "Taro's iPhone"), service data and TX power never
+reach the core.
+
 Consenting riders' city app advertises an Apple iBeacon with the city's proximity UUID and a rotating token in
-major/minor: :func:`parse_ibeacon` reads it from bleak's own :class:`~bleak.backends.scanner.AdvertisementData`.
-:func:`make_advertisement` builds bleak's real ``(BLEDevice, AdvertisementData)`` pair, shaped as bleak's BlueZ
-backend delivers it, for tests and the simulator.
+major/minor: :func:`parse_ibeacon` reads it from an :class:`Advert`'s manufacturer data.
 
 Nothing here reads a clock, a radio or a file: times are passed in as epoch seconds.
 """
@@ -22,21 +26,19 @@ import re
 import secrets
 import struct
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from types import MappingProxyType
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
 
-from bleak.backends.device import BLEDevice
-from bleak.backends.scanner import AdvertisementData
-
 __all__ = [
     "APPLE_COMPANY_ID",
+    "Advert",
     "IBeacon",
     "KeyedHasher",
     "is_city_rider",
-    "make_advertisement",
     "normalise_address",
     "parse_ibeacon",
     "rider_token",
@@ -154,6 +156,31 @@ class KeyedHasher:
         raise TypeError("KeyedHasher holds a memory-only salt and cannot be pickled or copied")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Advert:
+    """One received Bluetooth LE advertisement, as much of it as the ridership core reads. Immutable.
+
+    * ``address``: the advertiser's address as the radio reports it (BlueZ: ``AA:BB:CC:DD:EE:FF``); the core hashes
+      it at once and keeps only the hash. Left out of ``repr``, so an advert that gets logged does not leak it.
+    * ``rssi``: received signal strength, dBm.
+    * ``rx_s``: when it was received, the gateway's data clock (epoch seconds, :func:`edge.clock.now`).
+    * ``manufacturer_data``: company id → payload (the bytes after the company id), read-only.
+    * ``service_uuids``: advertised service UUIDs, 128-bit, lower case (as BlueZ reports them).
+    """
+
+    address: str = field(repr=False)
+    rssi: int
+    rx_s: float
+    manufacturer_data: Mapping[int, bytes] = field(default_factory=dict)
+    service_uuids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A private, read-only copy: whoever built the advert cannot change what the core sees.
+        object.__setattr__(self, "manufacturer_data", MappingProxyType(dict(self.manufacturer_data)))
+        if not isinstance(self.service_uuids, tuple):
+            object.__setattr__(self, "service_uuids", tuple(self.service_uuids))
+
+
 @dataclass(frozen=True, slots=True)
 class IBeacon:
     """An Apple iBeacon advertisement. ``major``/``minor`` carry the city app's rotating token, so they are left
@@ -166,7 +193,7 @@ class IBeacon:
     """Measured power: the calibrated RSSI at 1 m, in dBm (signed)."""
 
 
-def parse_ibeacon(adv: AdvertisementData) -> IBeacon | None:
+def parse_ibeacon(adv: Advert) -> IBeacon | None:
     """The iBeacon in ``adv.manufacturer_data`` (Apple 0x004C, type 0x02, length 0x15), or None for any other
     advertisement or a malformed one: the payload after the company id is exactly 23 bytes."""
     payload = adv.manufacturer_data.get(APPLE_COMPANY_ID)
@@ -190,53 +217,3 @@ def rider_token(beacon: IBeacon) -> int:
     """The app's rotating token: ``major << 16 | minor`` (32 bits). Hash it with :meth:`KeyedHasher.hash_token`
     before it goes anywhere."""
     return beacon.major << 16 | beacon.minor
-
-
-def make_advertisement(
-    address: str,
-    rssi: int,
-    *,
-    manufacturer_data: Mapping[int, bytes] | None = None,
-    service_uuids: Iterable[str] = (),
-    local_name: str | None = None,
-    tx_power: int | None = None,
-    service_data: Mapping[str, bytes] | None = None,
-    address_type: str = "random",
-) -> tuple[BLEDevice, AdvertisementData]:
-    """Bleak's own ``(BLEDevice, AdvertisementData)`` as its BlueZ backend hands them to a detection callback,
-    for tests and the simulator: the code under test sees exactly the types and fields a Raspberry Pi gives it.
-
-    As on BlueZ: the address is upper-case with colons, ``BLEDevice.details`` is ``{"path", "props"}`` and
-    ``AdvertisementData.platform_data`` is ``(path, props)``, ``BLEDevice.name`` is None without a local name.
-    """
-    digits = _SEPARATORS.sub("", address).upper()
-    # A MAC as BlueZ spells it (AA:BB:CC:DD:EE:FF); anything else (a CoreBluetooth UUID) as given.
-    addr = ":".join(digits[i : i + 2] for i in range(0, 12, 2)) if len(digits) == 12 else address
-    mdata = {int(k): bytes(v) for k, v in (manufacturer_data or {}).items()}
-    sdata = {str(k): bytes(v) for k, v in (service_data or {}).items()}
-    uuids = [str(u).lower() for u in service_uuids]
-    path = "/org/bluez/hci0/dev_" + addr.replace(":", "_")
-    props: dict[str, Any] = {
-        "Address": addr,
-        "AddressType": address_type,
-        "Alias": local_name if local_name is not None else addr.replace(":", "-"),
-        "RSSI": rssi,
-        "ManufacturerData": mdata,
-        "ServiceData": sdata,
-        "UUIDs": uuids,
-    }
-    if local_name is not None:
-        props["Name"] = local_name
-    if tx_power is not None:
-        props["TxPower"] = tx_power
-    device = BLEDevice(addr, local_name, {"path": path, "props": props})
-    adv = AdvertisementData(
-        local_name=local_name,
-        manufacturer_data=mdata,
-        service_data=sdata,
-        service_uuids=uuids,
-        tx_power=tx_power,
-        rssi=rssi,
-        platform_data=(path, props),
-    )
-    return device, adv

@@ -1,8 +1,9 @@
-"""Continuous Bluetooth LE scanning for bus gateways: every advertisement, as bleak's own objects, to one callback.
+"""Continuous Bluetooth LE scanning for bus gateways: every advertisement, as the core's own advert, to one callback.
 
-:class:`BleScanner` runs a backend in its own daemon thread and calls ``on_adv(device, adv)`` with bleak's
-:class:`~bleak.backends.device.BLEDevice` and :class:`~bleak.backends.scanner.AdvertisementData` for **every**
-advertisement received, repeats included: the ridership code counts sightings, so de-duplication would bias it.
+:class:`BleScanner` runs a backend in its own daemon thread and calls ``on_adv(advert)`` with an
+:class:`~edge.sources.bus.ble_ids.Advert` (address, RSSI, manufacturer data, service UUIDs, and the data clock when
+it was received) for **every** advertisement received, repeats included: the ridership code counts sightings, so
+de-duplication would bias it. This module is the adapter: the ridership core never sees bleak's objects.
 
 **Thread safety**: ``on_adv`` runs on the scanner's thread (for BlueZ, inside the thread's asyncio loop). It must
 be quick and must guard any state it shares with other threads. An exception from it is counted
@@ -18,8 +19,9 @@ Backends (``BleScanConfig.backend``):
   ``or_patterns``; BlueZ then reports a device when it appears and afterwards only when its data or RSSI changes,
   not each repeat (DuplicateData is a discovery filter, unused in passive mode; bleak #235): prefer ``active``.
   bleak's module for BlueZ (and dbus-fast) is imported only by this backend (memory on the Pi).
-* ``sim``: JSON lines from a simulator on a Unix stream socket (:func:`decode_sim_line`), turned into the same
-  bleak objects with :func:`edge.sources.bus.ble_ids.make_advertisement`.
+  bleak's ``BLEDevice`` + ``AdvertisementData`` are taken apart in exactly one place, :func:`advert_from_bleak`.
+* ``sim``: JSON lines from a simulator on a Unix stream socket, each decoded straight into an ``Advert``
+  (:func:`decode_sim_line`); no bleak object is built.
 
 Failures of either backend (no D-Bus, adapter missing or powered off, ``BleakError``/``BleakDBusError``, the
 simulator's socket refused or closed) set ``ble_adapter_up`` to 0, are counted, logged rate-limited (addresses
@@ -41,30 +43,34 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bleak.args.bluez import OrPattern
 from bleak.assigned_numbers import AdvertisementDataType
-from bleak.backends.device import BLEDevice
-from bleak.backends.scanner import AdvertisementData
 from bleak.uuids import normalize_uuid_str
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from edge.sources.bus.ble_ids import make_advertisement
+from edge import clock
+from edge.sources.bus.ble_ids import Advert
 from edge.sources.common.logs import RateLimited
+
+if TYPE_CHECKING:
+    from bleak.backends.device import BLEDevice
+    from bleak.backends.scanner import AdvertisementData
 
 __all__ = [
     "PASSIVE_OR_PATTERNS",
     "BleScanConfig",
     "BleScanner",
     "OnAdvertisement",
+    "advert_from_bleak",
     "bluez_scanner_kwargs",
     "decode_sim_line",
 ]
 
 log = logging.getLogger(__name__)
 
-OnAdvertisement = Callable[[BLEDevice, AdvertisementData], None]
+OnAdvertisement = Callable[[Advert], None]
 
 #: Passive scanning needs at least one BlueZ or-pattern; an advertisement matching none is not reported. These
 #: match what phones send: the Flags AD (0x01) values phones and most LE devices use (0x02 LE general
@@ -89,6 +95,7 @@ _NOT_DISCOVERING_S = 10.0
 _MAX_LINE = 16 * 1024
 
 _MAC = re.compile(r"(?i)(?<![0-9a-f])(?:[0-9a-f]{2}[:_-]){5}[0-9a-f]{2}(?![0-9a-f])")
+_SEP = re.compile(r"[_-]")
 _FIELD_NAME = re.compile(r"[a-z_]{1,32}")
 _SIM_FIELDS = frozenset(
     {"address", "address_type", "rssi", "manufacturer_data", "service_uuids", "service_data", "local_name",
@@ -150,15 +157,33 @@ def bluez_scanner_kwargs(config: BleScanConfig) -> dict[str, Any]:
     return {"scanning_mode": config.mode, "bluez": bluez}
 
 
+def advert_from_bleak(device: BLEDevice, adv: AdvertisementData, rx_s: float) -> Advert:
+    """bleak's ``(BLEDevice, AdvertisementData)`` → the core's :class:`Advert`, received at ``rx_s`` (data clock).
+
+    The only place bleak's objects are taken apart (the BlueZ backend's detection callback). On BlueZ the address
+    is upper case with colons and the service UUIDs are 128-bit lower case, as the core expects.
+    """
+    return Advert(
+        address=device.address,
+        rssi=adv.rssi,
+        rx_s=rx_s,
+        manufacturer_data=adv.manufacturer_data,
+        service_uuids=tuple(adv.service_uuids),
+    )
+
+
 # --- the simulator's line format ----------------------------------------------------------------------------
 
 
-def decode_sim_line(line: bytes) -> tuple[BLEDevice, AdvertisementData]:
-    """One simulator JSON line → bleak's ``(BLEDevice, AdvertisementData)`` as BlueZ delivers them.
+def decode_sim_line(line: bytes, rx_s: float) -> Advert:
+    """One simulator JSON line, received at ``rx_s`` (data clock) → the core's :class:`Advert`, as BlueZ would
+    report it (address upper case with colons, service UUIDs 128-bit lower case).
 
     ``{"address": "AA:BB:CC:DD:EE:FF", "rssi": -71, "address_type": "random", "manufacturer_data": {"76": "<hex>"},
     "service_uuids": [...], "service_data": {"<uuid>": "<hex>"}, "local_name": null, "tx_power": null}``; all but
-    ``address`` and ``rssi`` optional. Raises ValueError with a reason that never contains the address.
+    ``address`` and ``rssi`` optional. Every field is checked; those the core does not read (``address_type``,
+    ``service_data``, ``local_name``, ``tx_power``) go no further. Raises ValueError with a reason that never
+    contains the address.
     """
     try:
         obj = json.loads(line)
@@ -180,7 +205,8 @@ def decode_sim_line(line: bytes) -> tuple[BLEDevice, AdvertisementData]:
     if address_type not in ("public", "random"):
         raise ValueError("address_type: must be 'public' or 'random'")
     rssi = _int(obj.get("rssi"), "rssi", -127, 20)
-    tx_power = None if obj.get("tx_power") is None else _int(obj["tx_power"], "tx_power", -127, 127)
+    if obj.get("tx_power") is not None:
+        _int(obj["tx_power"], "tx_power", -127, 127)
     local_name = obj.get("local_name")
     if local_name is not None and (not isinstance(local_name, str) or len(local_name) > 248):
         raise ValueError("local_name: must be a string of at most 248 characters or null")
@@ -200,20 +226,16 @@ def decode_sim_line(line: bytes) -> tuple[BLEDevice, AdvertisementData]:
         raw_uuids = []
     if not isinstance(raw_uuids, list):
         raise ValueError("service_uuids: must be a list")
-    uuids = [_uuid(u, "service_uuids") for u in raw_uuids]
-    sdata = {
-        _uuid(key, "service_data"): _hex(value, "service_data")
-        for key, value in _mapping(obj.get("service_data"), "service_data").items()
-    }
-    return make_advertisement(
-        address.strip(),
-        rssi,
+    uuids = tuple(_uuid(u, "service_uuids") for u in raw_uuids)
+    for key, value in _mapping(obj.get("service_data"), "service_data").items():
+        _uuid(key, "service_data")
+        _hex(value, "service_data")
+    return Advert(
+        address=_SEP.sub(":", address.strip().upper()),
+        rssi=rssi,
+        rx_s=rx_s,
         manufacturer_data=mdata,
         service_uuids=uuids,
-        local_name=local_name,
-        tx_power=tx_power,
-        service_data=sdata,
-        address_type=address_type,
     )
 
 
@@ -268,16 +290,25 @@ class _AdapterLost(Exception):
 
 
 class BleScanner:
-    """Scans in a daemon thread and calls ``on_adv(device, adv)`` for every advertisement (see the module doc).
+    """Scans in a daemon thread and calls ``on_adv(advert)`` for every advertisement (see the module doc).
 
-    ``on_adv`` runs on the scanner's thread. ``start()`` returns at once; ``stop()`` joins the thread within a
-    few seconds. ``health()`` may be called from any thread.
+    ``on_adv`` runs on the scanner's thread. ``now`` is the data clock each advert is stamped with when it is
+    received (:func:`edge.clock.now`). ``start()`` returns at once; ``stop()`` joins the thread within a few
+    seconds. ``health()`` may be called from any thread.
     """
 
-    def __init__(self, config: BleScanConfig, on_adv: OnAdvertisement, *, name: str = "ble") -> None:
+    def __init__(
+        self,
+        config: BleScanConfig,
+        on_adv: OnAdvertisement,
+        *,
+        name: str = "ble",
+        now: Callable[[], float] = clock.now,
+    ) -> None:
         self.config = config
         self.name = name
         self._on_adv = on_adv
+        self._now = now
         self._warn = RateLimited(log)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -375,11 +406,11 @@ class BleScanner:
             if loop is not None:
                 _close_loop(loop)
 
-    def _deliver(self, device: BLEDevice, adv: AdvertisementData) -> None:
+    def _deliver(self, advert: Advert) -> None:
         self._adverts += 1
         self._last_adv = time.monotonic()
         try:
-            self._on_adv(device, adv)
+            self._on_adv(advert)
         except Exception as exc:
             self._callback_errors += 1
             # Type only: the consumer's message might hold an address.
@@ -438,11 +469,11 @@ class BleScanner:
 
     def _sim_line(self, line: bytes) -> None:
         try:
-            device, adv = decode_sim_line(line)
+            advert = decode_sim_line(line, self._now())
         except ValueError as exc:
             self._bad_line(str(exc))
             return
-        self._deliver(device, adv)
+        self._deliver(advert)
 
     def _bad_line(self, why: str) -> None:
         self._bad_lines += 1
@@ -453,7 +484,7 @@ class BleScanner:
         """One scan: start, watch the adapter and the silence, stop. Raises on any failure (retried)."""
         from bleak import BleakScanner  # the BlueZ backend (dbus-fast) loads when the scanner is built
 
-        scanner = BleakScanner(self._deliver, **bluez_scanner_kwargs(self.config))
+        scanner = BleakScanner(self._on_bluez, **bluez_scanner_kwargs(self.config))
         try:
             await asyncio.wait_for(scanner.start(), _BLUEZ_CALL_TIMEOUT_S)
         except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
@@ -489,6 +520,10 @@ class BleScanner:
             self._scanning = False
             with contextlib.suppress(Exception):  # the adapter or bus may already be gone: nothing to stop
                 await asyncio.wait_for(scanner.stop(), _BLUEZ_STOP_TIMEOUT_S)
+
+    def _on_bluez(self, device: BLEDevice, adv: AdvertisementData) -> None:
+        """bleak's detection callback (the scanner thread's loop): stamp, convert, deliver."""
+        self._deliver(advert_from_bleak(device, adv, self._now()))
 
 
 async def _bluez_adapter_state(adapter: str) -> dict[str, Any] | None:

@@ -1,9 +1,9 @@
 """Bus ridership from Bluetooth at the edge (sans-I/O): boardings, alightings and occupancy per stop visit.
 
-:class:`RidershipEstimator` is fed two streams, each with its own time: Bluetooth advertisements as bleak delivers
-them (``observe`` turns one into an :class:`Observation` at once, ``add`` files it) and stop events from
-:class:`~edge.sources.bus.stops.StopDetector`. It returns :class:`VisitCount`, :class:`SegmentCount` and
-:class:`RiderTrip` results. It reads no clock, no radio and no file. The reasoning is in ``docs/bus.md``; in short:
+:class:`RidershipEstimator` is fed two streams, each with its own time: Bluetooth advertisements as the core's own
+:class:`~edge.sources.bus.ble_ids.Advert` (``observe`` turns one into an :class:`Observation` at once, ``add``
+files it) and stop events from :class:`~edge.sources.bus.stops.StopDetector`. It returns :class:`VisitCount`,
+:class:`SegmentCount` and :class:`RiderTrip` results. It reads no clock, no radio and no file. The reasoning is in ``docs/bus.md``; in short:
 
 * **Privacy first.** ``observe`` replaces the address (or an app rider's iBeacon token) with a keyed 64-bit hash
   under the memory-only daily salt of :class:`~edge.sources.bus.ble_ids.KeyedHasher` before anything is kept: raw
@@ -40,8 +40,9 @@ them (``observe`` turns one into an :class:`Observation` at once, ``add`` files 
   calibrated against a manual count or a day of ground truth (``benchmarks/bus_accuracy.py`` does it against the
   simulator). Raw device counts are published too, so the city can recalibrate later.
 
-Times: observations carry the gateway's data clock (epoch seconds); stop events GPS time (epoch ms). A gateway's
-clock is GPS- or NTP-disciplined, so they agree to well under a second, far below a segment's minutes.
+Times: adverts and their observations carry the gateway's data clock when received (``Advert.rx_s``, epoch
+seconds); stop events GPS time (epoch ms). A gateway's clock is GPS- or NTP-disciplined, so they agree to well
+under a second, far below a segment's minutes.
 """
 
 from __future__ import annotations
@@ -52,11 +53,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bleak.backends.device import BLEDevice
-from bleak.backends.scanner import AdvertisementData
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edge.sources.bus.ble_ids import APPLE_COMPANY_ID, KeyedHasher, is_city_rider, parse_ibeacon, rider_token
+from edge.sources.bus.ble_ids import (
+    APPLE_COMPANY_ID,
+    Advert,
+    KeyedHasher,
+    is_city_rider,
+    parse_ibeacon,
+    rider_token,
+)
 from edge.sources.bus.stops import StopArrival, StopDeparture, StopEvent, StopPassed
 
 _Z90 = 1.6449  # two-sided 90 % interval of a normal distribution
@@ -280,9 +286,9 @@ class RidershipEstimator:
 
     # --- Bluetooth in ---------------------------------------------------------------------------------------
 
-    def observe(self, device: BLEDevice, adv: AdvertisementData, now_s: float) -> Observation | None:
+    def observe(self, adv: Advert) -> Observation | None:
         """Hash one advertisement at once (the raw address goes no further), or None if too weak to use."""
-        rssi = adv.rssi
+        rssi, now_s = adv.rssi, adv.rx_s
         if rssi < self.cfg.rssi_min_dbm:
             return None
         if self._city_uuid is not None and APPLE_COMPANY_ID in adv.manufacturer_data:
@@ -293,7 +299,7 @@ class RidershipEstimator:
             adv.manufacturer_data
         ) or not WEARABLE_SERVICE_UUIDS.isdisjoint(adv.service_uuids)
         try:
-            return Observation(now_s, "a" + self.hasher.hash(device.address), rssi, wearable)
+            return Observation(now_s, "a" + self.hasher.hash(adv.address), rssi, wearable)
         except ValueError:
             return None  # not an address (cannot happen with BlueZ); nothing to count it by
 

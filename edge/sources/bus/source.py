@@ -3,12 +3,14 @@
 Source type ``bus`` (config :class:`BusConfig`). One bus, one gateway:
 
 * **GPS** (NMEA 0183 on a serial port, :class:`~edge.sources.common.nmea.GpsTracker`, shared with the garbage trucks)
-  feeds :class:`~edge.sources.bus.stops.StopDetector`, which follows the timetable of the GTFS-JP feed on the
-  gateway and gives arrivals and departures per stop.
+  feeds the decoder's own :class:`~edge.sources.common.nmea.RmcFix` objects to
+  :class:`~edge.sources.bus.stops.StopDetector`, which follows the timetable of the GTFS-JP feed on the gateway and
+  gives arrivals and departures per stop.
 * **Bluetooth** (:class:`~edge.sources.bus.ble_scan.BleScanner`: bleak over BlueZ on a Pi, or the simulator's socket)
-  hands bleak's own objects to :meth:`RidershipEstimator.observe` on the scanner's thread, which hashes the
-  address at once; only the hashed :class:`~edge.sources.bus.ridership.Observation` crosses to this source's thread,
-  through a bounded queue (overflow is counted, never blocks the scanner).
+  hands each advertisement as the core's own :class:`~edge.sources.bus.ble_ids.Advert` to
+  :meth:`RidershipEstimator.observe` on the scanner's thread, which hashes the address at once; only the hashed
+  :class:`~edge.sources.bus.ridership.Observation` crosses to this source's thread, through a bounded queue
+  (overflow is counted, never blocks the scanner).
 * **Ridership** (:class:`~edge.sources.bus.ridership.RidershipEstimator`) turns both into stop visits, segments and app
   riders' origin-destination pairs; :mod:`edge.sources.bus.readings` shapes the readings. Every
   ``position_interval_s`` a ``bus_position`` reading carries the live fix, trip, stop and occupancy for
@@ -33,21 +35,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from bleak.backends.device import BLEDevice
-from bleak.backends.scanner import AdvertisementData
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
 
 from cityos.wire import DeviceId, Reading
 from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
-from edge.sources.bus.ble_ids import KeyedHasher
+from edge.sources.bus.ble_ids import Advert, KeyedHasher
 from edge.sources.bus.ble_scan import BleScanConfig, BleScanner
 from edge.sources.bus.gtfs import Feed, FeedError, load_feed
 from edge.sources.bus.readings import position_reading, result_reading
 from edge.sources.bus.ridership import Observation, RidershipConfig, RidershipEstimator, RiderTrip
 from edge.sources.bus.stops import StopDetector, StopDetectorConfig
 from edge.sources.common.logs import RateLimited
-from edge.sources.common.nmea import GpsTracker, RmcFix
+from edge.sources.common.nmea import GpsTracker
 from edge.sources.common.polling import PollingSource, select_ready
 from edge.sources.common.serialport import SerialPort
 
@@ -92,9 +92,9 @@ class BusConfig(SourceConfig):
 
 
 class BusCore:
-    """Everything of the source but its ports and threads (sans-I/O): GPS bytes and bleak's objects in, readings
-    out. The source wraps it; the accuracy benchmark and the tests drive it with the simulator's streams, so they
-    measure exactly what a gateway runs."""
+    """Everything of the source but its ports and threads (sans-I/O): GPS bytes and adverts (:class:`Advert`) in,
+    readings out. The source wraps it; the accuracy benchmark, the golden cases and the tests drive it with the
+    simulator's streams, so they measure exactly what a gateway runs."""
 
     def __init__(self, config: BusConfig, now_s: float) -> None:
         self.config = config
@@ -109,9 +109,9 @@ class BusCore:
         calls = self.feed.stop_times.get(trip_id)
         return (calls[0].sequence, calls[-1].sequence) if calls else None
 
-    def observe(self, device: BLEDevice, adv: AdvertisementData, now_s: float) -> Observation | None:
+    def observe(self, advert: Advert) -> Observation | None:
         """Hash one advertisement (any thread); file the result with :meth:`add` in time order."""
-        return self.estimator.observe(device, adv, now_s)
+        return self.estimator.observe(advert)
 
     def add(self, obs: Observation | None) -> None:
         self.estimator.add(obs)
@@ -122,8 +122,7 @@ class BusCore:
         """GPS bytes → stop events → ridership readings. ``before_events`` runs before a fix's stop events are
         filed (the source drains its queue of adverts there: those received before the fix come first)."""
         out: list[Reading] = []
-        for pos in self.gps.feed(data, now_s):
-            fix = RmcFix(True, pos.gps_ms, pos.lat, pos.lon, pos.speed_kmh, pos.course_deg)
+        for fix in self.gps.feed(data, now_s):
             for ev in self.detector.on_fix(fix):
                 if before_events is not None:
                     before_events()
@@ -151,23 +150,24 @@ class BusCore:
         if now_s - self._last_position_s < self.config.position_interval_s:
             return None
         fix = self.gps.current(now_s)
-        if fix is None:
+        if fix is None or fix.lat is None or fix.lon is None:
             return None  # no live fix: a stale position would mislead a journey planner
         self._last_position_s = now_s
         where = self.detector.where()
+        speed_kmh = fix.speed_kmh if fix.speed_kmh is not None else 0.0
         reading = position_reading(
             bus_id=self.config.vehicle_id,
-            ts=fix.gps_ms_at(now_s),
+            ts=self.gps.gps_ms_at(now_s),
             lat=fix.lat,
             lon=fix.lon,
-            speed_kmh=fix.speed_kmh,
+            speed_kmh=speed_kmh,
             bearing_deg=fix.course_deg,
             trip_id=where.trip_id if where else "",
             route_id=where.route_id if where else "",
             start_date=where.service_day if where else None,
             stop_id=where.stop_id if where else "",
             stop_sequence=where.stop_sequence if where else None,
-            stopped=where.stopped if where else fix.speed_kmh <= self.config.stops.stopped_kmh,
+            stopped=where.stopped if where else speed_kmh <= self.config.stops.stopped_kmh,
             devices=self.estimator.live_devices(now_s),
             cfg=self.config.ridership,
         )
@@ -223,9 +223,9 @@ class Bus(PollingSource):
         self._health: dict[str, float] = {}
         self._refresh_health()
 
-    def _on_adv(self, device: BLEDevice, adv: AdvertisementData) -> None:
+    def _on_adv(self, advert: Advert) -> None:
         """On the scanner's thread: hash now, queue only the hash (the raw address ends here)."""
-        obs = self.core.observe(device, adv, clock.now())
+        obs = self.core.observe(advert)
         if len(self._queue) >= _QUEUE_MAX:
             self.queue_dropped += 1
             return

@@ -1,15 +1,17 @@
 """Bus stop events from GPS fixes and the GTFS timetable (sans-I/O): where and when the bus stopped, trip by trip.
 
-:class:`StopDetector` is fed :class:`~edge.sources.common.nmea.RmcFix` values (GPS time, position, speed, validity) and
-returns :class:`StopArrival` / :class:`StopDeparture` / :class:`StopPassed` events. It reads no clock and no port:
-the same fixes always give the same events. The reasoning is in ``docs/bus.md``; in short:
+:class:`StopDetector` is fed :class:`~edge.sources.common.nmea.RmcFix` values (GPS time, position, speed, validity),
+the NMEA core's own objects as :class:`~edge.sources.common.nmea.GpsTracker` hands them on, and returns
+:class:`StopArrival` / :class:`StopDeparture` / :class:`StopPassed` events. It reads no clock and no port: the same
+fixes always give the same events. The reasoning is in ``docs/bus.md``; in short:
 
 * **Trip**: with no current trip, a bus *stopped* within ``entry_radius_m`` of a stop adopts the (trip, call) of that
   stop whose scheduled time on the service day is nearest the fix time, within ``match_tolerance_s``. On a loop
   the terminal is both the last call of one trip and the first of the next; the nearest time decides.
 * **Sequence**: the bus then looks for the next expected call, or up to ``lookahead`` calls further (a stop
   missed in a GPS gap, a detour): calls jumped over get no event (the sequence numbers show the gap).
-* **Arrival**: first fix within ``entry_radius_m`` of the call's stop with speed at most ``stopped_kmh``.
+* **Arrival**: first fix within ``entry_radius_m`` of the call's stop with speed at most ``stopped_kmh`` (a fix
+  whose RMC speed field is empty gets the speed from the previous fix, when that is at most ``gap_s`` old).
   **Departure**: decided when the bus is beyond ``exit_radius_m`` (hysteresis: GPS jitter at a stop does not end
   the visit); its time is the last fix still within ``entry_radius_m`` and ``dwell_s`` runs from the arrival.
   **Passed**: the bus entered the radius and left beyond ``exit_radius_m`` without stopping; its time is the

@@ -9,13 +9,20 @@ around it:
   (not NMEA at all), ``field_errors`` (checksum right but a field does not parse), ``ignored`` (valid sentences of
   other types: GSV, VTG, TXT ...). pynmea2 parses fields lazily, so a malformed field only raises when read;
   the decoder reads every field it uses inside the same ``try``.
-* :class:`GpsTracker` — the receiver's state over time: the last fix, whether the fix is currently good (RMC
-  status ``A``, received within ``timeout_s`` of the data clock), ``dropouts`` (a good fix was lost: status
-  ``V`` or silence), and the GGA quality gauges for the status message.
+* :class:`GpsTracker` — the receiver's state over time: the last usable fix and when it arrived, whether the fix
+  is currently good (RMC status ``A``, received within ``timeout_s`` of the data clock), ``dropouts`` (a good fix
+  was lost: status ``V`` or silence), and the GGA quality gauges for the status message.
+
+**One fix type.** :class:`RmcFix` is what every consumer takes (the truck's collection tracker, the bus's stop
+detector and core): the tracker hands on the decoder's own objects, unchanged, so nothing is converted into
+another representation and back. A fix is what the sentence says (a byte vector always gives the same fix); when
+it *arrived* is the tracker's business (:meth:`GpsTracker.age_s`, :meth:`GpsTracker.gps_ms_at`). An empty speed
+field stays ``None``: each consumer decides what an unknown speed means.
 
 Time: RMC date + time are UTC; a fix's time is taken from them (which in the simulated city is simulated time).
-``rx_s`` is the gateway's data clock (:func:`edge.clock.now`) when the sentence arrived, used to age a fix and to
-extrapolate GPS time during a dropout. Talker ids are not checked (``GP``, ``GN``, ``GL`` ... all accepted).
+``now_s`` given to the tracker is the gateway's data clock (:func:`edge.clock.now`) when the bytes arrived, used
+to age a fix and to extrapolate GPS time during a dropout. Talker ids are not checked (``GP``, ``GN``, ``GL`` ...
+all accepted).
 """
 
 from __future__ import annotations
@@ -36,7 +43,10 @@ _CHECKSUM_TAIL = re.compile(r"\*[0-9A-Fa-f]{2}\s*$")
 
 @dataclass(frozen=True, slots=True)
 class RmcFix:
-    """Recommended minimum data. ``valid`` is status ``A``; with ``V`` the position fields are usually empty."""
+    """Recommended minimum data. ``valid`` is status ``A``; with ``V`` the position fields are usually empty.
+
+    ``time_ms`` is GPS time (epoch ms, UTC), ``speed_kmh`` the speed over ground (None: the field was empty).
+    """
 
     valid: bool
     time_ms: int | None
@@ -44,6 +54,11 @@ class RmcFix:
     lon: float | None
     speed_kmh: float | None
     course_deg: float | None
+
+    @property
+    def usable(self) -> bool:
+        """Status ``A`` with a position and a time: a fix a consumer can place and order."""
+        return self.valid and self.lat is not None and self.lon is not None and self.time_ms is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,32 +235,14 @@ class NmeaDecoder:
         return ev
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    """A good fix: where and when (GPS time), how fast, and when it arrived (data clock)."""
-
-    lat: float
-    lon: float
-    speed_kmh: float
-    course_deg: float | None
-    gps_ms: int
-    rx_s: float
-
-    def age_s(self, now_s: float) -> float:
-        return max(0.0, now_s - self.rx_s)
-
-    def gps_ms_at(self, now_s: float) -> int:
-        """GPS time extrapolated to ``now_s`` with the data clock (for events during a dropout)."""
-        return self.gps_ms + round(self.age_s(now_s) * 1000)
-
-
 class GpsTracker:
     """The state of one GPS receiver, fed with bytes and the data clock (see the module docstring)."""
 
     def __init__(self, timeout_s: float = 5.0, max_len: int = MAX_SENTENCE) -> None:
         self.timeout_s = timeout_s
         self.decoder = NmeaDecoder(max_len)
-        self.last: Position | None = None
+        self.last: RmcFix | None = None  # the last usable fix ...
+        self.last_rx_s = 0.0  # ... and the data clock when it arrived
         self.fix_ok = False
         self.dropouts = 0
         self.fix_quality = 0
@@ -257,28 +254,23 @@ class GpsTracker:
     def counters(self) -> NmeaCounters:
         return self.decoder.counters
 
-    def feed(self, data: bytes, now_s: float) -> list[Position]:
-        """New good positions in arrival order; updates fix state and gauges."""
-        out: list[Position] = []
+    def feed(self, data: bytes, now_s: float) -> list[RmcFix]:
+        """New usable fixes (the decoder's own objects) in arrival order; updates fix state and gauges."""
+        out: list[RmcFix] = []
         for ev in self.decoder.feed(data):
             if isinstance(ev, RmcFix):
-                pos = self._on_rmc(ev, now_s)
-                if pos is not None:
-                    out.append(pos)
+                if ev.usable:
+                    self.fix_ok = True
+                    self.last, self.last_rx_s = ev, now_s
+                    out.append(ev)
+                else:
+                    self._lose()
             else:
                 self.fix_quality, self.satellites = ev.quality, ev.satellites
                 self.hdop = ev.hdop if ev.hdop is not None else 0.0
                 self._last_gga_s = now_s
         self.tick(now_s)
         return out
-
-    def _on_rmc(self, ev: RmcFix, now_s: float) -> Position | None:
-        if not ev.valid or ev.lat is None or ev.lon is None or ev.time_ms is None:
-            self._lose()
-            return None
-        self.fix_ok = True
-        self.last = Position(ev.lat, ev.lon, ev.speed_kmh or 0.0, ev.course_deg, ev.time_ms, now_s)
-        return self.last
 
     def _lose(self) -> None:
         if self.fix_ok:
@@ -287,15 +279,26 @@ class GpsTracker:
 
     def tick(self, now_s: float) -> None:
         """Silence counts as losing the fix (receiver unplugged, cable cut, receiver hung)."""
-        if self.fix_ok and self.last is not None and now_s - self.last.rx_s > self.timeout_s:
+        if self.fix_ok and self.last is not None and now_s - self.last_rx_s > self.timeout_s:
             self._lose()
         if now_s - self._last_gga_s > self.timeout_s:
             self.fix_quality, self.satellites, self.hdop = 0, 0, 0.0
 
-    def current(self, now_s: float) -> Position | None:
+    def current(self, now_s: float) -> RmcFix | None:
         """The live fix, or None during a dropout."""
         self.tick(now_s)
         return self.last if self.fix_ok else None
+
+    def age_s(self, now_s: float) -> float:
+        """How long ago (data clock) the last usable fix arrived."""
+        return max(0.0, now_s - self.last_rx_s)
+
+    def gps_ms_at(self, now_s: float) -> int:
+        """GPS time of the last usable fix extrapolated to ``now_s`` with the data clock (for events between
+        fixes and during a dropout). Only with a fix (``last`` not None)."""
+        if self.last is None or self.last.time_ms is None:
+            raise ValueError("no usable fix yet")
+        return self.last.time_ms + round(self.age_s(now_s) * 1000)
 
     def reset(self) -> None:
         self.decoder.reset()

@@ -16,8 +16,10 @@ Source type ``garbage_truck`` (config :class:`TruckConfig`). The reasoning behin
   weight is then within ``empty_kg`` of zero, the trip closes with one ``truck_trip`` summary; a partial unload
   closes the trip when the truck leaves the site (or at the next pickup).
 * **Time**: events are stamped with GPS time (RMC date + time, extrapolated by the data clock since the fix
-  arrived); with no usable fix, with :func:`edge.clock.now`. Timestamps of one truck strictly increase (a point in
-  InfluxDB is identified by its time: two pickups in one millisecond would overwrite each other).
+  arrived); with no usable fix, with :func:`edge.clock.now`. A fix is the NMEA core's own
+  :class:`~edge.sources.common.nmea.RmcFix`; an empty speed field counts as stopped. Timestamps of one truck
+  strictly increase (a point in InfluxDB is identified by its time: two pickups in one millisecond would overwrite
+  each other).
 * **Exactly once**: every reading is committed with the tracker state that produced it (trip number, running
   totals, baseline weight, last event time, last position). All later in-memory changes derive from that
   state, so a restart re-derives them: a pickup already emitted leaves the baseline at the loaded weight (no
@@ -61,7 +63,7 @@ from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
 from edge.sources.common.geo import UNKNOWN, Districts, DistrictsError, haversine_m, load_districts
 from edge.sources.common.logs import RateLimited
-from edge.sources.common.nmea import GpsTracker, Position
+from edge.sources.common.nmea import GpsTracker, RmcFix
 from edge.sources.common.polling import PollingSource, select_ready
 from edge.sources.common.serialport import SerialPort
 from edge.sources.truck.weighing import WeighingDecoder, WeightFrame
@@ -216,9 +218,10 @@ TRACKER_COUNTERS = (
 
 @dataclass
 class CollectionTracker:
-    """Weight frames + GPS positions → pickup and trip readings. Pure: time comes in as ``now_s`` arguments.
+    """Weight frames + GPS fixes → pickup and trip readings. Pure: time comes in as ``now_s`` arguments.
 
-    ``now_s`` is the data clock (:func:`edge.clock.now`) when the bytes arrived.
+    ``now_s`` is the data clock (:func:`edge.clock.now`) when the bytes arrived. Fixes are the ones ``gps`` (the
+    tracker the source feeds) returned; where and when the truck is comes from that tracker's last fix.
     """
 
     cfg: TruckConfig
@@ -243,22 +246,25 @@ class CollectionTracker:
             self._cand = _Candidate(frame.kg, frame.mode, now_s)
         return self._try_settle(now_s)
 
-    def on_position(self, pos: Position, now_s: float) -> list[Emission]:
+    def on_position(self, fix: RmcFix, now_s: float) -> list[Emission]:
+        lat, lon = fix.lat, fix.lon
+        if not fix.usable or lat is None or lon is None:
+            return []  # GpsTracker.feed returns usable fixes only; anything else places nothing
         s = self.state
         if s.trip_start_ms is None:
-            s.trip_start_ms = pos.gps_ms
+            s.trip_start_ms = fix.time_ms
         if s.last_pos is None:
-            s.last_pos = [pos.lat, pos.lon]
+            s.last_pos = [lat, lon]
         else:
-            d = haversine_m(s.last_pos[0], s.last_pos[1], pos.lat, pos.lon)
+            d = haversine_m(s.last_pos[0], s.last_pos[1], lat, lon)
             if d >= _JITTER_M:
                 s.dist_m += d
-                s.last_pos = [pos.lat, pos.lon]
+                s.last_pos = [lat, lon]
         out: list[Emission] = []
         if (
             s.unloaded > 0
-            and pos.speed_kmh >= self.cfg.stopped_kmh
-            and not self.cfg.disposal.contains(pos.lat, pos.lon, _LEAVE_FACTOR)
+            and _speed(fix) >= self.cfg.stopped_kmh
+            and not self.cfg.disposal.contains(lat, lon, _LEAVE_FACTOR)
         ):
             out += self._close_trip(now_s, s.baseline if s.baseline is not None else 0.0)
         out += self._try_settle(now_s)
@@ -270,7 +276,7 @@ class CollectionTracker:
         if c is None or c.done or c.lines < cfg.stable_lines or now_s - c.first_s < cfg.stable_window_s:
             return []
         fix = self.gps.current(now_s)
-        if fix is not None and fix.speed_kmh >= cfg.stopped_kmh:
+        if fix is not None and _speed(fix) >= cfg.stopped_kmh:
             if not c.deferred:
                 c.deferred = True
                 self.counters["deferred_moving"] += 1
@@ -322,37 +328,41 @@ class CollectionTracker:
                 s.zero0 = value
 
     # --- where and when ------------------------------------------------------------------------------------
-    def _where(self, now_s: float) -> tuple[Position | None, str]:
-        fix = self.gps.current(now_s)
-        if fix is not None:
-            return fix, "live"
-        last = self.gps.last
-        if last is not None and last.age_s(now_s) <= self.cfg.fix_max_age_s:
-            return last, "last_fix"
+    def _where(self, now_s: float) -> tuple[tuple[float, float] | None, str]:
+        """Where the truck is: the tracker's last fix, live or at most ``fix_max_age_s`` old, and which."""
+        g = self.gps
+        live = g.current(now_s) is not None
+        last = g.last
+        if last is None or last.lat is None or last.lon is None:
+            return None, "no_fix"
+        if live:
+            return (last.lat, last.lon), "live"
+        if g.age_s(now_s) <= self.cfg.fix_max_age_s:
+            return (last.lat, last.lon), "last_fix"
         return None, "no_fix"
 
     def _at_disposal(self, now_s: float) -> bool:
         pos, _ = self._where(now_s)
-        return pos is not None and self.cfg.disposal.contains(pos.lat, pos.lon)
+        return pos is not None and self.cfg.disposal.contains(*pos)
 
-    def _ts(self, now_s: float, pos: Position | None = None) -> int:
-        if pos is None:
-            pos, _ = self._where(now_s)
-        ts = pos.gps_ms_at(now_s) if pos is not None else round(now_s * 1000)
+    def _ts(self, now_s: float) -> int:
+        """GPS time of the fix ``_where`` uses, extrapolated by the data clock; the data clock without one."""
+        pos, _ = self._where(now_s)
+        ts = self.gps.gps_ms_at(now_s) if pos is not None else round(now_s * 1000)
         return max(ts, self.state.last_ms + 1)
 
     # --- events --------------------------------------------------------------------------------------------
     def _pickup(self, kg: float, load: float, now_s: float) -> list[Emission]:
         s = self.state
         pos, how = self._where(now_s)
-        district = self._districts.locate(pos.lat, pos.lon) if pos is not None else None
+        district = self._districts.locate(*pos) if pos is not None else None
         if how != "live":
             self.counters[f"pickups_{how}"] += 1
         if district is None:
             district = UNKNOWN
             self.counters["pickups_unknown_district"] += 1
             s.unknown += 1
-        ts = self._ts(now_s, pos)
+        ts = self._ts(now_s)
         s.pickups += 1
         s.kg = round(s.kg + kg, 6)
         s.baseline = load
@@ -366,9 +376,9 @@ class CollectionTracker:
         units = {"kg": "kg", "load_kg": "kg"}
         if pos is not None:
             values |= {
-                "lat": round(pos.lat, 7),
-                "lon": round(pos.lon, 7),
-                "fix_age_s": round(pos.age_s(now_s), 1),
+                "lat": round(pos[0], 7),
+                "lon": round(pos[1], 7),
+                "fix_age_s": round(self.gps.age_s(now_s), 1),
             }
             units |= {"lat": "deg", "lon": "deg", "fix_age_s": "s"}
         self.counters["pickups"] += 1
@@ -417,6 +427,11 @@ class CollectionTracker:
         self.counters["trips"] += 1
         reading = Reading(device_id=self.cfg.device_id, kind=KIND_TRIP, ts=ts, values=values, units=units)
         return [Emission(reading, s.dump())]
+
+
+def _speed(fix: RmcFix) -> float:
+    """The fix's speed; an empty speed field counts as stopped (a truck scale is not stable while driving)."""
+    return fix.speed_kmh if fix.speed_kmh is not None else 0.0
 
 
 # --- the source ---------------------------------------------------------------------------------------------
@@ -478,8 +493,8 @@ class GarbageTruck(PollingSource):
         if gps in ready:
             data = gps.read()
             if data:
-                for pos in self.gps.feed(data, now):
-                    out += self.tracker.on_position(pos, now)
+                for fix in self.gps.feed(data, now):
+                    out += self.tracker.on_position(fix, now)
         if ind in ready:
             data = ind.read()
             if data:
