@@ -25,14 +25,14 @@ Behaviour
   real timing jitter becomes in simulated seconds), and the RTC write is not aimed at a second boundary once a
   simulated second is shorter than the timing that would take, so a fast clock does not make the gateway rewrite
   station clocks on every check.
-* Exactly once across restarts: the per-station state (:class:`forest_codec.StationState`: the last *emitted*
+* Exactly once across restarts: the per-station state (:class:`codec.StationState`: the last *emitted*
   sample's ``{sample_no, ts, tips}`` and the rolling windows of the derived values) is committed with the reading
   (``ctx.emit(reading, state=...)``). A sample whose time is not after the last emitted one is skipped, so a
   restarted agent re-reading the same sample emits nothing; ``rain_mm`` is the tips since the last emitted
   sample, so rain is right across restarts and gaps. Jumps in the sample number are counted as
   ``missed_samples``.
 * Derived values (``rain_intensity_mm_h``, ``rain_cumulative_mm``, ``tilt_rate_x_deg_h``/``_y_``): computed by
-  :func:`forest_codec.next_reading` from the committed state and the sample alone, so a restarted agent and the
+  :func:`codec.next_reading` from the committed state and the sample alone, so a restarted agent and the
   catch-up from the history ring give exactly the values of an uninterrupted run. ``rain_event_dry_gap_h`` (per
   station, default 24 h) is the dry spell that ends a rain event.
 
@@ -71,7 +71,7 @@ tested with byte vectors), and this thin adapter over pyserial. pymodbus stays i
   re-sent, up to ``retries`` times (the RTC write: never, see ``_write_clock``); then the request fails with a
   warning. A good frame ends the request: a Modbus exception reply counts as ``exception_responses``; a frame
   with a good CRC whose data does not decode (an odd byte count), and a read reply with a good CRC but the
-  wrong number of registers (checked by :func:`forest_codec.decode_sample` and ``decode_holding``), count as
+  wrong number of registers (checked by :func:`codec.decode_sample` and ``decode_holding``), count as
   ``framing_errors``; none of them is retried.
 * **Late replies.** RTU has no transaction id: a good frame from the unit answering another function code is a
   late reply to an earlier request. It ends the request unretried, counted as its attempt's ``framing_errors``
