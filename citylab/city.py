@@ -38,14 +38,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, create_model, field_validator
+from pydantic import Field, ValidationError, create_model
 
 from citylab.pipeline import Proc, gateway_config, outbox_depth, write_gateway_config
 from citylab.stack import StackInfo
 from cityos.config import ConfigError, format_validation_error
 from cityos.families import FAMILIES
 from cityos.simclock import ScaledClock
-from firmware_sim.cityplugin import JST, CityFamily, FaultEvent, Gateway, Section, hhmm
+from firmware_sim.cityplugin import JST, CityFamily, FaultEvent, Gateway, Section, TimeOfDay, hhmm
 
 __all__ = ["JST", "CityScenario", "CitySim", "load_scenario"]
 
@@ -56,16 +56,10 @@ __all__ = ["JST", "CityScenario", "CitySim", "load_scenario"]
 class DaySection(Section):
     #: The simulated calendar day in JST: ``"yesterday"`` or ``YYYY-MM-DD`` (must be in the past).
     date: str = "yesterday"
-    start: str = "00:00"
-    end: str = "24:00"
+    start: TimeOfDay = "00:00"
+    end: TimeOfDay = "24:00"
     #: Simulated seconds per real second: 288 plays a day in 5 minutes.
     rate: float = Field(default=288.0, gt=0, le=5000)
-
-    @field_validator("start", "end")
-    @classmethod
-    def _time(cls, v: str) -> str:
-        hhmm(v)
-        return v
 
     def day(self, today: dt.date | None = None) -> dt.date:
         today = today or dt.datetime.now(JST).date()

@@ -18,15 +18,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from cityos.families import Family
 from cityos.simclock import ScaledClock
 
 __all__ = [
-    "JST", "Check", "City", "CityFamily", "FaultEvent", "Gateway", "Query", "Section", "hhmm", "read_truth",
+    "JST", "Check", "City", "CityFamily", "FaultEvent", "Gateway", "Query", "Section", "TimeOfDay", "hhmm", "read_truth",
 ]
 
 JST = dt.timezone(dt.timedelta(hours=9), "JST")
@@ -46,6 +46,15 @@ def hhmm(v: str) -> int:
     return h * 3600 + m * 60
 
 
+def _time_of_day(v: str) -> str:
+    hhmm(v)
+    return v
+
+
+#: ``"HH:MM"`` in a scenario: a simulated time of day (``"24:00"`` is the end of the day).
+TimeOfDay = Annotated[str, AfterValidator(_time_of_day)]
+
+
 class Section(BaseModel):
     """Base of a family's scenario section (unknown keys are refused, naming the field)."""
 
@@ -54,18 +63,12 @@ class Section(BaseModel):
 
 class FaultEvent(Section):
     #: Simulated time of day.
-    at: str
+    at: TimeOfDay
     #: A device id (``hh-0003``, ``truck-01``, ``forest-01-02``) or a gateway id (``gw-meter-01``).
     target: str
     fault: str
     #: Simulated seconds the fault lasts (where it has a duration).
     duration_s: float = Field(default=0.0, ge=0)
-
-    @field_validator("at")
-    @classmethod
-    def _time(cls, v: str) -> str:
-        hhmm(v)
-        return v
 
 
 class Scenario(Protocol):

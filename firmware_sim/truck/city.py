@@ -8,10 +8,20 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from cityos.families import by_name
-from firmware_sim.cityplugin import Check, CityFamily, FaultEvent, Query, Section, hhmm, read_truth, window
+from firmware_sim.cityplugin import (
+    Check,
+    CityFamily,
+    FaultEvent,
+    Query,
+    Section,
+    TimeOfDay,
+    hhmm,
+    read_truth,
+    window,
+)
 
 __all__ = ["FAMILY", "TruckCity", "TruckSection"]
 
@@ -27,13 +37,7 @@ class TruckSection(Section):
     #: Route file (relative to the scenario), or empty for the built-in Tsuyama route.
     route: str = ""
     #: Collection starts at this simulated time of day.
-    depart: str = "08:00"
-
-    @field_validator("depart")
-    @classmethod
-    def _time(cls, v: str) -> str:
-        hhmm(v)
-        return v
+    depart: TimeOfDay = "08:00"
 
 
 class TruckCity(CityFamily):
