@@ -74,6 +74,7 @@ from edge_footprint import UNIT_ENV, measure
 
 from citylab.stack import Stack, StackInfo
 from cityos import wire
+from cityos.config import dump_toml
 from cityos.simclock import ScaledClock
 from firmware_sim.bus.sim import DEFAULT_SPEC_PATH, BusDay, BusDaySpec, BusSimLive, _hhmm_s
 
@@ -181,35 +182,21 @@ class Watcher:
 def _config(
     work: Path, info: StackInfo, gw: str, clock: ScaledClock, gps: str, sock: Path, spec: BusDaySpec
 ) -> Path:
-    lines = [
-        "[gateway]",
-        f'id = "{gw}"',
-        "[mqtt]",
-        f'host = "{info.mqtt_host}"',
-        f"port = {info.mqtt_port}",
-        f'username = "{info.mqtt_username}"',
-        f'password = "{info.mqtt_password}"',
-        "status_interval_s = 1",
-        "[outbox]",
-        f'path = "{work / "outbox.db"}"',
-        "[clock]",
-        f"sim_start = {clock.sim_start!r}",
-        f"real_anchor = {clock.real_anchor!r}",
-        f"rate = {clock.rate!r}",
-        "[[sources]]",
-        'type = "bus"',
-        f'name = "{SOURCE}"',
-        'vehicle_id = "bus-01"',
-        f'gps_port = "{gps}"',
-        f'feed = "{spec.feed}"',
-        "[sources.ble]",
-        'backend = "sim"',
-        f'sim_socket = "{sock}"',
-        "[sources.ridership]",
-        f'city_uuid = "{spec.city_uuid}"',
-    ]
+    """The gateway's defaults but a 1 s status and the scaled clock (written with the project's one TOML writer)."""
+    cfg = {
+        "gateway": {"id": gw},
+        "mqtt": {"host": info.mqtt_host, "port": info.mqtt_port, "username": info.mqtt_username,
+                 "password": info.mqtt_password, "status_interval_s": 1},
+        "outbox": {"path": work / "outbox.db"},
+        "clock": {"sim_start": clock.sim_start, "real_anchor": clock.real_anchor, "rate": clock.rate},
+        "sources": [{
+            "type": "bus", "name": SOURCE, "vehicle_id": "bus-01", "gps_port": gps, "feed": spec.feed,
+            "ble": {"backend": "sim", "sim_socket": sock},
+            "ridership": {"city_uuid": str(spec.city_uuid)},
+        }],
+    }
     p = work / "gateway.toml"
-    p.write_text("\n".join(lines) + "\n")
+    p.write_text(dump_toml(cfg), encoding="utf-8")
     return p
 
 

@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from citylab.stack import Stack, StackInfo
 from cityos import wire
+from cityos.config import dump_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,18 +94,21 @@ class Counter:
 def _config(
     work: Path, info: StackInfo, gw: str, buses: list[tuple[Path, list[str]]], poll_s: float, synchronous: str
 ) -> Path:
-    lines = [
-        "[gateway]", f'id = "{gw}"', "[mqtt]", f'host = "{info.mqtt_host}"', f"port = {info.mqtt_port}",
-        f'username = "{info.mqtt_username}"', f'password = "{info.mqtt_password}"',
-        "[outbox]", f'path = "{work / "outbox.db"}"', f'synchronous = "{synchronous}"',
-    ]
-    for b, (tty, devs) in enumerate(buses):
-        lines += ["[[sources]]", 'type = "forest_station"', f'name = "bus{b}"', f'port = "{tty}"',
-                  f"poll_interval_s = {poll_s}"]
-        for u, d in enumerate(devs, start=1):
-            lines += ["[[sources.stations]]", f'device_id = "{d}"', f"unit = {u}"]
+    """The gateway's defaults but the poll interval and the outbox's synchronous mode (written with the project's
+    one TOML writer)."""
+    cfg = {
+        "gateway": {"id": gw},
+        "mqtt": {"host": info.mqtt_host, "port": info.mqtt_port, "username": info.mqtt_username,
+                 "password": info.mqtt_password},
+        "outbox": {"path": work / "outbox.db", "synchronous": synchronous},
+        "sources": [
+            {"type": "forest_station", "name": f"bus{b}", "port": tty, "poll_interval_s": poll_s,
+             "stations": [{"device_id": d, "unit": u} for u, d in enumerate(devs, start=1)]}
+            for b, (tty, devs) in enumerate(buses)
+        ],
+    }
     p = work / "gateway.toml"
-    p.write_text("\n".join(lines) + "\n")
+    p.write_text(dump_toml(cfg), encoding="utf-8")
     return p
 
 

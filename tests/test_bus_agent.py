@@ -40,7 +40,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from citylab.pipeline import Proc, write_ingest_config
+from citylab.pipeline import Proc, gateway_config, write_gateway_config, write_ingest_config
 from citylab.stack import Stack, StackInfo, influx_query
 from cityos import wire
 from cityos.simclock import ScaledClock
@@ -333,10 +333,6 @@ def _hms(t: float) -> str:
     return dt.datetime.fromtimestamp(t, JST).strftime("%H:%M:%S")
 
 
-def _toml(v: Any) -> str:
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def write_config(
     path: Path,
     *,
@@ -349,55 +345,21 @@ def write_config(
     city_uuid: uuid.UUID,
 ) -> None:
     """A bus gateway's TOML, on the run's scaled clock (as ``citylab.city`` writes them)."""
-    path.write_text(
-        "\n".join(
-            [
-                "[gateway]",
-                f"id = {_toml(gateway_id)}",
-                "",
-                "[mqtt]",
-                f"host = {_toml(info.mqtt_host)}",
-                f"port = {info.mqtt_port}",
-                f"username = {_toml(info.mqtt_username)}",
-                f"password = {_toml(info.mqtt_password)}",
-                "backoff_min_s = 0.2",
-                "backoff_max_s = 2.0",
-                "status_interval_s = 2.0",
-                "",
-                "[outbox]",
-                f"path = {_toml(outbox)}",
-                f"backfill_after_s = {max(120.0, 3.0 * clock.rate)!r}",
-                "",
-                "[health]",
-                "interval_s = 1",
-                "",
-                "[clock]",
-                f"sim_start = {clock.sim_start!r}",
-                f"real_anchor = {clock.real_anchor!r}",
-                f"rate = {clock.rate!r}",
-                "",
-                "[[sources]]",
-                'type = "bus"',
-                f"name = {_toml(SOURCE)}",
-                f"vehicle_id = {_toml(VEHICLE)}",
-                f"gps_port = {_toml(gps_port)}",
-                # Loss of fix is still immediate on RMC status V; 30 s of silence tolerates a loaded machine
-                # at RATE (5 simulated s would be 0.2 real s).
-                "gps_timeout_s = 30.0",
-                f"feed = {_toml(DEFAULT_FEED)}",
-                "",
-                "[sources.ble]",
-                'backend = "sim"',
-                f"sim_socket = {_toml(ble_socket)}",
-                "",
-                "[sources.ridership]",
-                f"city_uuid = {_toml(city_uuid)}",
-                "capacity = 36",
-                "",
-            ]
-        ),
-        encoding="utf-8",
-    )
+    source = {
+        "type": "bus", "name": SOURCE, "vehicle_id": VEHICLE, "gps_port": gps_port,
+        # Loss of fix is still immediate on RMC status V; 30 s of silence tolerates a loaded machine
+        # at RATE (5 simulated s would be 0.2 real s).
+        "gps_timeout_s": 30.0,
+        "feed": DEFAULT_FEED,
+        "ble": {"backend": "sim", "sim_socket": ble_socket},
+        "ridership": {"city_uuid": str(city_uuid), "capacity": 36},
+    }
+    write_gateway_config(path, gateway_config(
+        info, gateway_id, outbox, [source],
+        outbox={"backfill_after_s": max(120.0, 3.0 * clock.rate)},
+        health={"interval_s": 1},
+        clock={"sim_start": clock.sim_start, "real_anchor": clock.real_anchor, "rate": clock.rate},
+    ))
 
 
 def _decode(messages: list[tuple[str, bytes]], gateway_id: str, now_ms: int) -> list[tuple[str, Reading]]:
