@@ -74,14 +74,12 @@ class CityRun:
         self.city.stop()
         if self.ingest is not None:
             self.ingest.stop()
-            from ingest.config import MqttConfig
+            from ingest.config import IngestConfig
             from ingest.mqtt_in import discard_session
 
             # the broker may be gone already; the session then expires on its own
             with contextlib.suppress(Exception):
-                discard_session(MqttConfig(host=self.info.mqtt_host, port=self.info.mqtt_port,
-                                           username=self.info.mqtt_username, password=self.info.mqtt_password,
-                                           client_id=self.client_id))
+                discard_session(IngestConfig.from_toml(self.run_dir / "ingest.toml").mqtt)
 
     # --- observing ---
 

@@ -231,6 +231,12 @@ def influx_client(info: StackInfo, db: str | None = None) -> InfluxClient:
 _CLIENTS: dict[tuple[str, str, str, str], InfluxClient] = {}
 
 
+def _forget_clients(influx_url: str) -> None:
+    """Close the kept clients of a stack that went down (its port may be another stack's next time)."""
+    for key in [k for k in _CLIENTS if k[0] == influx_url]:
+        _CLIENTS.pop(key).close()
+
+
 def influx_query(info: StackInfo, db: str, q: str, timeout: float = 30.0) -> list[dict[str, Any]]:
     """InfluxQL with ``epoch=ms``: the series of all statements (``{"name", "columns", "values", "tags"?}``).
 
@@ -362,6 +368,9 @@ class Stack:
                     errors.append(str(e))
             if errors:
                 raise StackError("; ".join(errors))
+            state = self._read_state()
+            if state and "influx_url" in state:
+                _forget_clients(state["influx_url"])
             with contextlib.suppress(FileNotFoundError):
                 (self.run_dir / _STACK_JSON).unlink()
 
@@ -373,8 +382,8 @@ class Stack:
         influx_url = state.get("influx_url")
         ready = False
         if influx_pid and influx_url:
-            with InfluxClient(influx_url, "") as client:
-                ready = client.ping(timeout_s=2)
+            with contextlib.suppress(StackError):
+                ready = influx_client(StackInfo.from_json(state)).ping(timeout_s=2)
         http_port = urllib.parse.urlsplit(influx_url).port if influx_url else None
         return {
             "run_dir": str(self.run_dir),
@@ -713,8 +722,7 @@ bind-address = "{HOST}:{rpc_port}"
             _INFLUX, [influxd, "run", "-config", str(conf), "-pidfile", str(self._pidfile(_INFLUX))], env=env
         )
 
-        with InfluxClient(info.influx_url, "") as client:
-            self._wait_ready(_INFLUX, proc, info.influx_port, deadline, client.ping)
+        self._wait_ready(_INFLUX, proc, info.influx_port, deadline, influx_client(info).ping)
 
     def _influx_query(self, info: StackInfo, q: str, *, auth: bool = True) -> None:
         err = self._influx_error(info, q, auth=auth)
@@ -724,13 +732,12 @@ bind-address = "{HOST}:{rpc_port}"
     @staticmethod
     def _influx_error(info: StackInfo, q: str, *, auth: bool = True) -> str | None:
         """InfluxDB's error for ``q`` (HTTP-level or a statement's), or None if it succeeded."""
-        with InfluxClient(info.influx_url, "", info.influx_username, info.influx_password) as client:
-            try:
-                query_results(*client.request("/query", method="POST", form={"q": q}, auth=auth))
-            except InfluxUnreachable as e:
-                raise StackError(str(e)) from e
-            except InfluxQueryError as e:
-                return str(e)
+        try:
+            query_results(*influx_client(info).request("/query", method="POST", form={"q": q}, auth=auth))
+        except InfluxUnreachable as e:
+            raise StackError(str(e)) from e
+        except InfluxQueryError as e:
+            return str(e)
         return None
 
     def _ensure_influx_admin(self, info: StackInfo) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["FAMILIES", "Family", "by_name", "by_source_type"]
+__all__ = ["FAMILIES", "Family", "by_name"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,3 @@ def by_name(name: str) -> Family:
             return f
     raise KeyError(f"no family {name!r} (known: {', '.join(f.name for f in FAMILIES)})")
 
-
-def by_source_type(source_type: str) -> Family | None:
-    return next((f for f in FAMILIES if f.source_type == source_type), None)

@@ -97,16 +97,15 @@ def _api_cmd(args: argparse.Namespace) -> int:
 def _gtfs_rt_cmd(args: argparse.Namespace) -> int:
     import time
 
-    from citylab.stack import StackError, load_info
-    from cityos.influx import InfluxClient, InfluxError
+    from citylab.stack import StackError, influx_client, load_info
+    from cityos.influx import InfluxError
     from cityos_api.gtfs_rt import build_feed, feed_json, latest_positions, query_fn
 
     try:
         info = load_info(args.stack)
-        with InfluxClient(info.influx_url, args.db or info.influx_db, info.influx_username,
-                          info.influx_password) as client:
-            now = time.time()
-            positions = latest_positions(query_fn(client), client.db, args.max_age_s, now_ms=int(now * 1000))
+        client = influx_client(info, args.db)
+        now = time.time()
+        positions = latest_positions(query_fn(client), client.db, args.max_age_s, now_ms=int(now * 1000))
         feed = build_feed(positions, now)
     except (StackError, InfluxError) as exc:
         print(f"cityos gtfs-rt: {exc}", file=sys.stderr)

@@ -870,7 +870,6 @@ def cli_preview(
     zone are Japan time."""
     import sys
 
-    src = source
     try:
         t0 = _parse_time(time_from) if time_from else None
         t1 = _parse_time(time_to) if time_to else None
@@ -888,7 +887,7 @@ def cli_preview(
         default_geo = Path(__file__).resolve().parent.parent / "scenarios" / "tsuyama-districts.geojson"
         geojson = default_geo if default_geo.exists() else None
     try:
-        res = render(src, out, chosen, lang=lang, time_from_ms=t0, time_to_ms=t1, now_ms=t1, per_panel=per_panel,
+        res = render(source, out, chosen, lang=lang, time_from_ms=t0, time_to_ms=t1, now_ms=t1, per_panel=per_panel,
                      geojson=geojson)
     except (QueryError, OSError) as exc:
         print(f"cityos dashboards preview: {exc}", file=sys.stderr)

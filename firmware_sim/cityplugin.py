@@ -71,23 +71,12 @@ class FaultEvent(Section):
     duration_s: float = Field(default=0.0, ge=0)
 
 
-class Scenario(Protocol):
-    """What a family reads of the city's scenario besides its own section."""
-
-    seed: int
-    districts: str
-    faults: list[FaultEvent]
-
-    @property
-    def day(self) -> Any: ...  # ``rate``, ``start``: the scenario's day section
-
-    def resolve(self, rel: str) -> Path: ...
-
-
 class City(Protocol):
     """What a family reads of the running city (``citylab.city.CitySim`` is one)."""
 
-    sc: Any  # the scenario (:class:`Scenario`, with every family's section as an attribute)
+    #: The scenario (``citylab.city.CityScenario``): ``seed``, ``districts``, ``day`` (``rate``, ``start``),
+    #: ``faults``, ``resolve(path)``, and every family's section as an attribute.
+    sc: Any
     run_dir: Path
     clock: ScaledClock | None
     sim_start: float

@@ -343,7 +343,7 @@ class IngestService:
         w = getattr(self._influx_local, "writer", None)
         if w is None:
             c = self.cfg.influx
-            w = InfluxClient(c.url, c.db, c.username, c.password, timeout_s=c.timeout_s, gzip=c.gzip)
+            w = InfluxClient.from_settings(c, gzip=c.gzip)
             self._influx_local.writer = w
             self._influx_all.append(w)
         return w
@@ -445,7 +445,7 @@ class IngestService:
         every = self.cfg.ingest.self_metrics_interval_s
         next_point = time.monotonic() + min(every, 2.0)  # a first point soon after start: "the ingest is up"
         c = self.cfg.influx
-        own = InfluxClient(c.url, c.db, c.username, c.password, timeout_s=c.timeout_s, gzip=False)
+        own = InfluxClient.from_settings(c, gzip=False)
         try:
             while not self._reporter_stop.wait(1.0):
                 snap = self.health.snapshot()

@@ -39,20 +39,18 @@ class LibraryLogFilter(logging.Filter):
     """Rate-limits a protocol library's own log lines (momonga's): one line per key per period, so a
     device that fails every poll does not fill the journal; everything passes while the library's logger is at
     DEBUG (a technician chasing a fault wants every line). ``observe`` sees every record first (to count what the
-    library only logs), ``drop`` discards chatter outright, ``key`` says which lines are "the same"."""
+    library only logs), ``drop`` discards chatter outright; lines are "the same" by logger and first 80 chars."""
 
     def __init__(
         self,
         library: str,
         period_s: float = LOG_PERIOD_S,
         *,
-        key: Callable[[logging.LogRecord], str] | None = None,
         drop: Callable[[logging.LogRecord], bool] | None = None,
         observe: Callable[[logging.LogRecord], None] | None = None,
     ) -> None:
         super().__init__()
         self.library, self.period_s = library, period_s
-        self._key = key or (lambda r: f"{r.name}:{str(r.msg)[:80]}")
         self._drop, self._observe = drop, observe
         self._last: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -64,7 +62,7 @@ class LibraryLogFilter(logging.Filter):
             return True
         if self._drop is not None and self._drop(record):
             return False
-        key = self._key(record)
+        key = f"{record.name}:{str(record.msg)[:80]}"
         now = time.monotonic()
         with self._lock:
             if now - self._last.get(key, -math.inf) < self.period_s:
