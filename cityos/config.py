@@ -1,16 +1,26 @@
 """TOML config loading shared by the gateway and the ingest: one place that turns pydantic errors into messages
-a field technician can act on ("mqtt.port: Input should be a valid integer, got 'abc'")."""
+a field technician can act on ("mqtt.port: Input should be a valid integer, got 'abc'").
+
+Every problem with a config file is a :class:`ConfigError` with a message naming the file (and the line, or the
+setting), never a traceback: a missing file, a directory, an unreadable file, bytes that are not UTF-8, a TOML
+syntax error, a setting of the wrong type or out of range. A message never repeats the value given for a secret
+(a password, a B-route ID, a token, a key: see :func:`is_secret_setting`), so an error pasted into a ticket or
+left in a journal does not leak it; values of other settings are shown, short, because "got 70000" is what
+makes a typo obvious.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import tomllib
+import types
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, SecretBytes, SecretStr, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -19,30 +29,114 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the file, the field and the problem."""
 
 
-def format_validation_error(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> str:
+#: Settings whose values are secrets by their name: a message never shows what was given for them.
+_SECRET_NAME = re.compile(r"pass|secret|token|key|rbid|cred|psk|auth|salt|cookie|private", re.IGNORECASE)
+
+#: Longest value an error message repeats (a long value is no typo to spot, and may be pasted content).
+_ECHO_MAX_CHARS = 60
+
+
+def is_secret_setting(loc: tuple[str | int, ...] | list[str | int]) -> bool:
+    """True if the setting at ``loc`` (``("mqtt", "password")``, ``("sources", 0, "rbid")``) is named like a
+    secret: a password, token, key, B-route ID... Any part of the path counts (a table ``[secrets]`` is one)."""
+    return any(isinstance(p, str) and _SECRET_NAME.search(p) for p in loc)
+
+
+def _secret_field(model: type[BaseModel] | None, loc: tuple[str | int, ...]) -> bool:
+    """True if ``loc`` leads, through ``model``'s fields, to a field typed ``SecretStr``/``SecretBytes`` or
+    declared with ``repr=False`` (how a model marks a value it keeps out of its own repr)."""
+    annotation: Any = model
+    for part in loc:
+        candidates = _model_types(annotation)
+        if isinstance(part, int):
+            annotation = _item_types(annotation)
+            continue
+        annotation = None
+        for m in candidates:
+            field = m.model_fields.get(part)
+            if field is None:
+                continue
+            if field.repr is False or _has_secret_type(field.annotation):
+                return True
+            annotation = field.annotation
+        if annotation is None:
+            return False
+    return False
+
+
+def _flatten(annotation: Any) -> list[Any]:
+    args = get_args(annotation)
+    if get_origin(annotation) is Annotated:
+        return _flatten(args[0])
+    if args and get_origin(annotation) in (Union, types.UnionType):
+        return [t for a in args for t in _flatten(a)]
+    return [annotation]
+
+
+def _has_secret_type(annotation: Any) -> bool:
+    return any(isinstance(t, type) and issubclass(t, SecretStr | SecretBytes) for t in _flatten(annotation))
+
+
+def _model_types(annotation: Any) -> list[type[BaseModel]]:
+    return [t for t in _flatten(annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+
+
+def _item_types(annotation: Any) -> Any:
+    """The element type of a list/tuple/dict annotation (a Union of them, flattened), else None."""
+    items: list[Any] = []
+    for t in _flatten(annotation):
+        args = get_args(t)
+        if args:
+            items.append(args[-1])
+    return Union[tuple(items)] if len(items) > 1 else (items[0] if items else None)  # noqa: UP007
+
+
+def format_validation_error(
+    exc: ValidationError, prefix: tuple[str | int, ...] = (), model: type[BaseModel] | None = None
+) -> str:
+    """One line per problem: the setting's dotted path and what is wrong with it.
+
+    The value given is repeated only for settings that are not secrets (by name, or by type when ``model`` is
+    given: ``SecretStr``, ``repr=False``), only when it is a short scalar, and never for a value pydantic was asked
+    to hide. Pydantic's own messages name what was expected without quoting the input.
+    """
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in (*prefix, *err.get("loc", ())))
+        raw_loc = tuple(err.get("loc", ()))
+        loc = ".".join(str(p) for p in (*prefix, *raw_loc))
         msg = err.get("msg", "invalid")
         if err.get("type") == "extra_forbidden":
             msg = "unknown key (not a setting here; check the spelling)"
         elif err.get("type") == "missing":
             msg = "required setting is missing"
-        else:
+        elif not (is_secret_setting((*prefix, *raw_loc)) or _secret_field(model, raw_loc)):
             got = err.get("input")
-            if not isinstance(got, dict | list) and got is not None:
-                msg = f"{msg}, got {got!r}"[:200]
-        lines.append(f"{loc or '(top level)'}: {msg}")
+            if isinstance(got, bool | int | float) or (isinstance(got, str) and len(got) <= _ECHO_MAX_CHARS):
+                msg = f"{msg}, got {got!r}"
+        lines.append(f"{loc or '(top level)'}: {msg}"[:300])
     return "\n".join(lines)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
+    """The TOML file at ``path`` as a dict, or a ConfigError naming the file (and the line) and the problem."""
     p = Path(path)
     try:
-        with p.open("rb") as fh:
-            return tomllib.load(fh)
+        data = p.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory, not a config file") from None
+    except PermissionError:
+        raise ConfigError(f"{p}: config file not readable by this user (uid {os.geteuid()})") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the config file: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{p}: not UTF-8 text (line {line}): a config file is TOML, which is UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
 
@@ -51,7 +145,7 @@ def validate(model: type[M], data: dict[str, Any], source: str = "config") -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid configuration\n{format_validation_error(exc)}") from None
+        raise ConfigError(f"{source}: invalid configuration\n{format_validation_error(exc, model=model)}") from None
 
 
 def load_toml(model: type[M], path: str | Path) -> M:
