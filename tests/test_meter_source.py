@@ -19,7 +19,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import momonga
 import pytest
+from momonga import EchonetPropertyCode as EPC
+from momonga.momonga_echonet_data import PARSER_MAP
 from pydantic import ValidationError
 
 from cityos.simclock import ScaledClock
@@ -320,6 +323,58 @@ def test_restart_with_saved_state_neither_reemits_nor_skips(make_sim) -> None:
     assert_exact(first.fixed() + second.fixed(), sim)
 
 
+#: 5 simulated minutes per real second: a meter powered on at 02:00 reaches its first :00/:30 six seconds later,
+#: well after the session is up (an open takes 2 s or more: momonga waits for 2 s of silence on the port).
+FRESH_RATE = 300.0
+
+
+@pytest.fixture
+def fresh_sim(tmp_path) -> Iterator[WiSunModuleSim]:
+    """A meter powered on at 02:00 JST that has no fixed-time value until 02:30 (EA answers year 65535)."""
+    c = ScaledClock(sim_start=SIM_START, real_anchor=time.time(), rate=FRESH_RATE)
+    edge_clock.use_scaled(c)
+    sim = WiSunModuleSim(
+        MeterSpec(device_id="hh-0001", seed=11), clock=c, truth_path=tmp_path / "truth.jsonl", fresh=True
+    )
+    sim.start()
+    yield sim
+    sim.stop()
+    edge_clock.use_scaled(None)
+
+
+def test_fresh_meter_first_live_reading_within_one_poll_then_its_first_slot(fresh_sim, caplog) -> None:
+    # issue 12, item 9: a new gateway on a meter with no half-hour value yet sent nothing until the next :00/:30
+    caplog.set_level(logging.INFO, logger=m.__name__)
+    sim, poll = fresh_sim, 0.5
+    first_slot_ms = int(SIM_START) * 1000 + SLOT_MS  # 02:30 JST, the meter's first boundary
+    outbox = Outbox()
+    run = Running(m.SmartMeterSource(config(sim, poll_interval_s=poll)), outbox)
+    wait_for(state_is(run, m.ONLINE), "the session")
+    wait_for(lambda: bool(outbox.live()), "a live reading within one poll interval of the session", poll)
+    first = outbox.live()[0]
+    assert first.ts < first_slot_ms, "the session came up after the meter's first :00/:30: nothing was tested"
+    assert first.values["power_w"] >= 0 and "energy_kwh" in first.values
+    assert outbox.fixed() == [] and not sim.truth_fixed()  # the meter has no half-hour value, nor do we
+    assert run.health()["no_fixed_value_yet"] >= 1
+
+    wait_for(lambda: bool(outbox.fixed()), "the first half-hour value")
+    wait_for(lambda: sum(r.ts > first_slot_ms for r in outbox.live()) >= 2, "live readings after 02:30")
+    health = run.stop()
+    (slot, *_) = outbox.fixed()
+    assert slot.ts == first_slot_ms and not slot.backfill  # the meter's first slot, as a normal reading
+    assert_exact(outbox.fixed(), sim)
+    kwh = slot.values["energy_fixed_kwh"]
+    assert outbox.state == {"v": 1, "last_slot_ms": first_slot_ms, "last_slot_kwh": kwh}
+    # until the meter had its first value, every poll gave a live reading and nothing else
+    before = outbox.readings[: outbox.readings.index(slot)]
+    assert all(r.values.keys() == first.values.keys() for r in before)
+    early = [r for r in before if r.ts < first_slot_ms]
+    assert len(early) >= 2 and health["no_fixed_value_yet"] >= len(early)
+    assert health["request_errors"] == 0 and health["lost_slots"] == 0 and health["recovered_slots"] == 0
+    told = [r for r in caplog.records if "no half-hour" in r.getMessage()]
+    assert len(told) == 1 and told[0].levelno == logging.INFO  # logged once, not as an error
+
+
 def test_config_is_strict_and_never_echoes_secrets() -> None:
     assert registry()["smart_meter"].config_model is m.SmartMeterConfig
     good = {"type": "smart_meter", "name": "m", "port": "/dev/x", "device_id": "hh-0001",
@@ -339,6 +394,11 @@ def test_config_is_strict_and_never_echoes_secrets() -> None:
 # --- the sans-I/O core (edge/sources/meter/core.py): no emulator, no thread, no clock -----------------------
 
 T0_MS = int(SIM_START) * 1000  # 2026-11-25 02:00 JST
+
+
+#: EA before the meter's first :00/:30, as the meter sends it: date and time all 0xFF (year 65535), count
+#: 0xFFFFFFFE. momonga cannot make a datetime of it, so the core gets these raw bytes.
+NO_DATA_EA = bytes.fromhex("FFFF" "FFFFFFFFFF" "FFFFFFFE")
 
 
 def _ea(local: str, kwh: float | None) -> dict[str, Any]:
@@ -380,7 +440,7 @@ def test_core_live_reading_skips_missing_values_and_the_same_instant() -> None:
     core = mc.MeterCore("hh-0001", district="kamo")
     core.set_resolution(0.1)
     step = core.on_poll(T0_MS, {0xE7: None, 0xE0: None, 0xEA: _ea("2026-11-25T02:00:00", None)})
-    assert step.emissions == [] and step.counts == {"polls": 1}  # nothing the meter has: nothing emitted
+    assert step.emissions == [] and step.counts == {"polls": 1, "no_fixed_value_yet": 1}  # nothing: nothing
     (r,) = core.on_poll(T0_MS, {0xE7: -120, 0xE0: 123456 * 0.1}).readings  # the last time had no reading
     assert r.values == {"power_w": -120.0, "energy_kwh": 12345.6} and r.tags == {"district": "kamo"}
     for t in (T0_MS, T0_MS - 1):  # a clock that stood still or stepped back
@@ -431,15 +491,69 @@ def test_core_rejects_what_is_not_a_fixed_time_value() -> None:
         None,
         b"\x07\xea\x0b",  # the raw bytes momonga keeps for an INF it could not read
         {"timestamp": "2026-11-25T02:00:00", "cumulative energy": 1.0},
-        _ea("2026-11-25T02:00:00", None),  # the meter has no value yet
         {"timestamp": aware, "cumulative energy": 1.0},  # not the meter's local time
     ):
         step = core.on_notification({0xEA: bad})
         assert step.emissions == [] and step.counts == {}, bad
+    for none_yet in (_ea("2026-11-25T02:00:00", None), NO_DATA_EA):  # the meter has no value yet
+        step = core.on_notification({0xEA: none_yet})
+        assert step.emissions == [] and step.counts == {"no_fixed_value_yet": 1}, none_yet
     for off_grid in ("2026-11-25T02:00:05", "2026-11-25T02:15:00"):
         step = core.on_notification({0xEA: _ea(off_grid, 1.0)})
         assert step.emissions == [] and step.counts == {"request_errors": 1}
     assert core.last_slot_ms is None
+
+
+def test_core_no_data_slot_value_does_not_cost_the_live_reading() -> None:
+    # issue 12, item 9: a meter before its first :00/:30 answers EA with year 65535; the live values of the
+    # same reply are readings all the same, and the first half-hour value comes normally when the meter has it
+    assert mc.no_fixed_value(NO_DATA_EA) and mc.no_fixed_value(_ea("2026-11-25T02:00:00", None))
+    month_13 = bytes.fromhex("07EA0D19020000" "0001E240")  # unreadable, but not "no data"
+    for value in (None, b"\x07\xea\x0b", month_13, _ea("2026-11-25T02:00:00", 1.0), NO_DATA_EA[:7]):
+        assert not mc.no_fixed_value(value), value
+    core = mc.MeterCore("hh-0001", district="kamo")
+    core.set_resolution(0.1)
+    step = core.on_poll(T0_MS + 60_000, {0xE7: 412, 0xE0: 123456 * 0.1, 0xE3: 0.0, 0xEA: NO_DATA_EA})
+    (r,) = _committed(core, step)
+    assert r.values == {"power_w": 412.0, "energy_kwh": 12345.6, "energy_reverse_kwh": 0.0}
+    assert r.ts == T0_MS + 60_000 and not r.backfill
+    assert step.counts == {"polls": 1, "no_fixed_value_yet": 1} and step.no_fixed_value
+    assert step.unreadable == () and step.history is None and core.state == {"v": 1}
+    # a value momonga could not read is an error of that value only: the rest of the poll is still a reading
+    step = core.on_poll(T0_MS + 120_000, {0xE7: b"\x00\x01", 0xE0: 123457 * 0.1, 0xEA: NO_DATA_EA})
+    assert [x.values for x in step.readings] == [{"energy_kwh": 12345.7}] and step.unreadable == (0xE7,)
+    assert step.counts == {"polls": 1, "request_errors": 1, "no_fixed_value_yet": 1}
+    step = core.on_poll(T0_MS + 180_000, {0xE7: 415, 0xEA: month_13})
+    assert [x.values for x in step.readings] == [{"power_w": 415.0}] and step.unreadable == (0xEA,)
+    assert step.counts == {"polls": 1, "request_errors": 1} and not step.no_fixed_value
+    # the meter's first :00/:30: its value is the first slot, not a recovery (there is nothing before it)
+    first = {0xEA: _ea("2026-11-25T02:30:00", 123470 * 0.1)}
+    step = core.on_poll(T0_MS + SLOT_MS + 60_000, {0xE7: 420, **first})
+    live, fixed = _committed(core, step)
+    assert live.values == {"power_w": 420.0} and step.history is None and step.counts == {"polls": 1}
+    assert fixed.ts == T0_MS + SLOT_MS and fixed.values == {"energy_fixed_kwh": 12347.0}
+    assert not fixed.backfill
+    assert core.state == {"v": 1, "last_slot_ms": T0_MS + SLOT_MS, "last_slot_kwh": 12347.0}
+
+
+def test_the_meters_no_data_reply_bytes_still_give_the_live_reading() -> None:
+    # the meter's Get_Res to E7 + E0 + EA before its first :00/:30, byte for byte: 412 W, 12345.6 kWh, "no data"
+    reply = bytes.fromhex(
+        "1081" "0001" "028801" "05FF01" "72" "03" "E704" "0000019C" "E004" "0001E240" "EA0B" + NO_DATA_EA.hex()
+    )
+    asked = [momonga.EchonetProperty(code) for code in (EPC.instantaneous_power,
+             EPC.measured_cumulative_energy, EPC.cumulative_energy_measured_at_fixed_time)]  # fmt: skip
+    properties = momonga.Momonga._extract_response_payload(reply, 1, asked)  # momonga's own frame check
+    parse_ea = PARSER_MAP[EPC.cumulative_energy_measured_at_fixed_time]
+    with pytest.raises(momonga.MomongaResponseNotExpected, match="year 65535"):  # request_to_get: all lost
+        momonga.Momonga._parse_or_wrap(0xEA, NO_DATA_EA, parse_ea, 0.1, 1)
+    props = m._decode_each(properties, 0.1, 1)
+    assert props == {0xE7: 412, 0xE0: pytest.approx(12345.6), 0xEA: NO_DATA_EA}
+    core = mc.MeterCore("hh-0001")
+    core.set_resolution(0.1)
+    step = core.on_poll(T0_MS, props)
+    assert [r.values for r in step.readings] == [{"power_w": 412.0, "energy_kwh": 12345.6}]
+    assert step.counts == {"polls": 1, "no_fixed_value_yet": 1}
 
 
 def test_core_restores_only_its_own_state_version() -> None:
@@ -549,4 +663,4 @@ def test_the_source_feeds_its_core() -> None:
     core = src._core
     assert core.device_id == "hh-0001" and core.tags == {"district": "kamo"} and core.utc_offset_h == 8
     assert m.KIND == mc.KIND and m.SLOT_MS == mc.SLOT_MS == SLOT_MS and m.STATE_VERSION == mc.STATE_VERSION
-    assert src.health()["last_fixed_slot_ms"] == 0.0
+    assert src.health()["last_fixed_slot_ms"] == 0.0 and src.health()["no_fixed_value_yet"] == 0.0

@@ -103,6 +103,32 @@ def test_energy_is_integrated_exactly() -> None:
     )
 
 
+def test_a_fresh_meter_has_no_fixed_time_value_until_its_first_boundary(tmp_path) -> None:
+    no_data = bytes.fromhex("FFFFFFFFFFFFFFFFFFFFFE")  # date and time all 0xFF (year 65535), count FFFFFFFE
+    spec = MeterSpec(seed=3)
+    running = wm._Meter(spec, SIM_START)  # the default: a start on :00/:30 latches it (a meter that ran on)
+    assert el.dec_fixed_time(running.properties(0xEA))[0] == dt.datetime(2026, 11, 25, 2, 0)
+    fresh = wm._Meter(spec, SIM_START, fresh=True)  # just powered on at 02:00
+    for t in (SIM_START, SIM_START + 1790):
+        fresh.advance(t)
+        assert fresh.properties(0xEA) == fresh.properties(0xEB) == no_data
+        assert fresh.history(0, reverse=False) == [None] * el.SLOTS_PER_DAY
+        assert el.dec_instant_power(fresh.properties(0xE7)) == wm.household_power_w(spec, fresh.t)
+    fresh.advance(SIM_START + 1800)
+    assert el.dec_fixed_time(fresh.properties(0xEA)) == (dt.datetime(2026, 11, 25, 2, 30), fresh.count)
+    # unmodified momonga on the pty: the live value reads, the fixed-time value does not, and one Get of both
+    # loses both (what a fresh gateway did until the meter's first :00/:30)
+    clock = ScaledClock(sim_start=SIM_START, real_anchor=time.time(), rate=1)
+    with WiSunModuleSim(spec, clock=clock, fresh=True, truth_path=tmp_path / "t.jsonl") as sim:
+        with fast_momonga(sim) as mo:
+            assert isinstance(mo.get_instantaneous_power(), int)
+            with pytest.raises(momonga.MomongaResponseNotExpected, match="year 65535"):
+                mo.get_cumulative_energy_measured_at_fixed_time()
+            with pytest.raises(momonga.MomongaResponseNotExpected, match="EPC EA"):
+                mo.request_to_get({EPC.instantaneous_power, EPC.cumulative_energy_measured_at_fixed_time})
+        assert sim.truth_fixed() == {}
+
+
 @pytest.mark.parametrize("dialect", ["bp35a1", "rl7023"])  # bp35c2: the full dialogue below
 def test_momonga_opens_and_reads_each_dialect(clock: ScaledClock, dialect: str) -> None:
     with WiSunModuleSim(MeterSpec(seed=4, dialect=dialect), clock=clock) as sim:

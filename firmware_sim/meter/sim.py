@@ -33,6 +33,12 @@ every :00/:30 boundary (meter local time, JST by default) the count is latched a
 into the 30-min history (E2, day chosen by E5), and — with a session up — sent as an INF. Supported EPCs: 80, 88,
 D3 (optional), D7, E0, E1, E2, E3/E4/EB (optional), E5 (Set), E7, E8, EA.
 
+The meter powers on at ``start()``. Until its first boundary it has no fixed-time value: EA/EB answer the
+standard's "no data" value (date and time bytes all 0xFF, i.e. year 65535, and count 0xFFFFFFFE) and the
+history has no slots, while E7/E0 answer as always. A start exactly on :00/:30 latches that boundary at once
+(a meter that has been running), unless ``fresh=True``: a meter just installed or powered on, which has
+nothing until the next :00/:30 whenever it starts (CLI ``--fresh``).
+
 Ground truth (JSON lines, one file may collect several households)::
 
     {"type": "fixed", "device_id": "hh-0001", "ts": <slot ms>, "count": 123456, "energy_kwh": 12345.6, "joules": ...}
@@ -85,6 +91,9 @@ JOULES_PER_UNIT: dict[int, int] = {
 _UNIT_TEXT = {0x00: "1", 0x01: "0.1", 0x02: "0.01", 0x03: "0.001", 0x04: "0.0001",
               0x0A: "10", 0x0B: "100", 0x0C: "1000", 0x0D: "10000"}  # fmt: skip
 _M64 = (1 << 64) - 1
+#: EA/EB before the meter's first :00/:30: the standard's "no data" date and time (all 0xFF: year 65535, month
+#: 255, ...) and count (0xFFFFFFFE).
+FIXED_TIME_NO_DATA = b"\xff" * 7 + el.NO_DATA.to_bytes(4, "big")
 _JUNK_ALPHABET = b"abcdefghijklmnopqrstuvwxyz0123456789 #$%&*+-=?@~" + bytes(range(0x80, 0xFF))
 
 
@@ -183,7 +192,7 @@ def household_power_w(spec: MeterSpec, t_s: float) -> int:
 class _Meter:
     """The meter's registers and their exact integration on simulated time."""
 
-    def __init__(self, spec: MeterSpec, start_s: float) -> None:
+    def __init__(self, spec: MeterSpec, start_s: float, *, fresh: bool = False) -> None:
         self.spec = spec
         self.t = math.floor(start_s / spec.tick_s) * spec.tick_s  # integrated up to here (simulated epoch s)
         self.joules = spec.initial_joules()
@@ -191,7 +200,7 @@ class _Meter:
         self.slots: dict[int, int] = {}  # boundary epoch s → E0 count latched there
         self.rev_slots: dict[int, int] = {}
         self.day_e5 = 0
-        if self.t % SLOT_S == 0:
+        if self.t % SLOT_S == 0 and not fresh:
             self._latch()
 
     def _latch(self) -> None:
@@ -262,7 +271,7 @@ class _Meter:
                 return None
             b = self.last_boundary()
             if b is None:  # no boundary since power-on: the standard's "no data" time and value
-                return b"\xff\xff\xff\xff\xff\xff\xff" + el.NO_DATA.to_bytes(4, "big")
+                return FIXED_TIME_NO_DATA
             slots = self.rev_slots if epc == el.EPC_FIXED_TIME_REVERSE else self.slots
             return el.enc_fixed_time(self.local(b), slots[b])
         if epc in (el.EPC_HISTORY_1_NORMAL, el.EPC_HISTORY_1_REVERSE):
@@ -309,6 +318,7 @@ class WiSunModuleSim(SimDevice):
         garble: float = 0.0,
         ascii_mode: bool = True,
         notify_fixed: bool = True,
+        fresh: bool = False,
         join_delay_s: float = 0.05,
         scan_delay_s: float = 0.05,
         reauth_delay_s: float = 0.3,
@@ -318,6 +328,7 @@ class WiSunModuleSim(SimDevice):
         super().__init__(truth_path)
         self.clock = clock
         self.notify_fixed = notify_fixed
+        self.fresh = fresh  # the meter was just powered on: no fixed-time value until its next :00/:30
         self.join_delay_s, self.scan_delay_s, self.reauth_delay_s = join_delay_s, scan_delay_s, reauth_delay_s
         self._rng = random.Random(f"wisun-faults:{self.spec.seed if fault_seed is None else fault_seed}")
         self._garble = garble
@@ -366,7 +377,7 @@ class WiSunModuleSim(SimDevice):
         port = self._link.open()
         self._open_truth()
         with self._lock:
-            self._meter = _Meter(self.spec, self.sim_now())
+            self._meter = _Meter(self.spec, self.sim_now(), fresh=self.fresh)
             self._event("power_on", count=self._meter.count, joules=self._meter.joules)
             if self._meter.t in self._meter.slots:
                 self._write_fixed(self._meter.t)
@@ -875,6 +886,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-limit-every", default=None, help="EVENT 32 every S s lasting D s: S:D")
     p.add_argument("--no-notify", action="store_true", help="do not send the INF of the fixed-time value")
     p.add_argument(
+        "--fresh", action="store_true",
+        help="meters just powered on: no fixed-time value (EA 'no data') until their first :00/:30, even "
+        "when started on one",
+    )  # fmt: skip
+    p.add_argument(
         "--duration", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)"
     )
     return p
@@ -895,7 +911,8 @@ def main(argv: list[str] | None = None) -> int:
                              dialect=args.dialect, unit_code=args.unit)  # fmt: skip
             link = args.link_dir / f"ttyWISUN-{device_id}" if args.link_dir else None
             sim = WiSunModuleSim(spec, clock=clock, truth_path=args.ground_truth, link_path=link,
-                                 garble=args.garble, notify_fixed=not args.no_notify)  # fmt: skip
+                                 garble=args.garble, notify_fixed=not args.no_notify,
+                                 fresh=args.fresh)  # fmt: skip
             if args.meter_password:
                 sim.set_meter_password(args.meter_password)
             if args.fail_joins:

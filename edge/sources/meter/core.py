@@ -14,7 +14,10 @@ Values in (keys are the ECHONET Lite property codes, EPC, as ints; momonga's ``E
 * E0 / E3 cumulative energy, normal / reverse direction: kWh as momonga scales it (count × unit E1 ×
   coefficient D3, a float product such as ``123456.70000000001``), or None;
 * EA cumulative energy at the last fixed time: ``{"timestamp": datetime, "cumulative energy": kWh | None}``,
-  the timestamp in the meter's local time (naive), latched at :00 and :30;
+  the timestamp in the meter's local time (naive), latched at :00 and :30; before its first :00/:30 (a meter
+  just powered on) the meter sends the standard's "no data" EA, date and time all 0xFF (year 65535), which
+  momonga cannot make a datetime of: the core gets those raw bytes (:func:`no_fixed_value`);
+* any property momonga could not read arrives as its raw EDT bytes (as momonga keeps them in a notification);
 * E2 30-minute history of one day (E5 day index, 0 = the meter's today): 48 entries ``{"cumulative energy":
   kWh | None}``, index = half hour of the day (the entries' own timestamps are momonga's guess and are not
   used).
@@ -30,9 +33,13 @@ Rules (docs/meters.md):
   properties to ask for is :meth:`MeterCore.poll_properties`: E3 until the meter refuses a poll that has it
   (:meth:`MeterCore.get_refused`), never again after.
 * **Fixed-time reading** (EA from a poll or from the meter's INF, :meth:`MeterCore.on_notification`):
-  ``energy_fixed_kwh`` stamped with the meter's slot time converted to UTC (``utc_offset_h``). Not a dict, no
-  datetime, no value (the meter has none yet): ignored. A timestamp off the :00/:30 grid: ignored, counted
-  in ``request_errors``. A slot not after the committed ``last_slot_ms``: never emitted again.
+  ``energy_fixed_kwh`` stamped with the meter's slot time converted to UTC (``utc_offset_h``). The meter has
+  no value yet (the "no data" EA, or a date without a kWh value): no reading, counted in
+  ``no_fixed_value_yet``, and the live reading of the same poll is emitted all the same. Not a dict or no
+  naive datetime otherwise: ignored. A timestamp off the :00/:30 grid: ignored, counted in ``request_errors``.
+  A slot not after the committed ``last_slot_ms``: never emitted again.
+* **Unreadable values in a poll** (raw bytes other than the "no data" EA): the rest of the poll is used,
+  ``request_errors`` + 1 for the poll, the codes in :attr:`Step.unreadable` for the shell to log.
 * **State** ``{"v": 1, "last_slot_ms", "last_slot_kwh"}`` goes with each fixed-time reading; the core takes it
   as its own only when the shell says the outbox committed it (:meth:`MeterCore.committed`), and
   :meth:`MeterCore.restore` takes back what the outbox kept (another version is ignored).
@@ -63,6 +70,7 @@ __all__ = [
     "EPC_POWER",
     "KIND",
     "MAX_HISTORY_DAY",
+    "NO_FIXED_VALUE",
     "SLOT_MS",
     "STATE_VERSION",
     "Emission",
@@ -73,6 +81,7 @@ __all__ = [
     "decimals_for",
     "fixed_value",
     "local_time",
+    "no_fixed_value",
     "slot_ms",
 ]
 
@@ -89,6 +98,12 @@ EPC_POWER = 0xE7  # instantaneous power, W
 EPC_ENERGY = 0xE0  # measured cumulative energy, normal direction
 EPC_ENERGY_REVERSE = 0xE3  # measured cumulative energy, reverse direction
 EPC_FIXED = 0xEA  # cumulative energy measured at the last fixed time (:00/:30), normal direction
+
+#: The counter of EA values that say the meter has no fixed-time value yet (before its first :00/:30).
+NO_FIXED_VALUE = "no_fixed_value_yet"
+#: The year of the standard's "no data" EA (date and time bytes all 0xFF).
+_NO_DATA_YEAR = 0xFFFF
+_EA_LEN = 11  # year (2) month day hour minute second, cumulative count (4)
 
 _EPOCH = dt.datetime(1970, 1, 1)
 
@@ -132,6 +147,19 @@ def fixed_value(decoded: Any) -> FixedValue | None:
     return FixedValue(when, float(kwh))
 
 
+def no_fixed_value(decoded: Any) -> bool:
+    """Does this EA say that the meter has no fixed-time value yet?
+
+    Yes for the standard's "no data" EA, whose date and time bytes are all 0xFF (year 65535: momonga cannot
+    make a datetime of it and the shell hands up the 11 raw bytes), and for a date momonga read with no kWh
+    value (0xFFFFFFFE, momonga's None). A meter sends these from power-on until its first :00/:30."""
+    if isinstance(decoded, bytes | bytearray):
+        return len(decoded) == _EA_LEN and int.from_bytes(decoded[:2], "big") == _NO_DATA_YEAR
+    if isinstance(decoded, Mapping):
+        return isinstance(decoded.get("timestamp"), dt.datetime) and decoded.get("cumulative energy") is None
+    return False
+
+
 # --- the core's output --------------------------------------------------------------------------------------
 
 
@@ -167,14 +195,17 @@ class HistoryRequest:
 @dataclass(slots=True)
 class Step:
     """What the core made of one event. The shell emits :attr:`emissions` in order (each with its state),
-    adds :attr:`counts` to its counters, warns when :attr:`lost_slots`, and, if :attr:`history` is set, reads
-    it and calls :meth:`MeterCore.on_history`. :attr:`retry`: nothing was emitted, try again later."""
+    adds :attr:`counts` to its counters, warns when :attr:`lost_slots` or :attr:`unreadable`, and, if
+    :attr:`history` is set, reads it and calls :meth:`MeterCore.on_history`. :attr:`retry`: nothing was
+    emitted, try again later."""
 
     emissions: list[Emission] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     history: HistoryRequest | None = None
     lost_slots: int = 0
     retry: bool = False
+    #: the EPCs of a poll that momonga could not read (the rest of the poll was used)
+    unreadable: tuple[int, ...] = ()
 
     def count(self, name: str, n: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
@@ -182,6 +213,11 @@ class Step:
     @property
     def readings(self) -> list[Reading]:
         return [e.reading for e in self.emissions]
+
+    @property
+    def no_fixed_value(self) -> bool:
+        """The meter said it has no fixed-time value yet (worth one log line, not an error)."""
+        return self.counts.get(NO_FIXED_VALUE, 0) > 0
 
 
 # --- the core -----------------------------------------------------------------------------------------------
@@ -249,11 +285,23 @@ class MeterCore:
         return False
 
     def on_poll(self, t_ms: int, props: Mapping[int, Any]) -> Step:
-        """The answer to :meth:`poll_properties`, read at ``t_ms`` (the gateway clock, ms)."""
+        """The answer to :meth:`poll_properties`, read at ``t_ms`` (the gateway clock, ms). Each value is used
+        on its own: one the meter has not got (None, the "no data" EA) or momonga could not read (raw bytes)
+        does not keep the others from being readings."""
         if self.reverse is None:
             self.reverse = True
         step = Step()
         step.count("polls")
+        unreadable = tuple(
+            sorted(
+                int(epc)
+                for epc, v in props.items()
+                if isinstance(v, bytes | bytearray) and not (epc == EPC_FIXED and no_fixed_value(v))
+            )
+        )
+        if unreadable:
+            step.count("request_errors")
+            step.unreadable = unreadable
         values: dict[str, float] = {}
         power = props.get(EPC_POWER)
         if isinstance(power, int):
@@ -291,7 +339,9 @@ class MeterCore:
     def _on_fixed(self, decoded: Any, step: Step) -> None:
         fixed = fixed_value(decoded)
         if fixed is None:
-            return  # the meter has no fixed-time value yet
+            if no_fixed_value(decoded):
+                step.count(NO_FIXED_VALUE)  # before the meter's first :00/:30: nothing to emit yet
+            return
         slot = slot_ms(fixed.timestamp, self.utc_offset_h)
         if slot % SLOT_MS:
             step.count("request_errors")

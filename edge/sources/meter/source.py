@@ -10,7 +10,9 @@ reports, and waits out the faults. See ``docs/meters.md`` for the full story.
 
 Readings (kind ``smart_meter``, tagged with ``district`` when configured; the rules are in :mod:`.core`)
 -------------------------------------------------------------------------------------------------------
-* Every ``poll_interval_s``: one Get of E7 + E0 (+ E3) + EA in a single frame (``MeterCore.poll_properties``).
+* Every ``poll_interval_s``: one Get of E7 + E0 (+ E3) + EA in a single frame (``MeterCore.poll_properties``),
+  each property decoded on its own (:func:`_get_each`: a meter that has no fixed-time value yet answers EA with
+  the "no data" date, year 65535, and that must not cost the live reading; ``no_fixed_value_yet``, logged once).
   A *live* reading stamped with ``edge.clock.now()`` when the answer came: ``power_w``, ``energy_kwh`` (E0 ×
   D3 × unit E1; momonga reads E1/D3 once per session, the adapter hands them to ``MeterCore.set_resolution``)
   and ``energy_reverse_kwh`` when the meter has E3 (a Get_SNA to the first poll with E3:
@@ -77,15 +79,25 @@ import time
 from typing import Any, Literal
 
 import momonga
+from momonga import EchonetProperty
 from momonga import EchonetPropertyCode as EPC
 from momonga.momonga_device import parse_sk_line
+from momonga.momonga_echonet_data import ENERGY_PARSERS, PARSER_MAP
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from cityos.wire import DeviceId
 from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
 from edge.sources.common.logs import LOG_PERIOD_S, LibraryLogFilter, RateLimited, install_once
-from edge.sources.meter.core import KIND, MAX_HISTORY_DAY, SLOT_MS, STATE_VERSION, MeterCore, Step
+from edge.sources.meter.core import (
+    KIND,
+    MAX_HISTORY_DAY,
+    NO_FIXED_VALUE,
+    SLOT_MS,
+    STATE_VERSION,
+    MeterCore,
+    Step,
+)
 
 __all__ = [
     "KIND",
@@ -122,6 +134,7 @@ COUNTERS = (
     "polls",
     "readings",
     "fixed_readings",
+    NO_FIXED_VALUE,
     "same_instant_skips",
     "recovered_slots",
     "lost_slots",
@@ -294,6 +307,7 @@ class SmartMeterSource:
             config.device_id, district=config.district, utc_offset_h=config.meter_utc_offset_h
         )
         self._warn = RateLimited(log)
+        self._told_no_fixed = False  # "no fixed-time value yet" is logged once, until the first one came
         _configure_momonga_logging(config.momonga_debug)
 
     # --- health ---------------------------------------------------------------------------------------------
@@ -573,7 +587,7 @@ class SmartMeterSource:
 
     def _poll(self, ctx: SourceContext, mo: momonga.Momonga) -> None:
         try:
-            res = mo.request_to_get({EPC(code) for code in self._core.poll_properties()})
+            res = _get_each(mo, self._core.poll_properties())
         except momonga.MomongaResponseNotPossible:
             if self._core.get_refused():  # the meter has no E3: ask without it from now on
                 self._next_poll = 0.0
@@ -599,12 +613,57 @@ class SmartMeterSource:
             with self._lock:
                 self._core.committed(emission)  # the committed state is the core's only now
                 self._counters[emission.counter] += 1
+            if emission.state is not None:
+                self._told_no_fixed = False
         with self._lock:
             for name, n in step.counts.items():
                 self._counters[name] += n
+        if step.no_fixed_value and not self._told_no_fixed:
+            self._told_no_fixed = True
+            log.info(
+                "%s: the meter has no half-hour (:00/:30) value yet (just powered on?): live readings go on, "
+                "the first half-hour value follows at its next :00/:30",
+                self.name,
+            )
+        if step.unreadable:
+            codes = " ".join(f"{epc:02X}" for epc in step.unreadable)
+            self._warn(logging.WARNING, "unreadable", "%s: unreadable value(s) of EPC %s", self.name, codes)
         lost = step.lost_slots
         if lost:
             self._warn(logging.WARNING, "lost", "%s: %d half-hour value(s) not recoverable", self.name, lost)
+
+
+def _get_each(mo: momonga.Momonga, codes: frozenset[int]) -> dict[int, Any]:
+    """One ECHONET Lite Get of ``codes`` (one radio frame each way), each property decoded on its own.
+
+    momonga's ``request_to_get`` decodes every property of the reply and raises ``MomongaResponseNotExpected``
+    for the whole request when one cannot be decoded. A meter that has no fixed-time value yet (from power-on
+    to its first :00/:30) answers EA with the "no data" date, year 65535, which no datetime holds: the live
+    E7/E0 of the same reply were lost with it, for up to 30 minutes. Splitting the poll into two Gets would
+    double the radio traffic under the 920 MHz duty-cycle limit (EVENT 32) and still could not tell "no data"
+    from garbage (momonga raises the same error for both). So this sends the same Get ``request_to_get``
+    sends (``_request_to_get``: its retries and recovery; momonga 0.7, pinned) and decodes each property with
+    momonga's own parser (``PARSER_MAP``); a property it cannot decode is handed on as its raw bytes, as
+    momonga itself does for a notification (``get_notification``), for the core to judge. A refusal
+    (Get_SNA) and a reply that does not fit the request still raise as before."""
+    replies = mo._request_to_get([EchonetProperty(EPC(code)) for code in codes])
+    return _decode_each(replies, mo.energy_unit, mo.energy_coefficient)
+
+
+def _decode_each(replies: list[Any], unit: float, coefficient: float) -> dict[int, Any]:
+    """momonga's ``EchonetPropertyWithData`` of one reply → EPC → the value momonga's parser makes of it, or its
+    raw bytes when the parser cannot (None for a code without data: the meter has no value)."""
+    out: dict[int, Any] = {}
+    for r in replies:
+        parser = PARSER_MAP.get(r.epc)
+        if r.edt is None or parser is None:
+            out[r.epc] = None if r.edt is None else bytes(r.edt)
+            continue
+        try:
+            out[r.epc] = parser(r.edt, unit, coefficient) if parser in ENERGY_PARSERS else parser(r.edt)
+        except Exception:  # momonga's parsers raise ValueError (datetime, int) or its own error
+            out[r.epc] = bytes(r.edt)
+    return out
 
 
 def _short(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ is momonga's), so a case's ``input`` holds decoded values, written as JSON::
   (count × unit × coefficient), so the cases show the rounding to the meter's resolution. ``null`` is
   momonga's "the meter has no value". An EA is ``{"timestamp": meter local time, ISO, naive, "kwh": ...}``
   (momonga's ``{"timestamp", "cumulative energy"}``) or ``{"raw": "hex"}``: the bytes momonga keeps for an INF
-  it could not read.
+  it could not read, and the source for a polled value it could not (a fresh meter's "no data" EA, year 65535).
 * ``history`` answers the core's pending :class:`~edge.sources.meter.core.HistoryRequest`: per E5 day index,
   the E2 entries as ``{half-hour index: kWh}`` (the other of the 48 entries have no value), and the EA read
   after them. A history request with no ``history`` event after it is dropped, as when the read fails.
