@@ -1,4 +1,12 @@
-"""The gateway agent: sources → durable outbox → uplink, each source in its own supervised thread."""
+"""The gateway agent: sources → durable outbox → uplink, each source in its own supervised thread.
+
+Fail loud: a thread of the agent that dies (the uplink, the health sampler, a source's supervisor) ends the
+process with status 1 and one log line naming the thread, the cause and the settings to look at, so systemd
+restarts it and the fleet view sees the gateway go offline, instead of a process that looks alive and sends
+nothing. A source's own crash is not such a death: its supervisor counts it and restarts it after a pause. A
+config that cannot work (a bad outbox path, a TLS file the uplink cannot load) is a ConfigError before any
+thread starts (the CLI prints it and exits 2); no message repeats a secret of the config.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +15,20 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from cityos.config import read_toml
+from pydantic import BaseModel, SecretStr
+
+from cityos.config import ConfigError, read_toml
 from cityos.wire import Reading
 from edge import clock
 from edge.config import GatewayConfig, config_hash, parse_config
 from edge.health import HealthSampler
 from edge.machine import release_free_memory
-from edge.outbox import Outbox
+from edge.outbox import Outbox, OutboxError
 from edge.sources.base import Source, plugin
 from edge.uplink import Uplink
 
@@ -25,6 +36,9 @@ log = logging.getLogger("cityos.edge")
 
 _FIRST_TRIM_S = 5.0
 _TRIM_INTERVAL_S = 60.0
+_SOURCE_RESTART_S = 5.0
+#: The exit status of an agent one of whose threads died (a config error is 2, from the CLI).
+EXIT_THREAD_DIED = 1
 
 
 def agent_version() -> str:
@@ -65,24 +79,36 @@ class Agent:
         self.cfg_hash = cfg_hash
         clock.use_scaled(cfg.clock)
         self.boot_id = uuid.uuid4().hex
-        self.outbox = Outbox(
-            cfg.outbox.path,
-            max_readings=cfg.outbox.max_readings,
-            drop_policy=cfg.outbox.drop_policy,
-            synchronous=cfg.outbox.synchronous,
-        )
-        self.sources: list[Source] = [_plugin(s.type).factory(s) for s in cfg.sources]
-        self.source_restarts: dict[str, int] = {s.name: 0 for s in self.sources}
-        self.uplink = Uplink(
-            cfg.gateway.id,
-            self.outbox,
-            cfg.mqtt,
-            boot_id=self.boot_id,
-            backfill_after_s=cfg.outbox.backfill_after_s,
-            status_fn=self.status_fields,
-        )
+        try:
+            self.outbox = Outbox(
+                cfg.outbox.path,
+                max_readings=cfg.outbox.max_readings,
+                drop_policy=cfg.outbox.drop_policy,
+                synchronous=cfg.outbox.synchronous,
+            )
+        except OutboxError as exc:
+            raise ConfigError(f"outbox.path: {exc}") from None
+        try:
+            self.sources: list[Source] = [_plugin(s.type).factory(s) for s in cfg.sources]
+            self.source_restarts: dict[str, int] = {s.name: 0 for s in self.sources}
+            # raises ConfigError naming the setting for a TLS or password file it cannot use: left as it is
+            self.uplink = Uplink(
+                cfg.gateway.id,
+                self.outbox,
+                cfg.mqtt,
+                boot_id=self.boot_id,
+                backfill_after_s=cfg.outbox.backfill_after_s,
+                status_fn=self.status_fields,
+            )
+        except BaseException:
+            self.outbox.close()
+            raise
         self.stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        #: The one line that says which thread died of what (the first one: the others follow from it).
+        self.failure: str | None = None
+        self._failure_lock = threading.Lock()
+        self._secrets = sorted(_secrets(cfg), key=len, reverse=True)
 
     def gateway_counters(self) -> dict[str, float]:
         counters: dict[str, float] = {f"uplink_{k}": v for k, v in self.uplink.stats.as_dict().items()}
@@ -114,8 +140,13 @@ class Agent:
                 src.run(ctx, self.stop)
             except Exception:
                 self.source_restarts[src.name] += 1
-                log.exception("source %s crashed; restarting in 5 s", src.name)
-                self.stop.wait(5)
+                log.exception("source %s crashed; restarting in %.0f s", src.name, _SOURCE_RESTART_S)
+                self.stop.wait(_SOURCE_RESTART_S)
+                continue
+            if not self.stop.is_set():  # returned while it should run: restart it, but never in a busy loop
+                self.source_restarts[src.name] += 1
+                log.warning("source %s stopped by itself; restarting in %.0f s", src.name, _SOURCE_RESTART_S)
+                self.stop.wait(_SOURCE_RESTART_S)
 
     def _health_loop(self) -> None:
         """Health readings into the outbox, durable like data: an outage leaves no gap in them either."""
@@ -136,16 +167,57 @@ class Agent:
 
     def start(self) -> None:
         if self.cfg.health.enabled:
-            t = threading.Thread(target=self._health_loop, name="health", daemon=True)
-            t.start()
-            self._threads.append(t)
+            self._spawn("health", "[health], outbox.path", self._health_loop)
         for src in self.sources:
-            t = threading.Thread(target=self._supervise, args=(src,), name=f"source-{src.name}", daemon=True)
-            t.start()
-            self._threads.append(t)
-        t = threading.Thread(target=self.uplink.run, args=(self.stop,), name="uplink", daemon=True)
+            self._spawn(f"source-{src.name}", f"[[sources]] name = {src.name!r}", self._supervise, src)
+        self._spawn("uplink", "[mqtt]", self.uplink.run, self.stop)
+
+    def _spawn(self, name: str, settings: str, target: Callable[..., None], *args: Any) -> None:
+        t = threading.Thread(target=self._guarded, args=(name, settings, target, *args), name=name, daemon=True)
         t.start()
         self._threads.append(t)
+
+    def _guarded(self, name: str, settings: str, target: Callable[..., None], *args: Any) -> None:
+        """Run a thread's body; if it ends while the agent should run (an exception, or a return), record why
+        and stop the agent: :meth:`wait` then says so in one line and the process exits non-zero."""
+        try:
+            target(*args)
+        except BaseException as exc:  # SystemExit in a thread would end it silently too
+            log.debug("thread %s died", name, exc_info=True)  # the traceback, for a developer at DEBUG only
+            if isinstance(exc, ConfigError):  # its message names the setting
+                cause = str(exc)
+            else:
+                cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                cause += f" (settings: {settings})"
+            self._died(name, cause)
+            return
+        if not self.stop.is_set():
+            self._died(name, f"returned while the agent was running (settings: {settings})")
+
+    def _died(self, name: str, cause: str) -> None:
+        line = " ".join(cause.split())  # one line, whatever the exception's message held
+        for secret in self._secrets:
+            line = line.replace(secret, "***")
+        with self._failure_lock:
+            if self.failure is None:
+                self.failure = f"thread {name} died: {line[:400]}; exiting with status {EXIT_THREAD_DIED}"
+        self.stop.set()
+
+    def wait(self) -> int:
+        """The main loop: until a signal (exit status 0) or a dead thread (logged in one line, status 1), then a
+        clean shutdown. Gives back freed heap meanwhile."""
+        # Give back what start-up left free (config and schema building, opening ports, the first connect),
+        # then keep doing so: a backlog drain or an outage grows the heap in bursts. Costs ~1 ms a minute.
+        next_trim = time.monotonic() + _FIRST_TRIM_S
+        while not self.stop.wait(1):
+            if time.monotonic() >= next_trim:
+                release_free_memory()
+                next_trim = time.monotonic() + _TRIM_INTERVAL_S
+        failure = self.failure
+        if failure is not None:
+            log.critical("%s", failure)
+        self.shutdown()
+        return EXIT_THREAD_DIED if failure is not None else 0
 
     def shutdown(self, timeout: float = 10) -> None:
         self.stop.set()
@@ -153,6 +225,25 @@ class Agent:
         for t in self._threads:
             t.join(max(0.1, deadline - time.monotonic()))
         self.outbox.close()
+
+
+def _secrets(model: Any) -> set[str]:
+    """Every secret value in a config (``SecretStr`` fields, at any depth), to keep out of log lines."""
+    found: set[str] = set()
+    if isinstance(model, SecretStr):
+        value = model.get_secret_value()
+        if len(value) >= 4:  # shorter would blank out ordinary words
+            found.add(value)
+    elif isinstance(model, BaseModel):
+        for name in type(model).model_fields:
+            found |= _secrets(getattr(model, name, None))
+    elif isinstance(model, list | tuple):
+        for item in model:
+            found |= _secrets(item)
+    elif isinstance(model, dict):
+        for item in model.values():
+            found |= _secrets(item)
+    return found
 
 
 def run(config_path: str | Path) -> int:
@@ -164,7 +255,17 @@ def run(config_path: str | Path) -> int:
     hashed = {k: v for k, v in raw.items() if k != "mqtt"} | {
         "mqtt": {k: v for k, v in raw.get("mqtt", {}).items() if k != "password"}
     }
-    agent = Agent(cfg, cfg_hash=config_hash(hashed))
+    try:
+        agent = Agent(cfg, cfg_hash=config_hash(hashed))
+    except ConfigError:
+        raise  # the CLI prints it (one line per problem, naming the setting) and exits 2
+    except Exception as exc:  # never a traceback at start: one line, status 1
+        log.debug("cannot start", exc_info=True)
+        cause = " ".join(f"{type(exc).__name__}: {exc}".split())
+        for secret in sorted(_secrets(cfg), key=len, reverse=True):
+            cause = cause.replace(secret, "***")
+        log.critical("gateway %s cannot start: %s", cfg.gateway.id, cause[:400])
+        return EXIT_THREAD_DIED
 
     def _term(signum: int, _frame: Any) -> None:
         log.info("signal %d: stopping", signum)
@@ -177,13 +278,6 @@ def run(config_path: str | Path) -> int:
         cfg.gateway.id, len(agent.sources), cfg.outbox.path, agent.outbox.depth,
     )
     agent.start()
-    # Give back what start-up left free (config and schema building, opening ports, the first connect), then
-    # keep doing so: a backlog drain or an outage grows the heap in bursts. Costs ~1 ms a minute.
-    next_trim = time.monotonic() + _FIRST_TRIM_S
-    while not agent.stop.wait(1):
-        if time.monotonic() >= next_trim:
-            release_free_memory()
-            next_trim = time.monotonic() + _TRIM_INTERVAL_S
-    agent.shutdown()
+    code = agent.wait()
     log.info("gateway %s stopped", cfg.gateway.id)
-    return 0
+    return code
