@@ -26,7 +26,7 @@ from cityos.config import ConfigError, read_toml
 from cityos.wire import Reading
 from edge import clock
 from edge.config import GatewayConfig, config_hash, parse_config
-from edge.health import HealthSampler
+from edge.health import HealthSampler, field_name
 from edge.machine import release_free_memory
 from edge.outbox import Outbox, OutboxError
 from edge.sources.base import Source, plugin
@@ -85,6 +85,8 @@ class Agent:
                 max_readings=cfg.outbox.max_readings,
                 drop_policy=cfg.outbox.drop_policy,
                 synchronous=cfg.outbox.synchronous,
+                # a setting the config may grow; the outbox's default (1/256 of its filesystem) otherwise
+                reserve_bytes=getattr(cfg.outbox, "reserve_bytes", None),
             )
         except OutboxError as exc:
             raise ConfigError(f"outbox.path: {exc}") from None
@@ -121,9 +123,12 @@ class Agent:
 
     def status_fields(self) -> dict[str, Any]:
         counters = self.gateway_counters()
+        failed = self.outbox.store_failed_by_source()
         for src in self.sources:
+            # readings this source handed over that a full disk kept out of the outbox
+            counters[field_name(f"{src.name}_store_failed")] = float(failed.get(src.name, 0))
             for k, v in src.health().items():
-                counters[f"{src.name}_{k}".replace("-", "_").lower()[:48]] = float(v)
+                counters[field_name(f"{src.name}_{k}")] = float(v)
         return {
             "agent_version": agent_version(),
             "config_hash": self.cfg_hash,
@@ -133,7 +138,8 @@ class Agent:
         }
 
     def _supervise(self, src: Source) -> None:
-        """A source bug must not take the gateway down: log it, count it, restart the source after a pause."""
+        """A source bug must not take the gateway down: log it, count it, restart the source after a pause. (A
+        full disk is no crash: ``emit`` then drops the reading, counted by the outbox, and the source goes on.)"""
         ctx = _Context(src.name, self.outbox)
         while not self.stop.is_set():
             try:
@@ -148,6 +154,13 @@ class Agent:
                 log.warning("source %s stopped by itself; restarting in %.0f s", src.name, _SOURCE_RESTART_S)
                 self.stop.wait(_SOURCE_RESTART_S)
 
+    def _source_health(self, src: Source) -> Callable[[], dict[str, float]]:
+        def health() -> dict[str, float]:
+            # first: the reading keeps 64 values, and this one must not be the one left out
+            return {"store_failed": float(self.outbox.store_failed_by_source().get(src.name, 0)), **src.health()}
+
+        return health
+
     def _health_loop(self) -> None:
         """Health readings into the outbox, durable like data: an outage leaves no gap in them either."""
         sampler = HealthSampler(self.cfg.outbox.path.parent)
@@ -158,7 +171,8 @@ class Agent:
             counters["backlog_age_s"] = round(self.outbox.oldest_age_s(), 3)
             try:
                 readings = sampler.readings(
-                    counters, [(s.name, families.get(s.name, "source"), s.health) for s in self.sources]
+                    counters,
+                    [(s.name, families.get(s.name, "source"), self._source_health(s)) for s in self.sources],
                 )
                 for r in readings:
                     self.outbox.append(r)

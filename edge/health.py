@@ -6,11 +6,16 @@ readings go through the same durable outbox as data (so an outage leaves no gap 
 InfluxDB as two measurements:
 
 * ``gateway_health`` (device ``gateway``): CPU, memory, disk, temperature, backlog depth and age, uplink and
-  outbox counters. Percentages of CPU are of **one core** (100 = one core busy), the unit the budgets in
-  ``docs/benchmarks.md`` use.
-* ``source_health`` (device = the source's name, tag ``family`` = its type): whatever the source's ``health()``
+  outbox counters (among them ``outbox_disk_full``, 1 while readings cannot be stored for lack of space, and
+  ``outbox_store_failed``, how many could not). Percentages of CPU are of **one core** (100 = one core busy),
+  the unit the budgets in ``docs/benchmarks.md`` use.
+* ``source_health`` (device = the source's name, tag ``family`` = its type): ``store_failed`` (this source's
+  readings a full disk kept out of the outbox; the agent adds it) and whatever the source's ``health()``
   reports: CRC and timeout counts on a Modbus bus, session and rate-limit state of a smart meter, zero drift of
   a truck's load cell, GPS fix quality. One reading per source keeps each under the 64-value limit.
+
+A health reading goes through the outbox like any other, so on a full disk it is dropped and counted too; the
+retained status message (``edge/agent.py``'s ``status_fields``) carries the same counters and needs no disk.
 
 The machine's numbers come from /proc and /sys (``edge/machine.py``, not psutil: see there why); a value the
 machine can't give (no thermal sensor in a container) is left out, not written as 0.

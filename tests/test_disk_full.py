@@ -13,9 +13,11 @@ import multiprocessing as mp
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 
@@ -215,3 +217,80 @@ def test_an_outbox_opened_on_a_full_disk_sends_its_backlog(small_fs, how):
     _until(lambda: ob.append(_reading(1001), source="bus0"))
     assert ob.counters()["disk_full"] == 0
     ob.close()
+
+
+# --- the agent ---------------------------------------------------------------------------------------------------
+
+
+class _Ticker:
+    """A source that emits one reading every few milliseconds and counts what it emitted (a stand-in device)."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.name = cfg.name
+        self.emitted = 0
+
+    def run(self, ctx: Any, stop: threading.Event) -> None:
+        i = int(ctx.state.get("i", 0))
+        while not stop.wait(0.005):
+            i += 1
+            ctx.emit(_reading(i, device=f"{self.name}-dev"), state={"i": i})
+            self.emitted += 1
+
+    def health(self) -> dict[str, float]:
+        return {"readings": float(self.emitted)}
+
+
+def _register_ticker() -> None:
+    from edge.sources.base import SourceConfig, register
+
+    class TickerConfig(SourceConfig):
+        type: Literal["test_ticker"]
+
+    register("test_ticker", TickerConfig, _Ticker)
+
+
+def test_the_agent_on_a_full_disk_keeps_its_sources_running_and_says_so(small_fs, caplog):
+    from edge.agent import Agent
+    from edge.config import parse_config
+
+    _register_ticker()
+    fs = small_fs("4m")
+    cfg = parse_config({
+        "gateway": {"id": "gw-full-01"},
+        # no broker on port 1: the uplink retries quietly; this test is about storing
+        "mqtt": {"host": "127.0.0.1", "port": 1, "tls": False, "backoff_max_s": 1.0},
+        "outbox": {"path": str(fs / "outbox.db")},
+        "health": {"interval_s": 1},
+        "sources": [{"type": "test_ticker", "name": "bus0"}, {"type": "test_ticker", "name": "bus1"}],
+    })
+    agent = Agent(cfg)
+    agent.start()
+    try:
+        _until(lambda: agent.outbox.depth >= 50)
+        status = agent.status_fields()["counters"]
+        assert status["outbox_disk_full"] == 0 and status["outbox_store_failed"] == 0
+        assert status["bus0_store_failed"] == 0
+
+        filler = fill(fs)
+        _until(lambda: agent.outbox.store_failed_by_source().get("bus0", 0) >= 20)
+        _until(lambda: agent.outbox.store_failed_by_source().get("bus1", 0) >= 20)
+        status = agent.status_fields()["counters"]
+        assert status["outbox_disk_full"] == 1
+        assert status["bus0_store_failed"] >= 20 and status["bus1_store_failed"] >= 20
+        assert status["outbox_store_failed"] >= status["bus0_store_failed"] + status["bus1_store_failed"]
+        assert status["source_restarts"] == 0  # a full disk is no crash: the sources keep reading
+        assert all(t.is_alive() for t in agent._threads)
+        full_logs = [r for r in caplog.records if "not stored since the last report" in r.getMessage()]
+        assert len(full_logs) == 1 and str(fs) in full_logs[0].getMessage()  # one line, naming the filesystem
+
+        held = agent.outbox.depth
+        assert len(_drain(agent.outbox)) >= held  # what it holds goes out (here: acknowledged by hand)
+
+        filler.unlink()
+        before = agent.outbox.appended
+        _until(lambda: agent.outbox.appended >= before + 50)  # no restart
+        _until(lambda: agent.status_fields()["counters"]["outbox_disk_full"] == 0)
+        assert agent.status_fields()["counters"]["source_restarts"] == 0
+    finally:
+        agent.shutdown()
+    assert agent.failure is None
