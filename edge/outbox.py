@@ -35,7 +35,15 @@ failed), and a restart did not help (opening needs room for the WAL index). So:
   dropped; ``append`` returns False and raises nothing, so a source keeps reading its devices. One warning a
   minute says so, naming the filesystem and its free bytes. While the reserve is given up, nothing is appended
   (an append would eat the room the deletes need); appends resume by themselves, without a restart, once the
-  filesystem has room for the reserve and as much again (checked at most once a second, on append).
+  filesystem has room for the reserve and as much again (checked at most once a second, on append). Space
+  returns either from outside (a log rotated, a file deleted) or from the outbox itself: the database is
+  ``auto_vacuum=INCREMENTAL``, so the pages a drain freed are given back to the filesystem (``_shrink``), and an
+  outbox that filled its own disk during a long outage stores again once it has sent enough. (An outbox of an
+  older agent is converted at open when it is small; a large one keeps its pages, and waits for space.)
+* **Measured** on a real tmpfs of 1-4 MiB (``tests/test_disk_full.py``): without a reserve, a full disk let
+  neither a DELETE nor a reopen through (the WAL could not grow, a checkpoint could not grow the database, the
+  WAL index could not be created); with it, everything held is deleted after its acknowledgement while the disk
+  stays full, and a reopen after a clean close or a crash sends its backlog.
 * **The truth in the status.** ``counters()`` reports ``disk_full`` (1 while readings cannot be stored) and
   ``store_failed``; ``store_failed_by_source()`` the per-source counts.
 """

@@ -219,6 +219,21 @@ def test_an_outbox_opened_on_a_full_disk_sends_its_backlog(small_fs, how):
     ob.close()
 
 
+def test_without_its_reserve_an_outbox_on_a_full_disk_cannot_even_open_and_says_so(small_fs):
+    """Why the reserve: SQLite needs room to open (the WAL index). Without one, a restart on a full disk fails,
+    as the issue saw; the error is one clear line naming the filesystem, not a traceback."""
+    from edge.outbox import OutboxError
+
+    fs = small_fs("1m")
+    ob = Outbox(fs / "o.db", reserve_bytes=0)
+    for i in range(100):
+        ob.append(_reading(i))
+    ob.close()
+    fill(fs)
+    with pytest.raises(OutboxError, match=rf"^the filesystem at {fs} is full \(0 bytes free\): cannot open "):
+        Outbox(fs / "o.db", reserve_bytes=0)
+
+
 # --- the agent ---------------------------------------------------------------------------------------------------
 
 
