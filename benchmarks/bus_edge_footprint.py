@@ -63,7 +63,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -72,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import edge_footprint
 from edge_footprint import UNIT_ENV, measure
 
-from citylab.stack import Stack, StackInfo
+from citylab.stack import Stack, StackInfo, mqtt_client, mqtt_settings
 from cityos import wire
 from cityos.config import dump_toml
 from cityos.simclock import ScaledClock
@@ -140,8 +139,7 @@ class Watcher:
         self.status: dict[str, float] = {}
         self.status_at = 0.0
         self.status_n = 0
-        self.c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.c.username_pw_set(info.mqtt_username, info.mqtt_password)
+        self.c = mqtt_client(info, "dev.tools")
         self.c.on_message = self._on
         self.c.on_connect = lambda cl, *_: cl.subscribe(
             [(wire.telemetry_topic(gw), 1), (wire.status_topic(gw), 1)]
@@ -185,8 +183,7 @@ def _config(
     """The gateway's defaults but a 1 s status and the scaled clock (written with the project's one TOML writer)."""
     cfg = {
         "gateway": {"id": gw},
-        "mqtt": {"host": info.mqtt_host, "port": info.mqtt_port, "username": info.mqtt_username,
-                 "password": info.mqtt_password, "status_interval_s": 1},
+        "mqtt": {**mqtt_settings(info, gw), "status_interval_s": 1},
         "outbox": {"path": work / "outbox.db"},
         "clock": {"sim_start": clock.sim_start, "real_anchor": clock.real_anchor, "rate": clock.rate},
         "sources": [{

@@ -33,7 +33,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from citylab.stack import Stack, StackInfo, influx_query
+from citylab.pipeline import ingest_config
+from citylab.stack import Stack, StackInfo, influx_query, mqtt_settings
 from firmware_sim.loadgen import LoadProfile, build_gateways
 from ingest.config import MqttConfig
 from ingest.mqtt_in import discard_session
@@ -41,22 +42,7 @@ from ingest.mqtt_in import discard_session
 
 def _ingest_config(info: StackInfo, work: Path, db: str, client_id: str) -> Path:
     p = work / "ingest.toml"
-    p.write_text(
-        f"""[mqtt]
-host = "{info.mqtt_host}"
-port = {info.mqtt_port}
-username = "{info.mqtt_username}"
-password = "{info.mqtt_password}"
-client_id = "{client_id}"
-[influx]
-url = "{info.influx_url}"
-db = "{db}"
-username = "{info.influx_username}"
-password = "{info.influx_password}"
-[ingest]
-data_dir = "{work / 'ingest'}"
-"""
-    )
+    p.write_text(ingest_config(info, work / "ingest", client_id, db=db).to_toml())
     return p
 
 
@@ -148,8 +134,7 @@ def run_step(
         except subprocess.TimeoutExpired:
             ingest.kill()
         # An offline durable session would queue every later step's messages (Mosquitto's CPU, not ours).
-        discard_session(MqttConfig(host=info.mqtt_host, port=info.mqtt_port, username=info.mqtt_username,
-                                   password=info.mqtt_password, client_id=client_id))
+        discard_session(MqttConfig(**mqtt_settings(info, "svc.ingest"), client_id=client_id))
         influx_query(info, "_internal", f'DROP DATABASE "{db}"')
 
 

@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from citylab.stack import Stack, StackInfo
+from citylab.stack import Stack, StackInfo, mqtt_client, mqtt_settings
 from cityos import wire
 from edge.config import MqttSection
 from edge.outbox import Outbox
@@ -49,9 +49,7 @@ def _readings(n: int) -> list[wire.Reading]:
 
 
 def _client(info: StackInfo, client_id: str = "") -> mqtt.Client:
-    c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    c.username_pw_set(info.mqtt_username, info.mqtt_password)
-    return c
+    return mqtt_client(info, "dev.tools", client_id=client_id or None)
 
 
 def _durable_session(info: StackInfo, client_id: str, expiry: int) -> None:
@@ -93,7 +91,7 @@ def drain(info: StackInfo, gw: str, readings: list[wire.Reading], tmp: Path) -> 
     for r in readings:
         ob.append(r)
     cfg = MqttSection(
-        host=info.mqtt_host, port=info.mqtt_port, username=info.mqtt_username, password=info.mqtt_password,
+        **mqtt_settings(info, gw),
         max_inflight=WINDOW, readings_per_message=PER_MSG, status_interval_s=3600,
     )
     up = Uplink(gw, ob, cfg, boot_id=uuid.uuid4().hex, backfill_after_s=120, status_fn=dict)

@@ -39,12 +39,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from citylab.stack import Stack, StackInfo
+from citylab.stack import Stack, StackInfo, mqtt_client, mqtt_settings
 from cityos import wire
 from cityos.config import dump_toml
 
@@ -70,8 +69,7 @@ class Counter:
     def __init__(self, info: StackInfo, gw: str) -> None:
         self.n = 0
         self.lock = threading.Lock()
-        self.c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.c.username_pw_set(info.mqtt_username, info.mqtt_password)
+        self.c = mqtt_client(info, "dev.tools")
         self.c.on_message = self._on
         self.c.on_connect = lambda cl, *_: cl.subscribe(wire.telemetry_topic(gw), qos=1)
         self.c.connect(info.mqtt_host, info.mqtt_port)
@@ -98,8 +96,7 @@ def _config(
     one TOML writer)."""
     cfg = {
         "gateway": {"id": gw},
-        "mqtt": {"host": info.mqtt_host, "port": info.mqtt_port, "username": info.mqtt_username,
-                 "password": info.mqtt_password},
+        "mqtt": mqtt_settings(info, gw),
         "outbox": {"path": work / "outbox.db", "synchronous": synchronous},
         "sources": [
             {"type": "forest_station", "name": f"bus{b}", "port": tty, "poll_interval_s": poll_s,

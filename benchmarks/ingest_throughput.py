@@ -32,12 +32,11 @@ import zlib
 from pathlib import Path
 
 import httpx
-import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from citylab.pipeline import ingest_config
-from citylab.stack import Stack, StackInfo
+from citylab.stack import Stack, StackInfo, mqtt_client
 from cityos import wire
 from ingest import lineproto
 from ingest.mqtt_in import discard_session
@@ -122,12 +121,7 @@ def run_ceiling(stack: Stack, info: StackInfo, lines: list[str], batch: int, pre
 
 
 def publish_all(info: StackInfo, messages: list[tuple[str, bytes, list[str]]]) -> None:
-    pub = mqtt.Client(
-        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-        client_id=f"bench-pub-{uuid.uuid4().hex[:8]}",
-        protocol=mqtt.MQTTv5,
-    )
-    pub.username_pw_set(info.mqtt_username, info.mqtt_password)
+    pub = mqtt_client(info, "dev.tools", client_id=f"bench-pub-{uuid.uuid4().hex[:8]}")
     pub.max_inflight_messages_set(200)
     pub.connect(info.mqtt_host, info.mqtt_port)
     pub.loop_start()

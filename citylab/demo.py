@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from citylab.stack import Stack, StackError
+from citylab.stack import INFLUX_READER, Stack, StackError
 from cityos import wire
 
 
@@ -120,7 +120,7 @@ def _where(run: Any, info: Any) -> None:
     measurements = ", ".join(dict.fromkeys([*wire.MEASUREMENTS.values(), "source_health"]))
     _say(f"the data: InfluxDB {info.influx_url}, database {run.db}: measurements {measurements}")
     _say("query it (InfluxQL over the v1 HTTP API):")
-    _say(f"  curl -sG -u {info.influx_username}:$(python3 -c \"import json;print(json.load(open('"
-         f"{info.run_dir / 'stack.json'}'))['influx_password'])\") {info.influx_url}/query \\\n"
+    _say(f"  curl -sG -u {INFLUX_READER} {info.influx_url}/query \\\n"
          f"    --data-urlencode db={run.db} --data-urlencode '{'q=' + q}'")
+    _say(f"  (curl asks for the read-only user's password: it is in {info.password_file(INFLUX_READER)})")
     _say(f"ground truth: {run.run_dir}/gw-*/truth*.jsonl; agent configs: {run.run_dir}/gw-*/gateway.toml")

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from citylab.stack import load_info
+from citylab.stack import load_info, mqtt_settings
+from cityos.credentials import MqttLogin
 from firmware_sim.loadgen import CityLoad, LoadProfile, validate_sample
 
 
@@ -21,8 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = LoadProfile(**{k: getattr(args, k) for k in LoadProfile.model_fields})
     validate_sample(profile)
     info = load_info(args.run_dir)
-    load = CityLoad(profile, host=info.mqtt_host, port=info.mqtt_port, username=info.mqtt_username,
-                    password=info.mqtt_password)
+    load = CityLoad(profile, MqttLogin.model_validate(mqtt_settings(info, "dev.loadgen")))
     load.connect()
     try:
         res = load.run(args.duration)

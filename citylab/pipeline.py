@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from citylab.stack import StackInfo, influx_query
+from citylab.stack import StackInfo, influx_query, influx_settings, mqtt_client, mqtt_settings
 from cityos.config import dump_toml
 from edge.outbox import Outbox
 from ingest.config import IngestConfig
@@ -128,10 +128,9 @@ def gateway_config(
     ``clock={...}``)."""
     cfg: dict[str, Any] = {
         "gateway": {"id": gateway_id},
-        "mqtt": {
-            "host": info.mqtt_host, "port": info.mqtt_port, "username": info.mqtt_username,
-            "password": info.mqtt_password, "backoff_min_s": 0.2, "backoff_max_s": 2.0, "status_interval_s": 2.0,
-        },
+        # The gateway's own certificate (CN = its id), issued by the stack's CA as `cityos fleet add` would.
+        "mqtt": {**mqtt_settings(info, gateway_id), "backoff_min_s": 0.2, "backoff_max_s": 2.0,
+                 "status_interval_s": 2.0},
         "outbox": {"path": outbox_path},
     }
     for name, values in sections.items():
@@ -156,14 +155,9 @@ def ingest_config(
 ) -> IngestConfig:
     """An ingest config for the private stack (the demo, the tests, the benchmarks); extra keys override."""
     data = {
-        "mqtt": {
-            "host": info.mqtt_host, "port": info.mqtt_port, "username": info.mqtt_username,
-            "password": info.mqtt_password, "client_id": client_id, **(mqtt or {}),
-        },
-        "influx": {
-            "url": info.influx_url, "db": db or info.influx_db, "username": info.influx_username,
-            "password": info.influx_password, **(influx or {}),
-        },
+        # Its own identities: svc.ingest on the broker, the write-only user in InfluxDB.
+        "mqtt": {**mqtt_settings(info, "svc.ingest"), "client_id": client_id, **(mqtt or {})},
+        "influx": {**influx_settings(info, "writer", db), **(influx or {})},
         "ingest": {"data_dir": str(data_dir), **(ingest or {})},
     }
     return IngestConfig.from_dict(data, "ingest_config")
@@ -308,12 +302,9 @@ class Pipeline:
 
     def watch_status(self) -> None:
         """Follow the gateways' retained status messages (what a fleet view sees), for progress displays."""
-        import paho.mqtt.client as mqtt
-
         from cityos import wire
 
-        c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        c.username_pw_set(self.info.mqtt_username, self.info.mqtt_password)
+        c = mqtt_client(self.info, "svc.fleet")
 
         def _on_message(_c: Any, _u: Any, msg: Any) -> None:
             try:

@@ -8,10 +8,18 @@ stacks (one per test session, one for the demo) can run side by side and ``rm -r
 Layout of a run directory::
 
     stack.json            connection info (StackInfo + InfluxDB RPC port); written by up(), removed by down()
-    credentials.json      passwords, generated once per run directory; survives down() because the InfluxDB
-                          meta store keeps the admin user across restarts
-    mosquitto/            mosquitto.conf, passwd, data/ (persistence), mosquitto.log, mosquitto.pid
+    credentials.json      the InfluxDB admin's password, generated once per run directory; survives down()
+                          because the InfluxDB meta store keeps the admin user across restarts
+    secrets/              the service users' InfluxDB passwords, one 0600 file each (what configs point at)
+    fleet/                the stack's fleet registry (fleet/registry.py): its CA, the identities issued to the
+                          ingest, the tools and every simulated gateway, the broker's certificate, ACL and CRL
+    mosquitto/            mosquitto.conf, data/ (persistence), mosquitto.log, mosquitto.pid
     influxdb/             influxdb.conf, meta/, data/, wal/, influxd.log, influxd.pid
+
+The stack is secured as a deployment is: the broker's only listener is mutual TLS (a client certificate from the
+stack's CA or no connection; the certificate's CN is the identity its ACL applies to, gateways may publish only
+under their own id), and InfluxDB has an admin that only the stack itself and the tests' assertions use, a
+write-only user for the ingest and a read-only one for the API and the dashboards. No path is tested without them.
 
 The services are started as detached children (own session, output to their log file), so they outlive the
 Python process that started them: ``cityos stack up`` returns and the stack keeps running until ``down``.
@@ -43,18 +51,26 @@ from cityos.influx import (
     query_results,
     quote_ident,
 )
+from fleet.broker import tls_listener
+from fleet.registry import BrokerSettings, Identity, Registry
 
-__all__ = ["Stack", "StackError", "StackInfo", "find_binary", "influx_client", "influx_query", "load_info"]
+__all__ = [
+    "INFLUX_READER", "INFLUX_WRITER", "Stack", "StackError", "StackInfo", "find_binary", "identity",
+    "influx_client", "influx_query", "influx_settings", "load_info", "mqtt_client", "mqtt_settings",
+]
 
 HOST = "127.0.0.1"
-MQTT_USERNAME = "cityos"
 INFLUX_USERNAME = "cityos"
+#: The ingest's InfluxDB user: WRITE on each database, nothing else.
+INFLUX_WRITER = "cityos_ingest"
+#: The API's and the dashboards' user: READ on each database.
+INFLUX_READER = "cityos_reader"
 DEFAULT_DB = "cityos"
 
 #: Searched after $PATH: Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH.
 EXTRA_BIN_DIRS: tuple[str, ...] = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 #: Binary → Debian package that provides it, for the "not found" message.
-PACKAGES: dict[str, str] = {"mosquitto": "mosquitto", "mosquitto_passwd": "mosquitto", "influxd": "influxdb"}
+PACKAGES: dict[str, str] = {"mosquitto": "mosquitto", "influxd": "influxdb"}
 
 #: Graceful stop: SIGTERM, then SIGKILL if the process is still there after this long.
 STOP_GRACE_S = 10.0
@@ -78,9 +94,10 @@ class StackInfo:
 
     run_dir: Path
     mqtt_host: str
+    #: The broker's mutual-TLS listener (its only one).
     mqtt_port: int
-    mqtt_username: str
-    mqtt_password: str
+    #: The CA that signs the broker's certificate and every client's.
+    ca_file: Path
     influx_url: str
     influx_db: str
     influx_username: str
@@ -89,6 +106,7 @@ class StackInfo:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["run_dir"] = str(self.run_dir)
+        d["ca_file"] = str(self.ca_file)
         return d
 
     @classmethod
@@ -99,8 +117,7 @@ class StackInfo:
                 run_dir=Path(d["run_dir"]),
                 mqtt_host=str(d["mqtt_host"]),
                 mqtt_port=int(d["mqtt_port"]),
-                mqtt_username=str(d["mqtt_username"]),
-                mqtt_password=str(d["mqtt_password"]),
+                ca_file=Path(d["ca_file"]),
                 influx_url=str(d["influx_url"]),
                 influx_db=str(d["influx_db"]),
                 influx_username=str(d["influx_username"]),
@@ -112,6 +129,55 @@ class StackInfo:
     @property
     def influx_port(self) -> int:
         return int(urllib.parse.urlsplit(self.influx_url).port or 8086)
+
+    @property
+    def fleet_dir(self) -> Path:
+        """The stack's fleet registry (`cityos fleet --registry` works on it)."""
+        return self.run_dir / "fleet"
+
+    def password_file(self, user: str) -> Path:
+        """The 0600 file holding a service user's InfluxDB password."""
+        return self.run_dir / "secrets" / f"influx-{user}.password"
+
+    def reader_login(self) -> tuple[str, str]:
+        """The read-only InfluxDB user and its password (what the dashboards' tools and Grafana read as)."""
+        return INFLUX_READER, self.password_file(INFLUX_READER).read_text().strip()
+
+
+def identity(info: StackInfo, name: str) -> Identity:
+    """The certificate and key of ``name`` (a gateway id, ``svc.ingest``, ``dev.tools``...), issued on first use by
+    the stack's CA. Any gateway id gets one: the broker's ACL patterns confine it to its own topics."""
+    return Registry(info.fleet_dir).identity(name)
+
+
+def mqtt_settings(info: StackInfo, name: str) -> dict[str, Any]:
+    """The ``[mqtt]`` keys that connect ``name`` to this stack's broker (mutual TLS)."""
+    return {"host": info.mqtt_host, "port": info.mqtt_port, **identity(info, name).mqtt_settings()}
+
+
+def mqtt_client(info: StackInfo, name: str, *, client_id: str | None = None, **kw: Any) -> Any:
+    """A paho MQTT v5 client that presents ``name``'s certificate (not yet connected): for tools and tests."""
+    import uuid
+
+    import paho.mqtt.client as mqtt
+
+    from cityos.credentials import MqttLogin
+
+    c = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"{name}-{uuid.uuid4().hex[:8]}",
+        protocol=kw.pop("protocol", mqtt.MQTTv5),
+        **kw,
+    )
+    MqttLogin.model_validate(mqtt_settings(info, name)).configure(c)
+    return c
+
+
+def influx_settings(info: StackInfo, role: str, db: str | None = None) -> dict[str, Any]:
+    """The ``[influx]`` keys of a service: ``role`` "writer" (the ingest) or "reader" (API, dashboards)."""
+    user = {"writer": INFLUX_WRITER, "reader": INFLUX_READER}[role]
+    return {"url": info.influx_url, "db": db or info.influx_db, "username": user,
+            "password_file": str(info.password_file(user))}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -300,7 +366,7 @@ class Stack:
         On failure, whatever this call started is stopped again so no half stack is left behind.
         """
         deadline = time.monotonic() + timeout
-        for binary in ("mosquitto", "mosquitto_passwd", "influxd"):
+        for binary in ("mosquitto", "influxd"):
             find_binary(binary)  # fail before starting anything
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with self._lock():
@@ -323,12 +389,12 @@ class Stack:
             creds = self._credentials()
             ports = self._choose_ports(state, mqtt_running=bool(mqtt_pid), influx_running=bool(influx_pid))
             mqtt_port, http_port, rpc_port = ports
+            registry = Registry.open_or_create(self.run_dir / "fleet", f"cityos dev stack CA ({self.run_dir.name})")
             info = StackInfo(
                 run_dir=self.run_dir,
                 mqtt_host=HOST,
                 mqtt_port=mqtt_port,
-                mqtt_username=MQTT_USERNAME,
-                mqtt_password=creds["mqtt_password"],
+                ca_file=registry.ca.ca_file,
                 influx_url=f"http://{HOST}:{http_port}",
                 influx_db=self.db,
                 influx_username=INFLUX_USERNAME,
@@ -343,6 +409,7 @@ class Stack:
                     self._start_influx(info, rpc_port, deadline)
                     started.append(_INFLUX)
                 self._ensure_influx_admin(info)
+                self._ensure_service_users(info, creds)
                 self._ensure_database(info, info.influx_db)
             except BaseException:
                 for svc in started:
@@ -407,6 +474,15 @@ class Stack:
     def info(self) -> StackInfo:
         """Connection info from stack.json (StackError if the stack is not up)."""
         return load_info(self.run_dir)
+
+    def reload_mqtt(self) -> None:
+        """SIGHUP the broker: it re-reads the ACL (a revoked identity is shut out, the others stay connected)."""
+        with self._lock():
+            pid = self._running_pid(_MQTT)
+            if pid is None:
+                raise StackError("mosquitto is not running")
+            Registry(self.run_dir / "fleet").write_acl()
+            os.kill(pid, signal.SIGHUP)
 
     def stop_mqtt(self, kill: bool = False) -> None:
         """Stop the broker (SIGKILL at once with ``kill=True``, to simulate a crash); stack.json stays."""
@@ -480,13 +556,18 @@ class Stack:
         They must survive ``down``: the InfluxDB admin user lives in the meta store, which the next up reuses.
         """
         path = self.run_dir / _CREDENTIALS_JSON
+        creds: dict[str, str] = {}
         with contextlib.suppress(FileNotFoundError, ValueError):
             creds = json.loads(path.read_text())
-            if isinstance(creds, dict) and {"mqtt_password", "influx_password"} <= creds.keys():
-                return creds
-        # URL-safe alphabet: nothing to escape in InfluxQL string literals, mosquitto_passwd arguments, URLs.
-        creds = {"mqtt_password": secrets.token_urlsafe(18), "influx_password": secrets.token_urlsafe(18)}
-        _write_private(path, json.dumps(creds, indent=2) + "\n")
+        wanted = ("influx_password", INFLUX_WRITER, INFLUX_READER)
+        if not isinstance(creds, dict) or not all(k in creds for k in wanted):
+            # URL-safe alphabet: nothing to escape in InfluxQL string literals or URLs.
+            creds = {k: creds.get(k) or secrets.token_urlsafe(18) for k in wanted} if isinstance(creds, dict) else {
+                k: secrets.token_urlsafe(18) for k in wanted}
+            _write_private(path, json.dumps(creds, indent=2) + "\n")
+        (self.run_dir / "secrets").mkdir(mode=0o700, exist_ok=True)
+        for user in (INFLUX_WRITER, INFLUX_READER):
+            _write_private(self.run_dir / "secrets" / f"influx-{user}.password", creds[user] + "\n")
         return creds
 
     def _choose_ports(
@@ -608,6 +689,10 @@ class Stack:
 
     def _mosquitto_conf(self, port: int) -> str:
         d = self._dir(_MQTT)
+        registry = Registry(self.run_dir / "fleet")
+        files = registry.broker_files(HOST, ("localhost",), dev=True)
+        # `cityos fleet --registry RUN/fleet` works on this stack: it reaches and reloads this broker.
+        registry.set_broker(BrokerSettings(host=HOST, port=port, pid_file=self._pidfile(_MQTT)))
         lines = [
             "# Written by citylab.stack: regenerated on every start, edits are lost.",
             "per_listener_settings false",
@@ -616,9 +701,7 @@ class Stack:
             # As root, mosquitto would switch to user "mosquitto", which cannot write our run directory.
             lines.append("user root")
         lines += [
-            f"listener {port} {HOST}",
-            "allow_anonymous false",
-            f"password_file {d / 'passwd'}",
+            *tls_listener(port, HOST, **files),
             "persistence true",
             f"persistence_location {d / 'data'}/",
             # Save every second (by time, not change count) so a SIGKILLed broker loses as little as possible.
@@ -642,7 +725,6 @@ class Stack:
 
     def _start_mqtt(self, info: StackInfo, deadline: float) -> None:
         mosquitto = find_binary("mosquitto")
-        passwd_tool = find_binary("mosquitto_passwd")
         d = self._dir(_MQTT)
         (d / "data").mkdir(parents=True, exist_ok=True)
         if not _port_bindable(info.mqtt_port):
@@ -650,16 +732,6 @@ class Stack:
                 f"MQTT port {info.mqtt_port} is taken by another process; "
                 "`cityos stack down` then `up` picks new ports"
             )
-        passwd = d / "passwd"
-        res = subprocess.run(
-            [passwd_tool, "-b", "-c", str(passwd), info.mqtt_username, info.mqtt_password],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if res.returncode != 0:
-            raise StackError(f"mosquitto_passwd failed: {(res.stderr or res.stdout).strip()}")
-        passwd.chmod(0o600)
         conf = self._conf(_MQTT)
         conf.write_text(self._mosquitto_conf(info.mqtt_port))
         proc = self._spawn(_MQTT, [mosquitto, "-c", str(conf)])
@@ -727,7 +799,8 @@ bind-address = "{HOST}:{rpc_port}"
     def _influx_query(self, info: StackInfo, q: str, *, auth: bool = True) -> None:
         err = self._influx_error(info, q, auth=auth)
         if err is not None:
-            raise StackError(f"InfluxDB query failed ({q.split(' WITH PASSWORD')[0]}): {err}")
+            shown = q.split(" WITH PASSWORD")[0].split(" = '")[0]  # never a password in a message
+            raise StackError(f"InfluxDB query failed ({shown}): {err}")
 
     @staticmethod
     def _influx_error(info: StackInfo, q: str, *, auth: bool = True) -> str | None:
@@ -758,5 +831,15 @@ bind-address = "{HOST}:{rpc_port}"
                 f"was {self.run_dir / _CREDENTIALS_JSON} changed? Remove {self._dir(_INFLUX)} to start afresh"
             ) from e
 
+    def _ensure_service_users(self, info: StackInfo, creds: dict[str, str]) -> None:
+        """The ingest's write-only and the readers' read-only users (their grants come per database)."""
+        for user in (INFLUX_WRITER, INFLUX_READER):
+            q = f"CREATE USER {quote_ident(user)} WITH PASSWORD '{creds[user]}'"
+            if self._influx_error(info, q) is not None:  # exists (kept in the meta store across restarts)
+                self._influx_query(info, f"SET PASSWORD FOR {quote_ident(user)} = '{creds[user]}'")
+
     def _ensure_database(self, info: StackInfo, name: str) -> None:
-        self._influx_query(info, f"CREATE DATABASE {quote_ident(name)}")
+        db = quote_ident(name)
+        self._influx_query(info, f"CREATE DATABASE {db}")
+        self._influx_query(info, f"GRANT WRITE ON {db} TO {quote_ident(INFLUX_WRITER)}")
+        self._influx_query(info, f"GRANT READ ON {db} TO {quote_ident(INFLUX_READER)}")

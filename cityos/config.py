@@ -214,3 +214,13 @@ def toml_value(v: Any) -> str:
     if isinstance(v, list | tuple):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return json.dumps(str(v), ensure_ascii=False)
+
+
+def config_hash(data: dict[str, Any]) -> str:
+    """Short hash of a gateway's effective config: the agent reports it in its status, the fleet registry stores
+    the hash of the config it issued, and the fleet view shows drift when they differ. One function on both sides
+    so that the same TOML gives the same hash."""
+    import hashlib
+
+    blob = json.dumps(data, sort_keys=True, default=str, ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

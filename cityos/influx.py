@@ -34,12 +34,14 @@ import json
 import time
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from cityos.config import HttpUrl
+from cityos.credentials import read_secret
 
 __all__ = [
     "REJECTED", "RETRYABLE", "InfluxClient", "InfluxError", "InfluxQueryError", "InfluxSettings",
@@ -58,7 +60,8 @@ class InfluxSettings(BaseModel):
     url: HttpUrl = "http://127.0.0.1:8086"
     db: str = Field(default="cityos", min_length=1)
     username: str | None = None
-    password: str | None = Field(default=None, repr=False)
+    #: A 0600 file holding the password (InfluxDB 2.x/3.x: the token). Never the password itself in a config.
+    password_file: Path | None = None
     timeout_s: float = Field(default=10.0, gt=0)
 
 
@@ -188,7 +191,8 @@ class InfluxClient:
 
     @classmethod
     def from_settings(cls, s: InfluxSettings, **kw: Any) -> InfluxClient:
-        return cls(s.url, s.db, s.username, s.password, timeout_s=s.timeout_s, **kw)
+        password = read_secret(s.password_file, "influx.password_file") if s.password_file else None
+        return cls(s.url, s.db, s.username, password, timeout_s=s.timeout_s, **kw)
 
     # --- /write
 

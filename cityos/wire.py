@@ -84,15 +84,27 @@ def status_topic(gateway_id: str) -> str:
     return f"{TOPIC_ROOT}/{gateway_id}/status"
 
 
+def probe_topic(gateway_id: str) -> str:
+    """A commissioning probe: a telemetry batch the ingest stores like any other and then confirms with a
+    receipt on :func:`receipt_topic` (`cityos gateway check --live` proves the path to InfluxDB this way)."""
+    return f"{TOPIC_ROOT}/{gateway_id}/probe"
+
+
+def receipt_topic(gateway_id: str) -> str:
+    """Addressed to one gateway: the ingest's :class:`Receipt` for a probe it stored."""
+    return f"{TOPIC_ROOT}/{gateway_id}/receipt"
+
+
 #: Filter the ingest subscribes to (wrap it in ``$share/<group>/`` to split the load).
 TELEMETRY_FILTER = f"{TOPIC_ROOT}/+/telemetry"
 STATUS_FILTER = f"{TOPIC_ROOT}/+/status"
+PROBE_FILTER = f"{TOPIC_ROOT}/+/probe"
 
 
 def gateway_from_topic(topic: str) -> str | None:
-    """The gateway id in a telemetry or status topic, or None if the topic is not ours."""
+    """The gateway id in a telemetry, status or probe topic, or None if the topic is not ours."""
     parts = topic.split("/")
-    if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT or parts[3] not in ("telemetry", "status"):
+    if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT or parts[3] not in ("telemetry", "status", "probe"):
         return None
     return parts[2] if _ID_RE.match(parts[2]) else None
 
@@ -151,11 +163,15 @@ class TelemetryBatch(_Strict):
 
 
 class GatewayStatus(_Strict):
-    """The retained payload of ``cityos/v1/<gateway_id>/status``; the MQTT last will sets ``state=offline``."""
+    """The retained payload of ``cityos/v1/<gateway_id>/status``; the MQTT last will sets ``state=offline``.
+
+    ``registered``: published by the fleet registry (`cityos fleet add`) for a gateway that has not spoken yet, so
+    the fleet view and the offline alert know it before its first connection; its own first status replaces it.
+    """
 
     v: Literal[1] = SCHEMA_VERSION
     gateway_id: GatewayId
-    state: Literal["online", "offline"]
+    state: Literal["online", "offline", "registered"]
     boot_id: Annotated[str, StringConstraints(min_length=8, max_length=64)]
     ts: StrictInt = Field(ge=0)
     agent_version: str | None = None
@@ -163,6 +179,25 @@ class GatewayStatus(_Strict):
     backlog_depth: int | None = Field(default=None, ge=0)
     backlog_age_s: float | None = Field(default=None, ge=0)
     counters: dict[FieldName, float] = Field(default_factory=dict)
+    #: Health per device behind the gateway (each forest station, each meter), for the fleet view: a few numbers
+    #: each (``ok`` 1/0, ``last_ok_ms``, ``errors``...). Not written to InfluxDB (the source_health readings are).
+    devices: dict[DeviceId, dict[FieldName, float]] = Field(default_factory=dict, max_length=64)
+
+
+class Receipt(_Strict):
+    """The payload of ``cityos/v1/<gateway_id>/receipt``: the ingest stored this probe message in InfluxDB.
+
+    Sent after InfluxDB acknowledged the write that held the probe's points (HTTP 204: in its write-ahead log),
+    the same moment the ingest acknowledges any message to the broker. The gateway holds no InfluxDB credential;
+    this is how it learns that its data arrives.
+    """
+
+    v: Literal[1] = SCHEMA_VERSION
+    gateway_id: GatewayId
+    boot_id: Annotated[str, StringConstraints(min_length=8, max_length=64)]
+    seq: StrictInt = Field(ge=0)
+    points: StrictInt = Field(ge=0)
+    stored_at: StrictInt = Field(ge=0)
 
 
 class ContractError(ValueError):
@@ -287,7 +322,7 @@ def _decode_checked(
     """The slow, explicit path: each check in turn, each failure with its reason."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ContractError("oversize", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
-    batch = _validated(TelemetryBatch, topic, "/telemetry", payload)
+    batch = _validated(TelemetryBatch, topic, "/probe" if topic.endswith("/probe") else "/telemetry", payload)
     lo, hi = _window(now_ms, max_past_s, max_future_s)
     for r in batch.readings:
         if not lo <= r.ts <= hi:

@@ -5,8 +5,8 @@
     [influx]
     url = "http://127.0.0.1:8086"
     db = "cityos"
-    username = "cityos-api"      # a read-only InfluxDB user is enough
-    password = "secret"
+    username = "cityos_reader"   # a user with READ only: the API never writes
+    password_file = "/etc/cityos/influx-reader.password"   # 0600, owned by the API's service user
 
     [gtfs_rt]
     max_age_s = 300              # vehicles with no position for this long are left out of the feed

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cityos.config import ConfigError
 from cityos.families import FAMILIES
+from cityos_cli import fleet as fleet_cli
 
 DEFAULT_RUN_DIR = os.environ.get("CITYOS_RUN_DIR", "run")
 
@@ -22,9 +23,9 @@ def _stack_cmd(args: argparse.Namespace) -> int:
     try:
         if args.action == "up":
             info = stack.up()
-            print(f"mosquitto  mqtt://{info.mqtt_host}:{info.mqtt_port}  (user {info.mqtt_username})")
-            print(f"influxdb   {info.influx_url}  db={info.influx_db}  (user {info.influx_username})")
-            print(f"endpoints and credentials: {Path(args.run_dir) / 'stack.json'}")
+            print(f"mosquitto  mqtts://{info.mqtt_host}:{info.mqtt_port}  (mutual TLS, CA {info.ca_file})")
+            print(f"influxdb   {info.influx_url}  db={info.influx_db}  (admin {info.influx_username})")
+            print(f"endpoints: {Path(args.run_dir) / 'stack.json'}; identities: {info.fleet_dir}")
         elif args.action == "status":
             print(json.dumps(stack.status(), indent=2, default=str))
         else:
@@ -148,11 +149,13 @@ def _dashboards_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _dashboards_push_cmd(args: argparse.Namespace) -> int:
+    from cityos.credentials import read_secret
     from dashboards.push import PushError, push
 
-    token = args.token or os.environ.get("GRAFANA_TOKEN")
+    token = read_secret(args.token_file, "--token-file") if args.token_file else os.environ.get("GRAFANA_TOKEN")
     if not token:
-        print("dashboards push: give --token or set GRAFANA_TOKEN (a Grafana service-account token)", file=sys.stderr)
+        print("dashboards push: give --token-file FILE (0600) or set GRAFANA_TOKEN (a Grafana service-account "
+              "token)", file=sys.stderr)
         return 2
     try:
         report = push(args.url, token)
@@ -172,7 +175,9 @@ def _dashboards_push_parser(actions: argparse._SubParsersAction) -> None:
         "push", help="upsert the data source, dashboards and alert rules into a running Grafana (grafana-client)"
     )
     u.add_argument("--url", required=True, help="Grafana base URL, e.g. https://grafana.city.example")
-    u.add_argument("--token", default=None, help="service-account token (default: $GRAFANA_TOKEN)")
+    u.add_argument("--token-file", type=Path, default=None,
+                   help="0600 file holding the service-account token (default: $GRAFANA_TOKEN); never the token "
+                   "itself on a command line")
     u.set_defaults(func=_dashboards_push_cmd)
 
 
@@ -184,8 +189,12 @@ def _dashboards_preview_cmd(args: argparse.Namespace) -> int:
         if not args.db:
             print("cityos dashboards preview: --influx-url needs --db", file=sys.stderr)
             return 2
+        from cityos.credentials import read_secret
+
+        password = (read_secret(args.password_file, "--password-file") if args.password_file
+                    else os.environ.get("INFLUXDB_PASSWORD", ""))
         src = InfluxSource(args.influx_url.rstrip("/"), args.db, args.user or os.environ.get("INFLUXDB_USER", ""),
-                           args.password or os.environ.get("INFLUXDB_PASSWORD", ""))
+                           password)
     else:
         from citylab.stack import StackError, load_info
 
@@ -217,7 +226,9 @@ def _dashboards_preview_parser(actions: argparse._SubParsersAction) -> None:
     v.add_argument("--influx-url", default=None, help="any InfluxDB 1.x instead of a stack (with --db)")
     v.add_argument("--db", default=None, help="database (default: the stack's)")
     v.add_argument("--user", default=None, help="InfluxDB user for --influx-url (default: $INFLUXDB_USER)")
-    v.add_argument("--password", default=None, help="InfluxDB password (default: $INFLUXDB_PASSWORD)")
+    v.add_argument("--password-file", type=Path, default=None,
+                   help="0600 file holding the InfluxDB password (default: $INFLUXDB_PASSWORD); never the password "
+                   "itself on a command line, where `ps` and shell history show it")
     v.add_argument("--from", dest="time_from", default=None,
                    help="range start, ISO 8601 (no zone: Japan time); default: each dashboard's own range")
     v.add_argument("--to", dest="time_to", default=None, help="range end, ISO 8601; also pins now() (default: now)")
@@ -286,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_gtfs_rt_cmd)
 
     _dashboards_parser(sub)
+    fleet_cli.add_parser(sub)
     return p
 
 

@@ -67,8 +67,9 @@ class Series:
 
 def source_of(info: Any, db: str | None = None, **kw: Any) -> InfluxSource:
     """The :class:`InfluxSource` of anything that names an InfluxDB the way a developer's stack does
-    (``influx_url``, ``influx_db``, ``influx_username``, ``influx_password``)."""
-    return InfluxSource(info.influx_url, db or info.influx_db, info.influx_username, info.influx_password, **kw)
+    (``influx_url``, ``influx_db`` and ``reader_login()``): as its read-only user, as Grafana reads."""
+    user, password = info.reader_login()
+    return InfluxSource(info.influx_url, db or info.influx_db, user, password, **kw)
 
 
 @functools.lru_cache(maxsize=8)

@@ -86,7 +86,7 @@ class Agent:
                 drop_policy=cfg.outbox.drop_policy,
                 synchronous=cfg.outbox.synchronous,
                 # a setting the config may grow; the outbox's default (1/256 of its filesystem) otherwise
-                reserve_bytes=getattr(cfg.outbox, "reserve_bytes", None),
+                reserve_bytes=cfg.outbox.reserve_bytes,
             )
         except OutboxError as exc:
             raise ConfigError(f"outbox.path: {exc}") from None
@@ -266,11 +266,10 @@ def run(config_path: str | Path) -> int:
     logging.basicConfig(
         level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
-    hashed = {k: v for k, v in raw.items() if k != "mqtt"} | {
-        "mqtt": {k: v for k, v in raw.get("mqtt", {}).items() if k != "password"}
-    }
     try:
-        agent = Agent(cfg, cfg_hash=config_hash(hashed))
+        # The hash of the file as written (it holds no secret: those are files it points at), the same function
+        # the fleet registry applies to the config it issued: the fleet view compares the two.
+        agent = Agent(cfg, cfg_hash=config_hash(raw))
     except ConfigError:
         raise  # the CLI prints it (one line per problem, naming the setting) and exits 2
     except Exception as exc:  # never a traceback at start: one line, status 1

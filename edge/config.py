@@ -3,14 +3,13 @@ names the field, not a silently ignored setting."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cityos.config import ConfigError, format_validation_error, read_toml
+from cityos.config import ConfigError, config_hash, format_validation_error, read_toml  # noqa: F401 (re-exported)
+from cityos.credentials import MqttLogin
 from cityos.simclock import ScaledClock
 from cityos.wire import GatewayId
 from edge.sources.base import SourceConfig, known_types, plugin
@@ -25,13 +24,12 @@ class GatewaySection(_Section):
     name: str = ""
 
 
-class MqttSection(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(default=1883, ge=1, le=65535)
-    username: str | None = None
-    password: SecretStr | None = None
-    tls: bool = False
-    ca_file: Path | None = None
+class MqttSection(MqttLogin):
+    """The uplink's broker, login and pacing. Mutual TLS by default: ``ca_file`` (the fleet CA), ``cert_file``
+    (CN = this gateway's id) and ``key_file`` (0600), as the first-boot bundle writes them."""
+
+    model_config = ConfigDict(extra="forbid")
+
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     #: Messages published and not yet acknowledged by the broker (PUBACK) at any time.
     max_inflight: int = Field(default=16, ge=1, le=1000)
@@ -56,6 +54,9 @@ class OutboxSection(_Section):
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     #: Readings older than this when sent are marked ``backfill`` (late: not for live alerting).
     backfill_after_s: float = Field(default=120.0, gt=0)
+    #: Room kept beside the outbox for its own bookkeeping (deleting what was sent) on a full disk; default 1/256
+    #: of the filesystem, 256 KiB to 8 MiB (edge/outbox.py). 0 turns the reserve off.
+    reserve_bytes: int | None = Field(default=None, ge=0)
 
 
 class HealthSection(_Section):
@@ -121,9 +122,3 @@ def parse_config(data: dict[str, Any], source: str = "config") -> GatewayConfig:
 
 def load_config(path: str | Path) -> GatewayConfig:
     return parse_config(read_toml(path), str(path))
-
-
-def config_hash(data: dict[str, Any]) -> str:
-    """Short hash of the effective config, reported in the status message so the fleet view shows drift."""
-    blob = json.dumps(data, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import queue
 import random
-import ssl
 import threading
 import time
 import uuid
@@ -87,6 +86,8 @@ class Uplink:
         self.backfill_after_ms = int(backfill_after_s * 1000)
         self.status_fn = status_fn  # () -> dict of extra status fields (counters, versions)
         self.stats = UplinkStats()
+        # A missing CA, a key that is not the certificate's: a ConfigError naming the setting, before any thread.
+        cfg.load_files("mqtt")
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         # New rows wake the pump (one pending wake-up at most, so a long outage queues nothing here).
         self._wake_pending = threading.Event()
@@ -107,11 +108,8 @@ class Uplink:
             client_id=f"{self.gateway_id}-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv5,
         )
-        if self.cfg.username:
-            pw = self.cfg.password.get_secret_value() if self.cfg.password else None
-            c.username_pw_set(self.cfg.username, pw)
-        if self.cfg.tls:
-            c.tls_set(ca_certs=str(self.cfg.ca_file) if self.cfg.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
+        # Files are read per connection: a certificate rotated in place is used from the next reconnect.
+        self.cfg.configure(c, "mqtt")
         c.max_inflight_messages_set(self.cfg.max_inflight + 2)  # +2: room for status messages
         c.max_queued_messages_set(0)
         c.will_set(
@@ -167,11 +165,14 @@ class Uplink:
             return False
         client.loop_start()
         self._client = client
+        dying = True  # an exception out of the pump ends the agent (it fails loud): say offline first
         try:
-            return self._pump(client, gen, stop)
+            ok = self._pump(client, gen, stop)
+            dying = False
+            return ok
         finally:
             self.stats.connected = False
-            if stop.is_set():
+            if stop.is_set() or dying:
                 self._goodbye(client)
             client.disconnect()
             client.loop_stop()
@@ -216,6 +217,7 @@ class Uplink:
         inflight: dict[int, _Inflight] = {}
         status_mids: set[int] = set()
         last_status = 0.0
+        last_disk_full = False
         linger_until: float | None = None
         log.info(
             "uplink: connected to %s:%s; backlog %d readings (oldest %.0f s)",
@@ -223,10 +225,13 @@ class Uplink:
         )
         while not stop.is_set():
             now = time.monotonic()
-            if now - last_status >= self.cfg.status_interval_s:
+            disk_full = bool(getattr(self.outbox, "disk_full", False))
+            if now - last_status >= self.cfg.status_interval_s or disk_full != last_disk_full:
+                # A full disk (and its end) is told at once: the fleet view must not say all is well meanwhile.
                 info = client.publish(wire.status_topic(self.gateway_id), self._status_payload("online"), 1, True)
                 status_mids.add(info.mid)
                 last_status = now
+                last_disk_full = disk_full
 
             # While a live message lingers, appends need not wake us: it goes at the linger deadline either way.
             # Leaving the wake flag set keeps the sources from queueing a wake-up per reading, each of which

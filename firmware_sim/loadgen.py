@@ -40,6 +40,7 @@ import paho.mqtt.client as mqtt
 from pydantic import BaseModel, ConfigDict, Field
 
 from cityos import wire
+from cityos.credentials import MqttLogin
 
 
 class LoadProfile(BaseModel):
@@ -167,14 +168,16 @@ class LoadResult:
 class CityLoad:
     """Publishes the profile's traffic until stopped; counts what the broker acknowledged."""
 
-    def __init__(self, profile: LoadProfile, *, host: str, port: int, username: str | None, password: str | None):
+    def __init__(self, profile: LoadProfile, login: MqttLogin):
+        """``login``: the broker and an identity allowed to publish for every simulated gateway (the developer's
+        stack's ``dev.loadgen``: one connection speaks for thousands of gateways, which no field identity may)."""
         self.p = profile
         self.gateways = build_gateways(profile)
         self.rng = random.Random(profile.seed)
         self._clients: list[mqtt.Client] = []
         self._acked = 0
         self._acked_lock = threading.Lock()
-        self.host, self.port, self.username, self.password = host, port, username, password
+        self.login = login
 
     def _on_publish(self, *_a: Any) -> None:
         with self._acked_lock:
@@ -187,12 +190,11 @@ class CityLoad:
                 client_id=f"{self.p.prefix}-loadgen-{i}-{uuid.uuid4().hex[:6]}",
                 protocol=mqtt.MQTTv5,
             )
-            if self.username:
-                c.username_pw_set(self.username, self.password)
+            self.login.configure(c)
             c.max_inflight_messages_set(1000)
             c.max_queued_messages_set(0)
             c.on_publish = self._on_publish
-            c.connect(self.host, self.port, keepalive=30)
+            c.connect(self.login.host, self.login.port, keepalive=30)
             c.loop_start()
             self._clients.append(c)
 

@@ -6,10 +6,11 @@ the problem, e.g. ``influx.batch_lines: Input should be a valid integer, got 'ma
 Example (the common keys; every key and its default: docs/ingest.md, "Configuration reference")::
 
     [mqtt]
-    host = "127.0.0.1"
-    port = 1883
-    username = "ingest"
-    password = "secret"
+    host = "mqtt.city.example"
+    port = 8883
+    ca_file = "/etc/cityos/ca.crt"          # the fleet CA (signs the broker's certificate)
+    cert_file = "/etc/cityos/ingest.crt"    # CN = svc.ingest: its ACL role on the broker
+    key_file = "/etc/cityos/ingest.key"     # 0600, owned by the service user
     client_id = "cityos-ingest"  # fixed: it names the durable session on the broker
     session_expiry_s = 604800    # 7 days of queueing while the ingest is down
     # share_group = "ingest"     # -> subscribe $share/ingest/<filter> (see docs/ingest.md on Mosquitto 2.0.11)
@@ -18,8 +19,8 @@ Example (the common keys; every key and its default: docs/ingest.md, "Configurat
     [influx]
     url = "http://127.0.0.1:8086"
     db = "cityos"
-    username = "ingest"          # HTTP Basic; on InfluxDB 2.x/3.x the password is the token
-    password = "secret"
+    username = "cityos_ingest"   # HTTP Basic, a user with WRITE only; on InfluxDB 2.x/3.x the password is the token
+    password_file = "/etc/cityos/influx-ingest.password"   # 0600
     batch_lines = 5000
     flush_interval_s = 1.0
 
@@ -39,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cityos import wire
 from cityos.config import ConfigError, dump_toml, load_toml, validate
+from cityos.credentials import MqttLogin
 from cityos.influx import InfluxSettings
 
 __all__ = ["ConfigError", "InfluxConfig", "IngestConfig", "IngestSection", "MqttConfig", "load_config"]
@@ -50,11 +52,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class MqttConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(default=1883, ge=1, le=65535)
-    username: str | None = None
-    password: str | None = Field(default=None, repr=False)
+class MqttConfig(MqttLogin):
+    """The broker and the ingest's identity there (mutual TLS by default: the ``svc.ingest`` certificate)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     client_id: str = Field(default="cityos-ingest", min_length=1, max_length=128)
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, le=0xFFFFFFFF)
     share_group: str | None = None
@@ -74,7 +76,7 @@ class MqttConfig(_Section):
 
     def filters(self) -> list[str]:
         """The topic filters to subscribe to (wrapped in ``$share/<group>/`` when a share group is set)."""
-        base = [wire.TELEMETRY_FILTER, wire.STATUS_FILTER]
+        base = [wire.TELEMETRY_FILTER, wire.STATUS_FILTER, wire.PROBE_FILTER]
         if self.share_group:
             return [f"$share/{self.share_group}/{f}" for f in base]
         return base

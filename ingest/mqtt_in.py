@@ -72,8 +72,7 @@ class MqttIn:
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
-        if cfg.username:
-            c.username_pw_set(cfg.username, cfg.password)
+        cfg.configure(c, "mqtt")
         c.reconnect_delay_set(cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s))
         c.on_connect = self._handle_connect
         c.on_disconnect = self._handle_disconnect
@@ -124,6 +123,13 @@ class MqttIn:
             rc = self._client.ack(mid, 1)
         return rc == mqtt.MQTT_ERR_SUCCESS
 
+    def publish(self, topic: str, payload: bytes) -> bool:
+        """QoS 1, not retained, not waited for: a lost receipt only makes a commissioning check ask again."""
+        with self._lock:
+            if not self._connected:
+                return False
+            return self._client.publish(topic, payload, qos=1).rc == mqtt.MQTT_ERR_SUCCESS
+
     # --- paho callbacks (network thread) ------------------------------------------------------------------------
     def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -152,7 +158,7 @@ class MqttIn:
     def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         bad = [rc for rc in reason_codes if rc.is_failure]
         if bad:
-            log.error("MQTT subscribe refused: %s (check the broker ACL for %s)", bad, self.cfg.username)
+            log.error("MQTT subscribe refused: %s (check the broker ACL for this identity: %s)", bad, self.cfg.cert_file or self.cfg.username)
         if self._on_subscribed:
             self._on_subscribed(not bad)
 
@@ -191,8 +197,7 @@ def discard_session(cfg: MqttConfig, timeout_s: float = 10.0) -> bool:
     c = mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5
     )
-    if cfg.username:
-        c.username_pw_set(cfg.username, cfg.password)
+    cfg.configure(c, "mqtt")
     c.on_connect = on_connect
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 0

@@ -370,6 +370,7 @@ class IngestService:
     def _write(self, batch: Batch) -> None:
         result = self._post(batch)
         if result.ok:
+            self._receipts(batch.items)
             self._complete(batch.items)
         else:
             log.warning(
@@ -394,6 +395,7 @@ class IngestService:
         for part in batch.split():
             r = self._post(part)
             if r.ok:
+                self._receipts(part.items)
                 self._complete(part.items)
             else:
                 self._bisect(part, r)
@@ -424,13 +426,29 @@ class IngestService:
                     r.outcome,
                     r.status,
                     r.message[:300],
-                    " (check [influx] username/password and the user's WRITE grant)" if auth else "",
+                    " (check [influx] username/password_file and the user's WRITE grant)" if auth else "",
                     attempt,
                     delay,
                     self.health.pending,
                 )
             if self._abort.wait(delay):
                 raise _Aborted
+
+    def _receipts(self, items: Sequence[Item]) -> None:
+        """A commissioning probe that InfluxDB just stored: tell its gateway (its only way to know)."""
+        for item in items:
+            if not item.topic.endswith("/probe"):
+                continue
+            gw = wire.gateway_from_topic(item.topic)
+            try:
+                head = json.loads(item.payload)
+                receipt = wire.Receipt(gateway_id=gw or "", boot_id=head["boot_id"], seq=head["seq"],
+                                       points=item.n_lines, stored_at=int(time.time() * 1000))
+            except (ValueError, KeyError, TypeError):  # it was validated on the way in: cannot happen
+                log.exception("cannot build the receipt of a probe on %s", item.topic)
+                continue
+            self.mqtt.publish(wire.receipt_topic(receipt.gateway_id), receipt.model_dump_json().encode())
+            log.info("probe from %s stored (%d points): receipt sent", receipt.gateway_id, receipt.points)
 
     def _complete(self, items: Sequence[Item]) -> None:
         """Items are written (or dead-lettered): release their acks (in receive order) and the memory."""

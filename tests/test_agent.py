@@ -8,10 +8,10 @@ import threading
 import time
 import uuid
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from citylab.pipeline import Proc
+from citylab.stack import identity, mqtt_client
 from cityos import wire
 from firmware_sim.forest.sim import ForestStationSim, StationSpec
 
@@ -22,8 +22,7 @@ class StatusWatch:
     def __init__(self, info, gateway_id: str) -> None:
         self.seen: list[dict] = []
         self.lock = threading.Lock()
-        self.c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.c.username_pw_set(info.mqtt_username, info.mqtt_password)
+        self.c = mqtt_client(info, "dev.tools")
         self.c.on_message = self._on
         self.c.on_connect = lambda cl, *_: cl.subscribe(wire.status_topic(gateway_id), qos=1)
         self.c.connect(info.mqtt_host, info.mqtt_port)
@@ -53,6 +52,7 @@ class StatusWatch:
 
 def _config(tmp_path, info, gw: str, port) -> str:
     p = tmp_path / "gateway.toml"
+    ident = identity(info, gw)
     p.write_text(
         f"""
 [gateway]
@@ -60,8 +60,9 @@ id = "{gw}"
 [mqtt]
 host = "{info.mqtt_host}"
 port = {info.mqtt_port}
-username = "{info.mqtt_username}"
-password = "{info.mqtt_password}"
+ca_file = "{info.ca_file}"
+cert_file = "{ident.cert_file}"
+key_file = "{ident.key_file}"
 keepalive_s = 5
 status_interval_s = 1.0
 [outbox]

@@ -41,7 +41,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from citylab.pipeline import Proc, gateway_config, write_gateway_config, write_ingest_config
-from citylab.stack import Stack, StackInfo, influx_query
+from citylab.stack import Stack, StackInfo, influx_query, mqtt_client
 from cityos import wire
 from cityos.simclock import ScaledClock
 from cityos.wire import Reading, decode_batch
@@ -241,12 +241,7 @@ class Recorder:
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        c = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"test-bus-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
-        c.username_pw_set(info.mqtt_username, info.mqtt_password)
+        c = mqtt_client(info, "dev.tools", client_id=f"test-bus-{uuid.uuid4().hex[:8]}")
         c.on_connect = lambda cl, *_: cl.subscribe([(wire.TELEMETRY_FILTER, 1), (wire.STATUS_FILTER, 1)])
         c.on_subscribe = lambda *_: self._subscribed.set()
         c.on_message = self._on_message

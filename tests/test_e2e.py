@@ -10,10 +10,10 @@ import json
 import time
 import uuid
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from citylab.pipeline import Pipeline
+from citylab.stack import mqtt_client
 from ingest.deadletter import DeadLetterStore
 
 pytestmark = pytest.mark.timeout(240)
@@ -115,8 +115,7 @@ def test_thousand_malformed_payloads_are_dead_lettered_and_cost_nothing(city, st
         "gateway_mismatch": good.replace(f'"gateway_id": "{bad_gw}"', '"gateway_id": "someone-else"').encode(),
         "timestamp_out_of_range": good.replace(str(json.loads(good)["readings"][0]["ts"]), "1000").encode(),
     }
-    c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.username_pw_set(info.mqtt_username, info.mqtt_password)
+    c = mqtt_client(info, "dev.tools")
     c.connect(info.mqtt_host, info.mqtt_port)
     c.loop_start()
     sent: dict[str, int] = {}

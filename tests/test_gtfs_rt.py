@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from google.transit import gtfs_realtime_pb2 as rt
 from helpers import influx_write
 
+from citylab.stack import influx_settings
 from cityos.wire import Reading, TelemetryBatch
 from cityos_api.app import ApiSettings, InfluxSettings, create_app
 from cityos_api.gtfs_rt import OCCUPANCY_STEPS, build_feed, occupancy_status
@@ -71,9 +72,7 @@ def buses(stack_info, influx_db) -> int:
 
 
 def _app(stack_info, db: str) -> TestClient:
-    settings = ApiSettings(influx=InfluxSettings(url=stack_info.influx_url, db=db,
-                                                 username=stack_info.influx_username,
-                                                 password=stack_info.influx_password))
+    settings = ApiSettings(influx=InfluxSettings(**influx_settings(stack_info, "reader", db)))
     return TestClient(create_app(settings))
 
 

@@ -29,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from citylab.stack import Stack, StackInfo
+from citylab.stack import Stack, StackInfo, mqtt_client, mqtt_settings
 from cityos import wire
 from ingest.config import MqttConfig
 from ingest.deadletter import DeadLetterStore
@@ -52,12 +52,7 @@ class Publisher:
     """A paho MQTT v5 publisher (QoS 1) on its own network thread."""
 
     def __init__(self, info: StackInfo) -> None:
-        self.client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"test-pub-{uid()}",
-            protocol=mqtt.MQTTv5,
-        )
-        self.client.username_pw_set(info.mqtt_username, info.mqtt_password)
+        self.client = mqtt_client(info, "dev.tools", client_id=f"test-pub-{uid()}")
         self.client.reconnect_delay_set(1, 2)
         self.puback_codes: list[int] = []  # PUBACK reason codes, e.g. 0x10 "no matching subscribers"
         self.client.on_publish = lambda _c, _u, _mid, rc, _p: self.puback_codes.append(rc.value)
@@ -117,12 +112,7 @@ def retained_statuses(info: StackInfo) -> list[tuple[str, bytes]]:
     receive them too when it subscribes."""
     got: list[tuple[str, bytes]] = []
     done = threading.Event()
-    c = mqtt.Client(
-        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-        client_id=f"probe-{uid()}",
-        protocol=mqtt.MQTTv5,
-    )
-    c.username_pw_set(info.mqtt_username, info.mqtt_password)
+    c = mqtt_client(info, "dev.tools", client_id=f"probe-{uid()}")
     c.on_message = lambda _c, _u, m: got.append((m.topic, bytes(m.payload))) if m.retain else None
     c.on_subscribe = lambda *_a: done.set()
     c.connect(info.mqtt_host, info.mqtt_port)
@@ -593,10 +583,7 @@ def test_shared_subscription_across_a_broker_restart(own_stack: Stack, tmp_path:
     cfg = ingest_config(info, tmp_path, db, name="shared", mqtt={"share_group": group, "reconnect_max_s": 1})
     share_filter = f"$share/{group}x/{wire.TELEMETRY_FILTER}"  # a separate group for the bare paho client
     lazy_got: list[bytes] = []
-    lazy = mqtt.Client(
-        callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=f"lazy-{u}", protocol=mqtt.MQTTv5
-    )
-    lazy.username_pw_set(info.mqtt_username, info.mqtt_password)
+    lazy = mqtt_client(info, "dev.tools", client_id=f"lazy-{u}")
     lazy.reconnect_delay_set(1, 1)
     lazy.on_message = lambda _c, _u, m: lazy_got.append(m.payload)
     subscribed_once = threading.Event()
@@ -662,12 +649,7 @@ def test_shared_subscription_messages_published_before_resubscribe_after_broker_
     results, codes = {}, {}
     for kind, flt in (("plain", wire.TELEMETRY_FILTER), ("share", f"$share/g{u}/{wire.TELEMETRY_FILTER}")):
         got: list[bytes] = []
-        c = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"{kind}-{u}",
-            protocol=mqtt.MQTTv5,
-        )
-        c.username_pw_set(info.mqtt_username, info.mqtt_password)
+        c = mqtt_client(info, "dev.tools", client_id=f"{kind}-{u}")
         c.on_message = lambda _c, _u, m, got=got: got.append(m.payload)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 600
@@ -693,10 +675,7 @@ def test_shared_subscription_messages_published_before_resubscribe_after_broker_
         results[kind] = len(got)
         discard_session(  # so that it does not count as a matching subscriber in the next round
             MqttConfig(
-                host=info.mqtt_host,
-                port=info.mqtt_port,
-                username=info.mqtt_username,
-                password=info.mqtt_password,
+                **mqtt_settings(info, "dev.tools"),
                 client_id=f"{kind}-{u}",
             )
         )

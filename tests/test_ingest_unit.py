@@ -12,7 +12,6 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -191,14 +190,17 @@ GOOD_TOML = """
 [mqtt]
 host = "broker.local"
 port = 8883
-username = "ingest"
-password = "pw"
+ca_file = "/etc/cityos/ca.crt"
+cert_file = "/etc/cityos/ingest.crt"
+key_file = "/etc/cityos/ingest.key"
 client_id = "ingest-1"
 share_group = "ingest"
 
 [influx]
 url = "http://influx:8086/"
 db = "tsuyama"
+username = "cityos_ingest"
+password_file = "/etc/cityos/influx-ingest.password"
 batch_lines = 2000
 
 [ingest]
@@ -220,7 +222,10 @@ def test_config_loads_with_defaults(tmp_path: Path) -> None:
         "$share/ingest/" + wire.TELEMETRY_FILTER,
         "$share/ingest/" + wire.STATUS_FILTER,
     ]
-    assert "pw" not in repr(cfg)  # passwords stay out of logs
+    # Secrets live in 0600 files the config points at; a password written into the config is refused.
+    for section in ("mqtt", "influx"):
+        with pytest.raises(ConfigError, match=rf"{section}.password: unknown key"):
+            load_config(_write(tmp_path, GOOD_TOML.replace(f"[{section}]\n", f"[{section}]\npassword = 'pw'\n")))
     # to_toml round-trips (used to start the service as a subprocess)
     again = load_config(_write(tmp_path, cfg.to_toml()))
     assert again == cfg
@@ -262,22 +267,16 @@ def test_config_unknown_section_missing_file_and_bad_toml(tmp_path: Path) -> Non
         load_config(_write(tmp_path, "[mqtt\nhost="))
 
 
-def test_config_from_stack() -> None:
-    info = SimpleNamespace(
-        mqtt_host="127.0.0.1",
-        mqtt_port=1883,
-        mqtt_username="u",
-        mqtt_password="p",
-        influx_url="http://127.0.0.1:8086",
-        influx_db="cityos",
-        influx_username="iu",
-        influx_password="ip",
-    )
-    cfg = ingest_config(info, "/tmp/x", client_id="c1", db="other", ingest={"stall_after_s": 2})  # type: ignore[arg-type]
-    assert cfg.mqtt.client_id == "c1" and cfg.mqtt.username == "u" and cfg.influx.db == "other"
-    assert cfg.influx.username == "iu" and cfg.ingest.stall_after_s == 2
+def test_config_from_stack(stack_info) -> None:
+    """The stack's ingest config: its own certificate (svc.ingest) and the write-only InfluxDB user."""
+    cfg = ingest_config(stack_info, "/tmp/x", client_id="c1", db="other", ingest={"stall_after_s": 2})
+    assert cfg.mqtt.client_id == "c1" and cfg.mqtt.tls and cfg.mqtt.username is None
+    assert cfg.mqtt.cert_file is not None and cfg.mqtt.cert_file.name == "svc.ingest.crt"
+    assert cfg.influx.db == "other" and cfg.influx.username == "cityos_ingest"
+    assert cfg.influx.password_file is not None and cfg.influx.password_file.stat().st_mode & 0o077 == 0
+    assert cfg.ingest.stall_after_s == 2
     with pytest.raises(ConfigError, match=r"ingest.bogus: unknown key"):
-        ingest_config(info, "/tmp/x", ingest={"bogus": 1})  # type: ignore[arg-type]
+        ingest_config(stack_info, "/tmp/x", ingest={"bogus": 1})
 
 
 # --- InfluxDB response classification ------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Floors, from the ground up; a module may import its own package and the floors b
 
 * ``cityos``: the kernel (wire contract, config types, clock, the InfluxDB client, the family registry):
   nothing else of the project;
-* production: ``edge`` (the gateway), ``ingest``, ``cityos_api``, ``dashboards`` (the cloud side): the kernel only.
+* production: ``edge`` (the gateway), ``ingest``, ``cityos_api``, ``dashboards``, ``fleet`` (the cloud side): the
+  kernel only.
   The gateway and the cloud share nothing but the kernel, and the gateway never loads the InfluxDB client or an
   HTTP stack (they are not in its install);
 * ``firmware_sim``: the devices, simulated at the wire: the kernel only (a simulator shares no code with the
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("cityos", "edge", "ingest", "cityos_api", "dashboards", "firmware_sim", "citylab", "cityos_cli")
+PACKAGES = ("cityos", "edge", "ingest", "cityos_api", "dashboards", "fleet", "firmware_sim", "citylab", "cityos_cli")
 KERNEL = {"cityos"}
 #: package → the project packages its modules may import besides its own.
 ALLOWED: dict[str, set[str]] = {
@@ -33,9 +34,10 @@ ALLOWED: dict[str, set[str]] = {
     "ingest": KERNEL,
     "cityos_api": KERNEL,
     "dashboards": KERNEL,
+    "fleet": KERNEL,
     "firmware_sim": KERNEL,
-    "citylab": {"cityos", "edge", "ingest", "cityos_api", "dashboards", "firmware_sim"},
-    "cityos_cli": {"cityos", "edge", "ingest", "cityos_api", "dashboards", "firmware_sim", "citylab"},
+    "citylab": {"cityos", "edge", "ingest", "cityos_api", "dashboards", "fleet", "firmware_sim"},
+    "cityos_cli": {"cityos", "edge", "ingest", "cityos_api", "dashboards", "fleet", "firmware_sim", "citylab"},
 }
 #: Third-party (or kernel) modules a package must never load, with why.
 FORBIDDEN_EXTERNAL: dict[str, dict[str, str]] = {

@@ -5,7 +5,9 @@ from __future__ import annotations
 from helpers import influx_query
 from ingest_helpers import ingest_config, running_ingest, wait_for
 
+from citylab.stack import mqtt_settings
 from cityos import wire
+from cityos.credentials import MqttLogin
 from firmware_sim.loadgen import CityLoad, LoadProfile, build_gateways, validate_sample
 
 
@@ -23,8 +25,7 @@ def test_every_generated_reading_lands_in_influxdb_exactly(stack, influx_db, tmp
     cfg = ingest_config(info, tmp_path, influx_db)
     profile = LoadProfile(meters=60, stations=12, trucks=4, speed=20, connections=2, prefix="lgt")
     with running_ingest(cfg):
-        load = CityLoad(profile, host=info.mqtt_host, port=info.mqtt_port, username=info.mqtt_username,
-                        password=info.mqtt_password)
+        load = CityLoad(profile, MqttLogin.model_validate(mqtt_settings(info, "dev.loadgen")))
         load.connect()
         try:
             res = load.run(6.0)

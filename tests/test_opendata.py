@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from helpers import influx_query, influx_write
 from pydantic import ValidationError
 
+from citylab.stack import influx_settings
 from cityos.config import ConfigError
 from cityos.wire import Reading, TelemetryBatch
 from cityos_api.app import ApiSettings, InfluxSettings, OpenDataSettings, create_app, load_settings
@@ -239,9 +240,7 @@ EXPECTED_DAY = [
 
 
 def _client(stack_info, db: str, **open_data: Any) -> TestClient:
-    settings = ApiSettings(influx=InfluxSettings(url=stack_info.influx_url, db=db,
-                                                 username=stack_info.influx_username,
-                                                 password=stack_info.influx_password),
+    settings = ApiSettings(influx=InfluxSettings(**influx_settings(stack_info, "reader", db)),
                            open_data=OpenDataSettings(**open_data))
     return TestClient(create_app(settings))
 

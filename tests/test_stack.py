@@ -23,7 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import citylab.stack as stack_mod
-from citylab.stack import Stack, StackError, StackInfo
+from citylab.stack import INFLUX_READER, INFLUX_WRITER, Stack, StackError, StackInfo, mqtt_client
 
 # ---- helpers
 
@@ -39,12 +39,9 @@ def _pid_gone(pid: int) -> bool:
 class _Mqtt:
     """A paho 2.x MQTTv5 client run on its own thread, with CONNACKs and messages in queues."""
 
-    def __init__(self, info: StackInfo, client_id: str, password: str | None = None) -> None:
+    def __init__(self, info: StackInfo, client_id: str, identity: str = "dev.tools") -> None:
         self.info = info
-        self.client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-        )
-        self.client.username_pw_set(info.mqtt_username, info.mqtt_password if password is None else password)
+        self.client = mqtt_client(info, identity, client_id=client_id)
         self.connacks: queue.Queue[tuple[Any, Any]] = queue.Queue()
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.subacks: queue.Queue[Any] = queue.Queue()
@@ -92,10 +89,12 @@ def test_stack_json_and_status(stack: Stack) -> None:
     assert StackInfo.from_json(info.to_json()) == info
     assert doc["influx_rpc_port"] not in (info.mqtt_port, info.influx_port)
     assert info.mqtt_host == "127.0.0.1" and info.influx_url.startswith("http://127.0.0.1:")
-    assert info.influx_db == "cityos" and info.mqtt_username == "cityos" and info.influx_username == "cityos"
-    assert len(info.mqtt_password) >= 16 and len(info.influx_password) >= 16
-    # It holds passwords: owner-only.
+    assert info.influx_db == "cityos" and info.influx_username == "cityos" and len(info.influx_password) >= 16
+    # It holds the admin's password, the service users' password files and the CA key: owner-only.
     assert stat.S_IMODE((stack.run_dir / "stack.json").stat().st_mode) == 0o600
+    for user in (INFLUX_WRITER, INFLUX_READER):
+        assert stat.S_IMODE(info.password_file(user).stat().st_mode) == 0o600
+    assert stat.S_IMODE((info.fleet_dir / "ca" / "ca.key").stat().st_mode) == 0o600
 
     st = stack.status()
     assert st["up"] is True
@@ -106,22 +105,20 @@ def test_stack_json_and_status(stack: Stack) -> None:
 
     conf = (stack.run_dir / "mosquitto" / "mosquitto.conf").read_text()
     assert f"listener {info.mqtt_port} 127.0.0.1" in conf and "allow_anonymous false" in conf
+    # One listener, and it is mutual TLS with the ACL: no plaintext path exists even on loopback.
+    assert conf.count("listener ") == 1 and "require_certificate true" in conf and "acl_file " in conf
     # up() on a running stack returns the same info and starts nothing new.
     assert stack.up() == info
     assert stack.status()["mosquitto"]["pid"] == st["mosquitto"]["pid"]
 
 
-def test_mqtt_requires_credentials(stack: Stack) -> None:
+def test_mqtt_takes_a_certificate_from_the_stack_ca(stack: Stack) -> None:
+    """The stack's CA issues an identity on first use; it connects. (Refusals: tests/test_broker_identity.py.)"""
     info = stack.info()
-    good = _Mqtt(info, f"ok-{uuid.uuid4().hex[:8]}")
+    good = _Mqtt(info, f"ok-{uuid.uuid4().hex[:8]}", identity=f"gw-{uuid.uuid4().hex[:6]}")
     rc, _flags = good.connect()
     assert rc == 0, rc
     good.close()
-
-    bad = _Mqtt(info, f"bad-{uuid.uuid4().hex[:8]}", password="wrong")
-    rc, _flags = bad.connect()
-    bad.close()
-    assert rc.is_failure and rc in ("Bad user name or password", "Not authorized"), rc
 
 
 def test_influx_ping_auth_and_roundtrip(stack: Stack, influx_db: str) -> None:
@@ -146,6 +143,22 @@ def test_influx_ping_auth_and_roundtrip(stack: Stack, influx_db: str) -> None:
     assert influx_db in names and "cityos" in names
 
 
+def test_influx_service_users_have_least_privilege(stack: Stack, influx_db: str) -> None:
+    """The ingest's user may only write, the readers' only read; neither administers."""
+    info = stack.info()
+    writer = (INFLUX_WRITER, info.password_file(INFLUX_WRITER).read_text().strip())
+    reader = info.reader_login()
+    line = f"forest,device=lp v=1 {int(time.time() * 1000)}".encode()
+    assert _http(info, "/write", {"db": influx_db, "precision": "ms"}, auth=writer, body=line) == 204
+    assert _http(info, "/write", {"db": influx_db, "precision": "ms"}, auth=reader, body=line) == 403
+    q = {"db": influx_db, "q": "SELECT * FROM forest"}
+    assert _http(info, "/query", q, auth=reader) == 200
+    assert _http(info, "/query", q, auth=writer) == 403
+    for who in (writer, reader):
+        assert _http(info, "/query", {"q": "SHOW USERS"}, auth=who) == 403
+        assert _http(info, "/query", {"q": f'DROP DATABASE "{influx_db}"'}, auth=who, body=b"") == 403
+
+
 # ---- own stacks: lifecycle and fault injection
 
 
@@ -167,12 +180,14 @@ def test_down_stops_exactly_our_processes_and_is_idempotent(tmp_path: Path) -> N
     assert not st["up"] and not st["mosquitto"]["running"] and not st["influxdb"]["running"]
     s.down()  # harmless
 
-    # A second up in the same run dir reuses the credentials (the InfluxDB admin user persists).
+    # A second up in the same run dir reuses the credentials (the InfluxDB admin user persists) and the CA.
     info2 = s.up()
     try:
-        assert (info2.mqtt_password, info2.influx_password) == (info.mqtt_password, info.influx_password)
+        assert info2.influx_password == info.influx_password
+        assert info2.ca_file.read_bytes() == info.ca_file.read_bytes()
         creds = (info2.influx_username, info2.influx_password)
         assert _http(info2, "/query", {"q": "SHOW DATABASES"}, auth=creds) == 200
+        assert _http(info2, "/query", {"q": "SHOW DATABASES"}, auth=info2.reader_login()) == 200
     finally:
         s.down()
 

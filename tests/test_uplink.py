@@ -7,11 +7,11 @@ import threading
 import time
 import uuid
 
-import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from citylab.stack import mqtt_client, mqtt_settings
 from cityos import wire
 from edge.config import MqttSection
 from edge.outbox import Outbox
@@ -27,12 +27,7 @@ class Collector:
         self.readings: list[dict] = []
         self.messages = 0
         self.lock = threading.Lock()
-        self.client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"collector-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
-        self.client.username_pw_set(info.mqtt_username, info.mqtt_password)
+        self.client = mqtt_client(info, "dev.tools", client_id=f"collector-{uuid.uuid4().hex[:8]}")
         self.client.on_message = self._on_message
         self.subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: self.subscribed.set()
@@ -55,12 +50,10 @@ class Collector:
         self.client.loop_stop()
 
 
-def _mqtt_cfg(info, **over) -> MqttSection:
+def _mqtt_cfg(info, gw: str, **over) -> MqttSection:
+    """The uplink as gateway ``gw``: its own certificate (the broker lets it publish under its own id only)."""
     return MqttSection(
-        host=info.mqtt_host,
-        port=info.mqtt_port,
-        username=info.mqtt_username,
-        password=info.mqtt_password,
+        **mqtt_settings(info, gw),
         backoff_min_s=0.2,
         backoff_max_s=1.0,
         status_interval_s=1.0,
@@ -96,7 +89,7 @@ def test_backlog_is_delivered_once_and_deleted_after_puback(stack, tmp_path):
     sub = Collector(info, gw)
     ob = Outbox(tmp_path / "o.db", synchronous="NORMAL")
     _fill(ob, 5000)
-    up = Uplink(gw, ob, _mqtt_cfg(info), boot_id=uuid.uuid4().hex, backfill_after_s=60, status_fn=dict)
+    up = Uplink(gw, ob, _mqtt_cfg(info, gw), boot_id=uuid.uuid4().hex, backfill_after_s=60, status_fn=dict)
     stop, t = _start(up)
     try:
         assert _wait(lambda: ob.depth == 0 and len(sub.readings) >= 5000)
@@ -116,7 +109,7 @@ def test_no_matching_subscriber_keeps_the_readings(stack, tmp_path):
     gw = f"gw-{uuid.uuid4().hex[:6]}"
     ob = Outbox(tmp_path / "o.db", synchronous="NORMAL")
     _fill(ob, 300)
-    up = Uplink(gw, ob, _mqtt_cfg(info), boot_id=uuid.uuid4().hex, backfill_after_s=60, status_fn=dict)
+    up = Uplink(gw, ob, _mqtt_cfg(info, gw), boot_id=uuid.uuid4().hex, backfill_after_s=60, status_fn=dict)
     stop, t = _start(up)
     try:
         assert _wait(lambda: up.stats.no_subscribers >= 1, 15)
@@ -137,7 +130,7 @@ def test_broker_outage_loses_nothing_and_live_goes_ahead_of_backlog(stack, tmp_p
     sub = Collector(info, gw)
     ob = Outbox(tmp_path / "o.db", synchronous="NORMAL")
     up = Uplink(
-        gw, ob, _mqtt_cfg(info, readings_per_message=50, max_inflight=2),
+        gw, ob, _mqtt_cfg(info, gw, readings_per_message=50, max_inflight=2),
         boot_id=uuid.uuid4().hex, backfill_after_s=60, status_fn=dict,
     )
     stop, t = _start(up)
@@ -185,7 +178,7 @@ def test_clean_stop_leaves_a_retained_offline_status(stack, tmp_path):
     gw = f"gw-{uuid.uuid4().hex[:6]}"
     ob = Outbox(tmp_path / "o.db", synchronous="NORMAL")
     up = Uplink(
-        gw, ob, _mqtt_cfg(info), boot_id="boot-1234abcd", backfill_after_s=60,
+        gw, ob, _mqtt_cfg(info, gw), boot_id="boot-1234abcd", backfill_after_s=60,
         status_fn=lambda: {"agent_version": "9.9", "backlog_depth": ob.depth, "counters": {"x": 1.0}},
     )
     stop, t = _start(up)
@@ -195,8 +188,7 @@ def test_clean_stop_leaves_a_retained_offline_status(stack, tmp_path):
     t.join(10)
 
     seen: list[dict] = []
-    c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.username_pw_set(info.mqtt_username, info.mqtt_password)
+    c = mqtt_client(info, "dev.tools")
     c.on_message = lambda _c, _u, m: seen.append(json.loads(m.payload))
     c.connect(info.mqtt_host, info.mqtt_port)
     c.loop_start()
@@ -216,7 +208,7 @@ def test_live_readings_on_an_idle_link_share_messages(stack, tmp_path):
     gw = f"gw-{uuid.uuid4().hex[:6]}"
     sub = Collector(info, gw)
     ob = Outbox(tmp_path / "o.db", synchronous="NORMAL")
-    up = Uplink(gw, ob, _mqtt_cfg(info, linger_s=0.2), boot_id=uuid.uuid4().hex, backfill_after_s=60, status_fn=dict)
+    up = Uplink(gw, ob, _mqtt_cfg(info, gw, linger_s=0.2), boot_id=uuid.uuid4().hex, backfill_after_s=60, status_fn=dict)
     stop, t = _start(up)
     try:
         assert _wait(lambda: up.stats.connected)

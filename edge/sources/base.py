@@ -59,6 +59,9 @@ class Source(Protocol):
     def health(self) -> dict[str, float]:
         """Counters and gauges for the status message (e.g. ``crc_errors``, ``timeouts``, ``readings``)."""
 
+    # Optional: ``devices() -> dict[device_id, dict[str, float]]``, health per device behind the source (each
+    # forest station on a bus, the meter of a household) with at least ``ok`` (1/0), for the fleet view.
+
 
 @dataclass(frozen=True)
 class SourcePlugin:

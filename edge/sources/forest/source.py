@@ -264,6 +264,7 @@ class _Station:
     fails: int = 0
     last_seen: tuple[int, int] | None = None  # (sample_no, ts) of the last sample read, emitted or not
     last_seen_mono: float = 0.0
+    last_ok_mono: float = 0.0  # when the station last answered a sample request (0: never since start)
     unset_streak: int = 0
     clock_write_at: float | None = None  # data-clock time (edge.clock.now) at which to send the RTC write
     clock_skew: float = 0.0
@@ -301,6 +302,20 @@ class ForestBus:
             out = {k: float(v) for k, v in self._counters.items()}
         out["port_open"] = 1.0 if self._port_open else 0.0
         return out
+
+    def devices(self) -> dict[str, dict[str, float]]:
+        """Health per station for the fleet view (one bus carries many): answering now, its Modbus unit,
+        consecutive failed requests, seconds since its last answer (-1: none since the agent started)."""
+        now = time.monotonic()
+        return {
+            st.cfg.device_id: {
+                "ok": 1.0 if self._port_open and st.fails == 0 and st.last_ok_mono > 0 else 0.0,
+                "unit": float(st.cfg.unit),
+                "failures": float(st.fails),
+                "last_ok_age_s": round(now - st.last_ok_mono, 1) if st.last_ok_mono > 0 else -1.0,
+            }
+            for st in self._stations
+        }
 
     def run(self, ctx: SourceContext, stop: threading.Event) -> None:
         self._state = self._load_state(ctx.state)
@@ -532,6 +547,7 @@ class ForestBus:
         if st.fails >= 2:
             log.info("%s: unit %d answers again", self.name, unit)
         st.fails = 0
+        st.last_ok_mono = time.monotonic()
         st.next_poll = started + self.config.poll_interval_s
         try:
             self._on_sample(st, sample, ctx)
