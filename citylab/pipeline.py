@@ -83,6 +83,8 @@ class GatewaySpec:
     stations: list[tuple[str, int]]  # (device_id, unit)
     fault: str = ""
     dir: Path = field(default_factory=Path)
+    #: Where its outbox lives, if not in ``dir`` (a test puts it on a small filesystem of its own).
+    outbox_dir: Path | None = None
 
     @property
     def tty(self) -> Path:
@@ -94,7 +96,7 @@ class GatewaySpec:
 
     @property
     def outbox(self) -> Path:
-        return self.dir / "outbox.db"
+        return (self.outbox_dir or self.dir) / "outbox.db"
 
     @property
     def config(self) -> Path:

@@ -135,7 +135,21 @@ class Agent:
             "backlog_depth": self.outbox.depth,
             "backlog_age_s": round(self.outbox.oldest_age_s(), 3),
             "counters": counters,
+            "devices": self.device_health(),
         }
+
+    def device_health(self) -> dict[str, dict[str, float]]:
+        """Health per device behind each source (each forest station, each meter) for the fleet view; a source
+        without ``devices()`` reports none."""
+        out: dict[str, dict[str, float]] = {}
+        for src in self.sources:
+            devices = getattr(src, "devices", None)
+            if devices is None:
+                continue
+            for dev, health in devices().items():
+                if len(out) < 64:  # the status message's bound (wire.GatewayStatus.devices)
+                    out[dev] = {field_name(k): float(v) for k, v in health.items()}
+        return out
 
     def _supervise(self, src: Source) -> None:
         """A source bug must not take the gateway down: log it, count it, restart the source after a pause. (A

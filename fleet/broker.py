@@ -3,8 +3,9 @@
 Identities are certificate CNs (``use_identity_as_username``):
 
 * a **gateway** is its gateway id (``^[a-z0-9][a-z0-9_-]{0,62}$``). Pattern lines give every gateway its own
-  topics and nothing else: publish telemetry and its retained status under ``cityos/v1/<its id>/``, read the
-  receipts addressed to it (the commissioning check's round trip). It cannot read another gateway's status.
+  topics and nothing else: publish telemetry, its retained status and commissioning probes under
+  ``cityos/v1/<its id>/``, read the receipts addressed to it (the commissioning check's round trip). It cannot
+  read another gateway's status, nor anything else.
 * a **service** is ``svc.<name>``: the dot keeps it out of the gateway id space, so no gateway can be named like a
   service, and the pattern lines substituted with a service's name give topics the ingest rejects (``bad_topic``).
   Its grants are listed under its name (:data:`SERVICE_GRANTS`): least privilege per role.
@@ -32,6 +33,7 @@ __all__ = ["DEV_GRANTS", "GATEWAY_PATTERNS", "SERVICE_GRANTS", "acl_text", "tls_
 GATEWAY_PATTERNS: tuple[tuple[str, str], ...] = (
     ("write", f"{TOPIC_ROOT}/%u/telemetry"),
     ("write", f"{TOPIC_ROOT}/%u/status"),
+    ("write", f"{TOPIC_ROOT}/%u/probe"),
     ("read", f"{TOPIC_ROOT}/%u/receipt"),
 )
 
@@ -42,6 +44,7 @@ SERVICE_GRANTS: dict[str, tuple[tuple[str, str], ...]] = {
     "svc.ingest": (
         ("read", f"{TOPIC_ROOT}/+/telemetry"),
         ("read", f"{TOPIC_ROOT}/+/status"),
+        ("read", f"{TOPIC_ROOT}/+/probe"),
         ("write", f"{TOPIC_ROOT}/+/receipt"),
     ),
     "svc.fleet": (("readwrite", f"{TOPIC_ROOT}/+/status"),),

@@ -45,8 +45,8 @@ __all__ = ["IDENTITY_RE", "BrokerSettings", "FleetError", "GatewayRecord", "Iden
 
 #: Where a gateway's files live on the gateway itself (the first-boot bundle puts them there).
 GATEWAY_ETC = Path("/etc/cityos")
-GATEWAY_PATHS = {"ca_file": GATEWAY_ETC / "ca.crt", "cert_file": GATEWAY_ETC / "gateway.crt",
-                 "key_file": GATEWAY_ETC / "gateway.key"}
+#: The TLS files in a gateway's config, by name in its ``[mqtt]`` section, under its etc directory.
+GATEWAY_FILES = {"ca_file": "ca.crt", "cert_file": "gateway.crt", "key_file": "gateway.key"}
 
 
 class FleetError(RuntimeError):
@@ -97,6 +97,8 @@ class BrokerSettings(BaseModel):
     pid_file: Path | None = None
     #: Where `cityos fleet broker-config` installed the broker's files: the ACL and CRL are refreshed there too.
     config_dir: Path | None = None
+    #: Where the gateways keep their config, certificate and key (the bundle installs them there).
+    gateway_etc: Path = GATEWAY_ETC
 
 #: A gateway id (the wire's pattern) or a dotted service/tool name (svc.ingest, dev.tools).
 IDENTITY_RE = re.compile(r"^(?:[a-z0-9][a-z0-9_-]{0,62}|[a-z]{2,8}\.[a-z0-9][a-z0-9_-]{0,40})$")
@@ -206,9 +208,10 @@ class Registry:
         """``config`` as the gateway will run it: its id, the fleet's broker, the bundle's TLS files."""
         b = self.broker()
         mqtt = {k: v for k, v in config.get("mqtt", {}).items()
-                if k not in ("host", "port", "tls", "username", "password_file", *GATEWAY_PATHS)}
+                if k not in ("host", "port", "tls", "username", "password_file", *GATEWAY_FILES)}
+        files = {k: str(b.gateway_etc / name) for k, name in GATEWAY_FILES.items()}
         return {**config, "gateway": {**config.get("gateway", {}), "id": gateway_id},
-                "mqtt": {"host": b.host, "port": b.port, **{k: str(v) for k, v in GATEWAY_PATHS.items()}, **mqtt}}
+                "mqtt": {"host": b.host, "port": b.port, **files, **mqtt}}
 
     def add(self, gateway_id: str, family: str, site: Site, config: dict[str, Any]) -> GatewayRecord:
         """Register a gateway: issue its certificate, keep the config it should run and its hash."""
