@@ -52,6 +52,9 @@ from cityos.influx import (
     quote_ident,
 )
 from fleet.broker import tls_listener
+from fleet.influxdb import READER as INFLUX_READER
+from fleet.influxdb import WRITER as INFLUX_WRITER
+from fleet.influxdb import ensure_database, ensure_user
 from fleet.registry import BrokerSettings, Identity, Registry
 
 __all__ = [
@@ -61,10 +64,6 @@ __all__ = [
 
 HOST = "127.0.0.1"
 INFLUX_USERNAME = "cityos"
-#: The ingest's InfluxDB user: WRITE on each database, nothing else.
-INFLUX_WRITER = "cityos_ingest"
-#: The API's and the dashboards' user: READ on each database.
-INFLUX_READER = "cityos_reader"
 DEFAULT_DB = "cityos"
 
 #: Searched after $PATH: Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH.
@@ -833,13 +832,15 @@ bind-address = "{HOST}:{rpc_port}"
 
     def _ensure_service_users(self, info: StackInfo, creds: dict[str, str]) -> None:
         """The ingest's write-only and the readers' read-only users (their grants come per database)."""
-        for user in (INFLUX_WRITER, INFLUX_READER):
-            q = f"CREATE USER {quote_ident(user)} WITH PASSWORD '{creds[user]}'"
-            if self._influx_error(info, q) is not None:  # exists (kept in the meta store across restarts)
-                self._influx_query(info, f"SET PASSWORD FOR {quote_ident(user)} = '{creds[user]}'")
+        try:
+            ensure_user(influx_client(info), INFLUX_WRITER, creds[INFLUX_WRITER])
+            ensure_user(influx_client(info), INFLUX_READER, creds[INFLUX_READER])
+        except InfluxError as exc:
+            raise StackError(f"InfluxDB service users: {exc}") from None
 
     def _ensure_database(self, info: StackInfo, name: str) -> None:
-        db = quote_ident(name)
-        self._influx_query(info, f"CREATE DATABASE {db}")
-        self._influx_query(info, f"GRANT WRITE ON {db} TO {quote_ident(INFLUX_WRITER)}")
-        self._influx_query(info, f"GRANT READ ON {db} TO {quote_ident(INFLUX_READER)}")
+        """The database with both service users' grants, as a deployment has them (fleet/influxdb.py)."""
+        try:
+            ensure_database(influx_client(info), name)
+        except InfluxError as exc:
+            raise StackError(f"InfluxDB database {name!r}: {exc}") from None

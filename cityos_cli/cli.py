@@ -50,6 +50,17 @@ def _gateway_cmd(args: argparse.Namespace) -> int:
 
 
 def _ingest_cmd(args: argparse.Namespace) -> int:
+    if args.check:
+        from cityos.credentials import read_secret
+        from ingest.config import load_config
+
+        cfg = load_config(args.config)
+        cfg.mqtt.load_files("mqtt")
+        if cfg.influx.password_file is not None:
+            read_secret(cfg.influx.password_file, "influx.password_file")
+        print(f"{args.config}: OK — broker {cfg.mqtt.host}:{cfg.mqtt.port} (TLS {'on' if cfg.mqtt.tls else 'off'}), "
+              f"InfluxDB {cfg.influx.url} db={cfg.influx.db} as {cfg.influx.username or '(no user)'}")
+        return 0
     from ingest.service import main
 
     return main(["--config", str(args.config)])
@@ -253,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("ingest", help="the cloud ingest service: MQTT → InfluxDB")
     i.add_argument("--config", required=True, type=Path, help="ingest TOML config")
+    i.add_argument("--check", action="store_true",
+                   help="only validate the config and load its TLS and password files (exit 0 if usable)")
     i.set_defaults(func=_ingest_cmd)
 
     m = sub.add_parser(

@@ -85,6 +85,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--ssh-key", type=Path, default=None, help="a technician's public key for the admin user")
     b.add_argument("--wifi", default=None, help="SSID,PSKFILE: Wi-Fi for a gateway without Ethernet")
 
+    s_ = acts.add_parser("issue", help="a service's certificate and key (svc.ingest, svc.fleet) into a folder")
+    s_.add_argument("name", choices=["svc.ingest", "svc.fleet"])
+    s_.add_argument("--out", type=Path, required=True, help="folder for ca.crt, NAME.crt, NAME.key (0600)")
+
+    x = acts.add_parser("influxdb", help="InfluxDB for a deployment: database, retention, the write-only and "
+                        "read-only service users (their passwords into 0600 files)")
+    x.add_argument("--url", required=True, help="InfluxDB base URL (its v1 API)")
+    x.add_argument("--db", default="cityos")
+    x.add_argument("--admin-user", required=True)
+    x.add_argument("--admin-password-file", type=Path, required=True, help="0600 file with the admin's password")
+    x.add_argument("--secrets-dir", type=Path, required=True,
+                   help="where the service users' password files go (created 0700; existing files are kept)")
+    x.add_argument("--retention", default="1825d", help="default retention policy (default: %(default)s)")
+
     c = acts.add_parser("broker-config", help="the production Mosquitto config, ACL and CRL from the registry")
     c.add_argument("--out", type=Path, required=True, help="folder for mosquitto.conf, acl, crl.pem, certificates")
     c.add_argument("--listen", default="0.0.0.0", help="address of the TLS listener (default: %(default)s)")
@@ -263,7 +277,6 @@ def _rotate(args: argparse.Namespace, d: Path) -> int:
 
 def _bundle(args: argparse.Namespace, d: Path) -> int:
     from fleet.bundle import build_bundle
-
     from fleet.registry import Registry
 
     t0 = time.monotonic()
@@ -284,5 +297,49 @@ def _broker_config(args: argparse.Namespace, d: Path) -> int:
     return 0
 
 
+def _issue(args: argparse.Namespace, d: Path) -> int:
+    import shutil
+
+    from fleet.pki import write_private
+    from fleet.registry import Registry
+
+    ident = Registry(d).identity(args.name)
+    args.out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ident.ca_file, args.out / "ca.crt")
+    shutil.copyfile(ident.cert_file, args.out / f"{args.name}.crt")
+    write_private(args.out / f"{args.name}.key", ident.key_file.read_bytes(), 0o600)
+    print(f"{args.name}: {args.out / (args.name + '.crt')} and its key (0600: chown it to the service's user)")
+    return 0
+
+
+def _influxdb(args: argparse.Namespace, _d: Path) -> int:
+    import secrets as pysecrets
+
+    from cityos.credentials import read_secret
+    from cityos.influx import InfluxClient, InfluxError
+    from fleet.influxdb import READER, WRITER, InfluxRoles, provision
+    from fleet.pki import write_private
+
+    admin_pw = read_secret(args.admin_password_file, "--admin-password-file")
+    args.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    passwords = {}
+    for user in (WRITER, READER):
+        f = args.secrets_dir / f"influx-{user}.password"
+        if not f.exists():
+            write_private(f, pysecrets.token_urlsafe(24) + "\n", 0o600)
+        passwords[user] = read_secret(f, str(f))
+    try:
+        with InfluxClient(args.url, args.db, args.admin_user, admin_pw, timeout_s=30) as admin:
+            provision(admin, args.db, InfluxRoles(passwords[WRITER], passwords[READER]), retention=args.retention)
+    except InfluxError as exc:
+        print(f"cityos fleet influxdb: {exc}", file=sys.stderr)
+        return 1
+    print(f"database {args.db} (default retention {args.retention}); users {WRITER} (WRITE), {READER} (READ)")
+    for user in (WRITER, READER):
+        print(f"  {user}: password in {args.secrets_dir / f'influx-{user}.password'} (0600: chown it to the service)")
+    return 0
+
+
 _ACTIONS = {"init": _init, "add": _add, "list": _list, "show": _show, "revoke": _revoke, "rotate": _rotate,
-            "bundle": _bundle, "broker-config": _broker_config}
+            "bundle": _bundle, "broker-config": _broker_config, "influxdb": _influxdb,
+            "issue": _issue}

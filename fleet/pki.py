@@ -10,7 +10,7 @@ Layout of a CA directory (keys 0600, the directory 0700)::
 
     ca.crt  ca.key        the CA (EC P-256, 20 years: it is the fleet's root, replaced only by a planned re-key)
     crl.pem               the revocation list, re-signed on every revoke (valid CRL_DAYS: re-sign it before then,
-                          `cityos fleet crl` does, or the broker refuses every client)
+                          `cityos fleet broker-config` does, or the broker refuses every client)
     revoked.json          serial -> (identity, time) of every revoked certificate
     serials.json          serial -> identity of every issued certificate (who a serial was)
 

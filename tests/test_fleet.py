@@ -19,6 +19,7 @@ from ingest_helpers import ingest_config, running_ingest, wait_for
 from citylab.pipeline import Proc, gateway_config
 from citylab.stack import Stack
 from cityos.config import config_hash, dump_toml
+from dashboards.catalog import ALERT_RULES
 from firmware_sim.forest.sim import ForestStationSim, StationSpec
 from fleet.registry import Registry
 
@@ -76,6 +77,10 @@ def test_add_view_rotate_revoke(own_stack: Stack, tmp_path: Path) -> None:
         wait_for(lambda: influx_query(info, info.influx_db,
                                       f"SELECT \"state\" FROM \"gateway_status\" WHERE \"gateway\" = '{gw}'"),
                  20, "the registered status in InfluxDB")
+        # The offline alert rule's own query now has a series for it: silent for 15 minutes, it alerts.
+        rule = next(r for r in ALERT_RULES if r.uid == "cityos-gateway-offline")
+        covered = {s_.get("tags", {}).get("gateway") for s_ in influx_query(info, info.influx_db, rule.query)}
+        assert gw in covered
 
         cfg = _install(reg, gw, etc)
         sim = ForestStationSim(stations, link_path=tmp_path / "tty0", ground_truth=tmp_path / "gt.jsonl").start()
