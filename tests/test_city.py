@@ -9,14 +9,19 @@ forest sample exactly and every pickup (kg per district within the indicator's r
 
 from __future__ import annotations
 
+import json
 import threading
+import time
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from citylab.city import load_scenario
+from citylab.city import CitySim, load_scenario
 from citylab.cityrun import CityRun
-from cityos.config import ConfigError
+from cityos.config import ConfigError, dump_toml
+from cityos.simclock import ScaledClock
+from edge.config import parse_config
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -176,6 +181,42 @@ def test_a_day_stopped_early_is_checked_over_the_part_played(stack, influx_db, t
     assert checks["forest"].truth >= 2 * 7 and checks["energy"].truth >= 3 * 2
     assert checks["waste"].nothing_due and "nothing due yet" in checks["waste"].line()
     assert checks["bus"].truth >= 5 and not checks["bus"].nothing_due  # the 07:00 trip's first stops
+
+
+def test_meter_gateways_get_the_b_route_credentials_as_0600_files_not_in_their_config(tmp_path):
+    """What the city writes for a meter gateway: each household's B-route ID and password in two 0600 files next
+    to the gateway's config, which names only their paths, so that the raw TOML (the input of the config hash
+    the agent reports) holds no secret; the source reads them back."""
+    sc_path = tmp_path / "morning.toml"
+    sc_path.write_text(SCENARIO.format(districts=REPO / "scenarios" / "tsuyama-districts.geojson"))
+    city = CitySim(load_scenario(sc_path), tmp_path / "city", info=None)  # type: ignore[arg-type]
+    city.plan()
+    city.clock = ScaledClock(sim_start=city.sim_start, real_anchor=time.time(), rate=city.sc.day.rate)
+    meters = next(f for f in city.families if f.name == "meter")
+    for gw in meters.gateways:
+        gw.dir.mkdir(parents=True)
+    meters.start()
+    try:
+        assert len(meters.gateways) == 2
+        for gw in meters.gateways:
+            raw = tomllib.loads(dump_toml({
+                "gateway": {"id": gw.gateway_id}, "mqtt": {"host": "127.0.0.1", "port": 1883, "tls": False},
+                "outbox": {"path": gw.outbox}, "sources": gw.sources}))  # fmt: skip
+            blob = json.dumps(raw, sort_keys=True, default=str, ensure_ascii=False)  # what config_hash hashes
+            cfg = parse_config(raw, str(gw.config))
+            assert [s.device_id for s in cfg.sources] == gw.devices
+            for src in cfg.sources:
+                h = meters.households[src.device_id]
+                assert h["rbid"] not in blob and h["rbid"][-8:] not in blob and h["password"] not in blob
+                assert src.rbid_file.parent == src.password_file.parent == gw.dir
+                assert src.rbid_file.stat().st_mode & 0o777 == 0o600
+                assert src.password_file.stat().st_mode & 0o777 == 0o600
+                creds = src.credentials()
+                assert creds.rbid.get_secret_value() == h["rbid"]
+                assert creds.password.get_secret_value() == h["password"]
+    finally:
+        for sim in meters.sims.values():
+            sim.stop()
 
 
 def test_scenario_errors_name_the_field(tmp_path):

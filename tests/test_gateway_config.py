@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from cityos.config import ConfigError
+from cityos.config import ConfigError, config_hash, read_toml
 from edge.config import load_config
 
 GOOD = """
@@ -164,16 +166,56 @@ port = 1883
 tls = false
 
 [outbox]
-path = "/tmp/outbox.db"
+path = "{outbox}"
 
 [[sources]]
 type = "smart_meter"
 name = "meter0"
 port = "/dev/ttyWISUN0"
 device_id = "hh-0001"
-rbid = "0000003900000000000000000000ABCD"
-password = "XXXXXXXXXXXX"
+rbid_file = "{rbid_file}"
+password_file = "{password_file}"
 """
+
+RBID, PASSWORD = "0000003900000000000000000000ABCD", "XXXXXXXXXXXX"
+
+
+def _meter(
+    tmp_path: Path, rbid: str = RBID, password: str = PASSWORD, *, password_mode: int = 0o600
+) -> tuple[Path, Path, Path]:
+    """A meter gateway's config whose B-route credentials are files (0600; the password's ``password_mode``):
+    (config, rbid file, password file)."""
+    files = []
+    for name, secret, mode in (("broute-hh-0001.id", rbid, 0o600),
+                               ("broute-hh-0001.password", password, password_mode)):  # fmt: skip
+        f = tmp_path / name
+        f.write_text(f"{secret}\n")
+        f.chmod(mode)
+        files.append(f)
+    text = METER.format(outbox=tmp_path / "outbox.db", rbid_file=files[0], password_file=files[1])
+    return _write(tmp_path, text), files[0], files[1]
+
+
+def test_a_meter_config_holds_paths_not_secrets(tmp_path):
+    p, rbid_file, password_file = _meter(tmp_path)
+    cfg = load_config(p)
+    assert (cfg.sources[0].rbid_file, cfg.sources[0].password_file) == (rbid_file, password_file)
+    creds = cfg.sources[0].credentials()
+    assert (creds.rbid.get_secret_value(), creds.password.get_secret_value()) == (RBID, PASSWORD)
+
+
+def test_the_config_hash_input_holds_no_secret(tmp_path):
+    """The agent reports config_hash(read_toml(config)) to the fleet view: its input (the raw TOML) holds the
+    files' paths only, so a re-issued password changes nothing in it."""
+    p, rbid_file, password_file = _meter(tmp_path)
+    assert load_config(p).sources[0].type == "smart_meter"  # a whole meter config, without a secret in it
+    raw = read_toml(p)
+    blob = json.dumps(raw, sort_keys=True, default=str, ensure_ascii=False)  # what config_hash hashes
+    assert RBID not in blob and RBID[-8:] not in blob and PASSWORD not in blob
+    assert str(rbid_file) in blob and str(password_file) in blob
+    before = config_hash(raw)
+    password_file.write_text("REISSUED1234\n")
+    assert config_hash(read_toml(p)) == before
 
 
 @pytest.mark.parametrize(
@@ -181,15 +223,16 @@ password = "XXXXXXXXXXXX"
     [
         # a password typed without quotes: pydantic's own error carries the number as its input
         (("[mqtt]", "[mqtt]\npassword = 98765432"), "98765432", "mqtt.password"),
-        (('password = "XXXXXXXXXXXX"', "password = 98765432"), "98765432", "sources.0.password"),
-        (('password = "XXXXXXXXXXXX"', 'password = "hunter2 with spaces"'), "hunter2", "sources.0.password"),
-        (('rbid = "0000003900000000000000000000ABCD"', "rbid = 39000000"), "39000000", "sources.0.rbid"),
-        (('rbid = "0000003900000000000000000000ABCD"', 'rbid = "00000039000000000000ABCD"'), "39000000",
-         "sources.0.rbid"),
+        # the meter's secrets written into the config as before: unknown keys now, and still never shown
+        (("password_file =", "password = 98765432\npassword_file ="), "98765432", "sources.0.password"),
+        (("password_file =", 'password = "hunter2 with spaces"\npassword_file ='), "hunter2", "sources.0.password"),
+        (("rbid_file =", "rbid = 39000000\nrbid_file ="), "39000000", "sources.0.rbid"),
+        (("rbid_file =", 'rbid = "00000039000000000000ABCD"\nrbid_file ='), "39000000", "sources.0.rbid"),
     ],
 )
 def test_a_mistyped_secret_is_named_never_echoed(tmp_path, edit, secret, setting):
-    p = _write(tmp_path, METER.replace(*edit, 1))
+    p, _, _ = _meter(tmp_path)
+    p.write_text(p.read_text().replace(*edit, 1))
     with pytest.raises(ConfigError) as ei:
         load_config(p)
     assert setting in str(ei.value)
@@ -197,6 +240,48 @@ def test_a_mistyped_secret_is_named_never_echoed(tmp_path, edit, secret, setting
     r = _cli_check(p)
     assert r.returncode == 2 and setting in r.stderr
     assert secret not in r.stderr + r.stdout and "Traceback" not in r.stderr
+
+
+def _cli_run(path: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "cityos_cli", "gateway", "run", "--config", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    return r, time.monotonic() - t0
+
+
+@pytest.mark.parametrize(
+    ("setting", "kw", "problem"),
+    [
+        ("password_file", {"password_mode": 0o644}, "(mode 0644); run `chmod 600"),
+        ("password_file", {"password": "hunter2 with spaces"}, "does not hold a B-route password"),
+        ("rbid_file", {"rbid": RBID[:24]}, "does not hold a B-route ID"),
+        ("rbid_file", {"rbid": f"{RBID}\n{RBID}"}, "must hold the secret on one line"),
+    ],
+)
+def test_a_bad_secret_file_stops_the_agent_at_start_naming_it_never_echoing_it(tmp_path, setting, kw, problem):
+    """`cityos gateway run` reads the meter's credential files as it builds the source: a bad one is exit 2 with
+    one line naming the setting and the file (systemd's journal shows it), before any thread runs."""
+    p, rbid_file, password_file = _meter(tmp_path, **kw)
+    r, took = _cli_run(p)
+    assert r.returncode == 2, r.stderr
+    assert took < 20
+    lines = r.stderr.strip().splitlines()
+    path = password_file if setting == "password_file" else rbid_file
+    assert len(lines) == 1 and lines[0].startswith(f"sources[meter0].{setting}: {path} "), r.stderr
+    assert problem in lines[0]
+    for secret in (kw.get("password", PASSWORD), kw.get("rbid", RBID), RBID[-8:], "hunter2"):
+        assert secret not in r.stderr + r.stdout
+    assert "Traceback" not in r.stderr
+
+
+def test_a_missing_secret_file_stops_the_agent_at_start(tmp_path):
+    p, rbid_file, _ = _meter(tmp_path)
+    rbid_file.unlink()
+    r, took = _cli_run(p)
+    assert r.returncode == 2 and took < 20
+    assert r.stderr.strip() == f"sources[meter0].rbid_file: {rbid_file} does not exist"
 
 
 def test_the_ingest_config_never_echoes_its_influx_password(tmp_path):

@@ -13,6 +13,7 @@ import copy
 import datetime as _dt
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from momonga import EchonetPropertyCode as EPC
 from momonga.momonga_echonet_data import PARSER_MAP
 from pydantic import ValidationError
 
+from cityos.config import ConfigError
 from cityos.simclock import ScaledClock
 from cityos.wire import Reading, measurement_for
 from edge import clock as edge_clock
@@ -98,6 +100,30 @@ def state_is(run: Running, code: int) -> Callable[[], bool]:
     return lambda: run.health()["session_state"] == code
 
 
+def write_secret(path: Path, text: str, mode: int = 0o600) -> Path:
+    """A secret file as a technician installs it (one line, 0600 unless ``mode`` says otherwise)."""
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def credential_files(where: Path, rbid: str, password: str) -> dict[str, Path]:
+    """The ``rbid_file`` / ``password_file`` settings of a source whose files hold ``rbid`` and ``password``."""
+    return {"rbid_file": write_secret(where / "broute.id", f"{rbid}\n"),
+            "password_file": write_secret(where / "broute.password", f"{password}\n")}  # fmt: skip
+
+
+#: Where config() puts the credential files: the running test's own tmp_path (set by _secrets_in_tmp).
+_secrets_dir: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _secrets_in_tmp(tmp_path: Path) -> Iterator[None]:
+    _secrets_dir.append(tmp_path)
+    yield
+    _secrets_dir.clear()
+
+
 def config(sim: WiSunModuleSim, **kw: Any) -> m.SmartMeterConfig:
     base: dict[str, Any] = {
         "type": "smart_meter",
@@ -105,8 +131,7 @@ def config(sim: WiSunModuleSim, **kw: Any) -> m.SmartMeterConfig:
         "port": sim.port,
         "device_id": sim.spec.device_id,
         "district": "kamo",
-        "rbid": sim.spec.rbid,
-        "password": sim.spec.password,
+        **credential_files(_secrets_dir[-1], sim.spec.rbid, sim.spec.password),
         "poll_interval_s": 0.1,
         "recv_timeout_s": 0.3,
         "xmit_retries": 5,
@@ -205,7 +230,8 @@ def test_readings_match_the_meter_and_secrets_stay_secret(make_sim, clock, caplo
 
     # the B-route ID, its last 8 characters (the scan's PairID) and the password appear nowhere
     secrets = (sim.spec.rbid, sim.spec.rbid[-8:], sim.spec.password)
-    text = caplog.text + repr(health) + repr(cfg) + cfg.model_dump_json() + repr(outbox.state)
+    text = (caplog.text + repr(health) + repr(cfg) + cfg.model_dump_json() + repr(outbox.state)
+            + repr(vars(run.source)))  # fmt: skip
     assert "Momonga" in caplog.text or "meter-hh-0001" in caplog.text  # the logs were captured at all
     for s in secrets:
         assert s not in text
@@ -281,7 +307,7 @@ def test_wrong_password_backs_off_long_and_resumes_without_gaps(make_sim) -> Non
     health = run.health()
     assert health["auth_failures"] == 1 and health["backoff_s"] > 2
     failed_at = len(sim.join_times)
-    sim.set_meter_password(sim.spec.password)  # e.g. the operator put the new password in the config
+    sim.set_meter_password(sim.spec.password)  # the meter takes the password in the gateway's file again
     wait_for(state_is(run, m.ONLINE), "online after the backoff", timeout=30)
     gap = sim.join_times[failed_at] - sim.join_times[failed_at - 1]
     assert gap >= 2.9, f"tried again after {gap:.1f} s: the meter is being hammered"
@@ -375,20 +401,71 @@ def test_fresh_meter_first_live_reading_within_one_poll_then_its_first_slot(fres
     assert len(told) == 1 and told[0].levelno == logging.INFO  # logged once, not as an error
 
 
-def test_config_is_strict_and_never_echoes_secrets() -> None:
+def test_config_is_strict_and_never_echoes_secrets(tmp_path: Path) -> None:
     assert registry()["smart_meter"].config_model is m.SmartMeterConfig
     good = {"type": "smart_meter", "name": "m", "port": "/dev/x", "device_id": "hh-0001",
-            "rbid": "0123456789ABCDEF0123456789ABCDEF", "password": "ABCDEFGH1234"}  # fmt: skip
+            **credential_files(tmp_path, "0123456789ABCDEF0123456789ABCDEF", "ABCDEFGH1234")}  # fmt: skip
     with pytest.raises(ValidationError, match="extra"):
-        m.SmartMeterConfig.model_validate({**good, "pasword": "x"})
-    with pytest.raises(ValidationError) as err:
-        m.SmartMeterConfig.model_validate({**good, "rbid": "SECRETSECRET"})
-    assert "SECRETSECRET" not in str(err.value)
+        m.SmartMeterConfig.model_validate({**good, "pasword_file": "x"})
+    # the secrets themselves are no settings any more: an old config's inline values are unknown keys, not shown
+    for key, secret in (("rbid", "0123456789ABCDEF0123456789ABCDEF"), ("password", "SECRETSECRET")):
+        with pytest.raises(ValidationError) as err:
+            m.SmartMeterConfig.model_validate({**good, key: secret})
+        assert key in str(err.value) and "extra" in str(err.value) and secret not in str(err.value)
+    with pytest.raises(ValidationError, match="rbid_file"):
+        m.SmartMeterConfig.model_validate({k: v for k, v in good.items() if k != "rbid_file"})
     with pytest.raises(ValidationError):
         m.SmartMeterConfig.model_validate({**good, "device_id": "Tanaka Household"})
-    cfg = m.SmartMeterConfig.model_validate({**good, "rbid": "0123 4567 89AB CDEF 0123 4567 89AB CDEF"})
-    assert cfg.rbid.get_secret_value() == good["rbid"]
-    assert "ABCDEFGH1234" not in repr(cfg) and "0123456789ABCDEF" not in cfg.model_dump_json()
+    # the ID as the letter prints it, in groups of four
+    write_secret(good["rbid_file"], "0123 4567 89AB CDEF 0123 4567 89AB CDEF\n")
+    cfg = m.SmartMeterConfig.model_validate(good)
+    creds = cfg.credentials()
+    assert creds.rbid.get_secret_value() == "0123456789ABCDEF0123456789ABCDEF"
+    assert creds.password.get_secret_value() == "ABCDEFGH1234"
+    src = m.SmartMeterSource(cfg)
+    for text in (repr(cfg), cfg.model_dump_json(), repr(creds), repr(vars(src))):
+        assert "ABCDEFGH1234" not in text and "0123456789ABCDEF" not in text and "0123 4567" not in text
+
+
+RBID, PASSWORD = "0123456789ABCDEF0123456789ABCDEF", "Pw0rd!Secret"
+
+
+@pytest.mark.parametrize(
+    ("setting", "content", "mode", "problem"),
+    [
+        ("rbid_file", None, 0o600, "does not exist"),
+        ("password_file", None, 0o600, "does not exist"),
+        ("rbid_file", f"{RBID}\n", 0o644, "mode 0644"),
+        ("password_file", f"{PASSWORD}\n", 0o644, "mode 0644"),
+        ("password_file", f"{PASSWORD}\n", 0o640, "mode 0640"),
+        ("password_file", f"{PASSWORD}\n", 0o000, "not readable by this user"),
+        ("rbid_file", f"{RBID[:24]}\n", 0o600, "does not hold a B-route ID"),
+        ("rbid_file", f"{RBID[:31]}_\n", 0o600, "does not hold a B-route ID"),
+        ("rbid_file", "\n", 0o600, "on one line"),
+        ("rbid_file", f"{RBID}\n{RBID}\n", 0o600, "on one line"),
+        ("password_file", f"{PASSWORD} with spaces\n", 0o600, "does not hold a B-route password"),
+        ("password_file", f"{PASSWORD * 3}\n", 0o600, "does not hold a B-route password"),
+        ("password_file", "", 0o600, "on one line"),
+    ],
+)
+def test_a_bad_credentials_file_stops_the_source_at_construction_naming_the_setting(
+    tmp_path: Path, setting: str, content: str | None, mode: int, problem: str
+) -> None:
+    if mode == 0o000 and os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    files = credential_files(tmp_path, RBID, PASSWORD)
+    files[setting].unlink()
+    if content is not None:
+        write_secret(files[setting], content, mode)
+    cfg = m.SmartMeterConfig.model_validate({"type": "smart_meter", "name": "meter-hh-0007", "port": "/dev/x",
+                                             "device_id": "hh-0007", **files})  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        m.SmartMeterSource(cfg)
+    msg = str(err.value)
+    assert msg.startswith(f"sources[meter-hh-0007].{setting}: {files[setting]} ") and problem in msg, msg
+    assert "\n" not in msg
+    for secret in (RBID, RBID[:24], RBID[-8:], PASSWORD, "with spaces"):
+        assert secret not in msg
 
 
 # --- the sans-I/O core (edge/sources/meter/core.py): no emulator, no thread, no clock -----------------------
@@ -648,15 +725,14 @@ def test_core_slot_time_is_the_meters_local_time_in_utc() -> None:
     assert r.ts == T0_MS + 9 * 3600_000
 
 
-def test_the_source_feeds_its_core() -> None:
+def test_the_source_feeds_its_core(tmp_path: Path) -> None:
     good = {
         "type": "smart_meter",
         "name": "m",
         "port": "/dev/x",
         "device_id": "hh-0001",
         "district": "kamo",
-        "rbid": "0123456789ABCDEF0123456789ABCDEF",
-        "password": "ABCDEFGH1234",
+        **credential_files(tmp_path, "0123456789ABCDEF0123456789ABCDEF", "ABCDEFGH1234"),
         "meter_utc_offset_h": 8,
     }
     src = m.SmartMeterSource(m.SmartMeterConfig.model_validate(good))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,17 @@ class MeterSection(Section):
 def _secret(kind: str, seed: int, household: str, n: int) -> str:
     """A household's B-route ID / password as the grid operator's letter would give it (deterministic here)."""
     return hashlib.sha256(f"{kind}:{seed}:{household}".encode()).hexdigest().upper()[:n]
+
+
+def write_secret_file(path: Path, secret: str) -> None:
+    """``secret`` on one line in ``path``, readable and writable by its owner only (0600, also when the file was
+    there before), as a technician installs a household's B-route ID and password on a gateway."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, f"{secret}\n".encode())
+    finally:
+        os.close(fd)
 
 
 class MeterCity(CityFamily):
@@ -55,11 +67,16 @@ class MeterCity(CityFamily):
                     "password": _secret("pwd", seed, hh, 12),
                     "seed": seed * 10_000 + i,
                     "gateway": gw.gateway_id,
+                    # where a technician installs the grid operator's letter: 0600 files next to the config
+                    "rbid_file": gw.dir / f"broute-{hh}.id",
+                    "password_file": gw.dir / f"broute-{hh}.password",
                 }
                 self.households[hh] = h
                 gw.sources.append({
                     "type": "smart_meter", "name": hh, "port": gw.dir / f"tty-{hh}", "device_id": hh,
-                    "district": h["district"], "rbid": h["rbid"], "password": h["password"],
+                    # the credentials are files (start() writes them), so the config, and the hash of it the
+                    # agent reports, holds only their paths
+                    "district": h["district"], "rbid_file": h["rbid_file"], "password_file": h["password_file"],
                     # the source's timers are real seconds: the scenario's simulated ones divided by the rate
                     "poll_interval_s": round(max(0.2, ms.poll_interval_s / rate), 3),
                     "recv_timeout_s": 2.0, "xmit_retries": 6, "xmit_timeout_s": 20.0, "xmit_interval_s": 0.0,
@@ -78,6 +95,8 @@ class MeterCity(CityFamily):
 
         for hh, h in self.households.items():
             gw = next(g for g in self.gateways if hh in g.devices)
+            write_secret_file(h["rbid_file"], h["rbid"])
+            write_secret_file(h["password_file"], h["password"])
             spec = MeterSpec(device_id=hh, seed=h["seed"], rbid=h["rbid"], password=h["password"])
             self.sims[hh] = WiSunModuleSim(
                 spec, clock=self.city.clock, truth_path=self.truth_path(hh), link_path=gw.dir / f"tty-{hh}",

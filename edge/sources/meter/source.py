@@ -64,6 +64,12 @@ each line as it arrives (:class:`_LineTap`). It never stores or logs the lines (
 * Serial port gone or silent: ``MomongaIOError`` / ``MomongaTimeoutError`` at open (PORT_ERROR), or
   ``MomongaNeedToReopen`` mid-session (RECONNECTING); reopen with backoff.
 
+The B-route ID and password are files the config points at (``rbid_file``, ``password_file``: 0600, one line
+each, owned by the agent's user), never values in the config. They are read, and their form checked, when the
+source is built (:meth:`SmartMeterConfig.credentials`), so a missing, unreadable, group/world-readable or
+malformed file is a ConfigError at the agent's start naming the setting (``sources[<name>].password_file``) and
+the file, never what is in it. A re-issued password: replace the file and restart the agent.
+
 momonga's own logging: it masks SKSETRBID/SKSETPWD in its DEBUG line dumps, but the scan's ``PairID`` (the end of
 the B-route ID) is dumped unmasked at DEBUG, so the ``momonga`` logger is held at INFO or above unless
 ``momonga_debug`` is set. Its per-request INFO lines are dropped, its warnings rate-limited to one per minute.
@@ -76,15 +82,18 @@ import queue
 import re
 import threading
 import time
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
 
 import momonga
 from momonga import EchonetProperty
 from momonga import EchonetPropertyCode as EPC
 from momonga.momonga_device import parse_sk_line
 from momonga.momonga_echonet_data import ENERGY_PARSERS, PARSER_MAP
-from pydantic import ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr
 
+from cityos.config import ConfigError
+from cityos.credentials import read_secret
 from cityos.wire import DeviceId
 from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
@@ -105,6 +114,7 @@ __all__ = [
     "SLOT_MS",
     "STATE_NAMES",
     "STATE_VERSION",
+    "BRouteCredentials",
     "SmartMeterConfig",
     "SmartMeterSource",
 ]
@@ -157,7 +167,8 @@ COUNTERS = (
 
 
 class SmartMeterConfig(SourceConfig):
-    # a validation error must not print the B-route ID or password that was given (pydantic echoes inputs)
+    # a validation error must not print what was given (pydantic echoes inputs): an old config's inline
+    # `password = "..."` is an unknown key here, and must not be shown in the error that says so
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     type: Literal["smart_meter"]
@@ -166,8 +177,16 @@ class SmartMeterConfig(SourceConfig):
     )
     device_id: DeviceId = Field(description="pseudonymous household id (hh-0001), never an address or a name")
     district: DeviceId | None = Field(default=None, description="becomes the reading tag `district`")
-    rbid: SecretStr = Field(description="B-route ID (32 characters) from the grid operator")
-    password: SecretStr = Field(description="B-route password from the grid operator")
+    # The B-route credentials are files the config points at, never values in it: a config is copied, diffed,
+    # pasted into tickets and hashed into the fleet view. Read (and their form checked) by ``credentials()``
+    # when the source is built, so a missing, unreadable, group/world-readable or malformed file stops the
+    # agent at start with a ConfigError naming the setting.
+    rbid_file: Path = Field(
+        description="0600 file holding the B-route ID (32 letters/digits) from the grid operator, on one line"
+    )
+    password_file: Path = Field(
+        description="0600 file holding the B-route password from the grid operator, on one line"
+    )
     baudrate: int = Field(default=115200, gt=0)
     poll_interval_s: float = Field(
         default=60.0, gt=0, description="instantaneous power / energy read interval"
@@ -203,20 +222,35 @@ class SmartMeterConfig(SourceConfig):
         default=False, description="let momonga log at DEBUG (dumps part of the B-route ID)"
     )
 
-    @field_validator("rbid")
-    @classmethod
-    def _rbid_form(cls, v: SecretStr) -> SecretStr:
-        raw = v.get_secret_value().replace(" ", "")
-        if not re.fullmatch(r"[0-9A-Za-z]{32}", raw):
-            raise ValueError("the B-route ID is 32 letters/digits")  # never echo the value
-        return SecretStr(raw)
+    def setting(self, field: str) -> str:
+        """How an error names one of this source's settings: by the source's ``name`` (the index in
+        ``[[sources]]`` is not known here), e.g. ``sources[meter-hh-0001].password_file``."""
+        return f"sources[{self.name}].{field}"
 
-    @field_validator("password")
-    @classmethod
-    def _password_form(cls, v: SecretStr) -> SecretStr:
-        if not re.fullmatch(r"[\x21-\x7e]{1,32}", v.get_secret_value()):
-            raise ValueError("the B-route password is 1..32 printable characters without spaces")
-        return v
+    def credentials(self) -> BRouteCredentials:
+        """The B-route ID and password from their files, or a ConfigError naming the setting and the file (never
+        what is in it): missing, unreadable, readable by group/others, not one line, or not of the B-route form."""
+        rbid_setting, pwd_setting = self.setting("rbid_file"), self.setting("password_file")
+        # the letter prints the ID in groups of four: spaces between them are not part of it
+        rbid = read_secret(self.rbid_file, rbid_setting).replace(" ", "")
+        if not re.fullmatch(r"[0-9A-Za-z]{32}", rbid):
+            raise ConfigError(
+                f"{rbid_setting}: {self.rbid_file} does not hold a B-route ID (32 letters/digits, on one line)"
+            )
+        password = read_secret(self.password_file, pwd_setting)
+        if not re.fullmatch(r"[\x21-\x7e]{1,32}", password):
+            raise ConfigError(
+                f"{pwd_setting}: {self.password_file} does not hold a B-route password (1..32 printable "
+                "characters without spaces, on one line)"
+            )
+        return BRouteCredentials(SecretStr(rbid), SecretStr(password))
+
+
+class BRouteCredentials(NamedTuple):
+    """What the grid operator's letter gives a household: the meter's B-route ID and password."""
+
+    rbid: SecretStr
+    password: SecretStr
 
 
 # --- momonga's logging ----------------------------------------------------------------------------------------
@@ -289,6 +323,8 @@ class SmartMeterSource:
     def __init__(self, config: SmartMeterConfig) -> None:
         self.config = config
         self.name = config.name
+        # read now, so a bad credentials file is a ConfigError at the agent's start (exit 2), not a dead thread
+        self._credentials = config.credentials()
         self._counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._lock = threading.Lock()
         self._phase = STOPPED
@@ -333,6 +369,24 @@ class SmartMeterSource:
             last = self._core.last_slot_ms
             out["last_fixed_slot_ms"] = float(last) if last is not None else 0.0
         return out
+
+    def devices(self) -> dict[str, dict[str, float]]:
+        """The household's meter for the fleet view: its B-route session (2 = online; see docs/meters.md for
+        the other codes) and the last half-hour slot it gave."""
+        h = self.health()
+        return {self.config.device_id: {"ok": 1.0 if h["session_state"] == ONLINE else 0.0,
+                                         "session_state": h["session_state"],
+                                         "last_fixed_slot_ms": h["last_fixed_slot_ms"]}}
+
+    def _why(self, exc: BaseException) -> str:
+        """An exception as one short line for the log, with the credentials (and the scan's PairID, the ID's
+        last 8 characters) blanked: momonga's messages may quote a module's line, and its echoes carry them."""
+        text = _short(exc)
+        rbid = self._credentials.rbid.get_secret_value()
+        secrets = (rbid, self._credentials.password.get_secret_value(), rbid[-8:])
+        for secret in sorted((x for x in secrets if len(x) >= 4), key=len, reverse=True):  # shorter: any word
+            text = text.replace(secret, "***")
+        return text
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -424,8 +478,8 @@ class SmartMeterSource:
         self._set_phase(CONNECTING)
         try:
             mo = momonga.Momonga(
-                cfg.rbid.get_secret_value(),
-                cfg.password.get_secret_value(),
+                self._credentials.rbid.get_secret_value(),
+                self._credentials.password.get_secret_value(),
                 cfg.port,
                 baudrate=cfg.baudrate,
                 reset_dev=cfg.reset_module,
@@ -433,7 +487,7 @@ class SmartMeterSource:
                 join_retries=cfg.join_retries,
             )
         except momonga.MomongaError as exc:
-            self._open_failed(PORT_ERROR, "port_errors", f"cannot set up momonga: {_short(exc)}")
+            self._open_failed(PORT_ERROR, "port_errors", f"cannot set up momonga: {self._why(exc)}")
             return
         mo.xmit_retries = cfg.xmit_retries
         mo.recv_timeout = cfg.recv_timeout_s
@@ -450,20 +504,20 @@ class SmartMeterSource:
             if self._failed_joins_in_row >= cfg.auth_failure_threshold:
                 self._auth_failed()
             else:
-                self._open_failed(JOIN_FAILED, None, f"could not join the meter's PAN: {_short(exc)}")
+                self._open_failed(JOIN_FAILED, None, f"could not join the meter's PAN: {self._why(exc)}")
             return
         except momonga.MomongaSkScanFailure as exc:
             self._open_failed(
-                METER_NOT_FOUND, "scan_failures", f"meter not found (range? B-route ID?): {_short(exc)}"
+                METER_NOT_FOUND, "scan_failures", f"meter not found (range? B-route ID?): {self._why(exc)}"
             )
             return
         except (momonga.MomongaIOError, momonga.MomongaTimeoutError, OSError) as exc:
-            self._open_failed(PORT_ERROR, "port_errors", f"Wi-SUN module on {cfg.port}: {_short(exc)}")
+            self._open_failed(PORT_ERROR, "port_errors", f"Wi-SUN module on {cfg.port}: {self._why(exc)}")
             return
         except (
             Exception
         ) as exc:  # momonga itself choking on odd bytes (e.g. ValueError) must not kill the source
-            self._open_failed(RECONNECTING, None, f"open failed: {type(exc).__name__}: {_short(exc)}")
+            self._open_failed(RECONNECTING, None, f"open failed: {type(exc).__name__}: {self._why(exc)}")
             return
         finally:
             self._opening = None
@@ -513,7 +567,7 @@ class SmartMeterSource:
             try:
                 mo.close()
             except Exception as exc:
-                log.debug("%s: close: %s", self.name, _short(exc))
+                log.debug("%s: close: %s", self.name, self._why(exc))
 
     def _reopen(self, phase: int, why: str) -> None:
         """The session is gone or stuck: close it and open a new one after the (short) backoff."""
@@ -561,22 +615,22 @@ class SmartMeterSource:
             pass
         except momonga.MomongaResponseNotPossible as exc:
             self._count("request_errors")
-            self._warn(logging.WARNING, "sna", "%s: the meter refused a request: %s", self.name, _short(exc))
+            self._warn(logging.WARNING, "sna", "%s: the meter refused a request: %s", self.name, self._why(exc))
         except momonga.MomongaResponseNotExpected as exc:
             self._count("request_errors")
-            self._warn(logging.WARNING, "bad", "%s: unreadable reply: %s", self.name, _short(exc))
+            self._warn(logging.WARNING, "bad", "%s: unreadable reply: %s", self.name, self._why(exc))
         except momonga.MomongaXmitTimeout as exc:
             with self._lock:
                 waiting = self._expired or self._rate_limited
             if not waiting:  # a gate closed for no reason we saw: only a new session opens it
-                self._reopen(RECONNECTING, f"transmit gate stayed closed ({_short(exc)})")
+                self._reopen(RECONNECTING, f"transmit gate stayed closed ({self._why(exc)})")
         except (momonga.MomongaNeedToReopen, momonga.MomongaConnectionFailure, OSError) as exc:
             if stop.is_set():
                 return
-            self._reopen(RECONNECTING, f"{type(exc).__name__}: {_short(exc)}")
+            self._reopen(RECONNECTING, f"{type(exc).__name__}: {self._why(exc)}")
         except momonga.MomongaError as exc:
             self._count("request_errors")
-            self._warn(logging.WARNING, "err", "%s: %s: %s", self.name, type(exc).__name__, _short(exc))
+            self._warn(logging.WARNING, "err", "%s: %s: %s", self.name, type(exc).__name__, self._why(exc))
 
     def _drain_notifications(self, ctx: SourceContext, mo: momonga.Momonga) -> None:
         while True:
