@@ -465,9 +465,18 @@ class ScratchGateway:
     ports: dict[str, Path] = field(default_factory=dict)
     fds: list[int] = field(default_factory=list)
 
-    def cityos(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(_offline([str(self.venv / "bin/cityos"), *args]), capture_output=True, text=True,
+    def cityos(self, *args: str, offline: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """The installed ``cityos``; ``offline``: in a network namespace of its own (no loopback broker either)."""
+        argv = [str(self.venv / "bin/cityos"), *args]
+        return subprocess.run(_offline(argv) if offline else argv, capture_output=True, text=True,
                               timeout=timeout, env=_pip_env())
+
+    def unit_command(self, key: str = "ExecStart") -> list[str]:
+        """The bundle's unit's command line (``ExecStart`` or ``ExecStartPre``), on the scratch venv and config."""
+        unit = _written(self.bundle)["/etc/systemd/system/cityos-gateway.service"]["content"]
+        (line,) = [ln.split("=", 1)[1] for ln in unit.splitlines() if ln.startswith(f"{key}=")]
+        return [str(self.venv / "bin/cityos") if a == f"{bundle.VENV}/bin/cityos" else
+                str(self.config) if a == bundle.CONFIG else a for a in line.split()]
 
 
 def _under(root: Path, value: Any) -> Any:
@@ -518,7 +527,9 @@ def scratch_gateway(trixie, tmp_path_factory) -> Iterator[ScratchGateway]:
 
 def test_installs_offline_from_the_wheelhouse_and_checks(scratch_gateway, trixie):
     gw = scratch_gateway
-    res = gw.cityos("gateway", "check", "--config", str(gw.config))
+    assert gw.unit_command("ExecStartPre")[1:] == ["gateway", "check", "--config", str(gw.config)]
+    assert gw.unit_command()[1:] == ["gateway", "run", "--config", str(gw.config)]
+    res = gw.cityos(*gw.unit_command("ExecStartPre")[1:])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "gw-forest-01" in res.stdout
     # The venv holds exactly the wheelhouse (less pip, which installs from its own wheel), from the wheels.
