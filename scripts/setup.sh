@@ -10,6 +10,10 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 # A Japanese font for the dashboard previews (the environment division reads Japanese; matplotlib has none).
 [ -e /usr/share/fonts/opentype/ipaexfont-gothic/ipaexg.ttf ] || need+=(fonts-ipaexfont-gothic)
+# Debian's cloud-init validates the first-boot bundles' user-data (`cloud-init schema`, tests/test_bundle.py);
+# systemd-analyze checks the units.
+command -v cloud-init >/dev/null 2>&1 || need+=(cloud-init)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]} (Debian packages)"
   $SUDO apt-get update -qq
