@@ -237,6 +237,19 @@ class Bus(PollingSource):
         with self._lock:
             return dict(self._health)
 
+    def devices(self) -> dict[str, dict[str, float]]:
+        """The bus for the fleet view and ``cityos gateway check --live``: the Bluetooth adapter is up (scanning),
+        the GPS has a fix and its port is open. ``ok`` needs both: without either there is no ridership."""
+        h = self.health()
+        ble_up = h.get("ble_adapter_up", 0.0) == 1.0
+        gps_fix = h.get("gps_fix", 0.0) == 1.0
+        return {self.config.vehicle_id: {
+            "ok": 1.0 if ble_up and gps_fix else 0.0,
+            "ble_adapter_up": 1.0 if ble_up else 0.0,
+            "gps_fix": 1.0 if gps_fix else 0.0,
+            "gps_port_open": h.get("gps_port_open", 0.0),
+        }}
+
     def _on_start(self, ctx: SourceContext) -> None:
         self.scanner.start()
 

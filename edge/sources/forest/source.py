@@ -268,6 +268,7 @@ class _Station:
     unset_streak: int = 0
     clock_write_at: float | None = None  # data-clock time (edge.clock.now) at which to send the RTC write
     clock_skew: float = 0.0
+    readings: int = 0  # readings emitted from this station since the agent started
 
 
 class _RequestFailed(Exception):
@@ -305,7 +306,9 @@ class ForestBus:
 
     def devices(self) -> dict[str, dict[str, float]]:
         """Health per station for the fleet view (one bus carries many): answering now, its Modbus unit,
-        consecutive failed requests, seconds since its last answer (-1: none since the agent started)."""
+        consecutive failed requests, seconds since its last answer (-1: none since the agent started), readings
+        emitted since the agent started (a station that answers but gives none yet: its clock is being set, or its
+        first sample is not due; ``cityos gateway check --live`` waits for one)."""
         now = time.monotonic()
         return {
             st.cfg.device_id: {
@@ -313,6 +316,7 @@ class ForestBus:
                 "unit": float(st.cfg.unit),
                 "failures": float(st.fails),
                 "last_ok_age_s": round(now - st.last_ok_mono, 1) if st.last_ok_mono > 0 else -1.0,
+                "readings": float(st.readings),
             }
             for st in self._stations
         }
@@ -791,6 +795,7 @@ class ForestBus:
         saved = station_state.to_json()
         ctx.emit(reading, state=saved, part=device_id)  # this station's part only (see edge/outbox.py)
         self._state["stations"][device_id] = saved
+        st.readings += 1
         self._count("readings")
 
 

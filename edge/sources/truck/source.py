@@ -44,6 +44,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -81,6 +82,8 @@ _CHUNK = {"indicator": 128, "gps": 512}
 _JITTER_M = 10.0
 #: Leaving the disposal site: beyond this multiple of its radius (hysteresis against jitter at the edge).
 _LEAVE_FACTOR = 1.5
+#: The indicator streams several lines a second: none for this long (real seconds) and the scale does not answer.
+_SCALE_SILENT_S = 5.0
 
 
 # --- config -------------------------------------------------------------------------------------------------
@@ -462,12 +465,30 @@ class GarbageTruck(PollingSource):
         }
         self._lock = threading.Lock()
         self._health: dict[str, float] = {}
+        self._last_frame_mono = 0.0  # when the indicator last sent a line it could parse (0: never)
         self._refresh_health()
 
     # --- Source interface ----------------------------------------------------------------------------------
     def health(self) -> dict[str, float]:
         with self._lock:
             return dict(self._health)
+
+    def devices(self) -> dict[str, dict[str, float]]:
+        """The truck for the fleet view and ``cityos gateway check --live``: the scale answers (a weight line it
+        could parse within the last few seconds), the GPS has a fix, and each port is open. ``ok`` needs both."""
+        h = self.health()
+        last = self._last_frame_mono
+        age = time.monotonic() - last if last > 0 else -1.0
+        scale_ok = h.get("indicator_port_open", 0.0) == 1.0 and 0 <= age <= _SCALE_SILENT_S
+        gps_fix = h.get("gps_fix", 0.0) == 1.0
+        return {self.config.device_id: {
+            "ok": 1.0 if scale_ok and gps_fix else 0.0,
+            "scale_ok": 1.0 if scale_ok else 0.0,
+            "scale_age_s": round(age, 1),
+            "gps_fix": 1.0 if gps_fix else 0.0,
+            "indicator_port_open": h.get("indicator_port_open", 0.0),
+            "gps_port_open": h.get("gps_port_open", 0.0),
+        }}
 
     health_every_s = 0.2
 
@@ -499,6 +520,7 @@ class GarbageTruck(PollingSource):
             data = ind.read()
             if data:
                 for frame in self.weighing.feed(data):
+                    self._last_frame_mono = time.monotonic()
                     out += self.tracker.on_weight(frame, now)
         self.gps.tick(now)
         for e in out:
