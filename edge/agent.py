@@ -6,11 +6,28 @@ restarts it and the fleet view sees the gateway go offline, instead of a process
 nothing. A source's own crash is not such a death: its supervisor counts it and restarts it after a pause. A
 config that cannot work (a bad outbox path, a TLS file the uplink cannot load) is a ConfigError before any
 thread starts (the CLI prints it and exits 2); no message repeats a secret of the config.
+
+The local status file
+---------------------
+Beside the outbox the agent keeps ``status.json`` (:func:`status_path`): what its MQTT status says (counters,
+backlog, ``devices``) plus what only this machine can use: its pid and the process's start time (so that a pid
+reused by another process is not taken for the agent), ``time.monotonic()`` at writing (system-wide, immune to
+NTP steps: the reader tells its age without trusting the wall clock), the interval and, once it stops, the state
+``offline`` and the one line of a dead thread. `cityos gateway check --live` reads it, with no broker and no
+credential. Written by the main loop every ``mqtt.status_interval_s``, at once when ``outbox_disk_full`` changes,
+within a second of a SIGUSR1 (the check asks for a fresh one while it waits for the devices), and at the stop; not
+more often, for the SD card's sake. Written atomically (a temporary file renamed over it); on a full filesystem,
+where a new file cannot be created, rewritten in place: the JSON is padded with spaces to whole 4 KiB blocks, so
+the file keeps its size and needs no new block (a reader may then see a torn write, and reads again).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -39,6 +56,67 @@ _TRIM_INTERVAL_S = 60.0
 _SOURCE_RESTART_S = 5.0
 #: The exit status of an agent one of whose threads died (a config error is 2, from the CLI).
 EXIT_THREAD_DIED = 1
+#: The local status file, beside the outbox (see the module docstring).
+STATUS_FILE = "status.json"
+STATUS_VERSION = 1
+_STATUS_BLOCK = 4096
+_STATUS_WARN_S = 60.0
+
+
+def status_path(cfg: GatewayConfig) -> Path:
+    """Where the agent of ``cfg`` keeps its local status file."""
+    return cfg.outbox.path.parent / STATUS_FILE
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22); None if it is gone or
+    this is not Linux. With the pid it names one process for the system's whole uptime."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # the name (field 2) may hold spaces and parentheses
+    try:
+        return int(fields[19])  # field 22 counted from the state (field 3)
+    except (IndexError, ValueError):
+        return None
+
+
+def kernel_boot_id() -> str:
+    """This boot's id (a monotonic time means nothing across a reboot); "" where the kernel does not say."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def write_status_file(path: Path, status: dict[str, Any]) -> None:
+    """Write ``status`` as JSON padded to whole blocks: atomically, or in place when the disk is full."""
+    data = json.dumps(status, separators=(",", ":")).encode()
+    data += b" " * (-(len(data) + 1) % _STATUS_BLOCK) + b"\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        return
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.exists():
+            raise
+    # A full filesystem: overwrite the blocks the file already has (its size is whole blocks; it stays so).
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        if len(data) > os.fstat(fd).st_size:
+            raise OSError(errno.ENOSPC, "no room to grow the status file on a full filesystem")
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
 
 
 def agent_version() -> str:
@@ -111,6 +189,10 @@ class Agent:
         self.failure: str | None = None
         self._failure_lock = threading.Lock()
         self._secrets = sorted(_secrets(cfg), key=len, reverse=True)
+        #: A fresh local status file is wanted (SIGUSR1: `cityos gateway check --live` asks while it waits).
+        self.status_wanted = False
+        self._status_path = status_path(cfg)
+        self._status_warned = -_STATUS_WARN_S
 
     def gateway_counters(self) -> dict[str, float]:
         counters: dict[str, float] = {f"uplink_{k}": v for k, v in self.uplink.stats.as_dict().items()}
@@ -150,6 +232,32 @@ class Agent:
                 if len(out) < 64:  # the status message's bound (wire.GatewayStatus.devices)
                     out[dev] = {field_name(k): float(v) for k, v in health.items()}
         return out
+
+    def local_status(self, state: str = "online") -> dict[str, Any]:
+        """The local status file's contents (see the module docstring)."""
+        return {
+            "v": STATUS_VERSION,
+            "gateway_id": self.cfg.gateway.id,
+            "state": state,
+            "boot_id": self.boot_id,
+            "ts": int(time.time() * 1000),
+            **self.status_fields(),
+            "pid": os.getpid(),
+            "process_start": process_start(os.getpid()),
+            "kernel_boot_id": kernel_boot_id(),
+            "mono": time.monotonic(),
+            "interval_s": self.cfg.mqtt.status_interval_s,
+            "failure": self.failure,
+        }
+
+    def write_status(self, state: str = "online") -> None:
+        """Write the local status file; a failure is logged (once a minute), never raised."""
+        try:
+            write_status_file(self._status_path, self.local_status(state))
+        except Exception as exc:
+            if time.monotonic() - self._status_warned >= _STATUS_WARN_S:
+                self._status_warned = time.monotonic()
+                log.warning("cannot write the local status file %s: %s", self._status_path, exc)
 
     def _supervise(self, src: Source) -> None:
         """A source bug must not take the gateway down: log it, count it, restart the source after a pause. (A
@@ -237,13 +345,20 @@ class Agent:
         # Give back what start-up left free (config and schema building, opening ports, the first connect),
         # then keep doing so: a backlog drain or an outage grows the heap in bursts. Costs ~1 ms a minute.
         next_trim = time.monotonic() + _FIRST_TRIM_S
+        next_status, disk_full = 0.0, self.outbox.disk_full
         while not self.stop.wait(1):
-            if time.monotonic() >= next_trim:
+            now = time.monotonic()
+            if self.status_wanted or now >= next_status or self.outbox.disk_full != disk_full:
+                self.status_wanted, disk_full = False, self.outbox.disk_full
+                self.write_status()
+                next_status = now + self.cfg.mqtt.status_interval_s
+            if now >= next_trim:
                 release_free_memory()
                 next_trim = time.monotonic() + _TRIM_INTERVAL_S
         failure = self.failure
         if failure is not None:
             log.critical("%s", failure)
+        self.write_status("offline")
         self.shutdown()
         return EXIT_THREAD_DIED if failure is not None else 0
 
@@ -298,8 +413,12 @@ def run(config_path: str | Path) -> int:
         log.info("signal %d: stopping", signum)
         agent.stop.set()
 
+    def _status_wanted(_signum: int, _frame: Any) -> None:
+        agent.status_wanted = True  # the main loop writes it within a second (no lock taken in a handler)
+
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGINT, _term)
+    signal.signal(signal.SIGUSR1, _status_wanted)
     log.info(
         "gateway %s starting: %d source(s), outbox %s holds %d readings",
         cfg.gateway.id, len(agent.sources), cfg.outbox.path, agent.outbox.depth,
