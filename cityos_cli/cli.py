@@ -39,11 +39,11 @@ def _stack_cmd(args: argparse.Namespace) -> int:
 
 def _gateway_cmd(args: argparse.Namespace) -> int:
     if args.action == "check":
-        from edge.config import load_config
+        from edge.check import render_json, render_text, run_check
 
-        cfg = load_config(args.config)
-        print(f"{args.config}: OK — gateway {cfg.gateway.id}, {len(cfg.sources)} source(s)")
-        return 0
+        lines = run_check(args.config, live=args.live, wait_s=args.wait)
+        print(render_json(lines) if args.json else render_text(lines))
+        return 0 if all(line.ok for line in lines) else 1
     from edge.agent import run
 
     return run(args.config)
@@ -109,13 +109,14 @@ def _api_cmd(args: argparse.Namespace) -> int:
 def _gtfs_rt_cmd(args: argparse.Namespace) -> int:
     import time
 
-    from citylab.stack import StackError, influx_client, load_info
-    from cityos.influx import InfluxError
+    from citylab.stack import StackError, load_info
+    from cityos.influx import InfluxClient, InfluxError
     from cityos_api.gtfs_rt import build_feed, feed_json, latest_positions, query_fn
 
     try:
         info = load_info(args.stack)
-        client = influx_client(info, args.db)
+        # As the API reads: the read-only user, never the admin.
+        client = InfluxClient(info.influx_url, args.db or info.influx_db, *info.reader_login())
         now = time.time()
         positions = latest_positions(query_fn(client), client.db, args.max_age_s, now_ms=int(now * 1000))
         feed = build_feed(positions, now)
@@ -257,9 +258,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="data, logs and stack.json go here (default: %(default)s)")
     s.set_defaults(func=_stack_cmd)
 
-    g = sub.add_parser("gateway", help="the edge agent that runs on a gateway")
-    g.add_argument("action", choices=["run", "check"], help="run the agent, or only validate the config")
-    g.add_argument("--config", required=True, type=Path, help="gateway TOML config")
+    g = sub.add_parser(
+        "gateway", help="the edge agent that runs on a gateway",
+        description="run: the agent. check: the commissioning checklist (docs/field-guide.md), each line ✓ or ✗ "
+        "with what to do; exit status 0 only if all pass. Without --live what this machine can tell alone (config, "
+        "TLS files, broker name, serial ports, ids, outbox); with --live, on the gateway while its agent runs, also "
+        "each device, the clock, the broker and a probe reading proven stored in InfluxDB.",
+    )
+    g.add_argument("action", choices=["run", "check"], help="run the agent, or check the gateway")
+    g.add_argument("--config", type=Path, default=Path("/etc/cityos/gateway.toml"),
+                   help="gateway TOML config (default: %(default)s)")
+    g.add_argument("--live", action="store_true",
+                   help="check: also the running agent, every device, the clock, the broker and the round trip to "
+                   "InfluxDB (run it with sudo on the gateway)")
+    g.add_argument("--json", action="store_true", help="check: the lines as JSON (name, ok, detail, hint)")
+    g.add_argument("--wait", type=float, default=90.0, metavar="SECONDS",
+                   help="check --live: how long to wait for every device to answer and for the ingest's receipt "
+                   "(default: %(default)s)")
     g.set_defaults(func=_gateway_cmd)
 
     i = sub.add_parser("ingest", help="the cloud ingest service: MQTT → InfluxDB")
