@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cityos import wire
 from cityos.influx import InfluxClient, WriteResult
 from ingest.batcher import AckSequencer, Batch, Batcher, Item
 from ingest.config import ConfigError, IngestConfig, load_config
@@ -435,20 +437,21 @@ class IngestService:
                 raise _Aborted
 
     def _receipts(self, items: Sequence[Item]) -> None:
-        """A commissioning probe that InfluxDB just stored: tell its gateway (its only way to know)."""
+        """A commissioning probe that InfluxDB just stored: tell its gateway (its only way to know). Never in the
+        way of the acks: whatever goes wrong here is logged and the batch completes as stored."""
         for item in items:
             if not item.topic.endswith("/probe"):
                 continue
-            gw = wire.gateway_from_topic(item.topic)
             try:
+                gw = wire.gateway_from_topic(item.topic) or ""
                 head = json.loads(item.payload)
-                receipt = wire.Receipt(gateway_id=gw or "", boot_id=head["boot_id"], seq=head["seq"],
+                receipt = wire.Receipt(gateway_id=gw, boot_id=head["boot_id"], seq=head["seq"],
                                        points=item.n_lines, stored_at=int(time.time() * 1000))
-            except (ValueError, KeyError, TypeError):  # it was validated on the way in: cannot happen
-                log.exception("cannot build the receipt of a probe on %s", item.topic)
+                self.mqtt.publish(wire.receipt_topic(gw), receipt.model_dump_json().encode())
+            except Exception:
+                log.exception("cannot send the receipt of a probe on %s", item.topic)
                 continue
-            self.mqtt.publish(wire.receipt_topic(receipt.gateway_id), receipt.model_dump_json().encode())
-            log.info("probe from %s stored (%d points): receipt sent", receipt.gateway_id, receipt.points)
+            log.info("probe from %s stored (%d points): receipt sent", gw, receipt.points)
 
     def _complete(self, items: Sequence[Item]) -> None:
         """Items are written (or dead-lettered): release their acks (in receive order) and the memory."""
