@@ -144,6 +144,19 @@ class Gateway:
         assert r.stdout.startswith("["), f"rc {r.returncode}\n{r.stdout}\n{r.stderr}"
         return Result(r.returncode, json.loads(r.stdout), took)
 
+    def status(self) -> dict[str, Any]:
+        """The agent's status file (rewritten every status interval, 2 s here; in place on a full disk, where a
+        read may catch it half written: read again)."""
+        for _ in range(20):
+            try:
+                return json.loads(self.status_file.read_bytes())
+            except ValueError:
+                time.sleep(0.05)
+        raise AssertionError(f"{self.status_file} does not hold JSON")
+
+    def device(self, device_id: str) -> dict[str, float]:
+        return self.status()["devices"].get(device_id, {})
+
     def stop(self) -> None:
         if self.agent is not None:
             self.agent.stop()
@@ -372,10 +385,9 @@ def test_a_full_outbox_filesystem(gateways, forest_sim, small_fs):  # noqa: F811
     gw.outbox_dir = small_fs("4m")
     forest_sim([("forest-01", 1)], gw.dir / "ttyFOREST0")
     gw.write([forest_source(gw.dir / "ttyFOREST0", [("forest-01", 1)])]).start()
-    wait_for(lambda: json.loads(gw.status_file.read_bytes())["devices"].get("forest-01", {}).get("readings", 0) > 0,
-             30, "a first reading")
+    wait_for(lambda: gw.device("forest-01").get("readings", 0) > 0, 30, "a first reading")
     fill(gw.outbox_dir)
-    wait_for(lambda: json.loads(gw.status_file.read_bytes())["counters"]["outbox_disk_full"] == 1, 30,
+    wait_for(lambda: gw.status()["counters"]["outbox_disk_full"] == 1, 30,
              "the agent to say its disk is full (its status file rewritten in place)")
     r = gw.check()
     # The agent itself may store again meanwhile, into pages its outbox freed by sending (its own disk_full is
@@ -472,6 +484,7 @@ def test_a_healthy_truck_gateway_passes_then_loses_its_gps_fix(gateways, tmp_pat
         assert r["device truck-01"]["detail"] == "truck-01: the scale answers, GPS fix"
 
         sim.gps_dropout(3600.0)  # the truck drives into a garage: the receiver says status V
+        wait_for(lambda: gw.device("truck-01").get("gps_fix") == 0, 15, "the agent to lose the fix")
         r = gw.check()
         assert set(r.failing) == {"device truck-01"}
         line = r.failing["device truck-01"]
@@ -508,6 +521,7 @@ def test_a_healthy_bus_gateway_passes_then_loses_its_bluetooth_adapter(gateways)
         assert r["device bus-01"]["detail"] == "bus-01: Bluetooth adapter up, GPS fix"
 
         sim.ble_outage(3600.0 * clock.rate)  # the USB Bluetooth adapter is pulled out
+        wait_for(lambda: gw.device("bus-01").get("ble_adapter_up") == 0, 15, "the agent to lose the adapter")
         r = gw.check()
         assert set(r.failing) == {"device bus-01"}
         line = r.failing["device bus-01"]
