@@ -188,7 +188,9 @@ class Agent:
         #: The one line that says which thread died of what (the first one: the others follow from it).
         self.failure: str | None = None
         self._failure_lock = threading.Lock()
-        self._secrets = sorted(_secrets(cfg), key=len, reverse=True)
+        # The config's secrets and the ones sources read from files (a meter's B-route ID and password).
+        held = _secrets(cfg).union(*(_secrets(getattr(src, "secrets", tuple)()) for src in self.sources))
+        self._secrets = sorted(held, key=len, reverse=True)
         #: A fresh local status file is wanted (SIGUSR1: `cityos gateway check --live` asks while it waits).
         self.status_wanted = False
         self._status_path = status_path(cfg)

@@ -270,3 +270,25 @@ def test_a_config_error_from_the_uplink_passes_through_untouched(tmp_path, monke
     assert str(ei.value) == "mqtt.ca_file: /etc/cityos/ca.pem does not exist"
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         opened[0].max_id()
+
+
+def test_a_crash_line_never_shows_a_secret_a_source_read_from_a_file(tmp_path):
+    """The meter's B-route ID and password are files, not config values: the agent still blanks them (and the
+    ID's last eight characters, which a scan shows) out of the one line it logs when a thread dies."""
+    rbid, password = "0123456789ABCDEF0123456789ABCDEF", "Pw0rdSecret9"
+    files = {}
+    for name, text in (("rbid_file", rbid), ("password_file", password)):
+        path = tmp_path / name
+        path.write_text(text + "\n")
+        path.chmod(0o600)
+        files[name] = str(path)
+    meter = {"type": "smart_meter", "name": "meter0", "port": str(tmp_path / "no-tty"), "device_id": "hh-0001",
+             **files}
+    agent = Agent(parse_config(_cfg(tmp_path, meter)))
+    try:
+        agent._died("uplink", f"ValueError: join refused for {rbid} ({rbid[-8:]}) with {password}")
+        assert agent.failure is not None
+        assert rbid[-8:] not in agent.failure and password not in agent.failure
+        assert agent.failure.count("***") == 3
+    finally:
+        agent.shutdown()

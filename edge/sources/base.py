@@ -60,7 +60,8 @@ class Source(Protocol):
         """Counters and gauges for the status message (e.g. ``crc_errors``, ``timeouts``, ``readings``)."""
 
     # Optional: ``devices() -> dict[device_id, dict[str, float]]``, health per device behind the source (each
-    # forest station on a bus, the meter of a household) with at least ``ok`` (1/0), for the fleet view.
+    # forest station on a bus, the meter of a household) with at least ``ok`` (1/0), for the fleet view; and
+    # ``secrets() -> tuple[SecretStr, ...]``, secrets it read from files, which the agent keeps out of its logs.
 
 
 @dataclass(frozen=True)

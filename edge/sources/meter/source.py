@@ -370,6 +370,12 @@ class SmartMeterSource:
             out["last_fixed_slot_ms"] = float(last) if last is not None else 0.0
         return out
 
+    def secrets(self) -> tuple[SecretStr, ...]:
+        """What the agent must keep out of any line it logs (its crash line included): the B-route ID, its last
+        eight characters (a scan shows them) and the password."""
+        rbid = self._credentials.rbid.get_secret_value()
+        return (self._credentials.rbid, SecretStr(rbid[-8:]), self._credentials.password)
+
     def devices(self) -> dict[str, dict[str, float]]:
         """The household's meter for the fleet view: its B-route session (2 = online; see docs/meters.md for
         the other codes) and the last half-hour slot it gave."""
