@@ -42,6 +42,13 @@ def _gateway_cmd(args: argparse.Namespace) -> int:
         from edge.check import render_json, render_text, run_check
 
         lines = run_check(args.config, live=args.live, wait_s=args.wait)
+        if lines[0].name == "config" and not lines[0].ok:
+            # No config, no checklist: like every command, the ConfigError on stderr and exit 2 (and for tools,
+            # the one line as JSON).
+            if args.json:
+                print(render_json(lines))
+            print(lines[0].detail, file=sys.stderr)
+            return 2
         print(render_json(lines) if args.json else render_text(lines))
         return 0 if all(line.ok for line in lines) else 1
     from edge.agent import run

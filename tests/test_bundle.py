@@ -474,7 +474,7 @@ class ScratchGateway:
     def unit_command(self, key: str = "ExecStart") -> list[str]:
         """The bundle's unit's command line (``ExecStart`` or ``ExecStartPre``), on the scratch venv and config."""
         unit = _written(self.bundle)["/etc/systemd/system/cityos-gateway.service"]["content"]
-        (line,) = [ln.split("=", 1)[1] for ln in unit.splitlines() if ln.startswith(f"{key}=")]
+        (line,) = [ln.split("=", 1)[1].lstrip("-") for ln in unit.splitlines() if ln.startswith(f"{key}=")]
         return [str(self.venv / "bin/cityos") if a == f"{bundle.VENV}/bin/cityos" else
                 str(self.config) if a == bundle.CONFIG else a for a in line.split()]
 
@@ -529,8 +529,10 @@ def test_installs_offline_from_the_wheelhouse_and_checks(scratch_gateway, trixie
     gw = scratch_gateway
     assert gw.unit_command("ExecStartPre")[1:] == ["gateway", "check", "--config", str(gw.config)]
     assert gw.unit_command()[1:] == ["gateway", "run", "--config", str(gw.config)]
-    res = gw.cityos(*gw.unit_command("ExecStartPre")[1:])
-    assert res.returncode == 0, res.stdout + res.stderr
+    res = gw.cityos(*gw.unit_command("ExecStartPre")[1:], "--json")
+    # Offline (no network here, as on a gateway before it is on site): every line passes but the broker's name.
+    failing = {line["name"] for line in json.loads(res.stdout) if not line["ok"]}
+    assert failing <= {"broker address"}, res.stdout + res.stderr
     assert "gw-forest-01" in res.stdout
     # The venv holds exactly the wheelhouse (less pip, which installs from its own wheel), from the wheels.
     listing = subprocess.run(

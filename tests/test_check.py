@@ -246,10 +246,11 @@ def test_the_cli_exits_0_only_when_every_line_passes_and_names_a_missing_ca(tmp_
 def test_a_config_that_does_not_parse_is_one_line_naming_the_setting(tmp_path, cfg):
     cfg["mqtt"]["tls"] = False  # plaintext to a broker on this machine, but on the TLS port
     r = _cli(tmp_path, cfg, "--json")
-    assert r.returncode == 1
+    assert r.returncode == 2  # no config, no checklist: exit 2 and the error on stderr, as every command
     [line] = json.loads(r.stdout)
     assert line["name"] == "config" and not line["ok"]
     assert "port: 8883 is MQTT over TLS; set tls = true" in line["detail"]
+    assert "port: 8883 is MQTT over TLS" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_the_agents_status_file_is_rewritten_in_place_on_a_full_disk(small_fs):  # noqa: F811

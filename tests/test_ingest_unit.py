@@ -221,6 +221,7 @@ def test_config_loads_with_defaults(tmp_path: Path) -> None:
     assert cfg.mqtt.filters() == [
         "$share/ingest/" + wire.TELEMETRY_FILTER,
         "$share/ingest/" + wire.STATUS_FILTER,
+        "$share/ingest/" + wire.PROBE_FILTER,
     ]
     # Secrets live in 0600 files the config points at; a password written into the config is refused.
     for section in ("mqtt", "influx"):
