@@ -11,8 +11,8 @@ Identities are certificate CNs (``use_identity_as_username``):
   Its grants are listed under its name (:data:`SERVICE_GRANTS`): least privilege per role.
 * a **revoked** identity gets ``topic deny #`` under its name. Mosquitto checks a user's deny lines before any
   grant or pattern, and reloads the ACL file on SIGHUP: the revoked gateway's next publish is refused while every
-  other client stays connected. Its certificate is on the CRL too, for the broker's next restart (Mosquitto 2.0
-  does not reload the CRL on SIGHUP: ../docs/operations.md).
+  other client stays connected. Its certificate is on the CRL too, which refuses its new TLS connections from the
+  broker's next restart at the latest (docs/operations.md, "Revocation").
 
 The developer's stack adds :data:`DEV_GRANTS` (a simulator that speaks for many gateways on one connection, and
 test tools); a production broker config never has them (:func:`acl_text` with ``dev=False``).
