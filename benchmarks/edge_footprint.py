@@ -62,7 +62,7 @@ def _unit_environment() -> dict[str, str]:
 
 
 UNIT_ENV = _unit_environment()
-FLOOR_IMPORTS = "import paho.mqtt.client, serial, sqlite3; from pydantic import BaseModel"
+FLOOR_IMPORTS = "import paho.mqtt.client, serial, sqlite3, ssl; from pydantic import BaseModel"
 
 
 class Counter:
