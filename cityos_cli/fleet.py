@@ -138,6 +138,9 @@ def _family_sample(family: str) -> dict[str, Any]:
 
 
 def _add(args: argparse.Namespace, d: Path) -> int:
+    from pydantic import ValidationError
+
+    from cityos.config import format_validation_error
     from edge.config import parse_config
     from fleet.registry import Registry, Site
     from fleet.status import post_registered
@@ -154,8 +157,9 @@ def _add(args: argparse.Namespace, d: Path) -> int:
                           f"(this config has {sorted(types)})")
     try:
         site = Site(district=args.district, lat=args.lat, lon=args.lon, asset=args.asset)
-    except ValueError as exc:
-        raise ConfigError(f"--district/--lat/--lon/--asset: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError("cityos fleet add: invalid site (--district, --lat, --lon, --asset)\n"
+                          + format_validation_error(exc)) from None
     rec = reg.add(args.gateway, args.family, site, cfg)
     print(f"registered {rec.id} ({args.family}, {site.district}{', ' + site.asset if site.asset else ''}): "
           f"certificate serial {rec.cert_serial:x}, valid until {rec.cert_not_after:%Y-%m-%d}; "

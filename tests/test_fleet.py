@@ -179,3 +179,16 @@ def test_broker_config_for_a_deployment(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_bad_input_to_fleet_add_is_named_and_costs_nothing(tmp_path: Path) -> None:
+    reg_dir = tmp_path / "fleet"
+    fleet(reg_dir, "init", "--broker-host", "localhost", "--reload-command", "true")
+    for args, named in ((("../etc", "--district", "加茂"), "gateway.id"),
+                        (("svc.ingest", "--district", "加茂"), "gateway.id"),
+                        (("gw-x1", "--district", ""), "district:"),
+                        (("gw-x2", "--district", "加茂", "--lat", "200"), "lat:")):
+        res = fleet(reg_dir, "add", args[0], "--family", "forest", *args[1:], check=False)
+        assert res.returncode == 2 and named in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert Registry(reg_dir).gateways() == {}
+    assert not (reg_dir / "identities").exists() or not any((reg_dir / "identities").iterdir())
