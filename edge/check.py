@@ -820,18 +820,24 @@ def _judge_truck(dev: _Device, status: dict[str, Any]) -> _Verdict:
             hints.append(f"check the indicator's power, its RS-232 cable and its baud rate (indicator_baud "
                          f"{src.indicator_baud}); the indicator must stream its weight (continuous output mode)")
     if h.get("gps_fix") != 1:
-        v = _port_verdict(dev, src.gps_port, "GPS")
-        if v is not None:
-            problems.append(v.detail)
-            hints.append(v.hint)
-            final = True
-        elif h.get("gps_port_open") != 1:
-            problems.append(f"the GPS port {src.gps_port} cannot be opened")
-            hints.append("is another program (gpsd?) using it? the service user needs the dialout group")
-        else:
-            problems.append("no GPS fix")
-            hints.append(HINT_GPS)
+        final = _judge_gps(dev, h, problems, hints) or final
     return _Verdict(False, f"{dev.device_id}: " + "; ".join(problems), "; ".join(hints), final)
+
+
+def _judge_gps(dev: _Device, h: dict[str, float], problems: list[str], hints: list[str]) -> bool:
+    """Why a truck's or a bus's GPS has no fix; True if waiting cannot change it (the port is not there)."""
+    v = _port_verdict(dev, dev.src.gps_port, "GPS")
+    if v is not None:
+        problems.append(v.detail)
+        hints.append(v.hint)
+        return True
+    if h.get("gps_port_open") != 1:
+        problems.append(f"the GPS port {dev.src.gps_port} cannot be opened")
+        hints.append("is another program (gpsd?) using it? the service user needs the dialout group")
+    else:
+        problems.append("no GPS fix")
+        hints.append(HINT_GPS)
+    return False
 
 
 def _judge_bus(dev: _Device, status: dict[str, Any]) -> _Verdict:
@@ -843,17 +849,7 @@ def _judge_bus(dev: _Device, status: dict[str, Any]) -> _Verdict:
         problems.append(f"the Bluetooth adapter ({src.ble.adapter}) is not up")
         hints.append(HINT_BLE)
     if h.get("gps_fix") != 1:
-        v = _port_verdict(dev, src.gps_port, "GPS")
-        if v is not None:
-            problems.append(v.detail)
-            hints.append(v.hint)
-            final = True
-        elif h.get("gps_port_open") != 1:
-            problems.append(f"the GPS port {src.gps_port} cannot be opened")
-            hints.append("is another program (gpsd?) using it? the service user needs the dialout group")
-        else:
-            problems.append("no GPS fix")
-            hints.append(HINT_GPS)
+        final = _judge_gps(dev, h, problems, hints) or final
     return _Verdict(False, f"{dev.device_id}: " + "; ".join(problems), "; ".join(hints), final)
 
 

@@ -489,18 +489,34 @@ def _under(root: Path, value: Any) -> Any:
     return value
 
 
-@pytest.fixture(scope="session")
-def scratch_gateway(trixie, tmp_path_factory) -> Iterator[ScratchGateway]:
-    root = tmp_path_factory.mktemp("gateway-root")
-    manifest = json.loads((trixie / "cityos/MANIFEST.json").read_text())
-    files = _written(trixie)
+def first_boot(out: Path, root: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """What the first boot does with the Trixie bundle in ``out``, under ``root`` instead of ``/``: its files
+    written with their modes, and the agent installed into its venv from the bundle's wheelhouse with the
+    first-boot script's own pip command and no network. Returns the venv and the bundle's files."""
+    files = _written(out)
     for path, entry in files.items():
         dest = root / path.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(entry["content"])
         dest.chmod(int(entry["permissions"], 8))
+    (root / "var/lib/cityos").mkdir(parents=True, exist_ok=True)
+    manifest = json.loads((out / "cityos/MANIFEST.json").read_text())
+    pip_wheel = next(w["file"] for w in manifest["wheels"] if w["file"].startswith("pip-"))
+    version = next(w["file"] for w in manifest["wheels"] if w["file"].startswith("cityos_telemetry-")).split("-")[1]
+    venv = root / bundle.VENV.lstrip("/")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(venv)], check=True, timeout=120)
+    res = subprocess.run(_offline(bundle.install_argv(venv, out / "cityos/wheelhouse", pip_wheel, version)),
+                         capture_output=True, text=True, timeout=300, env=_pip_env())
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    return venv, files
+
+
+@pytest.fixture(scope="session")
+def scratch_gateway(trixie, tmp_path_factory) -> Iterator[ScratchGateway]:
+    root = tmp_path_factory.mktemp("gateway-root")
+    venv, files = first_boot(trixie, root)
     raw = tomllib.loads(files[bundle.CONFIG]["content"])
-    gw = ScratchGateway(root, root / bundle.VENV.lstrip("/"), root / "etc/cityos/gateway-scratch.toml", trixie)
+    gw = ScratchGateway(root, venv, root / "etc/cityos/gateway-scratch.toml", trixie)
     for _, _, _, dev in bundle.serial_ports(raw):
         master, slave = os.openpty()
         gw.fds += [master, slave]
@@ -508,16 +524,7 @@ def scratch_gateway(trixie, tmp_path_factory) -> Iterator[ScratchGateway]:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.ttyname(slave))
         gw.ports[dev] = link
-    (root / "var/lib/cityos").mkdir(parents=True, exist_ok=True)
     gw.config.write_text(dump_toml(_under(root, raw), "the bundle's gateway.toml, its paths under a scratch root"))
-    # What cityos-firstboot does, with the same pip command line, the wheelhouse where the boot partition would be.
-    wheelhouse = trixie / "cityos/wheelhouse"
-    pip_wheel = next(w["file"] for w in manifest["wheels"] if w["file"].startswith("pip-"))
-    version = next(w["file"] for w in manifest["wheels"] if w["file"].startswith("cityos_telemetry-")).split("-")[1]
-    subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(gw.venv)], check=True, timeout=120)
-    res = subprocess.run(_offline(bundle.install_argv(gw.venv, wheelhouse, pip_wheel, version)),
-                         capture_output=True, text=True, timeout=300, env=_pip_env())
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     try:
         yield gw
     finally:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import influx_query
 from ingest_helpers import ingest_config, running_ingest, wait_for
-from test_bundle import HERE_ARCH, HERE_PY, _offline, _pip_env, _under, _written
+from test_bundle import HERE_ARCH, HERE_PY, _pip_env, _under, first_boot
 
 from citylab.pipeline import Proc
 from citylab.stack import Stack
@@ -69,24 +69,9 @@ def test_from_fleet_add_to_a_commissioned_gateway_in_under_two_minutes(
              "--arch", HERE_ARCH, "--python", HERE_PY, "--wheelhouse", str(wheelhouse))
 
         # The first boot, under a scratch root: the bundle's files, then its own offline install.
-        files = _written(out)
-        for path, entry in files.items():
-            dest = root / path.lstrip("/")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_text(entry["content"])
-            dest.chmod(int(entry["permissions"], 8))
+        venv, files = first_boot(out, root)
         config = root / "etc/cityos/gateway-scratch.toml"
         config.write_text(dump_toml(_under(root, tomllib.loads(files[bundle.CONFIG]["content"]))))
-        (root / "var/lib/cityos").mkdir(parents=True, exist_ok=True)
-        manifest = json.loads((out / "cityos/MANIFEST.json").read_text())
-        pip_wheel = next(w["file"] for w in manifest["wheels"] if w["file"].startswith("pip-"))
-        version = next(w["file"] for w in manifest["wheels"]
-                       if w["file"].startswith("cityos_telemetry-")).split("-")[1]
-        venv = root / bundle.VENV.lstrip("/")
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-        res = subprocess.run(_offline(bundle.install_argv(venv, out / "cityos/wheelhouse", pip_wheel, version)),
-                             capture_output=True, text=True, timeout=300, env=_pip_env())
-        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
 
         # Power on: the stations answer on the bus, the agent starts as its unit says.
         (root / "dev").mkdir(exist_ok=True)
