@@ -1,0 +1,1 @@
+"""Node-RED as a peer of the ingest in the benchmarks (see peer.py)."""
