@@ -9,6 +9,12 @@ Its in-flight chunks fail with :class:`BrokenProcessPool` (the caller decodes th
 
 Results come back in submission order per worker, and the caller waits on them in its own order, so nothing here
 reorders messages.
+
+Locks: a slot has two, and no lock is ever held by the reader while it blocks, nor by anyone across a pipe write
+that the reader must drain. ``send_lock`` orders the writers of tasks (it is held across the blocking write of a
+task); ``lock`` guards the in-flight queue and the connection and is only held for a few bytecodes. The reader
+takes only ``lock``. (Before, one lock did both: a sender blocked writing a task while holding it, the worker
+blocked writing a large result, and the reader that would drain that result waited for the lock, for good.)
 """
 
 from __future__ import annotations
@@ -64,7 +70,8 @@ class _Slot:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.lock = threading.Lock()  # send + enqueue are one step; a death empties the queue under it
+        self.lock = threading.Lock()  # inflight + conn; never held across I/O; a death empties the queue under it
+        self.send_lock = threading.Lock()  # one task written at a time, in inflight order; held across the write
         self.inflight: collections.deque[Future[Any]] = collections.deque()
         self.process: multiprocessing.process.BaseProcess | None = None
         self.conn: Connection | None = None
@@ -139,10 +146,11 @@ class DecodePool:
         """Ask the workers to exit (after the tasks they hold), then kill what is still running at ``timeout``."""
         self._closing.set()
         for slot in self._slots:
-            with slot.lock:
-                if slot.conn is not None:
+            with slot.send_lock:
+                conn = slot.conn
+                if conn is not None:
                     with contextlib.suppress(OSError, ValueError):
-                        slot.conn.send(None)
+                        conn.send(None)
         deadline = time.monotonic() + timeout
         for slot in self._slots:
             p = slot.process
@@ -157,24 +165,29 @@ class DecodePool:
             t.join(5)
         for slot in self._slots:
             with slot.lock:
-                if slot.conn is not None:
-                    slot.conn.close()
-                    slot.conn = None
+                conn, slot.conn = slot.conn, None
+            if conn is not None:
+                conn.close()
 
     # --- internals -----------------------------------------------------------------------------------------------
     def _send(self, slot: _Slot, args: tuple[Any, ...]) -> Future[Any]:
         fut: Future[Any] = Future()
-        with slot.lock:
-            conn = slot.conn
-            if conn is None:
-                fut.set_exception(BrokenProcessPool("the decode worker died"))
-                return fut
-            slot.inflight.append(fut)
+        with slot.send_lock:  # the order of writes is the order of inflight
+            with slot.lock:
+                conn = slot.conn
+                if conn is None:
+                    fut.set_exception(BrokenProcessPool("the decode worker died"))
+                    return fut
+                slot.inflight.append(fut)
             try:
-                conn.send(args)
+                conn.send(args)  # may block until the worker reads; the reader never waits for send_lock
             except (OSError, ValueError) as exc:  # the worker is gone (EPIPE) or its pipe was just closed
-                slot.inflight.remove(fut)
-                fut.set_exception(BrokenProcessPool(f"the decode worker died: {exc}"))
+                with slot.lock:
+                    mine = fut in slot.inflight
+                    if mine:
+                        slot.inflight.remove(fut)
+                if mine:  # else the death handling failed it already
+                    fut.set_exception(BrokenProcessPool(f"the decode worker died: {exc}"))
         return fut
 
     def _start(self, slot: _Slot) -> None:
@@ -214,9 +227,10 @@ class DecodePool:
         with slot.lock:
             lost = list(slot.inflight)
             slot.inflight.clear()
-            if slot.conn is not None:
-                slot.conn.close()
-                slot.conn = None
+            conn, slot.conn = slot.conn, None
+        if conn is not None:
+            with slot.send_lock:  # a sender blocked on the dead worker's pipe gets EPIPE and lets go first
+                conn.close()
         p = slot.process
         if p is not None:
             p.join(5)

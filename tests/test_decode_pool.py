@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from concurrent.futures import wait
 from concurrent.futures.process import BrokenProcessPool
@@ -20,6 +21,10 @@ from ingest.decode_pool import DecodePool, RemoteError
 
 def blob(n: int, tag: int) -> tuple[int, bytes]:
     return tag, bytes(n)
+
+
+def echo_big(_task: bytes, n: int) -> bytes:
+    return bytes(n)
 
 
 def boom(_: int) -> None:
@@ -93,3 +98,33 @@ def test_workers_that_cannot_start_give_failed_futures_not_a_wait() -> None:
     finally:
         pool.shutdown(timeout=5)
     assert len(restarts) < 10  # backed off, not a hot loop
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_large_tasks_and_results_in_flight_never_stall(workers: int) -> None:
+    """The stall seen in the throughput benchmark (commit 67bdb7b): the dispatcher blocked writing a task while
+    holding the slot's lock, the worker blocked writing a large result, and the reader that would drain it waited
+    for that lock. Large tasks and results, many in flight, submitted as fast as possible: every future completes.
+    (On 67bdb7b's pool this stalls within the first few tasks, every run.)"""
+    pool = DecodePool(workers, echo_big)
+    pool.warm_up(b"", 0, timeout=60)
+    futs: list = []
+
+    def submitter() -> None:
+        for _ in range(200):
+            futs.append(pool.submit(bytes(300_000), 1_800_000))  # both far beyond a socket buffer
+
+    t = threading.Thread(target=submitter, name="submitter", daemon=True)
+    t.start()
+    t.join(30)
+    done, not_done = wait(list(futs), timeout=30)
+    stalled = t.is_alive() or bool(not_done)
+    if stalled:  # don't hang the suite on the broken pool's locks: kill its workers and leave it
+        for pid in pool.pids():
+            os.kill(pid, signal.SIGKILL)
+    assert not stalled, (
+        f"stalled: {len(futs)} of 200 tasks submitted, {len(not_done)} in flight never completed"
+    )
+    assert all(len(f.result()) == 1_800_000 for f in done)
+    pool.shutdown()
