@@ -46,6 +46,7 @@ SERVICE_GRANTS: dict[str, tuple[tuple[str, str], ...]] = {
         ("read", f"{TOPIC_ROOT}/+/status"),
         ("read", f"{TOPIC_ROOT}/+/probe"),
         ("write", f"{TOPIC_ROOT}/+/receipt"),
+        ("readwrite", "cityos/svc/ingest/+/claim"),  # one process per session (ingest.mqtt_in.CLAIM_ROOT)
     ),
     "svc.fleet": (("readwrite", f"{TOPIC_ROOT}/+/status"),),
 }

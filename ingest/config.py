@@ -11,7 +11,8 @@ Example (the common keys; every key and its default: docs/ingest.md, "Configurat
     ca_file = "/etc/cityos/ca.crt"          # the fleet CA (signs the broker's certificate)
     cert_file = "/etc/cityos/ingest.crt"    # CN = svc.ingest: its ACL role on the broker
     key_file = "/etc/cityos/ingest.key"     # 0600, owned by the service user
-    client_id = "cityos-ingest"  # fixed: it names the durable session on the broker
+    client_id = "cityos-ingest"  # the session is <client_id>.<host_id>.<instance>: unique by construction
+    # instance = "0"             # a second ingest process on the same machine: "1", with its own data_dir
     session_expiry_s = 604800    # 7 days of queueing while the ingest is down
     # share_group = "ingest"     # -> subscribe $share/ingest/<filter> (see docs/ingest.md on Mosquitto 2.0.11)
     receive_maximum = 10000      # MQTT v5 Receive Maximum: unacked messages the broker may send us
@@ -33,6 +34,7 @@ Example (the common keys; every key and its default: docs/ingest.md, "Configurat
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,14 @@ from cityos.influx import InfluxSettings
 __all__ = ["ConfigError", "InfluxConfig", "IngestConfig", "IngestSection", "MqttConfig", "load_config"]
 
 _SHARE_GROUP_RE = re.compile(r"^[^/+#$\s]{1,64}$")
+_NAME_PART = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+_HOST_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def this_host() -> str:
+    """This machine's name as a client-id part: its short hostname, with anything but ``[A-Za-z0-9_-]`` as ``-``."""
+    name = _HOST_SAFE.sub("-", socket.gethostname().split(".")[0])[:63].strip("-_")
+    return name or "host"
 
 
 class _Section(BaseModel):
@@ -57,7 +67,16 @@ class MqttConfig(MqttLogin):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    client_id: str = Field(default="cityos-ingest", min_length=1, max_length=128)
+    #: The first part of the MQTT client id. The broker keeps one durable session per client id, and the session
+    #: is what an ingest process receives (and is redelivered) through, so two processes must never share one:
+    #: the id is ``<client_id>.<host_id>.<instance>`` (:attr:`session_id`), unique by construction across
+    #: machines (the host) and on one machine (the instance; a second process with the same one is refused at
+    #: start, see ``ingest.service``).
+    client_id: str = Field(default="cityos-ingest", pattern=_NAME_PART)
+    #: This machine's part of the id; default: its hostname. Set it where hostnames are not stable (containers).
+    host_id: str | None = Field(default=None, pattern=_NAME_PART)
+    #: This process's part of the id on its machine: "0", "1"... (one data_dir each).
+    instance: str = Field(default="0", pattern=_NAME_PART)
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0, le=0xFFFFFFFF)
     share_group: str | None = None
     receive_maximum: int = Field(default=10000, ge=1, le=65535)
@@ -73,6 +92,11 @@ class MqttConfig(MqttLogin):
         if not _SHARE_GROUP_RE.match(v):
             raise ValueError("must be 1-64 characters without '/', '+', '#', '$' or spaces")
         return v
+
+    @property
+    def session_id(self) -> str:
+        """The MQTT client id: it names this process's durable session on the broker."""
+        return f"{self.client_id}.{self.host_id or this_host()}.{self.instance}"
 
     def filters(self) -> list[str]:
         """The topic filters to subscribe to (wrapped in ``$share/<group>/`` when a share group is set)."""

@@ -9,15 +9,23 @@
 * Subscribes on *every* connect, also when the broker says the session is present: Mosquitto 2.0.11 does not
   restore ``$share`` subscriptions of a durable client that reconnects (fixed in 2.0.12), and re-subscribing is
   harmless for ordinary ones.
+* One process per session: on its first connect the ingest publishes a retained *claim* (a nonce of this process)
+  on :data:`CLAIM_ROOT`/<session id>. A claim with another nonce seen after its own means a newer process took the
+  session (the broker just drops the older connection; Mosquitto 2.0.11 sends no reason): it stops rather than
+  reconnecting and taking the session back every few seconds.
 * Connection generations: every successful connect starts a new generation. A packet id is only acked on the
   connection it arrived on; acks for an older generation are dropped (the broker redelivers those messages).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +37,14 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from ingest.config import MqttConfig
 
 log = logging.getLogger(__name__)
+
+_SESSION_TAKEN_OVER = 0x8E  # MQTT v5 DISCONNECT reason code (brokers that send it)
+#: Where each ingest process claims its session (retained); the broker ACL lets only svc.ingest use it.
+CLAIM_ROOT = "cityos/svc/ingest"
+
+
+def claim_topic(session_id: str) -> str:
+    return f"{CLAIM_ROOT}/{session_id}/claim"
 
 
 @dataclass(slots=True)
@@ -54,12 +70,19 @@ class MqttIn:
         on_connected: Callable[[], None] | None = None,
         on_disconnected: Callable[[], None] | None = None,
         on_subscribed: Callable[[bool], None] | None = None,
+        on_taken_over: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self._on_taken_over = on_taken_over
         self._sink = sink
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
         self._on_subscribed = on_subscribed
+        self._claim_topic = claim_topic(cfg.session_id)
+        self._claim = json.dumps({"nonce": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+                                  "started_at": int(time.time() * 1000)}).encode()
+        self._claimed = False  # our own claim came back: a different one after it is a newer process
+        self.taken_over = False
         self._lock = threading.Lock()  # guards generation/connected against ack() from the writer threads
         self._gen = 0
         self._connected = False
@@ -68,7 +91,7 @@ class MqttIn:
 
         c = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id,
+            client_id=cfg.session_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
@@ -99,6 +122,8 @@ class MqttIn:
         """
         self.stopping.set()
         try:
+            if self._claimed and not self.taken_over and self._connected:
+                self._client.publish(self._claim_topic, b"", qos=1, retain=True)  # the session is free again
             self._client.disconnect()
         except Exception:  # pragma: no cover - best effort on shutdown
             log.debug("disconnect failed", exc_info=True)
@@ -142,12 +167,14 @@ class MqttIn:
         self.session_present = bool(flags.session_present)
         opts = SubscribeOptions(qos=1)
         filters = self.cfg.filters()
-        client.subscribe([(f, opts) for f in filters])
+        client.subscribe([(f, opts) for f in [self._claim_topic, *filters]])
+        if gen == 1:  # after the SUBSCRIBE: the previous claim (retained) arrives before our own
+            client.publish(self._claim_topic, self._claim, qos=1, retain=True)
         log.info(
             "MQTT connected to %s:%s as %s (session_present=%s, generation=%d); subscribing %s",
             self.cfg.host,
             self.cfg.port,
-            self.cfg.client_id,
+            self.cfg.session_id,
             self.session_present,
             gen,
             ", ".join(filters),
@@ -166,12 +193,45 @@ class MqttIn:
         with self._lock:
             was = self._connected
             self._connected = False
+        if getattr(reason_code, "value", None) == _SESSION_TAKEN_OVER:
+            self._taken_over(client, "the broker says: session taken over")
         if was and not self.stopping.is_set():
             log.warning("MQTT connection lost (%s); reconnecting with backoff", reason_code)
         if self._on_disconnected:
             self._on_disconnected()
 
+    def _taken_over(self, client: mqtt.Client, why: str) -> None:
+        """Another process connected with our client id: reconnecting would take the session back from it, and it
+        from us, every few seconds ("flapping"), each side losing its in-flight acks. Stop instead."""
+        if self.stopping.is_set():
+            return
+        self.taken_over = True
+        self.stopping.set()
+        client.disconnect()  # and no automatic reconnect
+        log.error("MQTT session %r taken over by another client with the same client id (%s)",
+                  self.cfg.session_id, why)
+        if self._on_taken_over:
+            self._on_taken_over(why)
+
+    def _on_claim(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
+        if msg.qos:
+            client.ack(msg.mid, msg.qos)
+        if not msg.payload:
+            return
+        if msg.payload == self._claim:
+            self._claimed = True
+        elif self._claimed:
+            try:
+                other = json.loads(msg.payload)
+                who = f"pid {other.get('pid')} on {other.get('host')!r}"
+            except (ValueError, AttributeError):
+                who = "unknown"
+            self._taken_over(client, f"a newer process claimed it: {who}")
+
     def _handle_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self._claim_topic:
+            self._on_claim(client, msg)
+            return
         self._sink(
             Inbound(
                 msg.topic, msg.payload, msg.mid, msg.qos, bool(msg.retain), self._gen, int(time.time() * 1000)
@@ -179,8 +239,8 @@ class MqttIn:
         )
 
 
-def discard_session(cfg: MqttConfig, timeout_s: float = 10.0) -> bool:
-    """Remove the broker's durable session of ``cfg.client_id`` (connect with clean start and expiry 0).
+def discard_session(cfg: MqttConfig, timeout_s: float = 10.0, *, client_id: str | None = None) -> bool:
+    """Remove the broker's durable session of ``cfg.session_id`` (or of ``client_id``) (connect with clean start and expiry 0).
 
     For decommissioning an ingest instance, and for tests/benchmarks: an offline durable session subscribed to
     ``cityos/v1/+/telemetry`` keeps queueing every message published afterwards (for up to
@@ -195,7 +255,8 @@ def discard_session(cfg: MqttConfig, timeout_s: float = 10.0) -> bool:
         done.set()
 
     c = mqtt.Client(
-        callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id, protocol=mqtt.MQTTv5
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or cfg.session_id,
+        protocol=mqtt.MQTTv5,
     )
     cfg.configure(c, "mqtt")
     c.on_connect = on_connect

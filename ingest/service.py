@@ -14,6 +14,11 @@ decoded queue, the paho thread on the inbound queue; the broker stops sending on
 unacked and keeps the rest in the durable session. Acks go out in receive order, only for messages that were
 written (HTTP 204) or dead-lettered (SQLite commit), and only on the connection they arrived on.
 
+One process is one durable MQTT session (``[mqtt] session_id``: ``<client_id>.<host>.<instance>``); several
+processes split the load on a shared subscription (``[mqtt] share_group``, docs/ingest.md "Scaling out"). A second
+process that would use the same session, or the same data_dir, is refused at start (exit 3), and a process whose
+session another client takes over stops (exit 3) instead of taking it back every few seconds.
+
 Run: ``python -m ingest.service --config ingest.toml``.
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import logging
 import multiprocessing
@@ -28,6 +34,7 @@ import os
 import queue
 import random
 import signal
+import socket
 import sqlite3
 import sys
 import threading
@@ -52,8 +59,48 @@ from ingest.mqtt_in import Inbound, MqttIn
 log = logging.getLogger("ingest")
 
 HEALTH_FILE = "health.json"
+LOCK_FILE = "ingest.lock"
+#: Exit status of a process refused or stopped because its identity is taken (systemd: RestartPreventExitStatus).
+EXIT_DUPLICATE = 3
 _CHUNK = 64  # messages per decode task
 _RETRY_BASE_S = 0.2
+
+
+class DuplicateInstance(RuntimeError):
+    """Another ingest process holds this session id or this data_dir."""
+
+
+class _Claim:
+    """This process's hold on its session id (on this machine) and its data_dir, for as long as it runs.
+
+    The session id: an abstract Unix socket named after it (Linux; one per network namespace, released by the
+    kernel when the process dies, even by SIGKILL, so a crash never leaves a stale lock). The data_dir: ``flock``
+    on a file in it (the dead-letter database and health.json belong to one process).
+    """
+
+    def __init__(self, session_id: str, data_dir: Path) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.bind(f"\0cityos-ingest/{session_id}".encode()[:107])
+        except OSError:
+            self._sock.close()
+            raise DuplicateInstance(
+                f"another ingest on this machine already runs as MQTT client {session_id!r}; each process needs "
+                "its own [mqtt] instance (and data_dir): see docs/ingest.md, 'Scaling out'"
+            ) from None
+        self._lock = (data_dir / LOCK_FILE).open("a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.release()
+            raise DuplicateInstance(
+                f"another ingest process uses data_dir {data_dir}; each process needs its own [ingest] data_dir"
+            ) from None
+
+    def release(self) -> None:
+        self._sock.close()
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()  # closing the file drops the flock
 
 
 class _Aborted(Exception):
@@ -73,6 +120,9 @@ class IngestService:
         self.stop_event = stop or threading.Event()
         self.data_dir = Path(config.ingest.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._claim = _Claim(config.mqtt.session_id, self.data_dir)  # first: raises DuplicateInstance
+        #: Why the service stopped by itself (its session was taken over), else None.
+        self.fatal: str | None = None
         self.health_path = self.data_dir / HEALTH_FILE
         workers = config.ingest.decode_workers
 
@@ -105,6 +155,7 @@ class IngestService:
             on_connected=self.health.on_connected,
             on_disconnected=self.health.on_disconnected,
             on_subscribed=self.health.on_subscribed,
+            on_taken_over=self._on_taken_over,
         )
         self._collector = threading.Thread(target=self._collector_main, name="ingest-collector", daemon=True)
         self._writers = [
@@ -130,6 +181,15 @@ class IngestService:
                 if self.mqtt.stopping.is_set():
                     return
 
+    def _on_taken_over(self, why: str) -> None:
+        self.fatal = (
+            f"this ingest's MQTT session ({self.cfg.mqtt.session_id!r}) was taken by another client ({why}): a "
+            "second ingest runs with this [mqtt] client_id, host_id and instance. Stopping instead of taking it "
+            "back every few seconds; give each process its own instance (docs/ingest.md, 'Scaling out')"
+        )
+        log.error("%s", self.fatal)
+        self.stop_event.set()
+
     # --- lifecycle ---------------------------------------------------------------------------------------------
     def run(self) -> None:
         cfg = self.cfg
@@ -137,7 +197,7 @@ class IngestService:
             "ingest starting: mqtt %s:%s client_id=%s share_group=%s → influx %s db=%s; data_dir=%s",
             cfg.mqtt.host,
             cfg.mqtt.port,
-            cfg.mqtt.client_id,
+            cfg.mqtt.session_id,
             cfg.mqtt.share_group,
             cfg.influx.url,
             cfg.influx.db,
@@ -482,7 +542,7 @@ class IngestService:
                     next_point = now + every
                     # Best effort, off the data path: while InfluxDB is down these points are missing, which the
                     # "ingest stalled" alert treats as firing (no data).
-                    r = own.write(health_line(snap, self.cfg.mqtt.client_id).encode())
+                    r = own.write(health_line(snap, self.cfg.mqtt.session_id).encode())
                     if not r.ok:
                         log.debug("ingest_health point not written: %s %s", r.outcome, r.message)
         finally:
@@ -527,12 +587,21 @@ class IngestService:
             for w in self._influx_all:
                 w.close()
             self.deadletters.close()
+            self._claim.release()
             log.info("ingest stopped: %s", self.health.summary_line(snap))
 
 
-def run(config: IngestConfig, stop: threading.Event | None = None) -> None:
-    """Run the ingest until ``stop`` is set (or forever); then flush and ack what is decoded, and disconnect."""
-    IngestService(config, stop).run()
+def run(config: IngestConfig, stop: threading.Event | None = None) -> int:
+    """Run the ingest until ``stop`` is set (or forever); then flush and ack what is decoded, and disconnect.
+    Returns the exit status: 0, or :data:`EXIT_DUPLICATE` when its identity is (or became) another's."""
+    try:
+        svc = IngestService(config, stop)
+    except DuplicateInstance as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_DUPLICATE
+    svc.run()
+    return EXIT_DUPLICATE if svc.fatal else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -559,8 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    run(config, stop)
-    return 0
+    return run(config, stop)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -15,6 +18,27 @@ from citylab.stack import StackInfo
 from ingest.config import IngestConfig
 from ingest.mqtt_in import discard_session
 from ingest.service import IngestService
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def start_ingest_process(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """``python -m ingest.service`` as systemd runs it, in its own process group (killpg takes its workers)."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ingest.service", "--config", str(config_path)],
+            cwd=REPO,
+            env=subprocess_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, poll: float = 0.05) -> Any:

@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -24,7 +23,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from helpers import influx_count, influx_query
-from ingest_helpers import ingest_config, running_ingest, uid, wait_for
+from ingest_helpers import ingest_config, running_ingest, start_ingest_process, uid, wait_for
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -128,24 +127,6 @@ def retained_statuses(info: StackInfo) -> list[tuple[str, bytes]]:
 def drained(svc: IngestService) -> bool:
     h = svc.health
     return h.messages_acked == h.messages_received and h.pending == 0 and svc._inbound.qsize() == 0
-
-
-def subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
-def start_ingest_process(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    log = log_path.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "ingest.service", "--config", str(config_path)],
-        cwd=REPO,
-        env=subprocess_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the decode worker dies with it on killpg
-    )
 
 
 def mosquitto_version() -> tuple[int, ...]:
@@ -261,7 +242,7 @@ def test_valid_and_malformed_messages_end_to_end(stack: Stack, influx_db: str, t
     assert file_health is not None and file_health["messages_acked"] == total
 
     # ... and so does the ingest's own health in InfluxDB, which the fleet dashboard and the stall alert read
-    mine_q = f"SELECT * FROM ingest_health WHERE instance = '{cfg.mqtt.client_id}' ORDER BY time DESC LIMIT 1"
+    mine_q = f"SELECT * FROM ingest_health WHERE instance = '{cfg.mqtt.session_id}' ORDER BY time DESC LIMIT 1"
     last = influx_query(info, influx_db, mine_q)[0]
     row = dict(zip(last["columns"], last["values"][0], strict=True))
     assert row["points_written"] == snap["points_written"] and row["messages_acked"] == total
@@ -674,10 +655,7 @@ def test_shared_subscription_messages_published_before_resubscribe_after_broker_
         c.loop_stop()
         results[kind] = len(got)
         discard_session(  # so that it does not count as a matching subscriber in the next round
-            MqttConfig(
-                **mqtt_settings(info, "dev.tools"),
-                client_id=f"{kind}-{u}",
-            )
+            MqttConfig(**mqtt_settings(info, "dev.tools")), client_id=f"{kind}-{u}"
         )
     assert results["plain"] == 5 and codes["plain"] == [0] * 5
     if mosquitto_version() < (2, 0, 12):
