@@ -20,7 +20,9 @@ import types
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, SecretBytes, SecretStr, ValidationError
+from pydantic import AfterValidator, BaseModel, SecretBytes, SecretStr, StringConstraints, ValidationError
+
+from cityos.wire import ID_PATTERN
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -160,6 +162,11 @@ def _http_url(v: str) -> str:
 
 #: An HTTP(S) base URL without its trailing slash (InfluxDB, Grafana): checked where a config names it.
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+#: A gateway's or a device's id in a config (pydantic), with the wire contract's pattern (:mod:`cityos.wire`
+#: has its own, msgspec, types): an id a config accepts is one the wire accepts.
+GatewayId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+DeviceId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 
 
 def dump_toml(data: dict[str, Any], header: str = "") -> str:

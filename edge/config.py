@@ -8,10 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cityos.config import ConfigError, config_hash, format_validation_error, read_toml  # noqa: F401 (re-exported)
+from cityos.config import ConfigError, GatewayId, config_hash, format_validation_error, read_toml  # noqa: F401 (re-exported)
 from cityos.credentials import MqttLogin
 from cityos.simclock import ScaledClock
-from cityos.wire import GatewayId
 from edge.sources.base import SourceConfig, known_types, plugin
 
 

@@ -34,10 +34,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cityos.config import config_hash, dump_toml
+from cityos.config import GatewayId, config_hash, dump_toml
 from cityos.credentials import MqttLogin
 from cityos.families import by_name
-from cityos.wire import GatewayId
 from fleet.broker import acl_text
 from fleet.pki import CertificateAuthority, certificate_info, write_private
 

@@ -37,7 +37,8 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
 
-from cityos.wire import DeviceId, Reading
+from cityos.config import DeviceId
+from cityos.wire import Reading
 from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
 from edge.sources.bus.ble_ids import Advert, KeyedHasher

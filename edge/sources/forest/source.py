@@ -104,7 +104,8 @@ from typing import Any, Literal
 import serial  # pyserial
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cityos.wire import DeviceId, Reading
+from cityos.config import DeviceId
+from cityos.wire import Reading
 from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
 from edge.sources.common.logs import RateLimited

@@ -92,9 +92,8 @@ from momonga.momonga_device import parse_sk_line
 from momonga.momonga_echonet_data import ENERGY_PARSERS, PARSER_MAP
 from pydantic import ConfigDict, Field, SecretStr
 
-from cityos.config import ConfigError
+from cityos.config import ConfigError, DeviceId
 from cityos.credentials import read_secret
-from cityos.wire import DeviceId
 from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
 from edge.sources.common.logs import LOG_PERIOD_S, LibraryLogFilter, RateLimited, install_once

@@ -59,7 +59,8 @@ from pydantic import (
     model_validator,
 )
 
-from cityos.wire import DeviceId, Reading
+from cityos.config import DeviceId
+from cityos.wire import Reading
 from edge import clock
 from edge.sources.base import SourceConfig, SourceContext, register
 from edge.sources.common.geo import UNKNOWN, Districts, DistrictsError, haversine_m, load_districts
