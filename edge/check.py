@@ -1025,8 +1025,8 @@ def _round_trip(cfg: GatewayConfig, wait_s: float) -> list[Line]:
             if msg is None or isinstance(msg, tuple):
                 break
             try:
-                r = wire.Receipt.model_validate_json(msg.payload)
-            except ValueError:
+                r = wire.decode_receipt(msg.payload)
+            except wire.ContractError:
                 continue
             if r.gateway_id == gw and r.boot_id == boot_id and r.seq == 1:
                 took = time.monotonic() - sent

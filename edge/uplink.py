@@ -132,7 +132,7 @@ class Uplink:
             ts=int(time.time() * 1000),
             **extra,
         )
-        return status.model_dump_json(exclude_none=True).encode()
+        return wire.encode_status(status)
 
     # --- main loop -------------------------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from pydantic import ValidationError
 
 from cityos import wire
 from cityos.credentials import MqttLogin
@@ -59,8 +58,8 @@ def read_statuses(login: MqttLogin, timeout_s: float = 5.0, quiet_s: float = 0.5
     def on_message(_c: Any, _u: Any, msg: Any) -> None:
         last[0] = time.monotonic()
         try:
-            st = wire.GatewayStatus.model_validate_json(msg.payload)
-        except ValidationError:
+            st = wire.decode_retained_status(msg.payload)
+        except wire.ContractError:
             return
         if wire.gateway_from_topic(msg.topic) == st.gateway_id:
             got[st.gateway_id] = st
@@ -98,8 +97,7 @@ def post_registered(login: MqttLogin, gateway_id: str, config_hash: str, timeout
     the offline alert knows it (its backlog is 0: nothing was ever stored on it)."""
     st = wire.GatewayStatus(gateway_id=gateway_id, state="registered", boot_id="registry", ts=int(time.time() * 1000),
                             config_hash=config_hash, backlog_depth=0, backlog_age_s=0.0)
-    _publish_retained(login, wire.status_topic(gateway_id), st.model_dump_json(exclude_none=True).encode(),
-                      timeout_s)
+    _publish_retained(login, wire.status_topic(gateway_id), wire.encode_status(st), timeout_s)
 
 
 def clear_status(login: MqttLogin, gateway_id: str, timeout_s: float = 10.0) -> None:

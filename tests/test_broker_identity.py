@@ -82,7 +82,7 @@ def test_a_gateway_cannot_write_or_read_as_another(stack: Stack, influx_db: str,
         try:
             # B's retained status, which A must not read (valid: the session's later ingests receive it too).
             status = wire.GatewayStatus(gateway_id=b_id, state="online", boot_id="boot-0001", ts=int(time.time() * 1000))
-            assert b.publish(wire.status_topic(b_id), status.model_dump_json().encode(), retain=True) == 0
+            assert b.publish(wire.status_topic(b_id), wire.encode_status(status), retain=True) == 0
             a.c.subscribe([(wire.status_topic(b_id), 1), ("cityos/v1/#", 1)])
             wait_for(lambda: a.subacks, 10, "SUBACK")
 

@@ -394,7 +394,7 @@ def test_manifest_matches_the_bundle(trixie, registry):
     assert {f["path"]: (f["mode"], f["owner"]) for f in m["gateway_files"]} == {
         p: (e["permissions"], e["owner"]) for p, e in _written(trixie).items()}
     names = {w.name.split("-")[0].lower() for w in wheels}
-    assert {"cityos_telemetry", "pip", "paho_mqtt", "pyserial", "momonga", "pynmea2", "bleak", "pydantic"} <= names
+    assert {"cityos_telemetry", "pip", "paho_mqtt", "pyserial", "momonga", "pynmea2", "bleak", "pydantic", "msgspec"} <= names
     assert not names & {"httpx", "fastapi", "cryptography", "pymodbus", "numpy"}  # the gateway's install only
 
 

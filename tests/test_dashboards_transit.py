@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from cityos.wire import Reading, TelemetryBatch
+from cityos.wire import Reading, TelemetryBatch, checked
 from dashboards import catalog as cat
 from dashboards.macros import ALL, VarSpec, calculate_interval, expand, panel_max_data_points
 from dashboards.model import Panel
@@ -164,8 +164,8 @@ def day(stack) -> Any:
     lines = []
     for i in range(0, len(d.readings), 500):
         chunk = sorted(d.readings[i:i + 500], key=lambda r: r.ts)
-        lines += batch_to_lines(TelemetryBatch(gateway_id="gw-bus", boot_id="boot-0001", seq=i,
-                                               sent_at=chunk[-1].ts, readings=chunk))
+        lines += batch_to_lines(checked(TelemetryBatch(gateway_id="gw-bus", boot_id="boot-0001", seq=i,
+                                                       sent_at=chunk[-1].ts, readings=chunk)))
     from helpers import influx_write
 
     influx_write(info, db, lines)

@@ -3,7 +3,7 @@
 Each family keeps its cases beside its code, in ``edge/sources/<family>/golden/``: JSON files ``{"description",
 "input", "readings"}`` and a ``replay(case) -> list[dict]`` (in that folder's ``__init__.py``) that feeds ``input``
 to the family's core, no port, no thread, no clock, and returns the readings it produced as
-``Reading.model_dump(mode="json")``. The cases are the protocol's contract in bytes: a change that alters what a
+:func:`cityos.wire.reading_dict` (every field, checked against the contract). The cases are the protocol's contract in bytes: a change that alters what a
 core makes of them fails here, family by family, whatever the adapters do.
 """
 

@@ -19,7 +19,7 @@ from google.transit import gtfs_realtime_pb2 as rt
 from helpers import influx_write
 
 from citylab.stack import influx_settings
-from cityos.wire import Reading, TelemetryBatch
+from cityos.wire import Reading, TelemetryBatch, checked
 from cityos_api.app import ApiSettings, InfluxSettings, create_app
 from cityos_api.gtfs_rt import OCCUPANCY_STEPS, build_feed, occupancy_status
 from cityos_cli.cli import main
@@ -36,8 +36,8 @@ def _position(device: str, ts: int, **values: Any) -> Reading:
 
 
 def _write(stack_info, db: str, readings: list[Reading]) -> None:
-    batch = TelemetryBatch(gateway_id="gw-bus-01", boot_id="boot-0001", seq=1, sent_at=readings[-1].ts,
-                           readings=readings)
+    batch = checked(TelemetryBatch(gateway_id="gw-bus-01", boot_id="boot-0001", seq=1, sent_at=readings[-1].ts,
+                                   readings=readings))
     influx_write(stack_info, db, batch_to_lines(batch))
 
 

@@ -338,7 +338,7 @@ def _batch(gw: str = "gw-a", n: int = 3, ts: int = NOW, **values: object) -> wir
     readings = [
         wire.Reading(device_id=f"d{i}", kind="forest_station", ts=ts + i, values=vals) for i in range(n)
     ]
-    return wire.TelemetryBatch(gateway_id=gw, boot_id="boot-0001", seq=1, sent_at=ts, readings=readings)
+    return wire.checked(wire.TelemetryBatch(gateway_id=gw, boot_id="boot-0001", seq=1, sent_at=ts, readings=readings))
 
 
 def test_decode_message_telemetry() -> None:
@@ -474,6 +474,9 @@ def test_decode_chunk_never_raises() -> None:
 
 def _tricky_payloads() -> list[tuple[str, bytes]]:
     base = json.loads(wire.encode_batch(_batch()))
+    for r in base["readings"]:  # defaults written out, for the cases below to change
+        r.setdefault("units", {})
+        r.setdefault("backfill", False)
     out = []
 
     def dump(d: object) -> bytes:
@@ -510,8 +513,12 @@ def _tricky_payloads() -> list[tuple[str, bytes]]:
     out.append(("backfill yes", raw.replace(b'"backfill": false', b'"backfill": "yes"')))
     out.append(("units without value", raw.replace(b'"units": {}', b'"units": {"zz": "C"}')))
     out.append(("extra key", dump({**base, "extra": 1})))
+    out.append(("v 0", dump({**base, "v": 0})))
+    out.append(("newline in id", raw.replace(b'"d0"', b'"d0\\n"')))
+    out.append(("newline in value name", raw.replace(b'"temp_c": 21.5', b'"temp_c\\n": 21.5')))
     out.append(("not an object", b"[]"))
     out.append(("empty", b""))
+    assert raw not in {p for _, p in out} and len({p for _, p in out}) == len(out)  # each case changes it
     return out
 
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from citylab.stack import influx_settings
 from cityos.config import ConfigError
-from cityos.wire import Reading, TelemetryBatch
+from cityos.wire import Reading, TelemetryBatch, checked
 from cityos_api.app import ApiSettings, InfluxSettings, OpenDataSettings, create_app, load_settings
 from cityos_api.opendata import determined, suppress
 from ingest.lineproto import batch_to_lines
@@ -165,8 +165,8 @@ def _ms(d: date, hh: int, mm: int) -> int:
 
 
 def _write(stack_info, db: str, gateway: str, readings: list[Reading]) -> None:
-    batch = TelemetryBatch(gateway_id=gateway, boot_id="boot-0001", seq=1, sent_at=readings[-1].ts,
-                           readings=readings)
+    batch = checked(TelemetryBatch(gateway_id=gateway, boot_id="boot-0001", seq=1, sent_at=readings[-1].ts,
+                                   readings=readings))
     influx_write(stack_info, db, batch_to_lines(batch))
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cityos.wire import Reading
+from cityos.wire import Reading, reading_dict
 from edge.sources.bus.ble_ids import Advert
 from edge.sources.bus.source import BusConfig, BusCore
 
@@ -59,7 +59,7 @@ def advert(obj: dict[str, Any], rx_s: float) -> Advert:
 
 
 def replay(case: dict[str, Any]) -> list[dict[str, Any]]:
-    """A case's events through a fresh :class:`BusCore`; its readings, ``Reading.model_dump(mode="json")``."""
+    """A case's events through a fresh :class:`BusCore`; its readings, :func:`cityos.wire.reading_dict`."""
     inp = case["input"]
     events = inp["events"]
     core = BusCore(config(inp["config"]), events[0]["t"] if events else 0.0)
@@ -74,4 +74,4 @@ def replay(case: dict[str, Any]) -> list[dict[str, Any]]:
         position = core.tick(t)
         if position is not None:
             out.append(position)
-    return [r.model_dump(mode="json") for r in out]
+    return [reading_dict(r) for r in out]

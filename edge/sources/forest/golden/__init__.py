@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cityos.wire import Reading
+from cityos.wire import Reading, reading_dict
 from edge.sources.forest import codec
 
 __all__ = ["replay"]
@@ -72,5 +72,5 @@ def replay(case: dict[str, Any]) -> list[dict[str, Any]]:
             values = {**values, "lat": inp["lat"], "lon": inp["lon"]}
             units = {**units, "lat": "deg", "lon": "deg"}
         reading = Reading(device_id=device_id, kind=codec.KIND, ts=sample.ts_ms, values=values, units=units)
-        out.append(reading.model_dump(mode="json"))
+        out.append(reading_dict(reading))
     return out

@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from cityos.wire import reading_dict
 from edge.sources.meter.core import HistoryRequest, MeterCore, Step
 
 __all__ = ["replay"]
@@ -71,7 +72,7 @@ def replay(case: dict[str, Any]) -> list[dict[str, Any]]:
     def take(step: Step) -> None:
         nonlocal pending
         for emission in step.emissions:
-            out.append(emission.reading.model_dump(mode="json"))
+            out.append(reading_dict(emission.reading))
             core.committed(emission)
         pending = step.history
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cityos.wire import Reading
+from cityos.wire import Reading, reading_dict
 from edge.sources.common.nmea import GpsTracker
 from edge.sources.truck.source import CollectionTracker, TripState, TruckConfig
 from edge.sources.truck.weighing import WeighingDecoder
@@ -57,7 +57,7 @@ def _bytes(ev: dict[str, Any], port: str) -> bytes | None:
 
 
 def replay(case: dict[str, Any]) -> list[dict[str, Any]]:
-    """Feed a case's events to a fresh tracker; its readings as ``Reading.model_dump(mode="json")``."""
+    """Feed a case's events to a fresh tracker; its readings as :func:`cityos.wire.reading_dict`."""
     inp = case["input"]
     cfg = config(inp["config"])
     gps = GpsTracker(timeout_s=cfg.gps_timeout_s)
@@ -75,4 +75,4 @@ def replay(case: dict[str, Any]) -> list[dict[str, Any]]:
             for frame in weighing.feed(data):
                 out += [e.reading for e in tracker.on_weight(frame, t)]
         gps.tick(t)
-    return [r.model_dump(mode="json") for r in out]
+    return [reading_dict(r) for r in out]
