@@ -32,6 +32,8 @@ class Item:
     n_lines: int
     received_at_ms: int
     done: bool = False  # written (204) or dead-lettered
+    #: Its fields' (measurement, field, type)s: confirmed in the field-type table once InfluxDB stored them.
+    sig: frozenset[tuple[str, str, str]] | None = None
 
     @property
     def ack_key(self) -> tuple[int, int] | None:

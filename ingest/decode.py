@@ -22,6 +22,8 @@ class Decoded:
     body: bytes
     n_lines: int
     kind: str  # "telemetry" | "status"
+    #: Telemetry: its (measurement, field, type)s for the field-type check; statuses' fields never vary in type.
+    sig: frozenset[tuple[str, str, str]] | None = None
 
 
 def decode_message(
@@ -42,8 +44,9 @@ def decode_message(
         if not payload:
             return None
         return Decoded(_encode(status_to_line(wire.decode_status(topic, payload, **limits))), 1, "status")
-    lines = batch_to_lines(wire.decode_batch(topic, payload, **limits))
-    return Decoded(_encode("\n".join(lines)), len(lines), "telemetry")
+    sig: set[tuple[str, str, str]] = set()
+    lines = batch_to_lines(wire.decode_batch(topic, payload, **limits), sig)
+    return Decoded(_encode("\n".join(lines)), len(lines), "telemetry", frozenset(sig))
 
 
 def _encode(body: str) -> bytes:
@@ -56,7 +59,7 @@ def _encode(body: str) -> bytes:
 
 
 # --- chunk decoding (runs in a worker process when [ingest] decode_workers > 0) ---------------------------------
-#: One result per message: ("ok", body, n_lines, kind) | ("dead", reason, detail) | ("skip",)
+#: One result per message: ("ok", body, n_lines, kind, sig) | ("dead", reason, detail) | ("skip",)
 ChunkResult = tuple
 
 
@@ -77,7 +80,7 @@ def decode_chunk(
         except Exception as exc:  # a bug, not the message's fault; still must not block the stream
             out.append(("dead", "decode_error", f"{type(exc).__name__}: {exc}"[:500]))
             continue
-        out.append(("skip",) if d is None else ("ok", d.body, d.n_lines, d.kind))
+        out.append(("skip",) if d is None else ("ok", d.body, d.n_lines, d.kind, d.sig))
     return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from cityos.wire import GatewayStatus, TelemetryBatch, measurement_for
 
-__all__ = ["STATUS_MEASUREMENT", "batch_to_lines", "status_to_line"]
+__all__ = ["STATUS_MEASUREMENT", "Signature", "batch_to_lines", "status_to_line"]
 
 
 def _str_field(value: str) -> str:
@@ -27,14 +27,29 @@ def _other_field(value: bool | str) -> str:
     return _str_field(value)
 
 
-def batch_to_lines(batch: TelemetryBatch) -> list[str]:
+#: A message's fields for the ingest's field-type check (:mod:`ingest.fieldtypes`): (measurement, field, type).
+Signature = frozenset[tuple[str, str, str]]
+_TYPE_NAMES = {bool: "boolean", str: "string"}  # the names SHOW FIELD KEYS uses; numbers are "float"
+
+
+def _noted(odd: list[tuple[str, str, str]], kind: str, key: str, value: bool | str) -> str:
+    odd.append((kind, key, _TYPE_NAMES[type(value)]))
+    return f"{key}={_other_field(value)}"
+
+
+def batch_to_lines(batch: TelemetryBatch, sig: set[tuple[str, str, str]] | None = None) -> list[str]:
     """Line protocol for a batch: one line per reading, tags sorted by key (InfluxDB's fast path), numbers as
-    floats, the edge timestamp in ms. Ids are escape-free by their patterns, so only strings need escaping."""
+    floats, the edge timestamp in ms. Ids are escape-free by their patterns, so only strings need escaping.
+
+    ``sig``, if given, receives the (measurement, field, type) of every value (the ``backfill`` mark aside: the
+    contract reserves it), gathered per field layout while the fields are formatted: nearly free."""
     # The ingest's hottest loop: per-batch caches of the tag prefix and of the sorted field order, floats inline.
     gw = batch.gateway_id
     prefixes: dict[tuple[str, str], str] = {}
     orders: dict[tuple[str, ...], list[str]] = {}
     out: list[str] = []
+    all_float: set[tuple[str, tuple[str, ...]]] = set()  # (kind, field names) of readings with only floats
+    odd: list[tuple[str, str, str]] = []  # (kind, field, type) of the other readings' values
     for r in batch.readings:
         if r.tags:
             tags = sorted({**r.tags, "device": r.device_id, "gateway": gw}.items())
@@ -50,14 +65,23 @@ def batch_to_lines(batch: TelemetryBatch) -> list[str]:
         order = orders.get(keys)
         if order is None:
             order = orders[keys] = sorted(keys)
+        n_odd = len(odd)
+        kind = r.kind
         fields = ",".join(
-            [f"{k}={v!r}" if type(v) is float else f"{k}={_other_field(v)}" for k in order for v in (values[k],)]
+            [f"{k}={v!r}" if type(v) is float else _noted(odd, kind, k, v) for k in order for v in (values[k],)]
         )
+        if len(odd) == n_odd:
+            all_float.add((kind, keys))
+        else:
+            odd.extend((kind, k, "float") for k in keys if type(values[k]) is float)
         # A field, not a tag: a tag would make a redelivered backfill point a second series (a double count). On
         # every point, true or false: InfluxQL has no "IS NULL", and `backfill != true` is false where the field
         # is absent, so live-only alert rules need `backfill = false` to find the live points.
         fields += ",backfill=true" if r.backfill else ",backfill=false"
         out.append(f"{prefix}{fields} {r.ts}")
+    if sig is not None:
+        sig.update((measurement_for(kind), k, "float") for kind, keys in all_float for k in keys)
+        sig.update((measurement_for(kind), k, t) for kind, k, t in odd)
     return out
 
 

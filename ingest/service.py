@@ -53,6 +53,8 @@ from ingest.config import ConfigError, IngestConfig, load_config
 from ingest.deadletter import DeadLetter, DeadLetterStore
 from ingest.decode import ChunkResult, decode_chunk, worker_init
 from ingest.decode_pool import DecodePool, RemoteError
+from ingest.fieldtypes import FILE as FIELD_TYPES_FILE
+from ingest.fieldtypes import FieldTypes, show_field_keys_rows
 from ingest.health import Health, HealthServer, health_line, write_health_file
 from ingest.mqtt_in import Inbound, MqttIn
 
@@ -141,6 +143,7 @@ class IngestService:
             unacked=lambda: (self.acks.waiting(), self.acks.oldest_age_s()),
         )
         self.deadletters = DeadLetterStore.in_dir(self.data_dir)
+        self.field_types = FieldTypes(self.data_dir / FIELD_TYPES_FILE)
         self.batcher = Batcher(
             max_lines=config.influx.batch_lines,
             max_age_s=config.influx.flush_interval_s,
@@ -215,6 +218,7 @@ class IngestService:
             )
             # Start the workers now (they import pydantic and the wire models), not on the first message.
             self._pool.warm_up([], 0, timeout=60)
+        self._seed_field_types()
         if cfg.ingest.health_port:
             self.health_server = HealthServer(self.health, cfg.ingest.health_port).start()
             log.info("health endpoint on http://127.0.0.1:%d/health", self.health_server.port)
@@ -227,6 +231,18 @@ class IngestService:
             self._dispatch_loop()
         finally:
             self._shutdown()
+
+    def _seed_field_types(self) -> None:
+        """InfluxDB's own field types, where the ingest's user may read them (a write-only user may not: then
+        what this data_dir has learnt stands; see :mod:`ingest.fieldtypes`)."""
+        try:
+            rows = show_field_keys_rows(self.influx.query("SHOW FIELD KEYS"))
+        except Exception as exc:  # 403 for a write-only user, or InfluxDB down: not needed to start
+            log.info("field types not read from InfluxDB (%s); %d known from %s", str(exc)[:200],
+                     len(self.field_types), FIELD_TYPES_FILE)
+            return
+        self.field_types.load(rows)
+        log.info("field types: %d read from InfluxDB", len(rows))
 
     # --- dispatcher (run() thread) -----------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
@@ -326,10 +342,17 @@ class IngestService:
         for m, r in zip(c.messages, results, strict=True):
             tag = r[0]
             if tag == "ok":
-                _, body, n_lines, kind = r
+                _, body, n_lines, kind, sig = r
+                if sig is not None:
+                    why = self.field_types.conflict(sig)
+                    if why is not None:  # InfluxDB would refuse it, and keep its series in the index anyway
+                        dead.append(DeadLetter(m.received_at_ms, m.topic, m.payload, "field_type_conflict", why))
+                        if m.qos > 0:
+                            finished.append((m.gen, m.mid))
+                        continue
                 if kind == "status":
                     self.health.on_status()
-                batcher.add(Item(m.mid, m.qos, m.gen, m.topic, m.payload, body, n_lines, m.received_at_ms))
+                batcher.add(Item(m.mid, m.qos, m.gen, m.topic, m.payload, body, n_lines, m.received_at_ms, sig=sig))
                 self.health.on_pending(1, n_lines)
                 if batcher.full():
                     self._hand_off(batcher.take())
@@ -432,8 +455,7 @@ class IngestService:
     def _write(self, batch: Batch) -> None:
         result = self._post(batch)
         if result.ok:
-            self._receipts(batch.items)
-            self._complete(batch.items)
+            self._stored(batch.items)
         else:
             log.warning(
                 "InfluxDB rejected a batch of %d messages (%s: %s); finding the culprits",
@@ -445,6 +467,8 @@ class IngestService:
 
     def _bisect(self, batch: Batch, result: WriteResult) -> None:
         """``batch`` was rejected (400/413): split by message until the rejected messages are isolated."""
+        if self.field_types.learn_from_error(result.message):
+            log.warning("InfluxDB holds a field type this ingest did not know: learnt it (%s)", result.message[:200])
         if len(batch.items) == 1:
             item = batch.items[0]
             detail = f"HTTP {result.status}: {result.message}"
@@ -457,8 +481,7 @@ class IngestService:
         for part in batch.split():
             r = self._post(part)
             if r.ok:
-                self._receipts(part.items)
-                self._complete(part.items)
+                self._stored(part.items)
             else:
                 self._bisect(part, r)
 
@@ -512,6 +535,15 @@ class IngestService:
                 log.exception("cannot send the receipt of a probe on %s", item.topic)
                 continue
             log.info("probe from %s stored (%d points): receipt sent", gw, receipt.points)
+
+    def _stored(self, items: Sequence[Item]) -> None:
+        """InfluxDB stored these items (HTTP 204): their field types are now InfluxDB's; receipts; acks."""
+        confirm = self.field_types.confirm
+        for i in items:
+            if i.sig is not None:
+                confirm(i.sig)
+        self._receipts(items)
+        self._complete(items)
 
     def _complete(self, items: Sequence[Item]) -> None:
         """Items are written (or dead-lettered): release their acks (in receive order) and the memory."""
