@@ -633,7 +633,8 @@ def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:,.0f}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (also how the soak test, tests/test_ingest_soak.py, configures its drains)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--points", type=int, help="readings per run (default 300,000; 20,000 with --quick)")
     ap.add_argument("--repeat", type=int, help="rounds, medians reported (default 5; 1 with --quick)")
@@ -662,7 +663,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--batch-lines", type=int, help="override [influx] batch_lines (default: the default)")
     ap.add_argument("--writers", type=int, help="override [influx] writers (default: the default)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.points is None:
         args.points = 20_000 if args.quick else 300_000
     if args.repeat is None:
