@@ -63,6 +63,7 @@ import contextlib
 import json
 import logging
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import tempfile
@@ -331,6 +332,59 @@ def _wait(cond, timeout: float, what: str, poll: float = 0.02) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# where the CPU goes
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(stat_path: str) -> float:
+    """utime + stime of a process or thread, in seconds (``/proc/.../stat`` fields 14 and 15)."""
+    try:
+        with open(stat_path, "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _pid_file(stack: Stack, name: str) -> int | None:
+    try:
+        return int((stack.run_dir / name).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CpuMeter:
+    """CPU seconds per stage over a run: the ingest's threads by role (this process, ``/proc/self/task``), its
+    decode workers, InfluxDB and Mosquitto (their pid files). Start/stop around the timed window."""
+
+    ROLES = (("ingest-dispatcher", "dispatcher"), ("paho", "MQTT in (paho)"), ("ingest-collector", "collector"), ("ingest-writer", "writers (gzip, HTTP)"),
+             ("decode-reader", "pool readers"))
+
+    def __init__(self, stack: Stack, worker_pids: list[int]) -> None:
+        self.stack = stack
+        self.paths: dict[str, list[str]] = {"ingest: other threads": []}
+        main = threading.main_thread().native_id
+        for t in threading.enumerate():
+            role = next((label for key, label in self.ROLES if key in t.name), None)
+            if t.native_id == main:
+                continue
+            key = f"ingest: {role}" if role else "ingest: other threads"
+            self.paths.setdefault(key, []).append(f"/proc/self/task/{t.native_id}/stat")
+        self.paths["decode workers"] = [f"/proc/{pid}/stat" for pid in worker_pids]
+        for label, name in (("InfluxDB", "influxdb/influxd.pid"), ("Mosquitto", "mosquitto/mosquitto.pid")):
+            pid = _pid_file(stack, name)
+            self.paths[label] = [f"/proc/{pid}/stat"] if pid else []
+        self.t0 = time.monotonic()
+        self.start = {k: sum(_cpu_s(p) for p in v) for k, v in self.paths.items()}
+
+    def stop(self) -> dict[str, float]:
+        """% of one core per stage over the window."""
+        wall = time.monotonic() - self.t0
+        return {k: 100 * (sum(_cpu_s(p) for p in v) - self.start[k]) / wall for k, v in self.paths.items()}
+
+
+# ------------------------------------------------------------------------------------------------------------
 # the contenders' drains
 
 
@@ -406,7 +460,7 @@ class Bench:
     def _start_ingest(self, cfg) -> tuple[IngestService, threading.Event, threading.Thread]:
         stop = threading.Event()
         svc = IngestService(cfg, stop)
-        t = threading.Thread(target=svc.run, daemon=True)
+        t = threading.Thread(target=svc.run, name="ingest-dispatcher", daemon=True)
         t.start()
         return svc, stop, t
 
@@ -431,6 +485,7 @@ class Bench:
             svc, stop, t = self._start_ingest(cfg)
             try:
                 _wait(lambda: svc.health.connected, 60, "ingest connect", poll=0.0005)
+                meter = CpuMeter(self.stack, svc._pool.pids() if svc._pool else [])
                 t0 = time.monotonic()
                 t_end, complete = _progress_until(
                     lambda: not t.is_alive(),
@@ -440,6 +495,7 @@ class Bench:
                     self.args.timeout_s,
                     0.005,
                 )
+                cpu = meter.stop()
                 snap = svc.health.snapshot()
             finally:
                 stop.set()
@@ -456,7 +512,8 @@ class Bench:
             stored,
             elapsed,
             n / elapsed if complete and stored == n else None,
-            {"write_p95_ms": snap["write_latency_ms"]["p95"], "write_requests": snap["write_requests"]},
+            {"write_p95_ms": snap["write_latency_ms"]["p95"], "write_requests": snap["write_requests"],
+             "cpu_pct": cpu},
         )
 
     def drain_nodered(self, messages: list[Message], n: int) -> Drain:
@@ -789,6 +846,13 @@ def main(argv: list[str] | None = None) -> int:
             f"\n{args.points:,} points per run ({args.per_msg}/message), {args.repeat} rounds, fresh database "
             "each; medians of the runs whose COUNT matched."
         )
+        cpu_runs = [d.extra["cpu_pct"] for d in drains["ingest"] if "cpu_pct" in d.extra]
+        if cpu_runs:
+            print("\nWhere the CPU goes while the ingest drains (% of one core, median of the runs; 2 cores = 200 %):")
+            print("\n| stage | % of a core |\n|---|---|")
+            for k in cpu_runs[0]:
+                print(f"| {k} | {statistics.median(r[k] for r in cpu_runs):.0f} |")
+            print(f"| **all** | {statistics.median(sum(r.values()) for r in cpu_runs):.0f} |")
         doc.update(
             ceiling_runs={str(k): v for k, v in ceilings.items()},
             ceiling_median={str(k): v for k, v in med_ceiling.items()},
