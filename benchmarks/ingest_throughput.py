@@ -224,6 +224,8 @@ class CeilingClients:
             self._conns.append(parent)
             self._procs.append(p)
         self.n_lines = 0
+        #: InfluxDB's CPU seconds per point in the last run (its own process: what a point costs it at best).
+        self.influx_us_per_point = 0.0
 
     def load(self, lines: list[str], batch: int) -> None:
         """Pre-generate and pre-gzip the batches; every client gets them all (it takes indices off the counter)."""
@@ -255,10 +257,13 @@ class CeilingClients:
             c.send(("run", db))
         for c in conns:
             self._expect(c, "ready")
+        influxd = f"/proc/{_pid_file(stack, 'influxdb/influxd.pid')}/stat"
+        cpu0 = _cpu_s(influxd)
         t0 = time.monotonic()
         self._go.set()
         done = [self._expect(c, "done", 600) for c in conns]
         self._go.clear()
+        self.influx_us_per_point = (_cpu_s(influxd) - cpu0) / self.n_lines * 1e6
         elapsed = max(d[1] for d in done) - t0
         errors = [d[3] for d in done if d[3]]
         if errors:
@@ -750,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(stack, info, work, args)
     contenders = ["ingest"] + ([] if args.skip_nodered else ["Node-RED"])
     ceilings: dict[int, list[float]] = {k: [] for k in CEILING_CLIENTS}
+    influx_cost: dict[int, list[float]] = {k: [] for k in CEILING_CLIENTS}
     best: list[float] = []
     drains: dict[str, list[Drain]] = {c: [] for c in contenders}
     outages: list[dict[str, Any]] = []
@@ -767,7 +773,10 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.repeat):
                 # rotate the order of the three, so none always runs first (on the freshest InfluxDB)
                 order_k = CEILING_CLIENTS[i % 3 :] + CEILING_CLIENTS[: i % 3]
-                row = {k: clients.run(stack, info, k) for k in order_k}
+                row = {}
+                for k in order_k:
+                    row[k] = clients.run(stack, info, k)
+                    influx_cost[k].append(clients.influx_us_per_point)
                 for k, v in row.items():
                     ceilings[k].append(v)
                 best.append(max(row.values()))
@@ -846,13 +855,31 @@ def main(argv: list[str] | None = None) -> int:
             f"\n{args.points:,} points per run ({args.per_msg}/message), {args.repeat} rounds, fresh database "
             "each; medians of the runs whose COUNT matched."
         )
-        cpu_runs = [d.extra["cpu_pct"] for d in drains["ingest"] if "cpu_pct" in d.extra]
+        cpu_runs = [(d.extra["cpu_pct"], d.elapsed_s) for d in drains["ingest"] if "cpu_pct" in d.extra]
         if cpu_runs:
-            print("\nWhere the CPU goes while the ingest drains (% of one core, median of the runs; 2 cores = 200 %):")
-            print("\n| stage | % of a core |\n|---|---|")
-            for k in cpu_runs[0]:
-                print(f"| {k} | {statistics.median(r[k] for r in cpu_runs):.0f} |")
-            print(f"| **all** | {statistics.median(sum(r.values()) for r in cpu_runs):.0f} |")
+            print("\nWhere the CPU goes while the ingest drains (median of the runs; 2 cores = 200 %), and per point:")
+            print("\n| stage | % of a core | µs of CPU per point |\n|---|---|---|")
+            per_point: dict[str, float] = {}
+            for k in cpu_runs[0][0]:
+                pct = statistics.median(r[k] for r, _ in cpu_runs)
+                per_point[k] = statistics.median(r[k] / 100 * e / args.points * 1e6 for r, e in cpu_runs)
+                print(f"| {k} | {pct:.0f} | {per_point[k]:.2f} |")
+            total = sum(per_point.values())
+            print(f"| **all** | {statistics.median(sum(r.values()) for r, _ in cpu_runs):.0f} | {total:.2f} |")
+            best_k = max(CEILING_CLIENTS, key=lambda k: med_ceiling[k] or 0)
+            influx_best = statistics.median(influx_cost[best_k])
+            rest = total - per_point.get("InfluxDB", 0.0)
+            limit = 2e6 / (influx_best + rest)
+            print(
+                f"\nInfluxDB at its ceiling ({best_k} clients): {influx_best:.2f} µs of CPU per point. With the "
+                f"ingest and Mosquitto at {rest:.2f} µs per point beside it on 2 cores, the most this machine can "
+                f"carry is 2 cores / ({influx_best:.2f} + {rest:.2f}) µs = {limit:,.0f} points/s "
+                f"= {limit / med_best:.0%} of the ceiling; 80 % would need the ingest and Mosquitto at "
+                f"{max(0.0, 2e6 / (0.8 * med_best) - influx_best):.2f} µs per point."
+            )
+            doc["cpu"] = {"pct_median": {k: statistics.median(r[k] for r, _ in cpu_runs) for k in cpu_runs[0][0]},
+                          "us_per_point": per_point, "influx_us_per_point_at_ceiling": influx_best,
+                          "limit_points_s": limit}
         doc.update(
             ceiling_runs={str(k): v for k, v in ceilings.items()},
             ceiling_median={str(k): v for k, v in med_ceiling.items()},
