@@ -84,9 +84,10 @@ from nodered.peer import NodeRed, NodeRedError
 from nodered.peer import versions as nodered_versions
 
 from citylab.pipeline import ingest_config
-from citylab.stack import INFLUX_WRITER, Stack, StackInfo, influx_query, mqtt_client
+from citylab.stack import INFLUX_WRITER, Stack, StackInfo, influx_query, mqtt_client, mqtt_settings
 from cityos import wire
 from ingest import lineproto
+from ingest.config import MqttConfig
 from ingest.mqtt_in import discard_session
 from ingest.service import IngestService
 
@@ -521,6 +522,54 @@ class Bench:
              "cpu_pct": cpu},
         )
 
+    def drain_bare(self, messages: list[Message], n: int) -> Drain:
+        """One broker connection's ceiling: a paho client (MQTT v5, TLS, the ingest's Receive Maximum) drains the
+        same durable queue doing nothing but PUBACK each message at once. What one ingest process's connection
+        could carry at most, on this broker: the per-connection figure docs/ingest.md quotes for scaling out."""
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        client_id = f"bench-bare-{uuid.uuid4().hex[:8]}"
+        got = [0]
+        connected = threading.Event()
+
+        def connect() -> Any:
+            c = mqtt_client(self.info, "svc.ingest", client_id=client_id)
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 600
+            props.ReceiveMaximum = 10000
+            c.on_connect = lambda cl, *_a: (cl.subscribe(wire.TELEMETRY_FILTER, qos=1), connected.set())
+            def on_message(_c: Any, _u: Any, _m: Any) -> None:
+                got[0] += 1  # paho PUBACKs it on return (automatic acks)
+
+            c.on_message = on_message
+            c.connect(self.info.mqtt_host, self.info.mqtt_port, clean_start=False, properties=props)
+            c.loop_start()
+            return c
+
+        c = connect()
+        _wait(connected.is_set, 30, "bare client's subscribe")
+        time.sleep(0.5)
+        c.disconnect()
+        c.loop_stop()
+        try:
+            publish_all(self.info, messages)
+            time.sleep(2)
+            connected.clear()
+            got[0] = 0
+            c = connect()
+            _wait(connected.is_set, 60, "bare client connect", poll=0.0005)
+            t0 = time.monotonic()
+            t_end, complete = _progress_until(lambda: False, lambda: got[0], len(messages), self.args.stall_s,
+                                              self.args.timeout_s, 0.005)
+            c.disconnect()
+            c.loop_stop()
+        finally:
+            discard_session(MqttConfig(**mqtt_settings(self.info, "svc.ingest")), client_id=client_id)
+        elapsed = t_end - t0
+        return Drain("one broker connection", n, n if complete else got[0] * self.args.per_msg, elapsed,
+                     n / elapsed if complete else None, {"messages_s": len(messages) / elapsed})
+
     def drain_nodered(self, messages: list[Message], n: int) -> Drain:
         db = f"bench_nodered_{uuid.uuid4().hex[:8]}"
         self.stack.create_database(db)
@@ -702,6 +751,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeat", type=int, help="rounds, medians reported (default 5; 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help="a smoke test: --points 20000 --repeat 1")
     ap.add_argument("--skip-nodered", action="store_true", help="no Node-RED (ceiling and ingest only)")
+    ap.add_argument("--per-connection", action="store_true",
+                    help="also drain the queue with a bare MQTT client: what one broker connection carries")
     ap.add_argument("--per-msg", type=int, default=200, help="readings per telemetry message")
     ap.add_argument("--gateways", type=int, default=8)
     ap.add_argument("--ceiling-batch", type=int, default=10_000)
@@ -754,6 +805,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir()
     bench = Bench(stack, info, work, args)
     contenders = ["ingest"] + ([] if args.skip_nodered else ["Node-RED"])
+    if args.per_connection:
+        contenders.append("one broker connection")
     ceilings: dict[int, list[float]] = {k: [] for k in CEILING_CLIENTS}
     influx_cost: dict[int, list[float]] = {k: [] for k in CEILING_CLIENTS}
     best: list[float] = []
@@ -784,11 +837,9 @@ def main(argv: list[str] | None = None) -> int:
                 order = contenders if i % 2 == 0 else contenders[::-1]
                 got = {}
                 for c in order:
-                    d = (
-                        bench.drain_ingest(messages, len(lines))
-                        if c == "ingest"
-                        else bench.drain_nodered(messages, len(lines))
-                    )
+                    drain = {"ingest": bench.drain_ingest, "Node-RED": bench.drain_nodered,
+                             "one broker connection": bench.drain_bare}[c]
+                    d = drain(messages, len(lines))
                     drains[c].append(d)
                     got[c] = d
                 ceil = " / ".join(f"{row[k]:,.0f}" for k in CEILING_CLIENTS)
@@ -838,6 +889,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = {
             "ingest": "ingest: durable MQTT queue → decode/validate → InfluxDB",
             "Node-RED": "Node-RED: durable MQTT queue → json → function → influxdb batch",
+            "one broker connection": "one broker connection: durable MQTT queue → PUBACK, nothing else (readings/s)",
         }
         for c in contenders:
             runs = ", ".join(_fmt(d.rate) for d in drains[c])
