@@ -158,6 +158,15 @@ STATUS_FILTER = f"{TOPIC_ROOT}/+/status"
 PROBE_FILTER = f"{TOPIC_ROOT}/+/probe"
 
 
+#: Topics of the cloud services themselves (never a gateway's: gateway ids live under TOPIC_ROOT).
+SERVICE_ROOT = "cityos/svc"
+
+
+def ingest_claim_topic(session_id: str) -> str:
+    """Where an ingest process claims its MQTT session (retained; ``ingest.mqtt_in``): one process per session."""
+    return f"{SERVICE_ROOT}/ingest/{session_id}/claim"
+
+
 def gateway_from_topic(topic: str) -> str | None:
     """The gateway id in a telemetry, status or probe topic, or None if the topic is not ours."""
     parts = topic.split("/")
@@ -272,9 +281,6 @@ class Receipt(_Struct, tag_field="v", tag=SCHEMA_VERSION):
     def __post_init__(self) -> None:
         _IDS.refuse("gateway_id", (self.gateway_id,))
 
-    def model_dump_json(self) -> str:
-        """Compatibility, until ingest/service.py (``_receipts``) calls :func:`encode_receipt`: then delete this."""
-        return encode_receipt(self).decode()
 
 
 class _Unversioned(Struct, tag_field="v", tag=0):

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cityos import wire
 from cityos.wire import TOPIC_ROOT
 
 __all__ = ["DEV_GRANTS", "GATEWAY_PATTERNS", "SERVICE_GRANTS", "acl_text", "tls_listener",
@@ -46,7 +47,7 @@ SERVICE_GRANTS: dict[str, tuple[tuple[str, str], ...]] = {
         ("read", f"{TOPIC_ROOT}/+/status"),
         ("read", f"{TOPIC_ROOT}/+/probe"),
         ("write", f"{TOPIC_ROOT}/+/receipt"),
-        ("readwrite", "cityos/svc/ingest/+/claim"),  # one process per session (ingest.mqtt_in.CLAIM_ROOT)
+        ("readwrite", wire.ingest_claim_topic("+")),  # one process per session (ingest.mqtt_in)
     ),
     "svc.fleet": (("readwrite", f"{TOPIC_ROOT}/+/status"),),
 }

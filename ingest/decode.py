@@ -53,8 +53,8 @@ def _encode(body: str) -> bytes:
     try:
         return body.encode()
     except UnicodeEncodeError as exc:
-        # json.loads accepts "\ud800" (a lone surrogate) and the contract's str fields do not refuse it, but it
-        # cannot be written as UTF-8: refuse the message here instead of failing the whole batch later.
+        # The contract refuses lone surrogates ("\ud800") itself; this guard stays so that no string that cannot
+        # be written as UTF-8 ever fails a whole batch later.
         raise ContractError("schema", f"string is not valid Unicode: {exc.reason}") from None
 
 

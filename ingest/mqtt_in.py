@@ -10,8 +10,8 @@
   restore ``$share`` subscriptions of a durable client that reconnects (fixed in 2.0.12), and re-subscribing is
   harmless for ordinary ones.
 * One process per session: on its first connect the ingest publishes a retained *claim* (a nonce of this process)
-  on :data:`CLAIM_ROOT`/<session id>. A claim with another nonce seen after its own means a newer process took the
-  session (the broker just drops the older connection; Mosquitto 2.0.11 sends no reason): it stops rather than
+  on :func:`cityos.wire.ingest_claim_topic`. A claim with another nonce seen after its own means a newer process
+  took the session (the broker just drops the older connection; Mosquitto 2.0.11 sends no reason): it stops rather than
   reconnecting and taking the session back every few seconds.
 * Connection generations: every successful connect starts a new generation. A packet id is only acked on the
   connection it arrived on; acks for an older generation are dropped (the broker redelivers those messages).
@@ -34,17 +34,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from cityos import wire
 from ingest.config import MqttConfig
 
 log = logging.getLogger(__name__)
 
 _SESSION_TAKEN_OVER = 0x8E  # MQTT v5 DISCONNECT reason code (brokers that send it)
-#: Where each ingest process claims its session (retained); the broker ACL lets only svc.ingest use it.
-CLAIM_ROOT = "cityos/svc/ingest"
-
-
-def claim_topic(session_id: str) -> str:
-    return f"{CLAIM_ROOT}/{session_id}/claim"
 
 
 @dataclass(slots=True)
@@ -78,7 +73,7 @@ class MqttIn:
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
         self._on_subscribed = on_subscribed
-        self._claim_topic = claim_topic(cfg.session_id)
+        self._claim_topic = wire.ingest_claim_topic(cfg.session_id)
         self._claim = json.dumps({"nonce": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
                                   "started_at": int(time.time() * 1000)}).encode()
         self._claimed = False  # our own claim came back: a different one after it is a newer process

@@ -530,7 +530,7 @@ class IngestService:
                 head = json.loads(item.payload)
                 receipt = wire.Receipt(gateway_id=gw, boot_id=head["boot_id"], seq=head["seq"],
                                        points=item.n_lines, stored_at=int(time.time() * 1000))
-                self.mqtt.publish(wire.receipt_topic(gw), receipt.model_dump_json().encode())
+                self.mqtt.publish(wire.receipt_topic(gw), wire.encode_receipt(receipt))
             except Exception:
                 log.exception("cannot send the receipt of a probe on %s", item.topic)
                 continue

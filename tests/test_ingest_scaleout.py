@@ -24,7 +24,7 @@ from citylab.stack import Stack, StackInfo, mqtt_client
 from cityos import wire
 from ingest.config import IngestConfig
 from ingest.health import read_health_file
-from ingest.mqtt_in import claim_topic, discard_session
+from ingest.mqtt_in import discard_session
 from ingest.service import EXIT_DUPLICATE, HEALTH_FILE, DuplicateInstance, IngestService
 
 
@@ -187,7 +187,8 @@ def test_an_ingest_whose_session_is_taken_over_stops_instead_of_flapping(
     disconnects: list[Any] = []
     other.on_disconnect = lambda *a: disconnects.append(a)
     claim = json.dumps({"nonce": "another-process", "host": "twin-host", "pid": 4242, "started_at": now_ms()})
-    other.on_connect = lambda c, *_a: c.publish(claim_topic(cfg.mqtt.session_id), claim, qos=1, retain=True)
+    topic = wire.ingest_claim_topic(cfg.mqtt.session_id)
+    other.on_connect = lambda c, *_a: c.publish(topic, claim, qos=1, retain=True)
     try:
         wait_for(lambda: svc.health.subscribed, 30, "ingest to subscribe")
         other.connect(info.mqtt_host, info.mqtt_port)
@@ -206,7 +207,7 @@ def test_an_ingest_whose_session_is_taken_over_stops_instead_of_flapping(
         assert other.is_connected() and len(disconnects) == bumped
     finally:
         stop.set()
-        other.publish(claim_topic(cfg.mqtt.session_id), b"", qos=1, retain=True).wait_for_publish(5)
+        other.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
         other.disconnect()
         other.loop_stop()
         discard_session(cfg.mqtt)
