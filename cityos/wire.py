@@ -444,7 +444,9 @@ def _load_object(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ContractError("oversize", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
     try:
-        raw = json.loads(payload, parse_constant=_reject_constant)
+        # Decoded as UTF-8 first: json.loads would also take UTF-16/32 bytes (it guesses), and the contract is UTF-8
+        # (a UTF-8 BOM is refused too, as msgspec's fast path refuses it).
+        raw = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ContractError("bad_json", str(exc)[:200]) from None
     except RecursionError:

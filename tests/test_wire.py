@@ -356,3 +356,14 @@ def test_the_memory_of_good_names_is_bounded():
     for i in range(3 * names._BOUND):
         assert names.bad([f"n{i}"]) is wire._GOOD
     assert 0 < len(names._ok) <= names._BOUND
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32", "utf-8-sig"])
+def test_a_payload_that_is_not_plain_utf8_is_bad_json(encoding: str) -> None:
+    """json.loads guesses UTF-16 and UTF-32 from bytes; the contract is UTF-8, without a BOM."""
+    now = 1_700_000_000_000
+    body = json.dumps({"v": 1, "gateway_id": "gw-1", "boot_id": "boot-0001", "seq": 1, "sent_at": now,
+                       "readings": [{"device_id": "d1", "kind": "forest_station", "ts": now, "values": {"x": 1.0}}]})
+    with pytest.raises(wire.ContractError) as e:
+        wire.decode_batch(wire.telemetry_topic("gw-1"), body.encode(encoding), now_ms=now)
+    assert e.value.reason == "bad_json"
