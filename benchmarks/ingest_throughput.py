@@ -472,6 +472,12 @@ class Bench:
 
     # ---- durable-session drains
 
+    def _counted(self, contender: str, db: str, n: int, elapsed: float, complete: bool, extra: dict) -> Drain:
+        """The run's COUNT check (then the database goes): a rate only when every point is there."""
+        stored = count_points(self.info, db)
+        self.stack.drop_database(db)
+        return Drain(contender, n, stored, elapsed, n / elapsed if complete and stored == n else None, extra)
+
     def drain_ingest(self, messages: list[Message], n: int) -> Drain:
         db = f"bench_ingest_{uuid.uuid4().hex[:8]}"
         self.stack.create_database(db)
@@ -509,18 +515,9 @@ class Bench:
         finally:
             # A leftover durable session subscribed to the wildcard would queue every later run's messages.
             discard_session(cfg.mqtt)
-        stored = count_points(self.info, db)
-        self.stack.drop_database(db)
-        elapsed = t_end - t0
-        return Drain(
-            "ingest",
-            n,
-            stored,
-            elapsed,
-            n / elapsed if complete and stored == n else None,
-            {"write_p95_ms": snap["write_latency_ms"]["p95"], "write_requests": snap["write_requests"],
-             "cpu_pct": cpu},
-        )
+        return self._counted("ingest", db, n, t_end - t0, complete,
+                             {"write_p95_ms": snap["write_latency_ms"]["p95"],
+                              "write_requests": snap["write_requests"], "cpu_pct": cpu})
 
     def drain_bare(self, messages: list[Message], n: int) -> Drain:
         """One broker connection's ceiling: a paho client (MQTT v5, TLS, the ingest's Receive Maximum) drains the
@@ -601,17 +598,7 @@ class Bench:
             nr.stop()
             counter.close()
             nr.discard_session()
-        stored = count_points(self.info, db)
-        self.stack.drop_database(db)
-        elapsed = t_end - t0
-        return Drain(
-            "Node-RED",
-            n,
-            stored,
-            elapsed,
-            n / elapsed if complete and stored == n else None,
-            {"errors_logged": errors},
-        )
+        return self._counted("Node-RED", db, n, t_end - t0, complete, {"errors_logged": errors})
 
     # ---- the InfluxDB outage
 

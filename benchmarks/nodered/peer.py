@@ -34,9 +34,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
-from citylab.stack import INFLUX_WRITER, StackInfo, identity, mqtt_client
+from citylab.stack import INFLUX_WRITER, StackInfo, identity, mqtt_settings
 
 HERE = Path(__file__).resolve().parent
 FLOW = HERE / "flow.json"
@@ -250,26 +249,8 @@ class NodeRed:
 
         Left behind, it would queue every later run's telemetry (subscribed to ``cityos/v1/+/telemetry``).
         """
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
+        from ingest.config import MqttConfig
+        from ingest.mqtt_in import discard_session
 
-        done = threading.Event()
-        ok: list[bool] = []
-
-        def on_connect(client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-            ok.append(not reason_code.is_failure)
-            done.set()
-
-        c = mqtt_client(self.info, self.mqtt_identity, client_id=self.client_id, protocol=mqtt.MQTTv5)
-        c.on_connect = on_connect
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 0
-        c.connect(self.info.mqtt_host, self.info.mqtt_port, clean_start=True, properties=props)
-        c.loop_start()
-        try:
-            done.wait(timeout_s)
-            c.disconnect()
-        finally:
-            c.loop_stop()
-        return bool(ok and ok[0])
+        cfg = MqttConfig(**mqtt_settings(self.info, self.mqtt_identity))
+        return discard_session(cfg, timeout_s, client_id=self.client_id)
