@@ -289,6 +289,13 @@ class CeilingClients:
 # publishing
 
 
+def _all_acked(infos: list[Any]) -> None:
+    for i in infos:
+        i.wait_for_publish(120)
+        if not i.is_published():
+            raise RuntimeError("publish not acknowledged")
+
+
 def publish_all(info: StackInfo, messages: list[Message]) -> None:
     pub = mqtt_client(info, "dev.tools", client_id=f"bench-pub-{uuid.uuid4().hex[:8]}")
     pub.max_inflight_messages_set(200)
@@ -296,10 +303,7 @@ def publish_all(info: StackInfo, messages: list[Message]) -> None:
     pub.loop_start()
     try:
         infos = [pub.publish(topic, payload, qos=1) for topic, payload, _ in messages]
-        for i in infos:
-            i.wait_for_publish(120)
-            if not i.is_published():
-                raise RuntimeError("publish not acknowledged")
+        _all_acked(infos)
     finally:
         pub.disconnect()
         pub.loop_stop()
@@ -320,10 +324,7 @@ def publish_steady(info: StackInfo, messages: list[Message], per_s: float) -> No
             if delay > 0:
                 time.sleep(delay)
             infos.append(pub.publish(topic, payload, qos=1))
-        for i in infos:
-            i.wait_for_publish(120)
-            if not i.is_published():
-                raise RuntimeError("publish not acknowledged")
+        _all_acked(infos)
     finally:
         pub.disconnect()
         pub.loop_stop()
