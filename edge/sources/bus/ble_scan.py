@@ -93,6 +93,8 @@ _BLUEZ_STOP_TIMEOUT_S = 2.0
 _NOT_DISCOVERING_S = 10.0
 #: Sim: a line longer than this is garbage (a real advertisement is < 1 KiB as JSON).
 _MAX_LINE = 16 * 1024
+#: Sim: bytes read from the socket at a time (into one buffer, reused).
+_RECV_CHUNK = 65536
 
 _MAC = re.compile(r"(?i)(?<![0-9a-f])(?:[0-9a-f]{2}[:_-]){5}[0-9a-f]{2}(?![0-9a-f])")
 _SEP = re.compile(r"[_-]")
@@ -437,16 +439,20 @@ class BleScanner:
             self._last_adv = time.monotonic()
             log.info("%s: connected to the simulator at %s", self.name, path)
             buf = bytearray()
+            # One receive buffer for the session: recv(65536) would allocate 64 KiB per call (trimmed to what
+            # came), churn that leaves freed pages resident in a thread's malloc arena.
+            chunk = bytearray(_RECV_CHUNK)
+            view = memoryview(chunk)
             skipping = False  # inside an overlong line: drop up to its newline
             while not self._stop.is_set():
                 try:
-                    data = sock.recv(65536)
+                    n = sock.recv_into(chunk)
                 except TimeoutError:
                     self._check_silence()
                     continue
-                if not data:
+                if not n:
                     raise ConnectionError("the simulator closed the connection")
-                buf += data
+                buf += view[:n]
                 while True:
                     nl = buf.find(b"\n")
                     if nl < 0:
