@@ -839,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
             clients.close()
             clients = None
         if outage:
-            for c in contenders:
+            for c in (c for c in contenders if c != "one broker connection"):  # it stores nothing
                 print(f"outage trial: {c}...", file=sys.stderr)
                 outages.append(bench.outage(c))
     finally:
