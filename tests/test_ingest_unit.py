@@ -541,7 +541,7 @@ def _reference_lines(batch: wire.TelemetryBatch) -> list[str]:
     out = []
     for r in batch.readings:
         tags = sorted({"device": r.device_id, "gateway": batch.gateway_id}.items())
-        fields = [f"{k}={field(v)}" for k, v in sorted(r.values.items())]
+        fields = [f"{k}={field(v)}" for k, v in r.values.items()]
         fields.append(f"backfill={str(r.backfill).lower()}")
         meas = wire.measurement_for(r.kind)
         out.append(meas + "".join(f",{k}={v}" for k, v in tags) + " " + ",".join(fields) + f" {r.ts}")
@@ -605,7 +605,11 @@ def test_fast_path_matches_wire_on_random_batches() -> None:
         fast, slow = _outcome(wire.decode_batch, topic, payload), _outcome(_checked, topic, payload)
         assert fast == slow
         if slow[0] == "ok":
-            assert lineproto.batch_to_lines(slow[1]) == _reference_lines(slow[1])  # type: ignore[arg-type]
+            sig: set[tuple[str, str, str]] = set()
+            assert lineproto.batch_to_lines(slow[1], sig) == _reference_lines(slow[1])  # type: ignore[arg-type]
+            names = {float: "float", int: "float", bool: "boolean", str: "string"}
+            assert sig == {(wire.measurement_for(r.kind), k, names[type(v)])  # the field-type check's input
+                           for r in slow[1].readings for k, v in r.values.items()}  # type: ignore[union-attr]
             d = decode_message(topic, payload, now_ms=NOW)
             assert d is not None and d.body == "\n".join(lineproto.batch_to_lines(slow[1])).encode()  # type: ignore[arg-type]
 

@@ -49,7 +49,7 @@ def _raw(d: dict) -> bytes:
 def test_roundtrip_and_line_protocol():
     b = wire.decode_batch(TOPIC, _raw(_batch()), now_ms=NOW)
     assert lineproto.batch_to_lines(b) == [
-        f'forest,device=forest-01,gateway=gw-1 ok=true,rain_tips=5.0,soil_moisture_pct=31.4,state="joined",backfill=false {NOW - 1000}'
+        f'forest,device=forest-01,gateway=gw-1 soil_moisture_pct=31.4,rain_tips=5.0,ok=true,state="joined",backfill=false {NOW - 1000}'
     ]
 
 
@@ -65,7 +65,7 @@ def test_extra_tags_are_sorted_into_the_series_key():
     d = _batch()
     d["readings"][0]["tags"] = {"district": "kamo", "area": "north"}
     line = lineproto.batch_to_lines(wire.decode_batch(TOPIC, _raw(d), now_ms=NOW))[0]
-    assert line.startswith("forest,area=north,device=forest-01,district=kamo,gateway=gw-1 ok=true,")
+    assert line.startswith("forest,area=north,device=forest-01,district=kamo,gateway=gw-1 soil_moisture_pct=31.4,")
 
 
 @pytest.mark.parametrize(
