@@ -3,6 +3,7 @@ start (never a thread dying later), and never showing what is in the file."""
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 import time
@@ -31,6 +32,19 @@ def _ctx(**files: Path | None) -> None:
 
 def test_good_files_load(pki) -> None:
     _ctx(ca_file=pki["ca"], cert_file=pki["crt"], key_file=pki["key"])
+
+
+def test_the_named_ca_is_the_only_one_trusted(pki) -> None:
+    """With ``ca_file`` the system's public CAs are not loaded: they must not vouch for the broker (and each would
+    cost the gateway's memory); without it, the system's trust store is used."""
+    ctx = TlsFiles(ca_file=pki["ca"], cert_file=pki["crt"], key_file=pki["key"]).client_context("mqtt")
+    (only,) = ctx.get_ca_certs()
+    assert (("commonName", "test CA"),) in only["subject"]
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+    system = TlsFiles().client_context("mqtt")
+    assert system.verify_mode == ssl.CERT_REQUIRED and system.check_hostname
+    assert system.minimum_version == ssl.TLSVersion.TLSv1_2
 
 
 def test_each_bad_file_is_named(pki, tmp_path: Path) -> None:
