@@ -138,3 +138,22 @@ def test_empty_intermediate_times_interpolated(copy: Path) -> None:
     edit(copy / "stop_times.txt", "wd-01,07:02:00,07:02:00,1003,3,,0,0,,1", "wd-01,,,1003,3,,0,0,,0")
     calls = load_feed(copy).stop_times_of("wd-01")
     assert [c.arrival_s - calls[0].departure_s for c in calls[:4]] == [0, 80, 160, 240]
+
+
+def test_a_bus_config_runs_on_the_feed_it_validated(monkeypatch) -> None:
+    """The feed is read once: the one validating the config read is the source's timetable (not read again)."""
+    from edge.sources.bus import source
+
+    reads: list[Path] = []
+
+    def counting(path):
+        reads.append(Path(path))
+        return load_feed(path)
+
+    monkeypatch.setattr(source, "load_feed", counting)
+    cfg = source.BusConfig.model_validate(
+        {"type": "bus", "name": "bus", "vehicle_id": "bus-01", "gps_port": "/dev/ttyGPS", "feed": str(FEED)}
+    )
+    assert len(cfg.timetable.trips) == 14
+    assert reads == [FEED]
+    assert cfg.model_copy().timetable is cfg.timetable

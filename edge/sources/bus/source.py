@@ -29,13 +29,21 @@ No state is committed with the readings: nothing about a passenger may outlive t
 from __future__ import annotations
 
 import collections
+import contextvars
 import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from cityos.config import DeviceId
 from cityos.wire import Reading
@@ -78,18 +86,36 @@ class BusConfig(SourceConfig):
     @field_validator("feed")
     @classmethod
     def _load_feed(cls, path: Path, info: ValidationInfo) -> Path:
-        """A bad feed is a config error at startup, naming the file, line and column."""
+        """A bad feed is a config error at startup, naming the file, line and column. The feed read here is the one
+        the source runs on (:meth:`_keep_feed`): a timetable is read once, not twice."""
         try:
-            load_feed(path)
+            _validated_feed.set(load_feed(path))
         except FeedError as exc:
             raise ValueError(str(exc)) from None
         return path
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_feed(cls, data: Any, handler: ModelWrapValidatorHandler[BusConfig]) -> BusConfig:
+        token = _validated_feed.set(None)
+        try:
+            config = handler(data)
+            feed = _validated_feed.get()
+        finally:
+            _validated_feed.reset(token)
+        if feed is not None and config._feed is None:
+            config._feed = feed
+        return config
 
     @property
     def timetable(self) -> Feed:
         if self._feed is None:
             self._feed = load_feed(self.feed)
         return self._feed
+
+
+#: The feed :meth:`BusConfig._load_feed` read, for :meth:`BusConfig._keep_feed` of the same validation.
+_validated_feed: contextvars.ContextVar[Feed | None] = contextvars.ContextVar("validated_feed", default=None)
 
 
 class BusCore:
