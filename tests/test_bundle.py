@@ -508,7 +508,14 @@ def first_boot(out: Path, root: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
     res = subprocess.run(_offline(bundle.install_argv(venv, out / "cityos/wheelhouse", pip_wheel, version)),
                          capture_output=True, text=True, timeout=300, env=_pip_env())
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    res = subprocess.run(bundle.compile_argv(venv), capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPYCACHEPREFIX": str(_pycache(root)), "PYTHONDONTWRITEBYTECODE": ""})
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     return venv, files
+
+
+def _pycache(root: Path) -> Path:
+    return root / bundle.PYCACHE.lstrip("/")
 
 
 @pytest.fixture(scope="session")
@@ -562,6 +569,27 @@ def test_installs_offline_from_the_wheelhouse_and_checks(scratch_gateway, trixie
     # `cityos fleet bundle` renders the same files as this source tree.
     assert (own.parent / "fleet/templates/cityos-gateway.service").read_text() == (
         ROOT / "fleet/templates/cityos-gateway.service").read_text()
+
+
+def test_the_agent_compiles_nothing_at_start(scratch_gateway, bus_trixie):
+    """The unit runs the agent with -OO (PYTHONOPTIMIZE=2) and its bytecode in a cache the service cannot write: the
+    first boot compiled every module the agent of any family imports (its venv's and the standard library's), so it
+    loads them and compiles none at each start."""
+    unit = _written(bus_trixie)["/etc/systemd/system/cityos-gateway.service"]["content"]
+    env = dict(ln.removeprefix("Environment=").partition("=")[::2] for ln in unit.splitlines()
+               if ln.startswith("Environment="))
+    assert env["PYTHONOPTIMIZE"] == "2" and env["PYTHONPYCACHEPREFIX"] == bundle.PYCACHE
+    gw = scratch_gateway
+    code = ("import os, sys; import cityos_cli.cli, edge.agent, edge.check; from edge.sources.base import registry; "
+            "registry(); import encodings.idna; "
+            "print(sorted(n for n, m in list(sys.modules.items()) "
+            "if getattr(m, '__cached__', None) and not os.path.exists(m.__cached__)))")
+    res = subprocess.run([str(gw.venv / "bin/python"), "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=gw.root,
+                         env={**os.environ, **env, "PYTHONPYCACHEPREFIX": str(_pycache(gw.root)),
+                              "PYTHONDONTWRITEBYTECODE": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[]"
 
 
 def test_the_unit_as_systemd_reads_it(scratch_gateway, bus_trixie):

@@ -41,6 +41,8 @@ say "installing the agent into @VENV@ from @WHEELHOUSE@ (no network needed)"
 systemctl stop cityos-gateway.service 2>/dev/null || true
 python3 -m venv --clear --without-pip @VENV@
 PIP_CONFIG_FILE=/dev/null @INSTALL@
+say "compiling the agent's bytecode for its unit (-OO) into @PYCACHE@"
+PYTHONPYCACHEPREFIX=@PYCACHE@ @COMPILE@ || say "some files did not compile: the agent compiles those at each start"
 # `sudo cityos gateway check --live`: sudo's PATH does not have the venv, /usr/local/bin it has.
 ln -sf @VENV@/bin/cityos /usr/local/bin/cityos
 
