@@ -31,16 +31,19 @@ agent for each phase; medians over ``--repeat`` are reported. References from th
 * **ceiling**: fresh agents at ``--steps`` adverts/s (short windows); the highest step where the source keeps
   up (filed ≥ 95 % of what the simulator sent, no ``queue_dropped``, no growing ``queue_depth``, under a
   second of adverts waiting at the end) is the ceiling;
-* **floor**: a bare ``python -c`` importing what the bus gateway runs on (paho-mqtt, bleak's ``BLEDevice`` and
-  ``AdvertisementData``, pyserial, pynmea2, pydantic, sqlite3) and sleeping: ``edge_footprint.floor_rss``.
+* **floor**: a bare ``python -c`` importing what the bus gateway runs on (paho-mqtt and ssl, bleak's ``BLEDevice``
+  and ``AdvertisementData``, pyserial, pynmea2, msgspec, pydantic, sqlite3) and sleeping:
+  ``edge_footprint.floor_rss``.
 
-The agent runs as deployed: with the environment of the gateway's systemd unit (``MALLOC_ARENA_MAX=2``) and
-with its bytecode compiled (as pip does at install). ``--cprofile`` also plays the measuring window in-process
-through the code the agent runs per advert (``decode_sim_line`` → ``Advert`` → ``BusCore.observe`` → ``add``, plus
-the GPS) under cProfile, to show where the CPU goes; ``--py-spy DIR`` records the 300/s agent with py-spy when
-installed.
+The agent runs as deployed (``edge_footprint.agent_runtime``): from a venv as the bundle installs it, with the
+environment of the gateway's systemd unit (``MALLOC_ARENA_MAX=2``, ``PYTHONOPTIMIZE=2``) and its bytecode compiled
+for it as the first boot does; ``--interpreter checkout`` measures as before issue 13. ``--cprofile`` also plays
+the measuring window in-process through the code the agent runs per advert (``decode_sim_line`` → ``Advert`` →
+``BusCore.observe`` → ``add``, plus the GPS) under cProfile, to show where the CPU goes; ``--py-spy DIR`` records
+the 300/s agent with py-spy when installed.
 
     python benchmarks/bus_edge_footprint.py [--adverts 300] [--window 60] [--repeat 3] [--json out.json]
+        [--interpreter venv|checkout]
 """
 
 from __future__ import annotations
@@ -49,7 +52,6 @@ import argparse
 import cProfile
 import io
 import json
-import os
 import pstats
 import shutil
 import statistics
@@ -69,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import edge_footprint
-from edge_footprint import UNIT_ENV, measure
+from edge_footprint import AgentRuntime, agent_runtime, measure
 
 from citylab.stack import Stack, StackInfo, mqtt_client, mqtt_settings
 from cityos import wire
@@ -79,7 +81,7 @@ from firmware_sim.bus.sim import DEFAULT_SPEC_PATH, BusDay, BusDaySpec, BusSimLi
 
 ROOT = Path(__file__).resolve().parent.parent
 BUS_FLOOR_IMPORTS = (
-    "import paho.mqtt.client, serial, pynmea2, sqlite3; from bleak.backends.device import BLEDevice; "
+    "import paho.mqtt.client, ssl, serial, pynmea2, sqlite3, msgspec; from bleak.backends.device import BLEDevice; "
     "from bleak.backends.scanner import AdvertisementData; from pydantic import BaseModel"
 )
 SOURCE = "bus"  # the source's name: its health counters are bus_<name> in the status
@@ -207,6 +209,7 @@ def phase(
     day: BusDay,
     spec: BusDaySpec,
     *,
+    runtime: AgentRuntime,
     rate: float,
     at_s: float,
     warmup: float,
@@ -226,8 +229,9 @@ def phase(
     watcher = Watcher(info, gw)
     cfg = _config(work, info, gw, clock, gps, sock, spec)
     agent = subprocess.Popen(
-        [sys.executable, "-m", "cityos_cli", "gateway", "run", "--config", str(cfg)],
-        env=UNIT_ENV,
+        [runtime.python, "-m", "cityos_cli", "gateway", "run", "--config", str(cfg)],
+        env=runtime.env,
+        cwd=ROOT,
         stdout=(work / "agent.log").open("ab"),
         stderr=subprocess.STDOUT,
     )
@@ -408,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cprofile", type=int, default=0, metavar="N", help="profile in-process, print top N")
     ap.add_argument("--py-spy", type=Path, metavar="DIR", help="py-spy the 300/s agent (if installed)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--interpreter", choices=["venv", "checkout"], default="venv",
+                    help="venv: as the bundle installs the agent (default); checkout: the method before issue 13")
     args = ap.parse_args(argv)
 
     spec = BusDaySpec.load(args.spec)
@@ -446,15 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     py_spy = args.py_spy if args.py_spy and shutil.which("py-spy") else None
     if args.py_spy and py_spy is None:
         print("py-spy not installed: no profile", flush=True)
-    subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", *(str(ROOT / p) for p in ("cityos", "edge"))],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""},
-    )
     if py_spy:
         py_spy.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.TemporaryDirectory(prefix="cityos-busedge-")
+    runtime = agent_runtime(Path(tmp.name), args.interpreter)
+    print(f"agent: {runtime.how}", flush=True)
+    summary["agent"] = runtime.how
     stack = Stack(Path(tmp.name) / "stack")
     info = stack.up()
     runs: list[dict[str, Any]] = results["runs"]
@@ -468,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                     w / "idle",
                     day,
                     spec,
+                    runtime=runtime,
                     rate=1.0,
                     at_s=day.start_s + args.warmup,
                     warmup=args.warmup,
@@ -480,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
                     w / "rt",
                     day,
                     spec,
+                    runtime=runtime,
                     rate=1.0,
                     at_s=at_s,
                     warmup=args.warmup,
@@ -490,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                 w / "busy",
                 day,
                 spec,
+                runtime=runtime,
                 rate=rate,
                 at_s=at_s,
                 warmup=args.warmup,
@@ -520,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
                 Path(tmp.name) / f"step{int(target)}",
                 day,
                 spec,
+                runtime=runtime,
                 rate=sr,
                 at_s=at_s,
                 warmup=args.step_warmup,
@@ -537,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{'sustained' if s['sustained'] else 'NOT sustained'}",
                 flush=True,
             )
-        floor = edge_footprint.floor_rss(BUS_FLOOR_IMPORTS)
+        floor = edge_footprint.floor_rss(runtime, BUS_FLOOR_IMPORTS)
     finally:
         stack.down()
         tmp.cleanup()

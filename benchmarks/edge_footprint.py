@@ -13,14 +13,16 @@ the acked count is read from its retained status). Each repetition starts fresh;
 Two reference points from the same run:
 
 * **idle**: the same agent with its stations frozen (no new samples): the fixed cost of polling and the runtime;
-* **floor**: a bare ``python -c`` that imports the libraries this forest gateway runs on (paho-mqtt, pyserial,
-  sqlite3, pydantic's BaseModel; its Modbus master is its own, ``edge/sources/forest/codec.py``) and sleeps: the
-  RSS no agent written in Python with them goes below.
+* **floor**: a bare ``python -c`` that imports the libraries this forest gateway runs on (paho-mqtt and ssl,
+  pyserial, sqlite3, msgspec, pydantic's BaseModel; its Modbus master is its own, ``edge/sources/forest/codec.py``)
+  and sleeps: the RSS no agent written in Python with them goes below.
 
-The agent runs as deployed: with the systemd unit's environment (``MALLOC_ARENA_MAX=2``) and with its bytecode
-compiled (as pip does at install).
+The agent runs as deployed (:func:`agent_runtime`): from a venv as the bundle installs it (no start-up hook of this
+machine's site-packages), with the systemd unit's environment (``MALLOC_ARENA_MAX=2``, ``PYTHONOPTIMIZE=2``) and its
+bytecode compiled for it as the first boot compiles it. ``--interpreter checkout`` measures as before issue 13 (this
+interpreter, the checkout's bytecode, ``MALLOC_ARENA_MAX`` only).
 
-    python benchmarks/edge_footprint.py [--rate 100] [--window 60] [--repeat 3]
+    python benchmarks/edge_footprint.py [--rate 100] [--window 60] [--repeat 3] [--interpreter venv|checkout]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import signal
+import site
 import statistics
 import subprocess
 import sys
@@ -36,6 +39,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +50,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from citylab.stack import Stack, StackInfo, mqtt_client, mqtt_settings
 from cityos import wire
 from cityos.config import dump_toml
+from fleet.bundle import STDLIB_SKIP
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _unit_environment() -> dict[str, str]:
-    """The agent runs with the environment the gateway's systemd unit gives it (MALLOC_ARENA_MAX)."""
-    env = dict(os.environ)
+def unit_environment() -> dict[str, str]:
+    """The ``Environment=`` lines of the gateway's systemd unit (MALLOC_ARENA_MAX, PYTHONOPTIMIZE, ...)."""
+    env: dict[str, str] = {}
     unit = ROOT / "hardware" / "gateway" / "cityos-gateway.service"
     for line in unit.read_text().splitlines():
         if line.startswith("Environment="):
@@ -61,8 +66,89 @@ def _unit_environment() -> dict[str, str]:
     return env
 
 
-UNIT_ENV = _unit_environment()
-FLOOR_IMPORTS = "import paho.mqtt.client, serial, sqlite3, ssl; from pydantic import BaseModel"
+#: This interpreter's environment with the unit's (the bytecode cache aside: see :func:`agent_runtime`).
+UNIT_ENV = {**os.environ, **unit_environment()}
+FLOOR_IMPORTS = "import paho.mqtt.client, serial, sqlite3, ssl, msgspec; from pydantic import BaseModel"
+
+#: Imports what an agent of any family imports (and IDNA, which connecting to a broker by name imports), then prints
+#: the source files of the modules loaded (argument "files") or the modules whose bytecode is not cached ("missing").
+_AGENT_MODULES = """
+import json, os, sys
+import cityos_cli.cli, edge.agent, edge.check
+from edge.sources.base import registry
+registry()
+import encodings.idna
+if sys.argv[1] == "files":
+    print(json.dumps(sorted({f for m in list(sys.modules.values()) if (f := getattr(m, "__file__", None) or "")
+                             .endswith(".py")})))
+else:
+    print(json.dumps(sorted(n for n, m in list(sys.modules.items())
+                            if getattr(m, "__cached__", None) and not os.path.exists(m.__cached__))))
+"""
+_COMPILE = (
+    "import compileall, json, re, sys, sysconfig; skip, dirs, files = json.load(sys.stdin); "
+    "ok = compileall.compile_dir(sysconfig.get_paths()['stdlib'], quiet=1, workers=0, rx=re.compile(skip)); "
+    "ok = all([compileall.compile_dir(d, quiet=1, workers=0) for d in dirs]) and ok; "
+    "ok = all([compileall.compile_file(f, quiet=1) for f in files]) and ok; sys.exit(0 if ok else 1)"
+)
+
+
+@dataclass(frozen=True)
+class AgentRuntime:
+    """The interpreter and the environment the benchmarks start the agent (and the floor) with."""
+
+    python: str
+    env: dict[str, str]
+    how: str
+
+
+def agent_runtime(work: Path, interpreter: str = "venv") -> AgentRuntime:
+    """The agent's interpreter as the bundle installs it (``interpreter="venv"``, the default since issue 13):
+
+    * a venv of its own (``python -m venv --without-pip``, as cityos-firstboot makes ``/opt/cityos``), which reaches
+      this checkout and this interpreter's site-packages through path lines of a ``.pth``: the packages are the
+      same, but no ``.pth`` start-up hook of this machine's site-packages runs in the agent (this sandbox has one that
+      imports certifi, importlib.resources and zipfile into every Python process; a gateway's venv has none);
+    * the unit's environment (``MALLOC_ARENA_MAX``, ``PYTHONOPTIMIZE``), its ``PYTHONPYCACHEPREFIX`` moved under
+      ``work`` and filled at the unit's optimisation level as cityos-firstboot fills it (the standard library, and
+      every module an agent imports), then only read (``PYTHONDONTWRITEBYTECODE``): nothing is compiled at start.
+
+    ``interpreter="checkout"`` is the method before issue 13: this interpreter as it is, the checkout's bytecode
+    compiled in place (as pip compiles a wheel's), the unit's environment without ``PYTHONOPTIMIZE`` and the cache.
+    """
+    unit = unit_environment()
+    if interpreter == "checkout":
+        for key in ("PYTHONOPTIMIZE", "PYTHONPYCACHEPREFIX"):
+            unit.pop(key, None)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(ROOT / p) for p in ("cityos", "edge"))],
+                       check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
+        return AgentRuntime(sys.executable, {**os.environ, **unit},
+                            "this interpreter, the checkout's bytecode (before issue 13)")
+    venv = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    Path(purelib, "cityos-benchmark.pth").write_text("\n".join([str(ROOT), *site.getsitepackages()]) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env |= {**unit, "PYTHONDONTWRITEBYTECODE": "1"}
+    if "PYTHONPYCACHEPREFIX" in unit:
+        env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+        listed = subprocess.run([python, "-c", _AGENT_MODULES, "files"], check=True, capture_output=True, text=True,
+                                cwd=work, env={**env, "PYTHONOPTIMIZE": "0", "PYTHONPYCACHEPREFIX": str(work / "x")})
+        files = json.loads(listed.stdout)
+        todo = [STDLIB_SKIP, [str(ROOT / p) for p in ("cityos", "edge", "cityos_cli")], files]
+        subprocess.run([python, "-c", _COMPILE], input=json.dumps(todo), text=True, check=True,
+                       stdout=subprocess.DEVNULL, cwd=work, env={**env, "PYTHONDONTWRITEBYTECODE": ""})
+        missing = subprocess.run([python, "-c", _AGENT_MODULES, "missing"], check=True, capture_output=True, text=True,
+                                 cwd=work, env=env).stdout.strip()
+        if missing != "[]":
+            print(f"warning: modules without bytecode in the cache (compiled at each start): {missing}", flush=True)
+    else:  # a unit without a cache of its own (before issue 13): the checkout's bytecode in place, as pip's
+        subprocess.run([python, "-m", "compileall", "-q", *(str(ROOT / p) for p in ("cityos", "edge", "cityos_cli"))],
+                       check=True, stdout=subprocess.DEVNULL, cwd=work, env={**env, "PYTHONDONTWRITEBYTECODE": ""})
+    opt = unit.get("PYTHONOPTIMIZE", "0")
+    return AgentRuntime(python, env, f"a venv as the bundle's, the unit's environment (PYTHONOPTIMIZE={opt})")
 
 
 class Counter:
@@ -132,7 +218,7 @@ def measure(proc: psutil.Process, window: float, counter: Counter | None) -> dic
     return out
 
 
-def run_once(info: StackInfo, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_once(info: StackInfo, work: Path, args: argparse.Namespace, runtime: AgentRuntime) -> dict[str, Any]:
     gw = f"bench-edge-{uuid.uuid4().hex[:6]}"
     work.mkdir(parents=True)
     per_bus = args.stations // args.buses
@@ -153,8 +239,8 @@ def run_once(info: StackInfo, work: Path, args: argparse.Namespace) -> dict[str,
         time.sleep(0.1)
     counter = Counter(info, gw)
     cfg = _config(work, info, gw, buses, min(0.05, interval / 3), args.synchronous)
-    agent = subprocess.Popen([sys.executable, "-m", "cityos_cli", "gateway", "run", "--config", str(cfg)], env=UNIT_ENV,
-                             stdout=(work / "agent.log").open("ab"), stderr=subprocess.STDOUT)
+    agent = subprocess.Popen([runtime.python, "-m", "cityos_cli", "gateway", "run", "--config", str(cfg)],
+                             env=runtime.env, cwd=ROOT, stdout=(work / "agent.log").open("ab"), stderr=subprocess.STDOUT)
     try:
         proc = psutil.Process(agent.pid)
         time.sleep(args.warmup)
@@ -180,8 +266,9 @@ def run_once(info: StackInfo, work: Path, args: argparse.Namespace) -> dict[str,
     return {"busy": busy, "idle": idle}
 
 
-def floor_rss(imports: str = FLOOR_IMPORTS) -> float:
-    p = subprocess.Popen([sys.executable, "-c", imports + "; import time; time.sleep(30)"], env=UNIT_ENV)
+def floor_rss(runtime: AgentRuntime, imports: str = FLOOR_IMPORTS) -> float:
+    """The resident memory of a bare ``python -c`` of ``imports`` (then sleeping), with the agent's interpreter."""
+    p = subprocess.Popen([runtime.python, "-c", imports + "; import time; time.sleep(30)"], env=runtime.env, cwd=ROOT)
     try:
         time.sleep(4)
         return psutil.Process(p.pid).memory_info().rss / 2**20
@@ -202,26 +289,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL",
                     help="the outbox's durability (FULL, the default: survives power loss; NORMAL: a crash)")
     ap.add_argument("--py-spy", type=Path, help="also profile the agent with py-spy into this file")
+    ap.add_argument("--interpreter", choices=["venv", "checkout"], default="venv",
+                    help="venv: as the bundle installs the agent (default); checkout: the method before issue 13")
     args = ap.parse_args(argv)
-    # As deployed: pip compiles a wheel's bytecode at install time. A checkout run with PYTHONDONTWRITEBYTECODE
-    # (this sandbox sets it) would compile the agent's sources at every start instead, and the compiler's
-    # transient memory stays in the RSS (~0.7 MB).
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(ROOT / p) for p in ("cityos", "edge"))],
-                   check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""})
     tmp = tempfile.TemporaryDirectory(prefix="cityos-edge-")
+    # As deployed: with its bytecode compiled (a checkout run with PYTHONDONTWRITEBYTECODE, as this sandbox sets it,
+    # would compile the agent's sources at every start, and the compiler's transient memory stays in the RSS).
+    runtime = agent_runtime(Path(tmp.name), args.interpreter)
+    print(f"agent: {runtime.how}", flush=True)
     stack = Stack(Path(tmp.name) / "stack")
     info = stack.up()
     runs = []
     try:
         for i in range(args.repeat):
-            r = run_once(info, Path(tmp.name) / f"run{i}", args)
+            r = run_once(info, Path(tmp.name) / f"run{i}", args, runtime)
             runs.append(r)
             b, idle = r["busy"], r["idle"]
             print(f"run {i}: {b['readings_per_s']:.1f} readings/s, CPU {b['cpu_pct']:.2f}% of a core, "
                   f"(user {b['cpu_user_pct']:.2f}%), RSS median {b['rss_mb_median']:.1f} MB (max {b['rss_mb_max']:.1f}, "
                   f"at the end {b['rss_mb_last']:.1f}); idle CPU "
                   f"{idle['cpu_pct']:.2f}%, RSS {idle['rss_mb_median']:.1f} MB", flush=True)
-        floor = floor_rss()
+        floor = floor_rss(runtime)
     finally:
         stack.down()
         tmp.cleanup()
@@ -239,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_mb_median": round(med("busy", "rss_mb_median"), 1),
         "rss_mb_max": round(med("busy", "rss_mb_max"), 1),
         "floor_rss_mb": round(floor, 1),
+        "agent": runtime.how,
     }
     print(json.dumps(summary))
     if args.json:
