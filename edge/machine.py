@@ -117,14 +117,16 @@ class Machine:
         return max(zones.values()) if zones else None
 
 
-def release_free_memory() -> None:
-    """Collect cycles, then have glibc return free heap pages to the kernel (``malloc_trim``).
+def release_free_memory(collect: bool = True) -> None:
+    """Collect cycles (``collect``), then have glibc return free heap pages to the kernel (``malloc_trim``).
 
     glibc keeps freed memory for reuse and returns only the top of the heap, so what start-up allocated and freed
-    (pydantic schema building, config parsing) stays resident: ~0.4 MB of the agent's 40 MB budget. No-op where
-    the C library has no malloc_trim (musl).
+    (pydantic schema building, config parsing) stays resident: ~0.4 MB of the agent's 40 MB budget. A trim alone
+    costs microseconds; a full collection ~5 ms here (more on a Pi). No-op where the C library has no malloc_trim
+    (musl).
     """
-    gc.collect()
+    if collect:
+        gc.collect()
     c = libc()
     trim = getattr(c, "malloc_trim", None) if c is not None else None
     if trim is not None:
