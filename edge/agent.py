@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -121,7 +122,9 @@ def write_status_file(path: Path, status: dict[str, Any]) -> None:
         os.close(fd)
 
 
+@functools.cache
 def agent_version() -> str:
+    """The installed agent's version (looked up once: the code running is the one loaded at start)."""
     try:
         return version("cityos-telemetry")
     except PackageNotFoundError:
