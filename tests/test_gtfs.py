@@ -157,3 +157,11 @@ def test_a_bus_config_runs_on_the_feed_it_validated(monkeypatch) -> None:
     assert len(cfg.timetable.trips) == 14
     assert reads == [FEED]
     assert cfg.model_copy().timetable is cfg.timetable
+
+
+def test_stop_times_share_their_stops_ids() -> None:
+    """A call holds its stop's own id string, not a copy per row (a city's feed has thousands of calls a stop)."""
+    feed = load_feed(FEED)
+    calls = [c for trip in feed.stop_times.values() for c in trip]
+    assert all(c.stop_id is feed.stops[c.stop_id].id for c in calls)
+    assert len({id(c.stop_id) for c in calls}) == len({c.stop_id for c in calls})

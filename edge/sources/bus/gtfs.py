@@ -330,7 +330,8 @@ def _stop_times(
             raise FeedError(
                 name, f"departure {row['departure_time']} is before arrival {row['arrival_time']}", line
             )
-        raw.setdefault(tid, []).append((seq, line, row["stop_id"], arr, dep))
+        # The stop's own id string, not the row's copy: a city's feed repeats each stop id in thousands of calls.
+        raw.setdefault(tid, []).append((seq, line, stops[row["stop_id"]].id, arr, dep))
 
     out: dict[str, tuple[StopTime, ...]] = {}
     for tid in trips:
