@@ -9,7 +9,7 @@
 * ``batcher``: batches and the in-order acknowledgement of messages;
 * ``deadletter``: where a message that breaks the contract is kept, with its reason;
 * ``fieldtypes``: the field types InfluxDB holds, so a point it would refuse is dead-lettered, never sent;
-* ``health``: ``health.json`` and the health endpoint.
+* ``health``: ``health.json`` and the health endpoint: ``/health`` (JSON) and ``/metrics`` (Prometheus).
 
 It writes through the kernel's InfluxDB client (``cityos.influx``); nothing is imported here.
 """

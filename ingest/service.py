@@ -141,6 +141,7 @@ class IngestService:
             config.ingest.stall_after_s,
             queued=self._inbound.qsize,
             unacked=lambda: (self.acks.waiting(), self.acks.oldest_age_s()),
+            session=config.mqtt.session_id,
         )
         self.deadletters = DeadLetterStore.in_dir(self.data_dir)
         self.field_types = FieldTypes(self.data_dir / FIELD_TYPES_FILE)
@@ -221,7 +222,7 @@ class IngestService:
         self._seed_field_types()
         if cfg.ingest.health_port:
             self.health_server = HealthServer(self.health, cfg.ingest.health_port).start()
-            log.info("health endpoint on http://127.0.0.1:%d/health", self.health_server.port)
+            log.info("health endpoint on http://127.0.0.1:%d/health (Prometheus: /metrics)", self.health_server.port)
         for w in self._writers:
             w.start()
         self._collector.start()
