@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cityos.config import ConfigError
 
-__all__ = ["LOOPBACK_HOSTS", "MqttLogin", "TlsFiles", "check_private", "read_secret"]
+__all__ = ["LOOPBACK_HOSTS", "MqttLogin", "TlsFiles", "check_private", "read_secret", "write_private"]
 
 #: Hosts whose traffic never leaves the machine: the only place plaintext MQTT is allowed to go.
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -69,6 +69,23 @@ def read_secret(path: Path, setting: str) -> str:
     if not text or "\n" in text:
         raise ConfigError(f"{setting}: {path} must hold the secret on one line")
     return text
+
+
+def write_private(path: Path, data: bytes | str, mode: int = 0o600) -> None:
+    """Write atomically with ``mode`` from the first byte (no window where a key or a token store is readable by
+    others): the one writer of private files (fleet keys and passwords, the API's token store)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class TlsFiles(BaseModel):

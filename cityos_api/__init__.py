@@ -1,5 +1,7 @@
-"""The City OS API (FastAPI): ``app.create_app``/``app.load_settings`` (``cityos api``), the buses' GTFS-Realtime
-feed (``gtfs_rt``) and open data with small counts suppressed (``opendata``). It reads InfluxDB through the
-kernel's client (``cityos.influx``); nothing is imported here."""
+"""The City OS API (FastAPI; docs/api.md): ``app.create_app`` (``cityos api serve``), ``settings`` (its TOML
+config), ``auth`` (scopes and the hashed token store: ``cityos api token``), ``core`` (what every route shares:
+scope checks, rate limit, reading InfluxDB, formats, problem details, metrics), ``families`` (each family's
+routes), ``gtfs_rt`` (the buses' GTFS-Realtime feed) and ``opendata`` (suppression of small counts). It reads
+InfluxDB through the kernel's client (``cityos.influx``); nothing is imported here."""
 
-__all__ = ["app", "gtfs_rt", "opendata"]
+__all__ = ["app", "auth", "core", "families", "gtfs_rt", "opendata", "settings"]

@@ -1,224 +1,215 @@
-"""The City OS API (FastAPI): the buses' GTFS-Realtime VehiclePositions feed and their ridership as open data.
+"""The City OS API (FastAPI): every family's data for the city's services and open-data users (docs/api.md).
 
-``cityos api --config api.toml`` runs it with uvicorn. Config (TOML, unknown keys rejected)::
+``cityos api serve --config api.toml`` runs it with uvicorn (config: :mod:`cityos_api.settings`). The house:
 
-    [influx]
-    url = "http://127.0.0.1:8086"
-    db = "cityos"
-    username = "cityos_reader"   # a user with READ only: the API never writes
-    password_file = "/etc/cityos/influx-reader.password"   # 0600, owned by the API's service user
+* ``core``: what every route shares (its scope, the rate limit, reading InfluxDB, formats, errors, metrics);
+* ``auth``: scopes and the hashed token store (``cityos api token``);
+* ``families/<name>.py``: each family's routes, found by the family's name (:data:`cityos.families.FAMILIES`),
+  under ``/v1/<family>/...``;
+* ``gtfs_rt``, ``opendata``: the buses' feed and the open-data suppression core (pure).
 
-    [gtfs_rt]
-    max_age_s = 300              # vehicles with no position for this long are left out of the feed
-
-    [open_data]
-    min_count = 10               # k: counts from 1 to k - 1 are hidden (at least 2)
-    publish_after_h = 48         # a day (month) is published this long after it ends, once late data is in
-    license = "CC BY 4.0"
-    license_url = "https://creativecommons.org/licenses/by/4.0/deed.ja"
-    publisher = "津山市 (Tsuyama City)"
-
-Each request reads InfluxDB once (one InfluxQL query for every vehicle): journey planners poll every 10-30 s,
-which InfluxDB answers in milliseconds, so there is no cache to go stale.
-
-Open data (``cityos_api/opendata.py``, docs/privacy.md "Open data"), JSON or ``format=csv`` (UTF-8 with BOM):
-``GET /open/v1/bus/stop-hourly?date=YYYY-MM-DD[&route=...]`` and ``GET /open/v1/bus/od-monthly?month=YYYY-MM``.
+Operations routes: ``/healthz`` (open: InfluxDB reachable, data fresh), ``/metrics`` (Prometheus, scope
+``internal:fleet``), ``/docs`` (Swagger UI served from the package, no CDN) and ``/openapi.json``.
 """
 
 from __future__ import annotations
 
-import re
+import importlib
+import importlib.util
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query, Response
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi_offline import FastAPIOffline
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cityos.config import HttpUrl, load_toml
-from cityos.influx import InfluxClient, InfluxError, InfluxSettings
-from cityos.wire import ID_PATTERN
-from cityos_api.gtfs_rt import DEFAULT_MAX_AGE_S, build_feed, feed_json, latest_positions, query_fn
-from cityos_api.opendata import (
-    DEFAULT_MIN_COUNT,
-    Publication,
-    day_bounds_ms,
-    fetch_od_counts,
-    fetch_visits,
-    iso_jst,
-    month_bounds_ms,
-    od_monthly,
-    od_rule,
-    parse_day,
-    parse_month,
-    stop_hourly,
-    stop_hourly_rule,
-    to_csv,
-)
+from cityos.families import FAMILIES
+from cityos.influx import InfluxError, query_results
+from cityos_api.auth import FLEET, OPEN, SCOPES, Denied
+from cityos_api.core import Api, problem
+from cityos_api.settings import ApiSettings, InfluxSettings, load_settings
 
-__all__ = ["ApiSettings", "create_app", "load_settings"]
+__all__ = ["ApiSettings", "InfluxSettings", "create_app", "load_settings"]
 
-PROTOBUF = "application/x-protobuf"
-CSV = "text/csv; charset=utf-8"
-_ROUTE_RE = re.compile(ID_PATTERN)
-Format = Literal["json", "csv"]
+log = logging.getLogger("cityos_api")
+
+#: Paths of the first API, kept as permanent redirects (journey planners and open-data users bookmarked them).
+LEGACY = {
+    "/gtfs-rt/vehicle-positions.pb": "/v1/bus/vehicle-positions.pb",
+    "/gtfs-rt/vehicle-positions.json": "/v1/bus/vehicle-positions.json",
+    "/open/v1/bus/stop-hourly": "/v1/bus/stop-hourly",
+    "/open/v1/bus/od-monthly": "/v1/bus/od-monthly",
+}
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def family_routers(api: Api) -> list[APIRouter]:
+    """Each family's router: ``cityos_api/families/<name>.py`` ``router(api)``, for the families that have one."""
+    out = []
+    for fam in FAMILIES:
+        name = f"cityos_api.families.{fam.name}"
+        if importlib.util.find_spec(name) is not None:
+            out.append(importlib.import_module(name).router(api))
+    return out
 
 
-class GtfsRtSettings(_Section):
-    max_age_s: float = Field(default=DEFAULT_MAX_AGE_S, gt=0)
+class _Measure:
+    """ASGI middleware: each request's status and time per route template (bounded labels: never the raw path)."""
+
+    def __init__(self, app: ASGIApp, api: Api) -> None:
+        self.app = app
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            m = self.api.metrics
+            m.requests.labels(label, str(status)).inc()
+            m.latency.labels(label).observe(time.perf_counter() - t0)
 
 
-class OpenDataSettings(_Section):
-    min_count: int = Field(default=DEFAULT_MIN_COUNT, ge=2)
-    publish_after_h: float = Field(default=48.0, ge=0)
-    license: str = Field(default=Publication.license, min_length=1)
-    license_url: HttpUrl = Publication.license_url
-    publisher: str = Field(default=Publication.publisher, min_length=1)
-
-
-class ApiSettings(_Section):
-    influx: InfluxSettings = Field(default_factory=InfluxSettings)
-    gtfs_rt: GtfsRtSettings = Field(default_factory=GtfsRtSettings)
-    open_data: OpenDataSettings = Field(default_factory=OpenDataSettings)
-
-
-def load_settings(path: str | Path) -> ApiSettings:
-    """Load and validate the TOML config (:class:`cityos.config.ConfigError` names the field and problem)."""
-    return load_toml(ApiSettings, path)
+def _param_errors(exc: RequestValidationError) -> tuple[str, list[dict[str, str]]]:
+    errors = []
+    for e in exc.errors():
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("query", "path", "header")]
+        name = ".".join(loc) or "request"
+        errors.append({"parameter": name, "problem": str(e.get("msg", "not valid"))[:200]})
+    return "; ".join(f"{e['parameter']}: {e['problem']}" for e in errors), errors
 
 
 def create_app(settings: ApiSettings, *, transport: Any = None) -> FastAPI:
     """The API app; ``transport`` (an httpx transport) is for tests that stand in for InfluxDB."""
-    client = InfluxClient.from_settings(settings.influx, transport=transport)
-    query = query_fn(client)
+    api = Api(settings, transport=transport)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        client.close()
+        api.close()
 
-    app = FastAPI(title="CityOS API", summary="Tsuyama City OS: open data from the city's sensors",
-                  lifespan=lifespan)
+    app = FastAPIOffline(
+        title="Tsuyama City OS API",
+        summary="津山市 都市OS: data from the city's sensors for the city's services and open data",
+        description=(
+            "Every family's data (forest stations, waste collection, energy per district, buses, fleet health) "
+            "under `/v1`, JSON and CSV; scopes per route (`x-scope`); errors as RFC 7807 problem details. "
+            "docs/api.md has the whole contract."),
+        version="1",
+        lifespan=lifespan,
+        favicon_url="data:,",
+    )
+    app.state.api = api
 
-    def feed_now() -> Any:
-        now = time.time()
-        try:
-            positions = latest_positions(query, settings.influx.db, settings.gtfs_rt.max_age_s,
-                                         now_ms=int(now * 1000))
-        except InfluxError as exc:
-            # a journey planner should keep its last feed rather than read an empty one as "no buses"
-            raise HTTPException(status_code=503, detail=f"InfluxDB unavailable: {exc}") from None
-        return build_feed(positions, now)
+    # ---- errors: problem details, nothing internal
+    @app.exception_handler(Denied)
+    async def denied(request: Request, exc: Denied) -> JSONResponse:
+        api.metrics.denied.labels(str(exc.status)).inc()
+        client = request.client.host if request.client else "-"
+        log.warning("denied %d %s %s token=%s client=%s: %s", exc.status, request.method, request.url.path,
+                    exc.token_id or "-", client, exc.why)
+        headers = {"WWW-Authenticate": 'Bearer realm="cityos"'} if exc.status == 401 else {}
+        if exc.status == 429:
+            headers = {"Retry-After": exc.why.rsplit(" ", 2)[-2]}
+        return problem(exc.status, exc.why, headers=headers)
 
-    @app.get("/gtfs-rt/vehicle-positions.pb", response_class=Response,
-             responses={200: {"content": {PROTOBUF: {}}}})
-    def vehicle_positions_pb() -> Response:
-        """GTFS-Realtime VehiclePositions (protobuf), full dataset."""
-        return Response(feed_now().SerializeToString(), media_type=PROTOBUF)
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail), headers=exc.headers)
 
-    @app.get("/gtfs-rt/vehicle-positions.json", response_class=Response,
-             responses={200: {"content": {"application/json": {}}}})
-    def vehicle_positions_json() -> Response:
-        """The same feed as JSON (protobuf's JSON mapping), for people."""
-        return Response(feed_json(feed_now()), media_type="application/json")
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail, errors = _param_errors(exc)
+        return problem(422, detail, errors=errors)
 
-    # ---- open data (cityos_api/opendata.py; docs/privacy.md, "Open data")
-    od = settings.open_data
-    pub = Publication(min_count=od.min_count, license=od.license, license_url=od.license_url,
-                      publisher=od.publisher)
-    license_link = {"Link": f'<{od.license_url}>; rel="license"'}
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return problem(500, "internal error: it is logged; try again later")
 
-    def parsed(parse: Callable[[str], Any], raw: str) -> Any:
-        try:
-            return parse(raw)
-        except ValueError as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from None
+    # ---- routes
+    for r in family_routers(api):
+        app.include_router(r)
 
-    def published(end_ms: int, what: str) -> None:
-        """A period is published once it is over and the buses' late data is in: a later answer that differed
-        (a visit backfilled after the first download) would reveal the difference, however small."""
-        ready = end_ms + od.publish_after_h * 3_600_000
-        if time.time() * 1000 < ready:
-            raise HTTPException(status_code=404, detail=(
-                f"{what} is not published yet: from {iso_jst(ready)} ({od.publish_after_h:g} h after it ends, "
-                "when late data from the buses has arrived)"))
+    ops = APIRouter(tags=["operations"])
 
-    def read(fetch: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return fetch(query, settings.influx.db, *args)
-        except InfluxError as exc:
-            raise HTTPException(status_code=503, detail=f"InfluxDB unavailable: {exc}") from None
+    @api.route(ops, "/healthz", scope=OPEN, responses={503: {"description": "InfluxDB unreachable"}})
+    def healthz() -> JSONResponse:
+        """Whether the API can answer: InfluxDB reachable, and the data fresh (a gateway reported within
+        ``[health] fresh_within_s``). 200 when InfluxDB answers (``status`` ``ok``, or ``degraded`` when the data
+        is stale), 503 when it does not."""
+        reachable = api.client.ping(timeout_s=2.0)
+        newest = None
+        if reachable:
+            try:
+                res = query_results(*api.query(api.db, 'SELECT * FROM "gateway_health" ORDER BY time DESC LIMIT 1'))
+                vals = [s["values"][0][0] for r in res for s in r.get("series", []) if s.get("values")]
+                newest = max(vals) if vals else None
+            except InfluxError:
+                reachable = False
+        now_ms = int(api.clock() * 1000)
+        age = None if newest is None else max(0.0, (now_ms - int(newest)) / 1000)
+        fresh = age is not None and age <= settings.health.fresh_within_s
+        body = {"status": "ok" if reachable and fresh else ("degraded" if reachable else "down"),
+                "influxdb": "reachable" if reachable else "unreachable",
+                "data": {"fresh": fresh, "newest_report_age_s": None if age is None else round(age, 1),
+                         "fresh_within_s": settings.health.fresh_within_s}}
+        return JSONResponse(body, status_code=200 if reachable else 503, headers={"Cache-Control": "no-store"})
 
-    def respond(fmt: str, doc: dict[str, Any], columns: list[str], filename: str, **const: Any) -> Response:
-        if fmt == "csv":
-            return Response(to_csv(doc["cells"], columns, **const), media_type=CSV, headers={
-                **license_link, "Content-Disposition": f'attachment; filename="{filename}.csv"'})
-        return JSONResponse(doc, headers=license_link)
+    @api.route(ops, "/metrics", scope=FLEET, response_class=Response,
+               responses={200: {"content": {"text/plain": {}}}})
+    def metrics() -> Response:
+        """The API's Prometheus metrics (requests and latency per route, points skipped, InfluxDB errors, denials)."""
+        return Response(generate_latest(api.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    data_responses: dict[int | str, dict[str, Any]] = {
-        200: {"content": {"application/json": {}, "text/csv": {}}},
-        404: {"description": "the period is not published yet"},
-        422: {"description": "a parameter is not valid (the message says which and why)"},
-        503: {"description": "InfluxDB unavailable"},
-    }
+    app.include_router(ops)
 
-    @app.get("/open/v1/bus/stop-hourly", response_class=Response, responses=data_responses)
-    def bus_stop_hourly(
-        day: Annotated[str, Query(alias="date", description="calendar day in Japan (JST), YYYY-MM-DD")],
-        route: Annotated[str | None, Query(description="only this route (as in the `route` column)")] = None,
-        fmt: Annotated[Format, Query(alias="format")] = "json",
-    ) -> Response:
-        """Boardings and alightings per route, stop and hour (JST) of one day, summed over trips (estimates,
-        whole passengers), from complete stop visits; counts from 1 to k - 1 hidden, no totals."""
-        d = parsed(parse_day, day)
-        if route is not None and not _ROUTE_RE.match(route):
-            raise HTTPException(status_code=422, detail=(
-                f"route: expected a route as in the data's route column (lower-case letters, digits, _ and -), "
-                f"got {route!r}"))
-        start, end = day_bounds_ms(d)
-        published(end, d.isoformat())
-        table = stop_hourly(read(fetch_visits, start, end), d, od.min_count)
-        cells = [c for c in table.cells if route is None or c["route"] == route]
-        doc = pub.envelope(
-            "bus-stop-hourly", "路線バス 停留所別・時間帯別 乗降者数（推計） / bus boardings and alightings per stop "
-            "and hour (estimates)",
-            "bus_stop: per stop visit, passengers estimated from the Bluetooth devices aboard by the bus "
-            "gateways (docs/bus.md); whole passengers, rounded half up after summing",
-            stop_hourly_rule(od.min_count), time.time() * 1000, date=d.isoformat(), route=route)
-        doc["visits"] = {"counted": table.visits_counted, "left_out": table.visits_left_out,
-                         "left_out_reason": "incomplete visit (complete = false): its boardings and alightings "
-                                            "are unknown, never guessed"}
-        doc["cells"] = cells
-        name = f"bus-stop-hourly_{d.isoformat()}" + (f"_{route}" if route else "")
-        return respond(fmt, doc, ["hour", "route", "stop_id", "visits", "boardings", "boardings_suppressed",
-                                  "alightings", "alightings_suppressed"], name, date=d.isoformat())
+    for old, new in LEGACY.items():
+        def redirect(request: Request, _new: str = new) -> RedirectResponse:
+            q = request.url.query
+            return RedirectResponse(_new + (f"?{q}" if q else ""), status_code=308)
 
-    @app.get("/open/v1/bus/od-monthly", response_class=Response, responses=data_responses)
-    def bus_od_monthly(
-        month: Annotated[str, Query(description="calendar month in Japan (JST), YYYY-MM")],
-        fmt: Annotated[Format, Query(alias="format")] = "json",
-    ) -> Response:
-        """Origin-destination pairs of the city app's consenting riders per route and month (of alighting,
-        JST); counts from 1 to k - 1 hidden, no totals, never a rider pseudonym."""
-        y, m = parsed(parse_month, month)
-        label = f"{y:04d}-{m:02d}"
-        start, end = month_bounds_ms(y, m)
-        published(end, label)
-        cells = od_monthly(read(fetch_od_counts, start, end), od.min_count)
-        doc = pub.envelope(
-            "bus-od-monthly", "路線バス 乗車停留所・降車停留所別 利用者数（市アプリ利用者）/ bus origin-destination "
-            "pairs of city app riders",
-            "bus_od: riders of the city app who opted in, one pair per ride, counted in the month the ride "
-            "ended; not all passengers", od_rule(od.min_count), time.time() * 1000, month=label)
-        doc["cells"] = cells
-        return respond(fmt, doc, ["route", "origin_stop_id", "destination_stop_id", "riders",
-                                  "riders_suppressed"], f"bus-od-monthly_{label}", month=label)
+        app.add_api_route(old, redirect, methods=["GET"], include_in_schema=False)
 
+    # ---- the OpenAPI document: the bearer scheme and its scopes
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                              description=app.description, routes=app.routes)
+            doc.setdefault("components", {})["securitySchemes"] = {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "A token from `cityos api token create`; its scopes: " + "; ".join(
+                    f"`{k}`: {v}" for k, v in SCOPES.items())}}
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    # outermost: CORS (browsers on allowed origins), then the measurement of every answer
+    app.add_middleware(_Measure, api=api)
+    if settings.cors.allow_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors.allow_origins),
+                           allow_methods=["GET"], allow_headers=["Authorization", "Accept", "Link"],
+                           expose_headers=["Link", "NGSILD-Results-Count", "Content-Disposition", "Retry-After"],
+                           max_age=3600)
     return app

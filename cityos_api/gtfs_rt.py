@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from google.transit import gtfs_realtime_pb2 as rt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cityos.influx import InfluxClient, query_results
 from cityos.wire import DEFAULT_MAX_FUTURE_S
@@ -31,6 +31,7 @@ __all__ = [
     "latest_positions",
     "occupancy_status",
     "query_fn",
+    "read_positions",
 ]
 
 MEASUREMENT = "bus_position"
@@ -58,19 +59,21 @@ class Position(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     device: str
-    ts_ms: int = Field(alias="time")
-    lat: float
-    lon: float
-    speed_kmh: float | None = None
-    bearing_deg: float | None = None
+    ts_ms: int = Field(alias="time", ge=0, lt=2**53)
+    # Ranges the feed can carry (the wire contract only asks for finite numbers): a point outside them is not
+    # served (it once took the whole feed down: occupancy_pct 1e30 overflowed the protobuf's uint32).
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    speed_kmh: float | None = Field(default=None, ge=0, le=1000)
+    bearing_deg: float | None = Field(default=None, ge=0, le=360)
     trip_id: str = ""
     route_id: str = ""
     start_date: str = ""
     stop_id: str = ""
-    stop_sequence: float | None = None
+    stop_sequence: float | None = Field(default=None, ge=0, lt=2**32)
     stopped: bool | None = None
-    occupancy: float | None = None
-    occupancy_pct: float | None = None
+    occupancy: float | None = Field(default=None, ge=0)
+    occupancy_pct: float | None = Field(default=None, ge=0, le=10_000)
 
 
 def _positions_query(max_age_s: float, now_ms: int) -> str:
@@ -82,20 +85,31 @@ def _positions_query(max_age_s: float, now_ms: int) -> str:
             f'GROUP BY "device" ORDER BY time DESC LIMIT 1')
 
 
-def latest_positions(query: QueryFn, db: str, max_age_s: float = DEFAULT_MAX_AGE_S,
-                     now_ms: int | None = None) -> list[Position]:
+def read_positions(query: QueryFn, db: str, max_age_s: float = DEFAULT_MAX_AGE_S,
+                   now_ms: int | None = None) -> tuple[list[Position], int]:
     """The newest position of each vehicle seen in the last ``max_age_s`` seconds (of ``now_ms``, default: this
-    machine's clock), sorted by vehicle id. Raises :class:`cityos.influx.InfluxQueryError` on a failed query."""
+    machine's clock), sorted by vehicle id, and how many newest points could not be served (out of range, a
+    field missing: valid on the wire, left out of the feed). Raises :class:`cityos.influx.InfluxQueryError` on a
+    failed query."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
     status, raw = query(db, _positions_query(max_age_s, now))
-    out = []
+    out, bad = [], 0
     for result in query_results(status, raw):
         for s in result.get("series", []):
             for row in s.get("values", []):
                 rec: dict[str, Any] = {k: v for k, v in zip(s["columns"], row, strict=True) if v is not None}
                 rec["device"] = (s.get("tags") or {}).get("device", rec.get("device", ""))
-                out.append(Position.model_validate(rec))
-    return sorted(out, key=lambda p: p.device)
+                try:
+                    out.append(Position.model_validate(rec))
+                except ValidationError:
+                    bad += 1
+    return sorted(out, key=lambda p: p.device), bad
+
+
+def latest_positions(query: QueryFn, db: str, max_age_s: float = DEFAULT_MAX_AGE_S,
+                     now_ms: int | None = None) -> list[Position]:
+    """:func:`read_positions` without the count of points left out."""
+    return read_positions(query, db, max_age_s, now_ms)[0]
 
 
 def query_fn(client: InfluxClient) -> QueryFn:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cityos.config import ConfigError
 from cityos.families import FAMILIES
+from cityos_cli import api as api_cli
 from cityos_cli import fleet as fleet_cli
 
 DEFAULT_RUN_DIR = os.environ.get("CITYOS_RUN_DIR", "run")
@@ -102,15 +103,6 @@ def _demo_cmd(args: argparse.Namespace) -> int:
     from citylab.demo import run_demo
 
     return run_demo(run_dir=Path(args.run_dir), scenario=args.scenario, duration=args.duration, rate=args.rate)
-
-
-def _api_cmd(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from cityos_api.app import create_app, load_settings
-
-    uvicorn.run(create_app(load_settings(args.config)), host=args.host, port=args.port)
-    return 0
 
 
 def _gtfs_rt_cmd(args: argparse.Namespace) -> int:
@@ -316,11 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rate", type=float, default=None, help="simulated seconds per real second (default: scenario's)")
     d.set_defaults(func=_demo_cmd)
 
-    a = sub.add_parser("api", help="the City OS API (GTFS-Realtime vehicle positions, bus open data), with uvicorn")
-    a.add_argument("--config", required=True, type=Path, help="API TOML config ([influx], [gtfs_rt], [open_data])")
-    a.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
-    a.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
-    a.set_defaults(func=_api_cmd)
+    api_cli.add_parser(sub)
 
     r = sub.add_parser("gtfs-rt", help="one GTFS-Realtime VehiclePositions snapshot from a `cityos stack`")
     r.add_argument("--stack", type=Path, default=Path(DEFAULT_RUN_DIR), help="stack run directory (default: %(default)s)")

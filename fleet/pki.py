@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from cityos.credentials import write_private
 
 __all__ = ["CA_DAYS", "CLIENT_DAYS", "CRL_DAYS", "CertificateAuthority", "Issued", "write_private"]
 
@@ -39,22 +40,6 @@ CLIENT_DAYS = 3 * 365
 SERVER_DAYS = 825
 #: A CRL's validity; OpenSSL rejects every client once it has passed, so it is generous and re-signed on change.
 CRL_DAYS = 365
-
-
-def write_private(path: Path, data: bytes | str, mode: int = 0o600) -> None:
-    """Write atomically with ``mode`` from the first byte (no window where a key is world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import pytest
 
 from citylab.pipeline import ingest_config
 from citylab.stack import Stack
-from cityos_api.app import load_settings
+from cityos_api.settings import load_settings
 from ingest.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]

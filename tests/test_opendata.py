@@ -25,7 +25,8 @@ from pydantic import ValidationError
 from citylab.stack import influx_settings
 from cityos.config import ConfigError
 from cityos.wire import Reading, TelemetryBatch, checked
-from cityos_api.app import ApiSettings, InfluxSettings, OpenDataSettings, create_app, load_settings
+from cityos_api.app import create_app
+from cityos_api.settings import ApiSettings, InfluxSettings, OpenDataSettings, load_settings
 from cityos_api.opendata import determined, suppress
 from ingest.lineproto import batch_to_lines
 

@@ -1,0 +1,195 @@
+"""What every route of the API shares: its scope check, the rate limit of open routes, reading InfluxDB, the
+answer's formats and its errors (docs/api.md).
+
+* :class:`Api` is handed to each family's router (``cityos_api/families/<name>.py``): ``api.route(router, path,
+  scope=...)`` declares a GET route with its scope (checked on every request, and written into the OpenAPI
+  document as the operation's ``security`` and ``x-scope``), ``api.read(...)`` runs a query function against
+  InfluxDB (an unreachable or failing InfluxDB is 503 "InfluxDB unavailable", never its error text), and
+  ``api.respond(...)`` answers JSON or CSV.
+* Errors are RFC 7807 problem details (``application/problem+json``: ``type``, ``title``, ``status``,
+  ``detail``), with no internal detail: a parameter error names the parameter and what was expected.
+* Bad stored points are skipped and counted (``api.skipped(measurement, n)``: the metric
+  ``cityos_api_points_skipped_total``), never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from cityos.influx import InfluxClient, InfluxError
+from cityos_api.auth import OPEN, Denied, TokenRecord, TokenStore
+from cityos_api.gtfs_rt import QueryFn, query_fn
+from cityos_api.opendata import to_csv
+from cityos_api.settings import ApiSettings
+
+__all__ = ["CSV", "Api", "Metrics", "RateLimiter", "problem", "safe_filename"]
+
+log = logging.getLogger("cityos_api")
+CSV = "text/csv; charset=utf-8"
+PROBLEM = "application/problem+json"
+_FILENAME_RE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def problem(status: int, detail: str, *, title: str | None = None, type_: str = "about:blank",
+            headers: Mapping[str, str] | None = None, media_type: str = PROBLEM, **extra: Any) -> JSONResponse:
+    """An RFC 7807 problem; ``detail`` is for people and holds nothing internal."""
+    from http import HTTPStatus
+
+    body = {"type": type_, "title": title or HTTPStatus(status).phrase, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}), media_type=media_type)
+
+
+def safe_filename(name: str) -> str:
+    """A ``Content-Disposition`` filename from already validated parts: anything but ``[A-Za-z0-9._-]`` becomes
+    ``_``, so no parameter can reach a header as anything else (a newline once did)."""
+    return _FILENAME_RE.sub("_", name)[:120] or "data"
+
+
+class Metrics:
+    """The API's Prometheus metrics (its own registry; ``GET /metrics``, scope ``internal:fleet``)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("cityos_api_requests_total", "Requests answered, by route template and status.",
+                                ["route", "status"], registry=r)
+        self.latency = Histogram("cityos_api_request_duration_seconds", "Time to answer, by route template.",
+                                 ["route"], registry=r,
+                                 buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+        self.skipped = Counter("cityos_api_points_skipped_total",
+                               "Stored points skipped because they cannot be served (out of range, missing "
+                               "fields), by measurement.", ["measurement"], registry=r)
+        self.influx_errors = Counter("cityos_api_influx_errors_total",
+                                     "Requests answered 503 because InfluxDB failed or was unreachable.", registry=r)
+        self.denied = Counter("cityos_api_denied_total", "Requests refused: 401 (no valid token), 403 (scope), "
+                              "429 (rate limit).", ["status"], registry=r)
+
+
+class RateLimiter:
+    """A token bucket per client key (``open_per_minute``, ``burst``) with a bounded number of keys: the least
+    recently seen are forgotten first, so a flood of addresses costs bounded memory."""
+
+    def __init__(self, per_minute: float, burst: int, max_clients: int, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """0 when allowed; else the seconds until one request would be."""
+        now = self._clock()
+        with self._lock:
+            tokens, at = self._buckets.pop(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - at) * self.rate)
+            wait = 0.0
+            if tokens >= 1.0:
+                tokens -= 1.0
+            else:
+                wait = (1.0 - tokens) / self.rate
+            self._buckets[key] = (tokens, now)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+            return wait
+
+
+@dataclass
+class Caller:
+    """Who is asking: ``token`` is None on an open route called without one."""
+
+    token: TokenRecord | None
+    client: str
+
+
+class Api:
+    """The shared part of every route (see the module's docstring)."""
+
+    def __init__(self, settings: ApiSettings, *, transport: Any = None, clock: Callable[[], float] = time.time
+                 ) -> None:
+        self.settings = settings
+        self.db = settings.influx.db
+        self.client = InfluxClient.from_settings(settings.influx, transport=transport)
+        self.query: QueryFn = query_fn(self.client)
+        self.tokens = TokenStore(settings.auth.tokens_file)
+        rl = settings.rate_limit
+        self.limiter = RateLimiter(rl.open_per_minute, rl.burst, rl.max_clients)
+        self.metrics = Metrics()
+        self.clock = clock
+
+    # ---- scopes
+    def caller(self, scope: str) -> Callable[[Request], Caller]:
+        """The dependency that lets a request through to a route of ``scope`` (or raises :class:`Denied`)."""
+
+        def check(request: Request) -> Caller:
+            client = request.client.host if request.client else "-"
+            auth = request.headers.get("authorization")
+            if scope == OPEN and not auth:
+                wait = self.limiter.take(client)
+                if wait > 0:
+                    raise Denied(429, f"rate limit for requests without a token: retry in {wait:.0f} s")
+                return Caller(None, client)
+            rec = self.tokens.authenticate(auth)
+            if scope != OPEN and scope not in rec.scopes:
+                raise Denied(403, f"this route needs scope {scope}; token {rec.id} has {', '.join(rec.scopes)}",
+                             rec.id)
+            return Caller(rec, client)
+
+        return check
+
+    def route(self, router: APIRouter, path: str, *, scope: str, **kw: Any) -> Callable[[Callable[..., Any]],
+                                                                                       Callable[..., Any]]:
+        """``@api.route(router, "/v1/...", scope=SERVICE, ...)``: a GET route that checks ``scope``."""
+        security: list[dict[str, list[str]]] = [{"bearer": [scope]}]
+        if scope == OPEN:
+            security = [{}, {"bearer": []}]
+        extra = {"security": security, "x-scope": scope, **kw.pop("openapi_extra", {})}
+        responses = {
+            401: {"description": "no valid token (missing, unknown, expired or revoked)"},
+            403: {"description": f"the token lacks scope `{scope}`"},
+            **({429: {"description": "rate limit of requests without a token"}} if scope == OPEN else {}),
+            **kw.pop("responses", {}),
+        }
+        if scope == OPEN:
+            responses.pop(403)
+        deps = [Depends(self.caller(scope)), *kw.pop("dependencies", [])]
+        return router.get(path, dependencies=deps, openapi_extra=extra, responses=responses, **kw)
+
+    # ---- reading
+    def read(self, fetch: Callable[..., Any], *args: Any) -> Any:
+        """``fetch(query, db, *args)``; InfluxDB failing is 503 with no internal text."""
+        try:
+            return fetch(self.query, self.db, *args)
+        except InfluxError as exc:
+            self.metrics.influx_errors.inc()
+            log.warning("InfluxDB failed: %s", exc)
+            raise HTTPException(status_code=503, detail="InfluxDB unavailable: try again shortly") from None
+
+    def skipped(self, measurement: str, n: int = 1) -> None:
+        if n:
+            self.metrics.skipped.labels(measurement).inc(n)
+
+    # ---- answering
+    @staticmethod
+    def respond(fmt: str, doc: dict[str, Any], rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
+                filename: str, headers: Mapping[str, str] | None = None, **const: Any) -> Response:
+        """JSON (``doc``, whose rows are already in it) or CSV (``rows``' ``columns``, UTF-8 with BOM)."""
+        if fmt == "csv":
+            return Response(to_csv(rows, columns, **const), media_type=CSV, headers={
+                **(headers or {}), "Content-Disposition": f'attachment; filename="{safe_filename(filename)}.csv"'})
+        return JSONResponse(doc, headers=dict(headers or {}))
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,111 @@
+"""The API's config (TOML, unknown keys rejected; ``cityos api serve --config api.toml``)::
+
+    [influx]                     # the read-only InfluxDB user: the API never writes
+    url = "http://127.0.0.1:8086"
+    db = "cityos"
+    username = "cityos_reader"
+    password_file = "/etc/cityos/api/influx-cityos_reader.password"   # 0600, owned by the API's service user
+
+    [auth]
+    tokens_file = "/etc/cityos/api/tokens.json"   # `cityos api token create/list/revoke` (0600, hashed)
+
+    [cors]
+    allow_origins = ["https://opendata.city.tsuyama.example"]        # browsers' cross-origin readers: none by default
+
+    [rate_limit]
+    open_per_minute = 120        # requests without a token, per client address (behind the proxy: its X-Forwarded-For)
+    burst = 60
+
+    [health]
+    fresh_within_s = 300         # /healthz: data is fresh when a gateway reported this recently
+
+    [gtfs_rt]
+    max_age_s = 300              # vehicles with no position for this long are left out of the feed
+
+    [open_data]
+    min_count = 10               # k: counts from 1 to k - 1 are hidden (at least 2)
+    publish_after_h = 48         # a day (month) is published this long after it ends, once late data is in
+    license = "CC BY 4.0"
+    license_url = "https://creativecommons.org/licenses/by/4.0/deed.ja"
+    publisher = "津山市 (Tsuyama City)"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cityos.config import HttpUrl, load_toml
+from cityos.influx import InfluxSettings
+from cityos.privacy import MIN_HOUSEHOLDS
+from cityos_api.gtfs_rt import DEFAULT_MAX_AGE_S
+from cityos_api.opendata import DEFAULT_MIN_COUNT, Publication
+
+__all__ = [
+    "ApiSettings",
+    "AuthSettings",
+    "CorsSettings",
+    "GtfsRtSettings",
+    "HealthSettings",
+    "InfluxSettings",
+    "OpenDataSettings",
+    "RateLimitSettings",
+    "load_settings",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GtfsRtSettings(_Section):
+    max_age_s: float = Field(default=DEFAULT_MAX_AGE_S, gt=0)
+
+
+class OpenDataSettings(_Section):
+    min_count: int = Field(default=DEFAULT_MIN_COUNT, ge=2)
+    #: Households per group below which energy is hidden (the kernel's k; never lower).
+    min_households: int = Field(default=MIN_HOUSEHOLDS, ge=MIN_HOUSEHOLDS)
+    publish_after_h: float = Field(default=48.0, ge=0)
+    license: str = Field(default=Publication.license, min_length=1)
+    license_url: HttpUrl = Publication.license_url
+    publisher: str = Field(default=Publication.publisher, min_length=1)
+
+
+class AuthSettings(_Section):
+    #: The token store; without one, only ``open`` routes answer (every other is 401).
+    tokens_file: Path | None = None
+
+
+class CorsSettings(_Section):
+    #: Origins whose browsers may read the API (exact ``scheme://host[:port]``); empty: none.
+    allow_origins: list[Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")]] = Field(
+        default_factory=list)
+
+
+class RateLimitSettings(_Section):
+    open_per_minute: float = Field(default=120.0, gt=0)
+    burst: int = Field(default=60, ge=1)
+    #: Client addresses remembered at once (the oldest forgotten first): bounded memory under a flood.
+    max_clients: int = Field(default=100_000, ge=100)
+
+
+class HealthSettings(_Section):
+    fresh_within_s: float = Field(default=300.0, gt=0)
+
+
+class ApiSettings(_Section):
+    influx: InfluxSettings = Field(default_factory=InfluxSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    gtfs_rt: GtfsRtSettings = Field(default_factory=GtfsRtSettings)
+    open_data: OpenDataSettings = Field(default_factory=OpenDataSettings)
+
+
+def load_settings(path: str | Path) -> ApiSettings:
+    """Load and validate the TOML config (:class:`cityos.config.ConfigError` names the field and problem)."""
+    return load_toml(ApiSettings, path)
