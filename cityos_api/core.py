@@ -14,6 +14,7 @@ answer's formats and its errors (docs/api.md).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -21,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -33,7 +35,7 @@ from cityos_api.gtfs_rt import QueryFn, query_fn
 from cityos_api.opendata import to_csv
 from cityos_api.settings import ApiSettings
 
-__all__ = ["CSV", "Api", "Metrics", "RateLimiter", "problem", "safe_filename"]
+__all__ = ["CSV", "Api", "Caller", "District", "Metrics", "Places", "RateLimiter", "problem", "safe_filename"]
 
 log = logging.getLogger("cityos_api")
 CSV = "text/csv; charset=utf-8"
@@ -106,6 +108,45 @@ class RateLimiter:
             return wait
 
 
+@dataclass(frozen=True)
+class District:
+    id: str
+    name_ja: str
+    name_en: str
+    #: GeoJSON geometry (lon, lat), or None when the districts file has none.
+    geometry: dict[str, Any] | None = None
+
+
+class Places:
+    """The city's districts by id (``[places] districts_file``); a district the file does not know is named by its
+    id. Loaded once at start: a bad file is a config error naming the file, not a 500 later."""
+
+    def __init__(self, districts_file: Any = None) -> None:
+        self.districts: dict[str, District] = {}
+        if districts_file is None:
+            return
+        from cityos.config import ConfigError
+
+        try:
+            doc = json.loads(Path(districts_file).read_text(encoding="utf-8"))
+            for f in doc["features"]:
+                p = f["properties"]
+                did = str(p["id"])
+                self.districts[did] = District(did, str(p.get("name") or did), str(p.get("name_en") or did),
+                                               f.get("geometry"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"places.districts_file: {districts_file}: not a GeoJSON FeatureCollection of "
+                              f"districts with id/name/name_en properties ({type(exc).__name__})") from None
+
+    def district(self, did: str) -> District:
+        return self.districts.get(did) or District(did, did, did)
+
+    def named(self, did: str) -> dict[str, str]:
+        """The columns every district row carries: its id and its Japanese and English names."""
+        d = self.district(did)
+        return {"district": d.id, "district_name_ja": d.name_ja, "district_name_en": d.name_en}
+
+
 @dataclass
 class Caller:
     """Who is asking: ``token`` is None on an open route called without one."""
@@ -127,6 +168,7 @@ class Api:
         rl = settings.rate_limit
         self.limiter = RateLimiter(rl.open_per_minute, rl.burst, rl.max_clients)
         self.metrics = Metrics()
+        self.places = Places(settings.places.districts_file)
         self.clock = clock
 
     # ---- scopes

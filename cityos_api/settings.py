@@ -6,6 +6,10 @@
     username = "cityos_reader"
     password_file = "/etc/cityos/api/influx-cityos_reader.password"   # 0600, owned by the API's service user
 
+    [places]                     # names and shapes: districts (GeoJSON with name and name_en), the buses' GTFS-JP
+    districts_file = "/etc/cityos/api/districts.geojson"
+    gtfs_dir = "/etc/cityos/api/gtfs"
+
     [auth]
     tokens_file = "/etc/cityos/api/tokens.json"   # `cityos api token create/list/revoke` (0600, hashed)
 
@@ -51,6 +55,7 @@ __all__ = [
     "HealthSettings",
     "InfluxSettings",
     "OpenDataSettings",
+    "PlacesSettings",
     "RateLimitSettings",
     "load_settings",
 ]
@@ -96,8 +101,17 @@ class HealthSettings(_Section):
     fresh_within_s: float = Field(default=300.0, gt=0)
 
 
+class PlacesSettings(_Section):
+    #: The city's districts: a GeoJSON FeatureCollection whose features have ``id``, ``name`` (Japanese) and
+    #: ``name_en`` properties and a polygon (the ids are the readings' ``district`` tags).
+    districts_file: Path | None = None
+    #: The buses' GTFS-JP feed (a directory with stops.txt, and translations.txt for English names).
+    gtfs_dir: Path | None = None
+
+
 class ApiSettings(_Section):
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
+    places: PlacesSettings = Field(default_factory=PlacesSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
