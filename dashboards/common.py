@@ -11,7 +11,10 @@ Conventions (``docs/dashboards.md`` explains them):
 * the thresholds are named constants in the family's module, used by its panels and alert rules alike;
 * alert rules read only live readings (:func:`live_only`): a reading delivered late after an outage
   (``backfill = true``) is history, not an emergency;
-* no query on the ``energy`` measurement shows a household: ``"device"`` is grouped by only inside a subquery.
+* no query on the ``energy`` measurement shows a household: ``"device"`` is grouped by only inside a subquery;
+* and none shows a group of fewer than k households (``cityos.privacy.MIN_HOUSEHOLDS``): the outermost level
+  filters on ``"households" >= k``, a count of households in the group and bucket
+  (``dashboards/families/meter.py``, docs/privacy.md).
 """
 
 from __future__ import annotations
