@@ -29,6 +29,7 @@
     [open_data]
     min_count = 10               # k: counts from 1 to k - 1 are hidden (at least 2)
     publish_after_h = 48         # a day (month) is published this long after it ends, once late data is in
+    energy_settle_h = 6          # energy per district: served for half hours / days that ended this long ago
     license = "CC BY 4.0"
     license_url = "https://creativecommons.org/licenses/by/4.0/deed.ja"
     publisher = "津山市 (Tsuyama City)"
@@ -74,6 +75,8 @@ class OpenDataSettings(_Section):
     #: Households per group below which energy is hidden (the kernel's k; never lower).
     min_households: int = Field(default=MIN_HOUSEHOLDS, ge=MIN_HOUSEHOLDS)
     publish_after_h: float = Field(default=48.0, ge=0)
+    #: Energy per district is served for periods that ended this long ago (the meters' backfill is in by then).
+    energy_settle_h: float = Field(default=6.0, ge=0)
     license: str = Field(default=Publication.license, min_length=1)
     license_url: HttpUrl = Publication.license_url
     publisher: str = Field(default=Publication.publisher, min_length=1)

@@ -3,4 +3,4 @@
 each declared with its scope through :meth:`cityos_api.core.Api.route`. The app finds them by the families'
 names (:data:`cityos.families.FAMILIES`); adding a family's API is adding its module here."""
 
-__all__ = ["bus"]
+__all__ = ["bus", "meter"]
