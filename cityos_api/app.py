@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cityos.families import FAMILIES
 from cityos.influx import InfluxError, query_results
+from cityos_api import fleet
 from cityos_api.auth import FLEET, OPEN, SCOPES, Denied
 from cityos_api.core import Api, problem
 from cityos_api.settings import ApiSettings, InfluxSettings, load_settings
@@ -150,6 +151,7 @@ def create_app(settings: ApiSettings, *, transport: Any = None) -> FastAPI:
     # ---- routes
     for r in family_routers(api):
         app.include_router(r)
+    app.include_router(fleet.router(api))
 
     ops = APIRouter(tags=["operations"])
 

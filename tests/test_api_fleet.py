@@ -1,0 +1,66 @@
+"""Fleet health (cityos_api/fleet.py, scope internal:fleet) against real InfluxDB 1.6: points written as the ingest
+writes them (status messages through ``status_to_line``, health and data readings through ``batch_to_lines``)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi.testclient import TestClient
+from helpers import influx_write
+
+from citylab.stack import influx_settings
+from cityos.wire import GatewayStatus, Reading, TelemetryBatch, checked
+from cityos_api.app import create_app
+from cityos_api.auth import FLEET, SERVICE, TokenStore, parse_expiry
+from cityos_api.settings import ApiSettings
+from ingest.lineproto import batch_to_lines, status_to_line
+
+
+def test_gateways_and_devices_as_operations_see_them(stack_info, influx_db, tmp_path):
+    now = int(time.time() * 1000)
+    lines = [
+        status_to_line(GatewayStatus(gateway_id="gw-forest-01", state="online", boot_id="boot-0001", ts=now - 60_000,
+                                     agent_version="1.2.3", config_hash="abc123", backlog_depth=4)),
+        status_to_line(GatewayStatus(gateway_id="gw-meter-01", state="online", boot_id="boot-0002",
+                                     ts=now - 600_000)),
+        status_to_line(GatewayStatus(gateway_id="gw-meter-01", state="offline", boot_id="boot-0002",
+                                     ts=now - 30_000)),
+    ]
+    readings = [
+        Reading(device_id="gateway", kind="gateway_health", ts=now - 20_000,
+                values={"cpu_pct": 3.5, "mem_used_pct": 41.0, "disk_free_mb": 900.0, "backlog_depth": 4.0}),
+        Reading(device_id="forest-01-01", kind="forest_station", ts=now - 50_000, values={"soil_moisture_pct": 31.0}),
+        Reading(device_id="forest-01-02", kind="forest_station", ts=now - 40_000, values={"soil_moisture_pct": 33.0}),
+    ]
+    batch = checked(TelemetryBatch(gateway_id="gw-forest-01", boot_id="boot-0001", seq=1, sent_at=now,
+                                   readings=readings))
+    influx_write(stack_info, influx_db, lines + batch_to_lines(batch))
+    store = TokenStore(tmp_path / "t.json")
+    fleet_tok = store.create("ops", [FLEET], parse_expiry("1d"))[1]
+    service_tok = store.create("svc", [SERVICE], parse_expiry("1d"))[1]
+    settings = ApiSettings.model_validate({"influx": influx_settings(stack_info, "reader", influx_db),
+                                           "auth": {"tokens_file": store.path}})
+    auth = {"Authorization": f"Bearer {fleet_tok}"}
+    with TestClient(create_app(settings)) as client:
+        gws = client.get("/v1/fleet/gateways", headers=auth)
+        one = client.get("/v1/fleet/gateways/gw-forest-01", headers=auth)
+        devs = client.get("/v1/fleet/devices", headers=auth)
+        csv = client.get("/v1/fleet/devices?format=csv", headers=auth)
+        missing = client.get("/v1/fleet/gateways/gw-nope-99", headers=auth)
+        bad = client.get("/v1/fleet/gateways/GW%20x", headers=auth)
+        denied = client.get("/v1/fleet/gateways", headers={"Authorization": f"Bearer {service_tok}"})
+        anonymous = client.get("/v1/fleet/devices")
+    assert gws.status_code == 200, gws.text
+    by = {g["gateway"]: g for g in gws.json()["items"]}
+    assert by["gw-meter-01"]["state"] == "offline"  # the newest status wins
+    f = by["gw-forest-01"]
+    assert (f["state"], f["agent_version"], f["config_hash"], f["backlog_depth"]) == ("online", "1.2.3", "abc123", 4)
+    assert (f["health_cpu_pct"], f["health_mem_used_pct"], f["health_disk_free_mb"]) == (3.5, 41.0, 900.0)
+    assert f["health_at"].endswith("+09:00")
+    assert one.status_code == 200
+    assert [d["device"] for d in one.json()["devices"]] == ["forest-01-01", "forest-01-02"]
+    assert {d["device"]: d["family"] for d in devs.json()["items"]} == {"forest-01-01": "forest",
+                                                                        "forest-01-02": "forest"}
+    assert csv.content.startswith("\ufeff".encode()) and "forest-01-02" in csv.text
+    assert missing.status_code == 404 and bad.status_code == 422 and "gateway_id" in bad.json()["detail"]
+    assert denied.status_code == 403 and anonymous.status_code == 401
