@@ -1,0 +1,615 @@
+"""Waste collection from the garbage trucks, under ``/v1/waste`` (docs/api.md conventions, docs/trucks.md "City OS
+API").
+
+What the trucks write (docs/trucks.md "Readings"): ``waste_collection``, one point per pickup (``kg`` the load's
+increase, ``lat``/``lon`` when the truck had a fix, ``trip_no``; tags ``device`` = the truck, ``district``: an id
+of the districts file or ``unknown``), and ``waste_trip``, one point per trip, stamped when it ended at the
+disposal site (``kg_collected``, ``kg_unloaded``, ``pickups``, ``distance_km``, ``duration_s``, ``trip_no``).
+
+* **Per district** (``open``): kg and pickups per district per JST day, summed and counted by InfluxDB itself
+  (``GROUP BY time(1d), "district" ... tz('Asia/Tokyo')``), and per JST month (one InfluxQL statement per month,
+  all in one request). Days and districts without a pickup are left out, never listed as 0. Waste totals of a
+  district are not personal: a district holds thousands of households and its collection points are shared.
+* **Trips** (``service``): a truck's trips of a JST day (the day the trip ended, i.e. unloaded), with the
+  districts its pickups were in.
+* **Collection points** (``service``): pickups grouped by a cell of 0.001° of latitude and longitude (about
+  110 m x 90 m here) and district: the data carries no stop id, and a pickup is at a shared collection point
+  (ごみステーション), so a cell is one or more stations, never a household's bin by design.
+
+A stored point that cannot be served (``kg`` missing or outside 0 to :data:`MAX_PICKUP_KG`, a coordinate out of
+range, no district tag) is skipped and counted (``api.skipped``); InfluxDB failing is 503 (``api.read``).
+
+Paging (``limit``, ``cursor``) is on the lists that grow with the range or the fleet (district days, trips,
+collection points); the cursor is the last row's key, so pages never repeat or skip a row. The helpers for it
+(:func:`page`, :func:`link_next`) live here; they could move to ``cityos_api/params.py`` for every family.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Query, Response
+
+from cityos.influx import query_results
+from cityos.wire import ID_PATTERN
+from cityos_api.auth import OPEN, SERVICE
+from cityos_api.core import Api
+from cityos_api.gtfs_rt import QueryFn
+from cityos_api.opendata import JST, parse_day, parse_month
+from cityos_api.params import (
+    Span,
+    TimeRange,
+    bad,
+    check_id,
+    decode_cursor,
+    encode_cursor,
+    iso,
+    literal,
+    time_range,
+)
+
+__all__ = [
+    "CELL_DEG",
+    "MAX_PICKUP_KG",
+    "Pickup",
+    "Trip",
+    "cell_of",
+    "fetch_district_days",
+    "fetch_district_months",
+    "fetch_pickups",
+    "fetch_trips",
+    "link_next",
+    "page",
+    "router",
+]
+
+COLLECTION = "waste_collection"
+TRIP = "waste_trip"
+UNKNOWN = "unknown"
+#: A pickup heavier than this is not a pickup (a packer truck carries at most a few tonnes): skipped and counted.
+MAX_PICKUP_KG = 20_000.0
+#: A trip's load; larger is a broken point.
+MAX_TRIP_KG = 100_000.0
+#: Collection points: cells of this many degrees of latitude and of longitude (35° N: ~111 m x ~91 m).
+CELL_DEG = 0.001
+#: Pickups of a trip are looked for at most this long before the day the trip ended.
+TRIP_LOOKBACK = timedelta(days=3)
+DAY_MS = 86_400_000
+DAILY = Span(default=timedelta(days=30), longest=timedelta(days=400))
+POINTS = Span(default=timedelta(days=7), longest=timedelta(days=31))
+LONGEST_MONTHS = 24
+TZ = "tz('Asia/Tokyo')"
+UNITS = {"kg": "kg", "kg_unloaded": "kg", "distance_km": "km", "duration_s": "s"}
+Format = Literal["json", "csv"]
+
+_ID_RE = re.compile(ID_PATTERN)
+_MONTH_RE = re.compile(r"\d{4}-\d{2}")
+
+
+# ---- pure helpers ----------------------------------------------------------------------------------------------
+def _jst_day_start(ms: int) -> int:
+    d = datetime.fromtimestamp(ms / 1000, JST).date()
+    return int(datetime(d.year, d.month, d.day, tzinfo=JST).timestamp() * 1000)
+
+
+def whole_days(tr: TimeRange) -> TimeRange:
+    """The range widened to whole JST days: a day partly in it counts whole."""
+    start = _jst_day_start(tr.start_ms)
+    end = _jst_day_start(tr.end_ms)
+    if end < tr.end_ms:
+        end += DAY_MS  # Japan has no daylight saving time: every day is 24 h
+    return TimeRange(start, end)
+
+
+def _num(v: Any) -> float | None:
+    """A finite number, or None."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def _kg(v: Any, most: float = MAX_PICKUP_KG) -> float | None:
+    x = _num(v)
+    return x if x is not None and 0 <= x <= most else None
+
+
+def cell_of(lat: float, lon: float) -> tuple[int, int]:
+    """The collection-point cell (indices of :data:`CELL_DEG` steps, rounded to the nearest)."""
+    return round(lat / CELL_DEG), round(lon / CELL_DEG)
+
+
+def page(rows: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], tuple[Any, ...]],
+         after: tuple[Any, ...] | None, limit: int) -> tuple[list[dict[str, Any]], tuple[Any, ...] | None]:
+    """Rows sorted by ``key`` after the cursor's key, at most ``limit``; and the key to continue after (None on
+    the last page)."""
+    ordered = sorted(rows, key=key)
+    if after is not None:
+        ordered = [r for r in ordered if key(r) > after]
+    out = ordered[:limit]
+    return out, (key(out[-1]) if len(ordered) > limit else None)
+
+
+def link_next(path: str, params: Mapping[str, Any], cursor: str) -> dict[str, str]:
+    """``Link: <path?...&cursor=...>; rel="next"`` built from validated parameters only (urlencoded)."""
+    q = urlencode({**{k: v for k, v in params.items() if v is not None}, "cursor": cursor})
+    return {"Link": f'<{path}?{q}>; rel="next"'}
+
+
+def _series(status: int, raw: bytes) -> list[list[dict[str, Any]]]:
+    """Each statement's series."""
+    return [r.get("series", []) for r in query_results(status, raw)]
+
+
+def _rows(s: dict[str, Any]) -> list[dict[str, Any]]:
+    cols = s["columns"]
+    return [dict(zip(cols, v, strict=True)) for v in s.get("values", [])]
+
+
+def _district_tag(s: dict[str, Any]) -> str | None:
+    d = (s.get("tags") or {}).get("district") or ""
+    return d if _ID_RE.fullmatch(d) else None
+
+
+def _kg_where(tr: TimeRange, district: str | None) -> str:
+    where = tr.where()
+    if district is not None:
+        where += f' AND "district" = {literal(district)}'
+    return where
+
+
+def _bad_kg_statement(where: str) -> str:
+    """Counts the pickups whose kg cannot be served (the aggregates leave them out)."""
+    return (f'SELECT count("kg") FROM "{COLLECTION}" WHERE {where} AND ("kg" < 0 OR "kg" > {MAX_PICKUP_KG:g}) '
+            f'GROUP BY "district"')
+
+
+def _agg_statement(where: str, by_day: bool) -> str:
+    group = f'time(1d), "district" fill(none) {TZ}' if by_day else '"district"'
+    return (f'SELECT sum("kg") AS "kg", count("kg") AS "pickups" FROM "{COLLECTION}" WHERE {where} '
+            f'AND "kg" >= 0 AND "kg" <= {MAX_PICKUP_KG:g} GROUP BY {group}')
+
+
+def _bad_count(series: list[dict[str, Any]]) -> int:
+    return sum(int(row.get("count") or 0) for s in series for row in _rows(s))
+
+
+def fetch_district_days(query: QueryFn, db: str, tr: TimeRange, district: str | None
+                        ) -> tuple[dict[tuple[int, str], tuple[float, int]], int]:
+    """(JST day start ms, district) → (kg, pickups), and the number of points that could not be used. ``tr`` is
+    whole JST days."""
+    where = _kg_where(tr, district)
+    agg, bad_kg = _series(*query(db, f"{_agg_statement(where, True)}; {_bad_kg_statement(where)}"))
+    out: dict[tuple[int, str], tuple[float, int]] = {}
+    skipped = _bad_count(bad_kg)
+    for s in agg:
+        d = _district_tag(s)
+        for row in _rows(s):
+            n = int(row.get("pickups") or 0)
+            if not n:
+                continue
+            if d is None:
+                skipped += n
+                continue
+            out[(int(row["time"]), d)] = (float(row["kg"]), n)
+    return out, skipped
+
+
+def fetch_district_months(query: QueryFn, db: str, months: Sequence[tuple[int, int]], district: str | None
+                          ) -> tuple[dict[tuple[tuple[int, int], str], tuple[float, int]], int]:
+    """((year, month), district) → (kg, pickups): one statement per JST month, all in one request."""
+    stmts = []
+    for y, m in months:
+        tr = TimeRange(*_month_bounds(y, m))
+        where = _kg_where(tr, district)
+        stmts += [_agg_statement(where, False), _bad_kg_statement(where)]
+    results = _series(*query(db, "; ".join(stmts)))
+    out: dict[tuple[tuple[int, int], str], tuple[float, int]] = {}
+    skipped = 0
+    for i, ym in enumerate(months):
+        agg, bad_kg = results[2 * i], results[2 * i + 1]
+        skipped += _bad_count(bad_kg)
+        for s in agg:
+            d = _district_tag(s)
+            for row in _rows(s):
+                n = int(row.get("pickups") or 0)
+                if not n:
+                    continue
+                if d is None:
+                    skipped += n
+                    continue
+                out[(ym, d)] = (float(row["kg"]), n)
+    return out, skipped
+
+
+@dataclass(frozen=True)
+class Pickup:
+    truck: str
+    district: str
+    ts_ms: int
+    kg: float
+    trip_no: int | None
+    lat: float | None
+    lon: float | None
+
+
+def fetch_pickups(query: QueryFn, db: str, tr: TimeRange, truck: str | None = None
+                  ) -> tuple[list[Pickup], int]:
+    """Every servable pickup in ``tr`` (of one truck), and the number skipped (kg missing or out of range, no
+    district, a coordinate out of range or only one of the two)."""
+    where = tr.where() + (f' AND "device" = {literal(truck)}' if truck else "")
+    (series,) = _series(*query(db, f'SELECT "kg", "lat", "lon", "trip_no" FROM "{COLLECTION}" WHERE {where} '
+                                   f'GROUP BY "device", "district"'))
+    out: list[Pickup] = []
+    skipped = 0
+    for s in series:
+        dev = (s.get("tags") or {}).get("device") or ""
+        d = _district_tag(s)
+        for row in _rows(s):
+            kg = _kg(row.get("kg"))
+            lat, lon = _num(row.get("lat")), _num(row.get("lon"))
+            no_pos = row.get("lat") is None and row.get("lon") is None
+            pos_ok = no_pos or (lat is not None and lon is not None and -90 <= lat <= 90 and -180 <= lon <= 180)
+            trip_no = _num(row.get("trip_no"))
+            if kg is None or d is None or not pos_ok or not _ID_RE.fullmatch(dev):
+                skipped += 1
+                continue
+            out.append(Pickup(dev, d, int(row["time"]), kg, None if trip_no is None else int(trip_no),
+                              None if no_pos else lat, None if no_pos else lon))
+    return out, skipped
+
+
+@dataclass
+class Trip:
+    truck: str
+    trip_no: int
+    start_ms: int
+    end_ms: int
+    kg: float
+    kg_unloaded: float | None
+    pickups: int
+    pickups_unknown_district: int
+    distance_km: float | None
+    duration_s: float
+    #: district → [kg, pickups] of the pickups found for this trip
+    districts: dict[str, list[float]] = field(default_factory=dict)
+    first_pickup_ms: int | None = None
+    last_pickup_ms: int | None = None
+
+
+def fetch_trips(query: QueryFn, db: str, tr: TimeRange, truck: str | None = None) -> tuple[list[Trip], int]:
+    """The trips that ended in ``tr`` (of one truck), and the number of trip points skipped (kg_collected,
+    pickups or duration_s missing or out of range)."""
+    where = tr.where() + (f' AND "device" = {literal(truck)}' if truck else "")
+    (series,) = _series(*query(db, f'SELECT "trip_no", "kg_collected", "kg_unloaded", "pickups", '
+                                   f'"pickups_unknown_district", "distance_km", "duration_s" FROM "{TRIP}" '
+                                   f'WHERE {where} GROUP BY "device"'))
+    out: list[Trip] = []
+    skipped = 0
+    for s in series:
+        dev = (s.get("tags") or {}).get("device") or ""
+        for row in _rows(s):
+            kg = _kg(row.get("kg_collected"), MAX_TRIP_KG)
+            n = _num(row.get("pickups"))
+            dur = _num(row.get("duration_s"))
+            no = _num(row.get("trip_no"))
+            if kg is None or n is None or n < 0 or dur is None or not 0 <= dur < 400 * 86400 or no is None \
+                    or not _ID_RE.fullmatch(dev):
+                skipped += 1
+                continue
+            end = int(row["time"])
+            unloaded = _kg(row.get("kg_unloaded"), MAX_TRIP_KG)
+            dist = _num(row.get("distance_km"))
+            unknown = _num(row.get("pickups_unknown_district"))
+            out.append(Trip(dev, int(no), end - round(dur * 1000), end, kg, unloaded, int(n),
+                            int(unknown) if unknown is not None and unknown >= 0 else 0,
+                            dist if dist is not None and dist >= 0 else None, dur))
+    return out, skipped
+
+
+def attach_pickups(trips: Sequence[Trip], pickups: Sequence[Pickup]) -> None:
+    """Each pickup to the trip of its truck and trip number whose time span holds it."""
+    by_key: dict[tuple[str, int], list[Trip]] = defaultdict(list)
+    for t in trips:
+        by_key[(t.truck, t.trip_no)].append(t)
+    for p in sorted(pickups, key=lambda p: p.ts_ms):
+        if p.trip_no is None:
+            continue
+        for t in by_key.get((p.truck, p.trip_no), ()):
+            if t.start_ms <= p.ts_ms <= t.end_ms:
+                acc = t.districts.setdefault(p.district, [0.0, 0])
+                acc[0] += p.kg
+                acc[1] += 1
+                t.first_pickup_ms = p.ts_ms if t.first_pickup_ms is None else t.first_pickup_ms
+                t.last_pickup_ms = p.ts_ms
+                break
+
+
+def _month_bounds(y: int, m: int) -> tuple[int, int]:
+    nxt = _next_month((y, m))
+    return (int(datetime(y, m, 1, tzinfo=JST).timestamp() * 1000),
+            int(datetime(*nxt, 1, tzinfo=JST).timestamp() * 1000))
+
+
+def _parse_month(param: str, raw: str) -> tuple[int, int]:
+    try:
+        if not _MONTH_RE.fullmatch(raw):
+            raise ValueError
+        return parse_month(raw)
+    except ValueError:
+        raise bad(param, "YYYY-MM, a calendar month in Japan time (JST), years 2000 to 2099", raw) from None
+
+
+def _next_month(ym: tuple[int, int]) -> tuple[int, int]:
+    y, m = ym
+    return (y + 1, 1) if m == 12 else (y, m + 1)
+
+
+def _months(frm: tuple[int, int], to: tuple[int, int]) -> list[tuple[int, int]]:
+    out = []
+    ym = frm
+    while ym < to:
+        out.append(ym)
+        ym = _next_month(ym)
+    return out
+
+
+def _r3(x: float) -> float:
+    return round(x, 3)
+
+
+# ---- routes ----------------------------------------------------------------------------------------------------
+def router(api: Api) -> APIRouter:
+    r = APIRouter(tags=["waste"])
+
+    def named(district: str) -> dict[str, str]:
+        if district == UNKNOWN and UNKNOWN not in api.places.districts:
+            return {"district": UNKNOWN, "district_name_ja": "不明（位置なし・地区外）",
+                    "district_name_en": "unknown (no position or outside every district)"}
+        return api.places.named(district)
+
+    def now_ms() -> int:
+        return int(api.clock() * 1000)
+
+    def district_filter(district: str | None) -> str | None:
+        return None if district is None else check_id("district", district, "a district id (as in `district`)")
+
+    def paged(fmt: str, doc: dict[str, Any], rows: list[dict[str, Any]], nxt: tuple[Any, ...] | None,
+              names: Sequence[str], path: str, params: Mapping[str, Any], columns: Sequence[str], filename: str
+              ) -> Response:
+        headers: dict[str, str] = {}
+        if nxt is not None:
+            cur = encode_cursor(dict(zip(names, nxt, strict=True)))
+            doc["next_cursor"] = cur
+            headers = link_next(path, params, cur)
+        return api.respond(fmt, doc, rows, columns, filename, headers)
+
+    responses: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"application/json": {}, "text/csv": {}}},
+        422: {"description": "a parameter is not valid (the message says which and why)"},
+        503: {"description": "InfluxDB unavailable"},
+    }
+    district_columns = ["district", "district_name_ja", "district_name_en", "kg", "pickups"]
+    omitted = "days (months) and districts without a pickup are not listed: a missing row is 0 kg"
+
+    @api.route(r, "/v1/waste/districts/daily", scope=OPEN, response_class=Response, responses=responses)
+    def districts_daily(
+        frm: Annotated[str | None, Query(alias="from", description="first day: a JST date, or a time in it "
+                                         "(default: 30 days before `to`)")] = None,
+        to: Annotated[str | None, Query(description="end, exclusive: a JST date, or a time (a day partly before "
+                                        "it counts whole; default: now); at most 400 days after `from`")] = None,
+        district: Annotated[str | None, Query(description="only this district (its id)")] = None,
+        limit: Annotated[int, Query(ge=1, le=5000, description="rows per page")] = 1000,
+        cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+        fmt: Annotated[Format, Query(alias="format")] = "json",
+    ) -> Response:
+        """Waste collected per district per JST day (kg, weighed by the trucks' load cells) and the number of
+        pickups; days and districts without a pickup are not listed. Sorted by date, then district."""
+        d = district_filter(district)
+        tr = whole_days(time_range(frm, to, DAILY, now_ms()))
+        after = decode_cursor(cursor, {"date": str, "district": str})
+        q = tr
+        if after is not None:
+            try:
+                day = date.fromisoformat(after["date"])
+            except ValueError:
+                raise bad("cursor", "the next_cursor of a previous page, unchanged", cursor) from None
+            q = TimeRange(max(tr.start_ms, int(datetime(day.year, day.month, day.day, tzinfo=JST).timestamp()
+                                                * 1000)), tr.end_ms)
+        found: dict[tuple[int, str], tuple[float, int]] = {}
+        if q.start_ms < q.end_ms:
+            found, skipped = api.read(fetch_district_days, q, d)
+            api.skipped(COLLECTION, skipped)
+        rows = [{"date": iso(day_ms)[:10], **named(dist), "kg": _r3(kg), "pickups": n}
+                for (day_ms, dist), (kg, n) in found.items()]
+        items, nxt = page(rows, lambda x: (x["date"], x["district"]),
+                          None if after is None else (after["date"], after["district"]), limit)
+        doc = {"dataset": "waste-district-daily", "title": "地区別 日別のごみ収集量 / waste collected per district "
+               "and day", **tr.public(), "time_zone": "Asia/Tokyo", "units": {"kg": "kg"}, "note": omitted,
+               "items": items}
+        name = f"waste-district-daily_{iso(tr.start_ms)[:10]}" + (f"_{d}" if d else "")
+        return paged(fmt, doc, items, nxt, ("date", "district"), "/v1/waste/districts/daily",
+                     {"from": iso(tr.start_ms)[:10], "to": iso(tr.end_ms)[:10], "district": d, "limit": limit,
+                      "format": fmt if fmt != "json" else None}, ["date", *district_columns], name)
+
+    @api.route(r, "/v1/waste/districts/monthly", scope=OPEN, response_class=Response, responses=responses)
+    def districts_monthly(
+        month: Annotated[str | None, Query(description="one JST calendar month, YYYY-MM")] = None,
+        frm: Annotated[str | None, Query(alias="from", description="first month, YYYY-MM (instead of `month`)")]
+        = None,
+        to: Annotated[str | None, Query(description="end month, exclusive, YYYY-MM (default: the month after "
+                                        "`from`); at most 24 months")] = None,
+        district: Annotated[str | None, Query(description="only this district (its id)")] = None,
+        fmt: Annotated[Format, Query(alias="format")] = "json",
+    ) -> Response:
+        """Waste collected per district per JST calendar month (kg) and the number of pickups; months and
+        districts without a pickup are not listed. Without `month` or `from`: the current month (so far)."""
+        d = district_filter(district)
+        if month is not None and (frm is not None or to is not None):
+            raise bad("month", "either `month` or `from`/`to`, not both", month)
+        if month is not None:
+            first = _parse_month("month", month)
+            months = [first]
+        else:
+            if frm is None and to is not None:
+                raise bad("from", "YYYY-MM with `to`", None)
+            if frm is None:
+                t = datetime.fromtimestamp(now_ms() / 1000, JST)
+                first = (t.year, t.month)
+            else:
+                first = _parse_month("from", frm)
+            end = _parse_month("to", to) if to is not None else _next_month(first)
+            if end <= first:
+                raise bad("to", "a month after `from`", to)
+            months = _months(first, end)
+            if len(months) > LONGEST_MONTHS:
+                raise bad("to", f"at most {LONGEST_MONTHS} months after `from`", to)
+        found, skipped = api.read(fetch_district_months, months, d)
+        api.skipped(COLLECTION, skipped)
+        items = sorted(({"month": f"{y:04d}-{m:02d}", **named(dist), "kg": _r3(kg), "pickups": n}
+                        for ((y, m), dist), (kg, n) in found.items()), key=lambda x: (x["month"], x["district"]))
+        start, _ = _month_bounds(*months[0])
+        _, stop = _month_bounds(*months[-1])
+        label = f"{months[0][0]:04d}-{months[0][1]:02d}"
+        doc = {"dataset": "waste-district-monthly", "title": "地区別 月別のごみ収集量 / waste collected per district "
+               "and month", "from": iso(start), "to": iso(stop), "time_zone": "Asia/Tokyo", "units": {"kg": "kg"},
+               "note": omitted, "items": items}
+        name = f"waste-district-monthly_{label}" + (f"_{len(months)}m" if len(months) > 1 else "") + \
+            (f"_{d}" if d else "")
+        return api.respond(fmt, doc, items, ["month", *district_columns], name)
+
+    trip_columns = ["truck", "trip_no", "start", "end", "first_pickup", "last_pickup", "kg", "kg_unloaded",
+                    "pickups", "pickups_unknown_district", "distance_km", "duration_s", "districts"]
+
+    def trips_of(day_raw: str | None, truck: str | None) -> tuple[date, TimeRange, list[Trip]]:
+        if day_raw is None:
+            day = datetime.fromtimestamp(now_ms() / 1000, JST).date()
+        else:
+            try:
+                day = parse_day(day_raw)
+            except ValueError:
+                raise bad("date", "YYYY-MM-DD, a calendar day in Japan time (JST)", day_raw) from None
+        start = int(datetime(day.year, day.month, day.day, tzinfo=JST).timestamp() * 1000)
+        tr = whole_days(TimeRange(start, start + 1))
+        trips, skipped = api.read(fetch_trips, tr, truck)
+        api.skipped(TRIP, skipped)
+        if trips:
+            lo = max(min(t.start_ms for t in trips), tr.start_ms - int(TRIP_LOOKBACK.total_seconds() * 1000))
+            pickups, bad_pickups = api.read(fetch_pickups, TimeRange(lo, tr.end_ms), truck)
+            api.skipped(COLLECTION, bad_pickups)
+            attach_pickups(trips, pickups)
+        return day, tr, trips
+
+    def trip_row(t: Trip) -> dict[str, Any]:
+        return {"truck": t.truck, "trip_no": t.trip_no, "start": iso(t.start_ms), "end": iso(t.end_ms),
+                "first_pickup": None if t.first_pickup_ms is None else iso(t.first_pickup_ms),
+                "last_pickup": None if t.last_pickup_ms is None else iso(t.last_pickup_ms),
+                "kg": _r3(t.kg), "kg_unloaded": None if t.kg_unloaded is None else _r3(t.kg_unloaded),
+                "pickups": t.pickups, "pickups_unknown_district": t.pickups_unknown_district,
+                "distance_km": t.distance_km, "duration_s": t.duration_s,
+                "districts": [{**named(dist), "kg": _r3(kg), "pickups": int(n)}
+                              for dist, (kg, n) in sorted(t.districts.items())]}
+
+    def trips_doc(day: date, tr: TimeRange, items: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {"dataset": "waste-trips", "title": "収集車の収集便 / garbage truck trips", "date": day.isoformat(),
+                **tr.public(), **extra, "time_zone": "Asia/Tokyo", "units": UNITS,
+                "note": "a trip is listed on the JST day it ended (unloaded at the disposal site); `start` is "
+                        "the end of the truck's previous trip, `first_pickup` its first load", "items": items}
+
+    def csv_trips(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**t, "districts": " ".join(x["district"] for x in t["districts"])} for t in items]
+
+    @api.route(r, "/v1/waste/trucks/{truck_id}/trips", scope=SERVICE, response_class=Response,
+               responses=responses)
+    def truck_trips(
+        truck_id: str,
+        day_raw: Annotated[str | None, Query(alias="date", description="JST calendar day, YYYY-MM-DD (default: "
+                                             "today)")] = None,
+        fmt: Annotated[Format, Query(alias="format")] = "json",
+    ) -> Response:
+        """One truck's trips that ended (unloaded) on a JST day: start, end, kg collected (net: the sum of the
+        load's increases), kg unloaded, pickups, distance, and the districts its pickups were in."""
+        truck = check_id("truck_id", truck_id, "a truck id as in the data (truck-...)")
+        day, tr, trips = trips_of(day_raw, truck)
+        items = [trip_row(t) for t in sorted(trips, key=lambda t: t.end_ms)]
+        doc = trips_doc(day, tr, items, truck=truck)
+        return api.respond(fmt, doc, csv_trips(items), trip_columns, f"waste-trips_{truck}_{day.isoformat()}")
+
+    @api.route(r, "/v1/waste/trips", scope=SERVICE, response_class=Response, responses=responses)
+    def all_trips(
+        day_raw: Annotated[str | None, Query(alias="date", description="JST calendar day, YYYY-MM-DD (default: "
+                                             "today)")] = None,
+        limit: Annotated[int, Query(ge=1, le=2000, description="rows per page")] = 500,
+        cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+        fmt: Annotated[Format, Query(alias="format")] = "json",
+    ) -> Response:
+        """Every truck's trips that ended on a JST day (as `/v1/waste/trucks/{truck_id}/trips`), sorted by truck,
+        then end."""
+        after = decode_cursor(cursor, {"truck": str, "end_ms": int})
+        day, tr, trips = trips_of(day_raw, None)
+        rows = [{**trip_row(t), "_key": (t.truck, t.end_ms)} for t in trips]
+        items, nxt = page(rows, lambda x: x["_key"], None if after is None else (after["truck"], after["end_ms"]),
+                          limit)
+        items = [{k: v for k, v in x.items() if k != "_key"} for x in items]
+        doc = trips_doc(day, tr, items)
+        return paged(fmt, doc, csv_trips(items), nxt, ("truck", "end_ms"), "/v1/waste/trips",
+                     {"date": day.isoformat(), "limit": limit, "format": fmt if fmt != "json" else None},
+                     trip_columns, f"waste-trips_{day.isoformat()}")
+
+    @api.route(r, "/v1/waste/collection-points", scope=SERVICE, response_class=Response,
+               responses=responses)
+    def collection_points(
+        frm: Annotated[str | None, Query(alias="from", description="start (ISO 8601 with offset, or a JST date; "
+                                         "default: 7 days before `to`)")] = None,
+        to: Annotated[str | None, Query(description="end, exclusive (default: now); at most 31 days after "
+                                        "`from`")] = None,
+        district: Annotated[str | None, Query(description="only this district (its id)")] = None,
+        limit: Annotated[int, Query(ge=1, le=5000, description="rows per page")] = 1000,
+        cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+        fmt: Annotated[Format, Query(alias="format")] = "json",
+    ) -> Response:
+        """Pickups per collection-point cell (0.001° x 0.001°, ~110 m x ~90 m) and district: count and kg. A
+        pickup is at a shared collection point (ごみステーション), so a cell is one or more stations, never a
+        household. Pickups without a position are counted in `pickups_without_position`."""
+        d = district_filter(district)
+        tr = time_range(frm, to, POINTS, now_ms())
+        after = decode_cursor(cursor, {"lat_cell": int, "lon_cell": int, "district": str})
+        pickups, skipped = api.read(fetch_pickups, tr, None)
+        api.skipped(COLLECTION, skipped)
+        acc: dict[tuple[int, int, str], list[float]] = defaultdict(lambda: [0.0, 0])
+        without = 0
+        for p in pickups:
+            if d is not None and p.district != d:
+                continue
+            if p.lat is None or p.lon is None:
+                without += 1
+                continue
+            a = acc[(*cell_of(p.lat, p.lon), p.district)]
+            a[0] += p.kg
+            a[1] += 1
+        rows = [{"lat": round(i * CELL_DEG, 3), "lon": round(j * CELL_DEG, 3), "cell_deg": CELL_DEG,
+                 **named(dist), "pickups": int(n), "kg": _r3(kg), "_key": (i, j, dist)}
+                for (i, j, dist), (kg, n) in acc.items()]
+        items, nxt = page(rows, lambda x: x["_key"], None if after is None else
+                          (after["lat_cell"], after["lon_cell"], after["district"]), limit)
+        items = [{k: v for k, v in x.items() if k != "_key"} for x in items]
+        doc = {"dataset": "waste-collection-points", "title": "収集地点別のごみ収集量 / waste per collection "
+               "point", **tr.public(), "time_zone": "Asia/Tokyo", "units": {"kg": "kg", "lat": "deg", "lon": "deg"},
+               "cell": {"deg": CELL_DEG, "about_m": [111, 91], "note": (
+                   "pickups are grouped by the cell of their position (lat and lon rounded to 0.001°, the cell's "
+                   "centre is given) and district; collection points (ごみステーション) are shared by households, "
+                   "a cell holds one or more")},
+               "pickups_without_position": without, "items": items}
+        return paged(fmt, doc, items, nxt, ("lat_cell", "lon_cell", "district"), "/v1/waste/collection-points",
+                     {"from": iso(tr.start_ms), "to": iso(tr.end_ms), "district": d, "limit": limit,
+                      "format": fmt if fmt != "json" else None},
+                     ["lat", "lon", "cell_deg", *district_columns[:3], "pickups", "kg"],
+                     f"waste-collection-points_{iso(tr.start_ms)[:10]}")
+
+    return r
