@@ -5,10 +5,12 @@
 * ``families``: the device families' descriptors and their registry (``FAMILIES``);
 * ``config``: config loading (TOML → pydantic, errors that name the field) and the one TOML writer;
 * ``simclock``: the scaled clock of the simulated city;
+* ``landslide``: the forest stations' landslide thresholds and criteria (a reading's alert level), shared by the
+  dashboards' alert rules and the API;
 * ``influx``: the one InfluxDB client (v1 HTTP API; cloud side only: it needs httpx, which a gateway does not
   install).
 
 Nothing is imported here, so a gateway that imports ``cityos.wire`` loads neither httpx nor the InfluxDB client.
 """
 
-__all__ = ["config", "families", "influx", "simclock", "wire"]
+__all__ = ["config", "families", "influx", "landslide", "simclock", "wire"]

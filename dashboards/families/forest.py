@@ -3,6 +3,18 @@ panel and the landslide alert rules, with the thresholds they share."""
 
 from __future__ import annotations
 
+from cityos.landslide import (
+    FOREST_ALERT_WINDOW_MIN,
+    RAIN_CUMULATIVE_CAUTION_MM,
+    RAIN_CUMULATIVE_WARNING_MM,
+    RAIN_EXTREME_MM_H,
+    RAIN_INTENSE_MM_H,
+    RAIN_VERY_INTENSE_MM_H,
+    SOIL_MOISTURE_WARNING_PCT,
+    TILT_RATE_CAUTION_DEG_H,
+    TILT_RATE_FIELDS,
+    TILT_RATE_WARNING_DEG_H,
+)
 from dashboards.common import (
     T,
     family_errors,
@@ -13,25 +25,9 @@ from dashboards.common import (
 from dashboards.model import AlertRule, Dashboard, Panel, Row, Target, Threshold, Variable
 
 # --------------------------------------------------------------------------------------------------------------
-# Thresholds: the one place for the numbers (panels draw them, alert rules evaluate them)
+# Thresholds: the kernel's (cityos/landslide.py), shared with the City OS API; panels draw them, alert rules
+# evaluate them
 
-#: Hourly rain (60-minute rainfall), JMA's terms for rain intensity (雨の強さと降り方): 30–50 mm/h 激しい雨,
-#: 50–80 mm/h 非常に激しい雨, ≥ 80 mm/h 猛烈な雨.
-RAIN_INTENSE_MM_H = 30.0
-RAIN_VERY_INTENSE_MM_H = 50.0
-RAIN_EXTREME_MM_H = 80.0
-#: Continuous rainfall (連続雨量): the range in which road administrators' pre-emptive closures start (docs/forest.md).
-RAIN_CUMULATIVE_CAUTION_MM = 100.0
-RAIN_CUMULATIVE_WARNING_MM = 150.0
-#: Volumetric soil water content at 10 cm above which the ground counts as wet enough for a landslide warning.
-SOIL_MOISTURE_WARNING_PCT = 40.0
-#: Tilting rate of a slope, deg/h (docs/forest.md: ~0.1 deg/h caution in the literature; this city warns at 0.5).
-TILT_RATE_CAUTION_DEG_H = 0.1
-TILT_RATE_WARNING_DEG_H = 0.5
-#: Window of the forest alert queries: longer than the slowest station sampling (600 s) plus delivery.
-FOREST_ALERT_WINDOW_MIN = 20
-
-TILT_RATE_FIELDS = ("tilt_rate_x_deg_h", "tilt_rate_y_deg_h")
 STATION = '"device" =~ /^$station$/'
 
 

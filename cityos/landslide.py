@@ -1,0 +1,133 @@
+"""The landslide-watch thresholds and criteria of the forest stations: the one source the dashboards' panels and
+alert rules (``dashboards/families/forest.py``) and the City OS API (``cityos_api/families/forest.py``) share.
+
+Pure: no I/O, nothing else of the project. The thresholds are docs/forest.md's; :func:`assess` gives one
+reading's alert level exactly as the two Grafana alert rules decide it, reading by reading:
+
+* ``warning`` (rule ``cityos-landslide-warning``): ``soil_moisture_pct`` >= :data:`SOIL_MOISTURE_WARNING_PCT`
+  AND ``rain_intensity_mm_h`` >= :data:`RAIN_INTENSE_MM_H` in the same reading, OR ``|tilt_rate_x_deg_h|`` or
+  ``|tilt_rate_y_deg_h|`` >= :data:`TILT_RATE_WARNING_DEG_H`;
+* ``caution`` (rule ``cityos-slope-tilt-caution``): ``|tilt rate|`` >= :data:`TILT_RATE_CAUTION_DEG_H` on
+  either axis;
+* ``none`` otherwise.
+
+As in InfluxQL, a value that is absent (a sensor in fault) meets no criterion, and so does one that is not a
+finite number. Every criterion met is listed (a tilting rate at the warning rate meets the caution criterion
+too, as both rules fire then).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CAUTION",
+    "CRITERIA",
+    "FOREST_ALERT_WINDOW_MIN",
+    "LEVELS",
+    "NONE",
+    "RAIN_CUMULATIVE_CAUTION_MM",
+    "RAIN_CUMULATIVE_WARNING_MM",
+    "RAIN_EXTREME_MM_H",
+    "RAIN_INTENSE_MM_H",
+    "RAIN_VERY_INTENSE_MM_H",
+    "SOIL_AND_RAIN",
+    "SOIL_MOISTURE_WARNING_PCT",
+    "TILT_RATE_CAUTION",
+    "TILT_RATE_CAUTION_DEG_H",
+    "TILT_RATE_FIELDS",
+    "TILT_RATE_WARNING",
+    "TILT_RATE_WARNING_DEG_H",
+    "WARNING",
+    "Assessment",
+    "assess",
+    "highest",
+]
+
+#: Hourly rain (60-minute rainfall), JMA's terms for rain intensity (雨の強さと降り方): 30–50 mm/h 激しい雨,
+#: 50–80 mm/h 非常に激しい雨, ≥ 80 mm/h 猛烈な雨.
+RAIN_INTENSE_MM_H = 30.0
+RAIN_VERY_INTENSE_MM_H = 50.0
+RAIN_EXTREME_MM_H = 80.0
+#: Continuous rainfall (連続雨量): the range in which road administrators' pre-emptive closures start (docs/forest.md).
+RAIN_CUMULATIVE_CAUTION_MM = 100.0
+RAIN_CUMULATIVE_WARNING_MM = 150.0
+#: Volumetric soil water content at 10 cm above which the ground counts as wet enough for a landslide warning.
+SOIL_MOISTURE_WARNING_PCT = 40.0
+#: Tilting rate of a slope, deg/h (docs/forest.md: ~0.1 deg/h caution in the literature; this city warns at 0.5).
+TILT_RATE_CAUTION_DEG_H = 0.1
+TILT_RATE_WARNING_DEG_H = 0.5
+#: Window of the forest alert queries: longer than the slowest station sampling (600 s) plus delivery.
+FOREST_ALERT_WINDOW_MIN = 20
+
+TILT_RATE_FIELDS = ("tilt_rate_x_deg_h", "tilt_rate_y_deg_h")
+
+NONE, CAUTION, WARNING = "none", "caution", "warning"
+#: The levels, lowest first.
+LEVELS = (NONE, CAUTION, WARNING)
+
+SOIL_AND_RAIN = "soil_moisture_and_rain"
+TILT_RATE_WARNING = "tilt_rate_warning"
+TILT_RATE_CAUTION = "tilt_rate_caution"
+#: Each criterion: the level it raises and what it is, in the order criteria are listed.
+CRITERIA: dict[str, tuple[str, str]] = {
+    SOIL_AND_RAIN: (WARNING, f"soil_moisture_pct >= {SOIL_MOISTURE_WARNING_PCT:g} and rain_intensity_mm_h >= "
+                             f"{RAIN_INTENSE_MM_H:g} in the same reading"),
+    TILT_RATE_WARNING: (WARNING, f"|tilt_rate_x_deg_h| or |tilt_rate_y_deg_h| >= {TILT_RATE_WARNING_DEG_H:g}"),
+    TILT_RATE_CAUTION: (CAUTION, f"|tilt_rate_x_deg_h| or |tilt_rate_y_deg_h| >= {TILT_RATE_CAUTION_DEG_H:g}"),
+}
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A level (one of :data:`LEVELS`) and the criteria met (keys of :data:`CRITERIA`, in its order)."""
+
+    level: str
+    criteria: tuple[str, ...] = ()
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def _at_least(v: Any, limit: float) -> bool:
+    x = _number(v)
+    return x is not None and x >= limit
+
+
+def _tilt_at_least(values: Mapping[str, Any], limit: float) -> bool:
+    """Either axis, either direction (InfluxQL: ``f >= limit OR f <= -limit``)."""
+    for f in TILT_RATE_FIELDS:
+        x = _number(values.get(f))
+        if x is not None and (x >= limit or x <= -limit):
+            return True
+    return False
+
+
+def _level(criteria: Iterable[str]) -> str:
+    return max((CRITERIA[c][0] for c in criteria), key=LEVELS.index, default=NONE)
+
+
+def assess(values: Mapping[str, Any]) -> Assessment:
+    """One reading's level and the criteria it meets (see the module's docstring)."""
+    met = []
+    if _at_least(values.get("soil_moisture_pct"), SOIL_MOISTURE_WARNING_PCT) and _at_least(
+            values.get("rain_intensity_mm_h"), RAIN_INTENSE_MM_H):
+        met.append(SOIL_AND_RAIN)
+    if _tilt_at_least(values, TILT_RATE_WARNING_DEG_H):
+        met.append(TILT_RATE_WARNING)
+    if _tilt_at_least(values, TILT_RATE_CAUTION_DEG_H):
+        met.append(TILT_RATE_CAUTION)
+    return Assessment(_level(met), tuple(met))
+
+
+def highest(assessments: Iterable[Assessment]) -> Assessment:
+    """Several readings together (a station's window, an episode): the highest level, every criterion met."""
+    met = {c for a in assessments for c in a.criteria}
+    criteria = tuple(c for c in CRITERIA if c in met)
+    return Assessment(_level(criteria), criteria)
