@@ -239,10 +239,11 @@ class Pickup:
     lon: float | None
 
 
-def fetch_pickups(query: QueryFn, db: str, tr: TimeRange, truck: str | None = None
+def fetch_pickups(query: QueryFn, db: str, tr: TimeRange, truck: str | None = None, *, located: bool = False
                   ) -> tuple[list[Pickup], int]:
     """Every servable pickup in ``tr`` (of one truck), and the number skipped (kg missing or out of range, no
-    district, a coordinate out of range or only one of the two)."""
+    district; with ``located``, also a coordinate out of range or only one of the two: elsewhere such a pickup
+    is served without a position)."""
     where = tr.where() + (f' AND "device" = {literal(truck)}' if truck else "")
     (series,) = _series(*query(db, f'SELECT "kg", "lat", "lon", "trip_no" FROM "{COLLECTION}" WHERE {where} '
                                    f'GROUP BY "device", "district"'))
@@ -257,11 +258,11 @@ def fetch_pickups(query: QueryFn, db: str, tr: TimeRange, truck: str | None = No
             no_pos = row.get("lat") is None and row.get("lon") is None
             pos_ok = no_pos or (lat is not None and lon is not None and -90 <= lat <= 90 and -180 <= lon <= 180)
             trip_no = _num(row.get("trip_no"))
-            if kg is None or d is None or not pos_ok or not _ID_RE.fullmatch(dev):
+            if kg is None or d is None or (located and not pos_ok) or not _ID_RE.fullmatch(dev):
                 skipped += 1
                 continue
             out.append(Pickup(dev, d, int(row["time"]), kg, None if trip_no is None else int(trip_no),
-                              None if no_pos else lat, None if no_pos else lon))
+                              lat if pos_ok and not no_pos else None, lon if pos_ok and not no_pos else None))
     return out, skipped
 
 
@@ -580,7 +581,7 @@ def router(api: Api) -> APIRouter:
         d = district_filter(district)
         tr = time_range(frm, to, POINTS, now_ms())
         after = decode_cursor(cursor, {"lat_cell": int, "lon_cell": int, "district": str})
-        pickups, skipped = api.read(fetch_pickups, tr, None)
+        pickups, skipped = api.read(lambda q, db: fetch_pickups(q, db, tr, located=True))
         api.skipped(COLLECTION, skipped)
         acc: dict[tuple[int, int, str], list[float]] = defaultdict(lambda: [0.0, 0])
         without = 0
