@@ -1,0 +1,144 @@
+"""The InfluxDB side of a provider for the common case (docs/ngsi-ld.md, "Providers"): one measurement, one tag
+naming the device, one field per temporal attribute. A family's provider maps each entity to a :class:`Target`
+(the tag's value and its attributes' fields) and hands the reading to :class:`InfluxFields`.
+
+Every query is one InfluxDB request of one statement per field (a field alone: InfluxDB 1.x returns only the points
+that have it, so ``lastN`` and the instances' times are per attribute). Tag values are checked against the wire
+contract's id pattern before they reach InfluxQL; field names come from the provider's code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cityos.influx import query_results
+from cityos.wire import ID_PATTERN
+from cityos_api.core import Api
+from cityos_api.gtfs_rt import QueryFn
+from cityos_api.ngsi_ld.provider import Aggregates, History
+from cityos_api.params import literal
+
+__all__ = ["InfluxFields", "Target"]
+
+_ID_RE = re.compile(ID_PATTERN)
+_FIELD_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+#: NGSI-LD aggregation method → InfluxQL function.
+_FUNCS = {"totalCount": 'COUNT("{f}")', "distinctCount": 'COUNT(DISTINCT("{f}"))', "sum": 'SUM("{f}")',
+          "avg": 'MEAN("{f}")', "min": 'MIN("{f}")', "max": 'MAX("{f}")', "stddev": 'STDDEV("{f}")'}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an entity's temporal attributes are stored: the tag's value (a device id) and attribute → field."""
+
+    tag_value: str
+    fields: Mapping[str, str]
+
+
+def _ident(name: str) -> str:
+    if not _FIELD_RE.fullmatch(name):
+        raise ValueError(f"not a field or tag name: {name!r}")
+    return f'"{name}"'
+
+
+class InfluxFields:
+    """Reads fields of ``measurement`` per value of ``tag``."""
+
+    def __init__(self, measurement: str, tag: str = "device") -> None:
+        self.measurement = _ident(measurement)
+        self.tag = _ident(tag)
+        self._tag_name = tag
+
+    def _tags(self, values: Sequence[str]) -> str:
+        ok = sorted({v for v in values if _ID_RE.fullmatch(v)})
+        return "(" + " OR ".join(f"{self.tag} = {literal(v)}" for v in ok) + ")" if ok else "false"
+
+    def _run(self, api: Api, statements: list[str]) -> list[dict[str, Any]]:
+        if not statements:
+            return []
+
+        def fetch(query: QueryFn, db: str) -> list[dict[str, Any]]:
+            return query_results(*query(db, ";\n".join(statements)))
+
+        return api.read(fetch)  # type: ignore[no-any-return]
+
+    def _series(self, result: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+        return [((s.get("tags") or {}).get(self._tag_name, ""), s["columns"], s.get("values") or [])
+                for s in result.get("series", [])]
+
+    # ---- current state
+    def latest(self, api: Api, fields: Sequence[str], since_ms: int) -> dict[str, dict[str, tuple[Any, int]]]:
+        """tag value → field → its newest ``(value, ms)`` since ``since_ms``."""
+        stmts = [f"SELECT LAST({_ident(f)}) FROM {self.measurement} WHERE time >= {int(since_ms)}ms "
+                 f"GROUP BY {self.tag}" for f in fields]
+        out: dict[str, dict[str, tuple[Any, int]]] = {}
+        for f, result in zip(fields, self._run(api, stmts), strict=True):
+            for tag, _cols, rows in self._series(result):
+                for row in rows:
+                    if row[1] is not None:
+                        out.setdefault(tag, {})[f] = (row[1], int(row[0]))
+        return out
+
+    def _per_field(self, targets: Mapping[str, Target], attrs: Sequence[str]
+                   ) -> dict[str, list[tuple[str, str, str]]]:
+        """field → [(entity id, attribute, tag value)] for the requested attributes."""
+        need: dict[str, list[tuple[str, str, str]]] = {}
+        for eid, t in targets.items():
+            for a in attrs:
+                f = t.fields.get(a)
+                if f is not None and _ID_RE.fullmatch(t.tag_value):
+                    need.setdefault(f, []).append((eid, a, t.tag_value))
+        return need
+
+    # ---- history
+    def history(self, api: Api, targets: Mapping[str, Target], attrs: Sequence[str], start_ms: int, end_ms: int,
+                last_n: int | None, max_n: int) -> History:
+        need = self._per_field(targets, attrs)
+        order, limit = ("DESC", last_n) if last_n else ("ASC", max_n)
+        fields = sorted(need)
+        stmts = [f"SELECT {_ident(f)} FROM {self.measurement} WHERE {self._tags([t for *_, t in need[f]])} AND "
+                 f"time >= {int(start_ms)}ms AND time < {int(end_ms)}ms GROUP BY {self.tag} "
+                 f"ORDER BY time {order} LIMIT {int(limit)}" for f in fields]
+        out: History = {}
+        for f, result in zip(fields, self._run(api, stmts), strict=True):
+            by_tag: dict[str, list[tuple[Any, int]]] = {}
+            for tag, _cols, rows in self._series(result):
+                inst = [(row[1], int(row[0])) for row in rows if row[1] is not None]
+                by_tag[tag] = inst[::-1] if last_n else inst
+            for eid, a, tag in need[f]:
+                if by_tag.get(tag):
+                    out.setdefault(eid, {})[a] = by_tag[tag]
+        return out
+
+    # ---- aggregates
+    def aggregated(self, api: Api, targets: Mapping[str, Target], attrs: Sequence[str], methods: Sequence[str],
+                   period_ms: int, start_ms: int, end_ms: int) -> Aggregates:
+        need = self._per_field(targets, attrs)
+        fields = sorted(need)
+        group = f"GROUP BY time({int(period_ms)}ms, {int(start_ms) % int(period_ms)}ms), {self.tag} fill(none)" \
+            if period_ms else f"GROUP BY {self.tag}"
+        stmts = []
+        for f in fields:
+            sel = ", ".join(f'{_FUNCS[m].format(f=f)} AS "{m}"' for m in methods)
+            stmts.append(f"SELECT {sel} FROM {self.measurement} WHERE {self._tags([t for *_, t in need[f]])} AND "
+                         f"time >= {int(start_ms)}ms AND time < {int(end_ms)}ms {group}")
+        out: Aggregates = {}
+        for f, result in zip(fields, self._run(api, stmts), strict=True):
+            by_tag: dict[str, dict[str, list[tuple[Any, int, int]]]] = {}
+            for tag, cols, rows in self._series(result):
+                per: dict[str, list[tuple[Any, int, int]]] = {}
+                for row in rows:
+                    t0 = int(row[0]) if period_ms else int(start_ms)
+                    t0 = max(t0, int(start_ms))
+                    t1 = min(t0 + period_ms, int(end_ms)) if period_ms else int(end_ms)
+                    for col, v in zip(cols[1:], row[1:], strict=True):
+                        if v is not None:
+                            per.setdefault(col, []).append((v, t0, t1))
+                by_tag[tag] = per
+            for eid, a, tag in need[f]:
+                if by_tag.get(tag):
+                    out.setdefault(eid, {})[a] = by_tag[tag]
+        return out
