@@ -304,3 +304,13 @@ def test_service_routes_need_a_service_token(client, service):
     assert scopes == {"/v1/waste/districts/daily": "open", "/v1/waste/districts/monthly": "open",
                       "/v1/waste/trucks/{truck_id}/trips": SERVICE, "/v1/waste/trips": SERVICE,
                       "/v1/waste/collection-points": SERVICE}
+
+
+def test_influxdb_down_is_503(tmp_path, service):
+    settings = ApiSettings.model_validate({"influx": {"url": "http://127.0.0.1:9", "db": "x", "timeout_s": 2},
+                                           "auth": {"tokens_file": tmp_path / "tokens.json"}})
+    with TestClient(create_app(settings)) as c:
+        for url in ("/v1/waste/districts/daily", "/v1/waste/districts/monthly", "/v1/waste/trips",
+                    "/v1/waste/collection-points"):
+            resp = c.get(url, headers=service)
+            assert resp.status_code == 503 and resp.json()["detail"].startswith("InfluxDB unavailable"), url
