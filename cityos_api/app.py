@@ -100,6 +100,39 @@ def _param_errors(exc: RequestValidationError) -> tuple[str, list[dict[str, str]
     return "; ".join(f"{e['parameter']}: {e['problem']}" for e in errors), errors
 
 
+#: RFC 7807 problem details, as every error of the /v1 and operations routes is answered.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["type", "title", "status", "detail"],
+    "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                   "detail": {"type": "string"},
+                   "errors": {"type": "array", "items": {"type": "object", "properties": {
+                       "parameter": {"type": "string"}, "problem": {"type": "string"}}}}},
+}
+_ERROR_TEXT = {400: "bad request", 401: "no valid token", 403: "the token lacks the route's scope",
+               404: "not found", 422: "a parameter is not valid (the detail says which and why)",
+               429: "rate limit", 500: "internal error", 503: "InfluxDB unavailable"}
+
+
+def _problem_responses(doc: dict[str, Any]) -> None:
+    """Every error of our routes as it is answered: ``application/problem+json`` (FastAPI documents its own
+    validation error shape, which we do not send). NGSI-LD routes document their own errors (ProblemDetails as
+    its spec has them)."""
+    doc.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    for path, item in doc.get("paths", {}).items():
+        if path.startswith("/ngsi-ld/"):
+            continue
+        for op in item.values():
+            responses = op.setdefault("responses", {})
+            for code in (422, 500, 503):
+                responses.setdefault(str(code), {"description": _ERROR_TEXT[code]})
+            for code, r in responses.items():
+                if code.isdigit() and int(code) >= 400:
+                    r["content"] = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+                    r.setdefault("description", _ERROR_TEXT.get(int(code), "error"))
+    for name in ("HTTPValidationError", "ValidationError"):
+        doc["components"]["schemas"].pop(name, None)
+
+
 def create_app(settings: ApiSettings, *, transport: Any = None) -> FastAPI:
     """The API app; ``transport`` (an httpx transport) is for tests that stand in for InfluxDB."""
     api = Api(settings, transport=transport)
@@ -151,6 +184,7 @@ def create_app(settings: ApiSettings, *, transport: Any = None) -> FastAPI:
     # ---- routes
     for r in family_routers(api):
         app.include_router(r)
+    importlib.import_module("cityos_api.ngsi_ld").install(app, api)  # /ngsi-ld/v1 over the families' providers
     app.include_router(fleet.router(api))
 
     ops = APIRouter(tags=["operations"])
@@ -198,6 +232,7 @@ def create_app(settings: ApiSettings, *, transport: Any = None) -> FastAPI:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, summary=app.summary,
                               description=app.description, routes=app.routes)
+            _problem_responses(doc)
             doc.setdefault("components", {})["securitySchemes"] = {"bearer": {
                 "type": "http", "scheme": "bearer",
                 "description": "A token from `cityos api token create`; its scopes: " + "; ".join(

@@ -108,6 +108,28 @@ class RateLimiter:
             return wait
 
 
+def _query_names(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def _known_parameters(request: Request) -> None:
+    """A query parameter the route does not take is 422, not ignored: ``form=`` for ``from=`` would otherwise
+    answer the default range, silently."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = _query_names(dependant)
+    for name in request.query_params:
+        if name not in known:
+            takes = ", ".join(sorted(known)) or "none"
+            raise HTTPException(status_code=422, detail=f"{name[:40]!r}: not a parameter of this route (it takes: "
+                                                        f"{takes})")
+
+
 @dataclass(frozen=True)
 class District:
     id: str
@@ -176,6 +198,11 @@ class Api:
         """The dependency that lets a request through to a route of ``scope`` (or raises :class:`Denied`)."""
 
         def check(request: Request) -> Caller:
+            caller = who(request)
+            _known_parameters(request)
+            return caller
+
+        def who(request: Request) -> Caller:
             client = request.client.host if request.client else "-"
             auth = request.headers.get("authorization")
             if scope == OPEN and not auth:
