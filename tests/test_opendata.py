@@ -490,3 +490,24 @@ def test_influxdb_unreachable_is_503():
             resp = client.get(url)
             assert resp.status_code == 503, url
             assert "InfluxDB unavailable" in resp.json()["detail"]
+
+
+def test_stops_have_japanese_english_and_kana_names():
+    settings = ApiSettings.model_validate({"influx": {"url": "http://127.0.0.1:9", "db": "x", "timeout_s": 2},
+                                           "places": {"gtfs_dir": "scenarios/gtfs-tsuyama-loop"}})
+    with TestClient(create_app(settings)) as client:
+        js = client.get("/v1/bus/stops")
+        csv_ = client.get("/v1/bus/stops?format=csv")
+    assert js.status_code == 200  # from the feed: InfluxDB (unreachable here) is not read
+    stops = {s["stop_id"]: s for s in js.json()["items"]}
+    assert len(stops) == 19
+    assert stops["1001"] == {"stop_id": "1001", "name_ja": "津山駅", "name_en": "Tsuyama Station",
+                             "name_kana": "つやまえき", "lat": 35.0586, "lon": 134.0028}
+    assert csv_.content.startswith("\ufeffstop_id,name_ja,name_en".encode())
+
+
+def test_a_bad_gtfs_dir_is_a_config_error(tmp_path):
+    (tmp_path / "stops.txt").write_text("stop_id,stop_name\n1001,x\n")  # no position
+    settings = ApiSettings.model_validate({"places": {"gtfs_dir": str(tmp_path)}})
+    with pytest.raises(ConfigError, match="places.gtfs_dir"):
+        create_app(settings)

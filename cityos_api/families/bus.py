@@ -8,12 +8,16 @@ coordinate out of range, an occupancy of 1e30) leaves that vehicle out and is co
 
 from __future__ import annotations
 
+import csv
 import re
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
+from cityos.config import ConfigError
 from cityos.wire import ID_PATTERN
 from cityos_api.auth import OPEN
 from cityos_api.core import Api
@@ -40,9 +44,48 @@ _ROUTE_RE = re.compile(ID_PATTERN)
 Format = Literal["json", "csv"]
 
 
+@dataclass(frozen=True)
+class Stop:
+    stop_id: str
+    name_ja: str
+    name_en: str
+    name_kana: str
+    lat: float
+    lon: float
+
+
+def load_stops(gtfs_dir: Path | None) -> dict[str, Stop]:
+    """The feed's stops with their names (GTFS-JP: ``stop_name`` is Japanese; ``translations.txt`` gives ``en`` and
+    ``ja-Hrkt``, in the GTFS form with ``record_id``). Read once at start: a bad feed is a config error naming the
+    file, not a 500 later. Only these two files are read (the gateway's full GTFS reader lives on the edge)."""
+    if gtfs_dir is None:
+        return {}
+    names: dict[tuple[str, str], str] = {}
+    try:
+        tr = gtfs_dir / "translations.txt"
+        if tr.exists():
+            with tr.open(encoding="utf-8-sig", newline="") as fh:
+                for row in csv.DictReader(fh):
+                    if row.get("table_name") == "stops" and row.get("field_name") == "stop_name":
+                        names[(row.get("record_id") or "", row.get("language") or "")] = row.get("translation") or ""
+        out = {}
+        with (gtfs_dir / "stops.txt").open(encoding="utf-8-sig", newline="") as fh:
+            for row in csv.DictReader(fh):
+                if (row.get("location_type") or "0") not in ("", "0"):
+                    continue  # stations and entrances: riders board at stops
+                sid = row["stop_id"]
+                out[sid] = Stop(sid, row["stop_name"], names.get((sid, "en"), row["stop_name"]),
+                                names.get((sid, "ja-Hrkt"), ""), float(row["stop_lat"]), float(row["stop_lon"]))
+        return out
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"places.gtfs_dir: {gtfs_dir}: cannot read its stops ({type(exc).__name__}: "
+                          f"{str(exc)[:80]})") from None
+
+
 def router(api: Api) -> APIRouter:
     r = APIRouter(tags=["bus"])
     settings = api.settings
+    stops = load_stops(settings.places.gtfs_dir)
     max_age_s = settings.gtfs_rt.max_age_s
 
     def feed_now() -> Any:
@@ -63,6 +106,16 @@ def router(api: Api) -> APIRouter:
     def vehicle_positions_json() -> Response:
         """The same feed as JSON (protobuf's JSON mapping), for people."""
         return Response(feed_json(feed_now()), media_type="application/json")
+
+    @api.route(r, "/v1/bus/stops", scope=OPEN, response_class=Response,
+               responses={200: {"content": {"application/json": {}, "text/csv": {}}}})
+    def bus_stops(fmt: Annotated[Format, Query(alias="format")] = "json") -> Response:
+        """The buses' stops from the GTFS-JP feed (``[places] gtfs_dir``): id, Japanese, English and kana names,
+        position. The ids are the ``stop_id`` of the ridership data."""
+        items = [{"stop_id": s.stop_id, "name_ja": s.name_ja, "name_en": s.name_en, "name_kana": s.name_kana,
+                  "lat": s.lat, "lon": s.lon} for s in stops.values()]
+        return api.respond(fmt, {"dataset": "bus-stops", "items": items}, items,
+                           ["stop_id", "name_ja", "name_en", "name_kana", "lat", "lon"], "bus-stops")
 
     # ---- open data
     od = settings.open_data
