@@ -26,8 +26,8 @@ from citylab.stack import influx_settings
 from cityos.config import ConfigError
 from cityos.wire import Reading, TelemetryBatch, checked
 from cityos_api.app import create_app
-from cityos_api.settings import ApiSettings, InfluxSettings, OpenDataSettings, load_settings
 from cityos_api.opendata import determined, suppress
+from cityos_api.settings import ApiSettings, InfluxSettings, OpenDataSettings, load_settings
 from ingest.lineproto import batch_to_lines
 
 JST = ZoneInfo("Asia/Tokyo")
@@ -509,5 +509,5 @@ def test_stops_have_japanese_english_and_kana_names():
 def test_a_bad_gtfs_dir_is_a_config_error(tmp_path):
     (tmp_path / "stops.txt").write_text("stop_id,stop_name\n1001,x\n")  # no position
     settings = ApiSettings.model_validate({"places": {"gtfs_dir": str(tmp_path)}})
-    with pytest.raises(ConfigError, match="places.gtfs_dir"):
+    with pytest.raises(ConfigError, match=r"places\.gtfs_dir"):
         create_app(settings)
