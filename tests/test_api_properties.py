@@ -14,9 +14,9 @@ import time
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
+from helpers import influx_write
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import ignored_auth, positive_data_acceptance
-from helpers import influx_write
 
 from citylab.stack import influx_settings
 from cityos.wire import Reading, TelemetryBatch, checked

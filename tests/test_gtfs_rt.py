@@ -21,8 +21,8 @@ from helpers import influx_write
 from citylab.stack import influx_settings
 from cityos.wire import Reading, TelemetryBatch, checked
 from cityos_api.app import create_app
-from cityos_api.settings import ApiSettings, InfluxSettings
 from cityos_api.gtfs_rt import OCCUPANCY_STEPS, build_feed, occupancy_status
+from cityos_api.settings import ApiSettings, InfluxSettings
 from cityos_cli.cli import main
 from ingest.lineproto import batch_to_lines
 
