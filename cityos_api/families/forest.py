@@ -1,0 +1,540 @@
+"""The forest stations' routes, under ``/v1/forest`` (docs/forest.md "City OS API"): every station with its
+newest reading and its landslide alert level, one station's history (raw or aggregated), and the alert
+episodes. Forest data is public-safety information: every route is ``open``.
+
+The alert level is the kernel's (:mod:`cityos.landslide`), the same numbers and criteria as the Grafana alert
+rules:
+
+* **Current level** of a station: the highest level among its *live* readings (``backfill = false``) of the
+  last :data:`~cityos.landslide.FOREST_ALERT_WINDOW_MIN` minutes, with every criterion met in them, as the rules
+  count them. A station with no live reading in that window is **stale**: its level is ``unknown`` (the rules
+  cannot see it either; a station catching up after an outage sends its readings as backfill).
+* **Episodes** (``/alerts``): a station's readings at ``caution`` or ``warning``, live or backfilled (history),
+  joined while less than the window apart (as a rule stays firing while such a reading is in its window, whatever
+  readings lie between); ``end`` is the last one's time plus the window (when the rule resolves), null while that
+  is still ahead (ongoing).
+
+A stored point that cannot be served (a field of the wrong type, a coordinate out of range, lat without lon) is
+skipped and counted (``cityos_api_points_skipped_total{measurement="forest"}``), never a 500. Aggregates are
+taken only over fields InfluxDB stores as floats (``SHOW FIELD KEYS``: ``mean()`` of a string field would fail
+the query); points whose field has another type are counted as skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+
+from cityos.influx import query_results
+from cityos.landslide import (
+    CRITERIA,
+    FOREST_ALERT_WINDOW_MIN,
+    NONE,
+    RAIN_INTENSE_MM_H,
+    SOIL_MOISTURE_WARNING_PCT,
+    TILT_RATE_CAUTION_DEG_H,
+    TILT_RATE_FIELDS,
+    Assessment,
+    assess,
+    highest,
+)
+from cityos_api.auth import OPEN
+from cityos_api.core import Api
+from cityos_api.gtfs_rt import QueryFn
+from cityos_api.params import (
+    Span,
+    bad,
+    check_id,
+    decode_cursor,
+    encode_cursor,
+    iso,
+    literal,
+    time_range,
+)
+
+__all__ = ["AGGREGATES", "FIELDS", "INTERVALS", "UNITS", "Episode", "clean_point", "episodes", "router"]
+
+MEASUREMENT = "forest"
+MINUTE_MS = 60_000
+WINDOW_MS = FOREST_ALERT_WINDOW_MIN * MINUTE_MS
+JST_OFFSET_MS = 9 * 3_600_000
+Format = Literal["json", "csv"]
+Interval = Literal["raw", "10m", "1h", "1d"]
+
+#: Every field of a forest reading the API serves (docs/forest.md, the register map), in the order served.
+FIELDS = (
+    "soil_moisture_pct", "soil_moisture_deep_pct", "rain_mm", "rain_tips", "rain_intensity_mm_h",
+    "rain_cumulative_mm", "tilt_x_deg", "tilt_y_deg", "tilt_rate_x_deg_h", "tilt_rate_y_deg_h", "water_level_m",
+    "battery_v", "status", "lat", "lon",
+)
+UNITS = {
+    "soil_moisture_pct": "%", "soil_moisture_deep_pct": "%", "rain_mm": "mm", "rain_tips": "count",
+    "rain_intensity_mm_h": "mm/h", "rain_intensity_mm_h_max": "mm/h", "rain_cumulative_mm": "mm",
+    "tilt_x_deg": "deg", "tilt_y_deg": "deg", "tilt_rate_x_deg_h": "deg/h", "tilt_rate_y_deg_h": "deg/h",
+    "water_level_m": "m", "battery_v": "V", "status": "bitmask", "lat": "deg", "lon": "deg",
+    "readings": "count",
+}
+#: Aggregated history: (column, InfluxQL function, field). Means for levels and rates (soil moisture, rain
+#: intensity, tilt, tilt rates, water level, battery); the sum of the rain of each reading for ``rain_mm`` (rain
+#: in the bucket); the maximum for the event total ``rain_cumulative_mm`` (it only grows within an event) and, as
+#: ``rain_intensity_mm_h_max``, for the intensity (a mean hides a burst). ``rain_tips`` (a counter since
+#: power-on), ``status`` (a bitmask), ``lat``/``lon`` (the station's record has its position) are not aggregated.
+AGGREGATES: tuple[tuple[str, str, str], ...] = (
+    ("soil_moisture_pct", "mean", "soil_moisture_pct"),
+    ("soil_moisture_deep_pct", "mean", "soil_moisture_deep_pct"),
+    ("rain_mm", "sum", "rain_mm"),
+    ("rain_intensity_mm_h", "mean", "rain_intensity_mm_h"),
+    ("rain_intensity_mm_h_max", "max", "rain_intensity_mm_h"),
+    ("rain_cumulative_mm", "max", "rain_cumulative_mm"),
+    ("tilt_x_deg", "mean", "tilt_x_deg"),
+    ("tilt_y_deg", "mean", "tilt_y_deg"),
+    ("tilt_rate_x_deg_h", "mean", "tilt_rate_x_deg_h"),
+    ("tilt_rate_y_deg_h", "mean", "tilt_rate_y_deg_h"),
+    ("water_level_m", "mean", "water_level_m"),
+    ("battery_v", "mean", "battery_v"),
+)
+#: interval → (bucket length ms (0: raw), default and longest range).
+INTERVALS: dict[str, tuple[int, Span]] = {
+    "raw": (0, Span(timedelta(days=1), timedelta(days=7))),
+    "10m": (600_000, Span(timedelta(days=7), timedelta(days=31))),
+    "1h": (3_600_000, Span(timedelta(days=7), timedelta(days=92))),
+    "1d": (86_400_000, Span(timedelta(days=31), timedelta(days=400))),
+}
+ALERTS_SPAN = Span(timedelta(days=7), timedelta(days=92))
+#: Readings this far either side of an ``/alerts`` range are read too, so an episode crossing an end of the range
+#: has its true start and end (unless it runs on longer than that beyond the range).
+ALERT_CONTEXT_MS = 86_400_000
+MAX_LIMIT = 10_000
+
+_NUMBER = (int, float)
+
+
+def _as_float(v: Any) -> float | None:
+    """A stored number as a float; raises ValueError for anything else (a string, a boolean)."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, _NUMBER) or not math.isfinite(v):
+        raise ValueError
+    return float(v)
+
+
+def clean_point(rec: Mapping[str, Any], fields: Iterable[str] = FIELDS) -> dict[str, Any] | None:
+    """The servable ``fields`` of a stored point (null where absent) and ``backfill``, or None when the point
+    cannot be served: a field not a finite number, lat/lon out of range or one without the other, ``backfill``
+    not a boolean."""
+    out: dict[str, Any] = {}
+    try:
+        for f in fields:
+            out[f] = _as_float(rec.get(f))
+    except ValueError:
+        return None
+    if "lat" in out:
+        lat, lon = out["lat"], out.get("lon")
+        if (lat is None) != (lon is None):
+            return None
+        if lat is not None and lon is not None and not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            return None
+    bf = rec.get("backfill")
+    if bf is not None and not isinstance(bf, bool):
+        return None
+    out["backfill"] = bf
+    return out
+
+
+def _rows(result: Mapping[str, Any]) -> Iterable[tuple[dict[str, str], dict[str, Any]]]:
+    """(tags, record) of every row of one statement's result."""
+    for s in result.get("series", []) or []:
+        tags = s.get("tags") or {}
+        cols = s["columns"]
+        for row in s.get("values", []) or []:
+            yield tags, dict(zip(cols, row, strict=True))
+
+
+def _device(where: list[str], station: str | None) -> list[str]:
+    return [*where, f'"device" = {literal(station)}'] if station else where
+
+
+def _alert_condition() -> str:
+    """Readings at caution or above, as InfluxQL (a superset check; :func:`cityos.landslide.assess` decides)."""
+    tilt = " OR ".join(f'"{f}" >= {TILT_RATE_CAUTION_DEG_H:g} OR "{f}" <= -{TILT_RATE_CAUTION_DEG_H:g}'
+                       for f in TILT_RATE_FIELDS)
+    return (f'(("soil_moisture_pct" >= {SOIL_MOISTURE_WARNING_PCT:g} AND "rain_intensity_mm_h" >= '
+            f'{RAIN_INTENSE_MM_H:g}) OR {tilt})')
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stations
+
+
+@dataclass
+class Station:
+    id: str
+    gateway: str | None = None
+    latest_ms: int | None = None
+    latest: dict[str, Any] | None = None
+    window: list[Assessment] = field(default_factory=list)
+
+    def public(self) -> dict[str, Any]:
+        stale = not self.window
+        level = highest(self.window)
+        pos = None
+        if self.latest is not None and self.latest.get("lat") is not None:
+            pos = {"lat": self.latest["lat"], "lon": self.latest["lon"]}
+        latest = None
+        if self.latest is not None and self.latest_ms is not None:
+            latest = {"time": iso(self.latest_ms), **self.latest}
+        return {
+            "station": self.id, "gateway": self.gateway, "position": pos, "stale": stale,
+            "alert": {"level": "unknown" if stale else level.level, "criteria": list(level.criteria),
+                      "live_readings": len(self.window)},
+            "latest": latest,
+        }
+
+
+#: Newest points looked at per station: the newest servable one is its latest reading.
+LATEST_DEPTH = 5
+
+
+def fetch_stations(query: QueryFn, db: str, now_ms: int, station: str | None = None
+                   ) -> tuple[list[Station], int]:
+    """Every station (or one) with its newest servable point and the assessments of its live readings of the
+    alert window; and the number of points skipped."""
+    newest = (f'SELECT * FROM "{MEASUREMENT}" {_where(_device([], station))} GROUP BY "device" '
+              f'ORDER BY time DESC LIMIT {LATEST_DEPTH}')
+    fields = ", ".join(f'"{f}"' for f in FIELDS)  # all of them: a point is served whole or not at all
+    live = ['"backfill" = false', f"time > {now_ms - WINDOW_MS}ms"]
+    window = f'SELECT {fields} FROM "{MEASUREMENT}" {_where(_device(live, station))} GROUP BY "device"'
+    res = query_results(*query(db, f"{newest}; {window}"))
+    stations: dict[str, Station] = {}
+    bad_points: set[tuple[str, int]] = set()
+    for tags, rec in _rows(res[0]):
+        dev = tags.get("device", "")
+        st = stations.setdefault(dev, Station(dev))
+        if st.latest is not None:
+            continue
+        point = clean_point(rec)
+        gw = rec.get("gateway")
+        if point is None or not isinstance(gw, str | None):
+            bad_points.add((dev, int(rec["time"])))
+            continue
+        st.gateway, st.latest_ms, st.latest = gw, int(rec["time"]), point
+    for tags, rec in _rows(res[1]) if len(res) > 1 else ():
+        dev = tags.get("device", "")
+        point = clean_point(rec)
+        if point is None:
+            bad_points.add((dev, int(rec["time"])))
+            continue
+        stations.setdefault(dev, Station(dev)).window.append(assess(point))
+    return [stations[k] for k in sorted(stations)], len(bad_points)
+
+
+def _where(conds: list[str]) -> str:
+    return f"WHERE {' AND '.join(conds)}" if conds else ""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# History
+
+
+def _bucket_start(ms: int, step: int) -> int:
+    """The start of the bucket holding ``ms``: JST days for 1d (InfluxQL ``tz('Asia/Tokyo')``), else UTC-aligned
+    (the same in JST: its offset is whole hours)."""
+    off = JST_OFFSET_MS if step == 86_400_000 else 0
+    return (ms + off) // step * step - off
+
+
+def station_known(query: QueryFn, db: str, station: str) -> bool:
+    q = f'SHOW TAG VALUES FROM "{MEASUREMENT}" WITH KEY = "device" WHERE "device" = {literal(station)}'
+    return any(True for _ in _rows(query_results(*query(db, q))[0]))
+
+
+def fetch_raw(query: QueryFn, db: str, station: str, start: int, end: int, limit: int
+              ) -> list[tuple[int, dict[str, Any] | None]]:
+    """Up to ``limit`` points from ``start`` (inclusive), oldest first: (time, point or None when unservable)."""
+    fields = ", ".join(f'"{f}"' for f in (*FIELDS, "backfill"))
+    q = (f'SELECT {fields} FROM "{MEASUREMENT}" {_where(_device([f"time >= {start}ms", f"time < {end}ms"], station))}'
+         f' ORDER BY time ASC LIMIT {limit}')
+    return [(int(rec["time"]), clean_point(rec)) for _, rec in _rows(query_results(*query(db, q))[0])]
+
+
+def float_fields(query: QueryFn, db: str) -> tuple[set[str], set[str]]:
+    """(fields stored as floats, fields stored only as another type) of the measurement."""
+    types: dict[str, set[str]] = defaultdict(set)
+    for _, rec in _rows(query_results(*query(db, f'SHOW FIELD KEYS FROM "{MEASUREMENT}"'))[0]):
+        types[str(rec.get("fieldKey"))].add(str(rec.get("fieldType")))
+    floats = {f for f, t in types.items() if "float" in t or "integer" in t}
+    return floats, set(types) - floats
+
+
+def fetch_buckets(query: QueryFn, db: str, station: str, start: int, end: int, step: int, limit: int
+                  ) -> tuple[list[dict[str, Any]], int]:
+    """Up to ``limit`` non-empty buckets from ``start`` (a bucket start): (start ms, readings, aggregates), and the
+    points whose fields could not be aggregated (stored with another type)."""
+    floats, others = float_fields(query, db)
+    sel = ['count("status") AS "readings"']
+    sel += [f'{fn}("{f}") AS "{col}"' for col, fn, f in AGGREGATES if f in floats]
+    cond = _where(_device([f"time >= {start}ms", f"time < {end}ms"], station))
+    stmts = [f'SELECT {", ".join(sel)} FROM "{MEASUREMENT}" {cond} GROUP BY time({step}ms) fill(none) '
+             f"LIMIT {limit} tz('Asia/Tokyo')"]
+    unaggregated = sorted(others & {f for _, _, f in AGGREGATES})
+    if unaggregated:
+        cnt = ", ".join(f'count("{f}") AS "{f}"' for f in unaggregated)
+        stmts.append(f'SELECT {cnt} FROM "{MEASUREMENT}" {cond}')
+    res = query_results(*query(db, "; ".join(stmts)))
+    out = []
+    for _, rec in _rows(res[0]):
+        row: dict[str, Any] = {"t": int(rec["time"]), "readings": int(rec.get("readings") or 0)}
+        for col, _, _ in AGGREGATES:
+            v = rec.get(col)
+            row[col] = float(v) if isinstance(v, _NUMBER) and not isinstance(v, bool) else None
+        out.append(row)
+    skipped = 0
+    for _, rec in _rows(res[1]) if len(res) > 1 else ():
+        skipped = max([skipped, *(int(v) for k, v in rec.items() if k != "time" and isinstance(v, int))])
+    return out, skipped
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Alert episodes
+
+
+@dataclass
+class Episode:
+    station: str
+    start_ms: int
+    last_ms: int
+    readings: list[Assessment]
+
+    def public(self, now_ms: int) -> dict[str, Any]:
+        a = highest(self.readings)
+        end = self.last_ms + WINDOW_MS
+        return {"station": self.station, "level": a.level, "start": iso(self.start_ms),
+                "end": None if end > now_ms else iso(end), "last_reading": iso(self.last_ms),
+                "ongoing": end > now_ms, "criteria": list(a.criteria), "readings": len(self.readings)}
+
+
+def episodes(points: Iterable[tuple[str, int, Assessment]]) -> list[Episode]:
+    """(station, time, assessment) of readings → episodes: a station's readings at caution or above joined while
+    less than the alert window apart; sorted by start, then station."""
+    per: dict[str, list[tuple[int, Assessment]]] = defaultdict(list)
+    for st, t, a in points:
+        if a.level != NONE:
+            per[st].append((t, a))
+    out: list[Episode] = []
+    for st, pts in per.items():
+        pts.sort(key=lambda p: p[0])
+        cur: Episode | None = None
+        for t, a in pts:
+            if cur is not None and t - cur.last_ms < WINDOW_MS:
+                cur.last_ms = t
+                cur.readings.append(a)
+            else:
+                cur = Episode(st, t, t, [a])
+                out.append(cur)
+    return sorted(out, key=lambda e: (e.start_ms, e.station))
+
+
+def fetch_alert_points(query: QueryFn, db: str, start: int, end: int, station: str | None
+                       ) -> tuple[list[tuple[str, int, Assessment]], int]:
+    fields = ", ".join(f'"{f}"' for f in FIELDS)
+    q = (f'SELECT {fields} FROM "{MEASUREMENT}" '
+         f'{_where(_device([f"time >= {start}ms", f"time < {end}ms", _alert_condition()], station))} '
+         f'GROUP BY "device"')
+    out, skipped = [], 0
+    for tags, rec in _rows(query_results(*query(db, q))[0]):
+        point = clean_point(rec)
+        if point is None:
+            skipped += 1
+            continue
+        out.append((tags.get("device", ""), int(rec["time"]), assess(point)))
+    return out, skipped
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Routes
+
+# the routes' parameters (module level: FastAPI resolves the annotations by name)
+StationId = Annotated[str, Path(description="the station's device id, e.g. forest-01-01", max_length=64)]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"rows per page (at most {MAX_LIMIT})")]
+Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
+From = Annotated[str | None, Query(alias="from", description="start (ISO 8601 with offset, or a JST date)")]
+To = Annotated[str | None, Query(description="end, exclusive (default: now)")]
+Fmt = Annotated[Format, Query(alias="format")]
+IntervalParam = Annotated[Interval, Query(description=(
+    "raw (every reading; at most 7 days), 10m (31 days), 1h (92 days) or 1d (JST days; 400 days)"))]
+StationFilter = Annotated[str | None, Query(description="only this station")]
+AlertLimit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="episodes per page")]
+
+STATION_COLUMNS = ["station", "gateway", "lat", "lon", "stale", "alert_level", "alert_criteria",
+                   "alert_live_readings", "time", "backfill", *(f for f in FIELDS if f not in ("lat", "lon"))]
+
+
+def _station_row(s: dict[str, Any]) -> dict[str, Any]:
+    latest = s["latest"] or {}
+    pos = s["position"] or {}
+    row = {"station": s["station"], "gateway": s["gateway"], "lat": pos.get("lat"), "lon": pos.get("lon"),
+           "stale": s["stale"], "alert_level": s["alert"]["level"],
+           "alert_criteria": " ".join(s["alert"]["criteria"]), "alert_live_readings": s["alert"]["live_readings"],
+           "time": latest.get("time"), "backfill": latest.get("backfill")}
+    row.update({f: latest.get(f) for f in FIELDS if f not in ("lat", "lon")})
+    return row
+
+
+def router(api: Api) -> APIRouter:
+    r = APIRouter(tags=["forest"])
+
+    def now_ms() -> int:
+        return int(api.clock() * 1000)
+
+    def about() -> dict[str, Any]:
+        return {"alert_window_min": FOREST_ALERT_WINDOW_MIN,
+                "criteria": {k: {"level": lvl, "rule": rule} for k, (lvl, rule) in CRITERIA.items()},
+                "units": UNITS}
+
+    def station_param(station_id: str) -> str:
+        return check_id("station_id", station_id, "a station id as in the data (lower-case letters, digits, _ "
+                                                  "and -)")
+
+    def stations(station: str | None) -> list[dict[str, Any]]:
+        now = now_ms()
+        found, skipped = api.read(fetch_stations, now, station)
+        api.skipped(MEASUREMENT, skipped)
+        return [s.public() for s in found]
+
+    def next_link(request: Request, params: dict[str, Any]) -> dict[str, str]:
+        """The ``Link`` header of the next page, built from validated parameters only."""
+        q = urlencode({k: v for k, v in params.items() if v is not None})
+        return {"Link": f'<{request.url.path}?{q}>; rel="next"'}
+
+    responses: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"application/json": {}, "text/csv": {}}},
+        422: {"description": "a parameter is not valid (the message says which and why)"},
+        503: {"description": "InfluxDB unavailable"},
+    }
+    with_404 = {**responses, 404: {"description": "no such station"}}
+
+    @api.route(r, "/v1/forest/stations", scope=OPEN, response_class=Response, responses=responses)
+    def forest_stations(fmt: Fmt = "json") -> Response:
+        """Every forest station: its position, its newest reading, whether it is stale and its current landslide
+        alert level (the alert rules' criteria over its live readings of the last window)."""
+        items = stations(None)
+        doc = {"dataset": "forest-stations", "generated_at": iso(now_ms()), **about(), "items": items}
+        return api.respond(fmt, doc, [_station_row(s) for s in items], STATION_COLUMNS, "forest-stations",
+                           {"Cache-Control": "no-store"})
+
+    @api.route(r, "/v1/forest/stations/{station_id}", scope=OPEN, response_class=Response, responses=with_404)
+    def forest_station(station_id: StationId, fmt: Fmt = "json") -> Response:
+        """One forest station, as in the list."""
+        sid = station_param(station_id)
+        items = stations(sid)
+        if not items:
+            raise HTTPException(status_code=404, detail=f"station {sid}: no such forest station")
+        doc = {"dataset": "forest-station", "generated_at": iso(now_ms()), **about(), **items[0]}
+        return api.respond(fmt, doc, [_station_row(items[0])], STATION_COLUMNS, f"forest-station_{sid}",
+                           {"Cache-Control": "no-store"})
+
+    @api.route(r, "/v1/forest/stations/{station_id}/readings", scope=OPEN, response_class=Response,
+               responses=with_404)
+    def forest_readings(
+        request: Request,
+        station_id: StationId,
+        frm: From = None,
+        to: To = None,
+        interval: IntervalParam = "raw",
+        limit: Limit = 1000,
+        cursor: Cursor = None,
+        fmt: Fmt = "json",
+    ) -> Response:
+        """One station's history: every reading (raw, with its alert level) or per 10 minutes, hour or JST day
+        (means; rain_mm summed; rain_cumulative_mm and rain_intensity_mm_h_max the maximum)."""
+        sid = station_param(station_id)
+        step, span = INTERVALS[interval]
+        tr = time_range(frm, to, span, now_ms())
+        key = decode_cursor(cursor, {"t": int})
+        first = tr.start_ms if step == 0 else _bucket_start(tr.start_ms, step)
+        if key is not None and not first <= key["t"] < tr.end_ms:
+            raise bad("cursor", "the next_cursor of a previous page of the same range", cursor)
+        if not api.read(station_known, sid):
+            raise HTTPException(status_code=404, detail=f"station {sid}: no such forest station")
+        rows: list[dict[str, Any]]
+        if step == 0:
+            start = tr.start_ms if key is None else key["t"] + 1
+            got = api.read(fetch_raw, sid, start, tr.end_ms, limit + 1)
+            more = len(got) > limit
+            got = got[:limit]
+            last = got[-1][0] if got else None
+            rows = []
+            for t, p in got:
+                if p is not None:
+                    a = assess(p)
+                    rows.append({"time": iso(t), **p, "alert_level": a.level, "alert_criteria": list(a.criteria)})
+            skipped = sum(1 for _, p in got if p is None)
+            columns = ["time", "backfill", *FIELDS, "alert_level", "alert_criteria"]
+        else:
+            start = first if key is None else key["t"] + step
+            buckets, skipped = api.read(fetch_buckets, sid, start, tr.end_ms, step, limit + 1)
+            more = len(buckets) > limit
+            buckets = buckets[:limit]
+            last = buckets[-1]["t"] if buckets else None
+            rows = [{"start": iso(b["t"]), "end": iso(b["t"] + step), **{k: v for k, v in b.items() if k != "t"}}
+                    for b in buckets]
+            columns = ["start", "end", "readings", *(col for col, _, _ in AGGREGATES)]
+        api.skipped(MEASUREMENT, skipped)
+        nxt = encode_cursor({"t": last}) if more and last is not None else None
+        headers = {}
+        if nxt:
+            headers = next_link(request, {"from": iso(tr.start_ms), "to": iso(tr.end_ms), "interval": interval,
+                                          "limit": limit, "cursor": nxt, "format": fmt})
+        doc = {"dataset": "forest-readings", "station": sid, "interval": interval, **tr.public(),
+               "time_zone": "Asia/Tokyo", "units": UNITS, "items": rows, "next_cursor": nxt}
+        csv_rows = [{**row, "alert_criteria": " ".join(row["alert_criteria"])} if "alert_criteria" in row else row
+                    for row in rows]
+        return api.respond(fmt, doc, csv_rows, columns, f"forest-readings_{sid}_{interval}_{iso(tr.start_ms)[:10]}",
+                           headers)
+
+    @api.route(r, "/v1/forest/alerts", scope=OPEN, response_class=Response, responses=responses)
+    def forest_alerts(
+        request: Request,
+        frm: From = None,
+        to: To = None,
+        station_id: StationFilter = None,
+        limit: AlertLimit = 500,
+        cursor: Cursor = None,
+        fmt: Fmt = "json",
+    ) -> Response:
+        """Alert episodes overlapping the range (at most 92 days): a station's readings at caution or warning,
+        joined while less than the alert window apart; the highest level and every criterion met in each."""
+        sid = None if station_id is None else station_param(station_id)
+        now = now_ms()
+        tr = time_range(frm, to, ALERTS_SPAN, now)
+        key = decode_cursor(cursor, {"t": int, "station": str})
+        points, skipped = api.read(fetch_alert_points, tr.start_ms - ALERT_CONTEXT_MS,
+                                   tr.end_ms + ALERT_CONTEXT_MS, sid)
+        api.skipped(MEASUREMENT, skipped)
+        found = [e for e in episodes(points) if e.start_ms < tr.end_ms and e.last_ms + WINDOW_MS > tr.start_ms]
+        if key is not None:
+            found = [e for e in found if (e.start_ms, e.station) > (key["t"], key["station"])]
+        more = len(found) > limit
+        found = found[:limit]
+        nxt = encode_cursor({"t": found[-1].start_ms, "station": found[-1].station}) if more else None
+        items = [e.public(now) for e in found]
+        headers = {}
+        if nxt:
+            headers = next_link(request, {"from": iso(tr.start_ms), "to": iso(tr.end_ms), "station_id": sid,
+                                          "limit": limit, "cursor": nxt, "format": fmt})
+        doc = {"dataset": "forest-alerts", **tr.public(), "station": sid, "generated_at": iso(now), **about(),
+               "items": items, "next_cursor": nxt}
+        csv_rows = [{**e, "criteria": " ".join(e["criteria"])} for e in items]
+        return api.respond(fmt, doc, csv_rows, ["station", "level", "start", "end", "last_reading", "ongoing",
+                                                "criteria", "readings"],
+                           f"forest-alerts_{iso(tr.start_ms)[:10]}" + (f"_{sid}" if sid else ""), headers)
+
+    return r
+
