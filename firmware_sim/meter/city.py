@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import Field
 
+from cityos.config import ConfigError
 from cityos.families import by_name
 from firmware_sim.cityplugin import Check, CityFamily, FaultEvent, Query, Section, read_truth, window
 
@@ -25,6 +26,10 @@ class MeterSection(Section):
     per_gateway: int = Field(default=6, ge=1)
     #: Simulated seconds between instantaneous power readings.
     poll_interval_s: float = Field(default=300.0, gt=0)
+    #: The districts the households live in, in turn (ids of the scenario's districts file); default: all of them.
+    #: Energy per district is shown only where at least 10 households report (docs/privacy.md), so a city that
+    #: wants to see it puts 10 or more in one district.
+    districts: list[str] | None = Field(default=None, min_length=1)
 
 
 def _secret(kind: str, seed: int, household: str, n: int) -> str:
@@ -51,6 +56,12 @@ class MeterCity(CityFamily):
     def plan(self) -> None:
         ms = self.section
         districts = self.district_ids()
+        if ms.districts:
+            unknown = sorted(set(ms.districts) - set(districts))
+            if unknown:
+                raise ConfigError(f"meters.districts: {', '.join(unknown)} not in the scenario's districts "
+                                  f"({', '.join(districts)})")
+            districts = list(ms.districts)
         rate = self.city.sc.day.rate
         seed = self.city.sc.seed
         self.households: dict[str, dict[str, Any]] = {}
