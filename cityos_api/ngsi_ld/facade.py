@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from cityos_api.auth import OPEN, SERVICE
@@ -22,7 +22,7 @@ from cityos_api.ngsi_ld import query as nq
 from cityos_api.ngsi_ld import render
 from cityos_api.ngsi_ld.errors import NgsiError, bad_request
 from cityos_api.ngsi_ld.provider import AGGR_METHODS, Entity, EntityProvider, TypeInfo
-from cityos_api.ngsi_ld.temporal import MAX_PERIODS, parse_duration_ms, time_range, utc
+from cityos_api.ngsi_ld.temporal import MAX_AGGR_DAYS, MAX_PERIODS, parse_duration_ms, time_range, utc
 
 __all__ = ["BASE", "CONTEXT_PATH", "router"]
 
@@ -47,10 +47,30 @@ class _World:
     owner: dict[str, EntityProvider]
 
 
-def _problem_responses() -> dict[int | str, dict[str, Any]]:
-    return {400: {"description": "BadRequestData or InvalidRequest (NGSI-LD ProblemDetails, application/json)"},
-            406: {"description": "an Accept the route cannot answer"},
-            503: {"description": "InfluxDB unavailable"}}
+_PROBLEM_DETAILS = {"type": "object", "required": ["type", "title", "status", "detail"], "properties": {
+    "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+    "detail": {"type": "string"}}}
+
+
+def _problem_responses(*extra: int) -> dict[int | str, dict[str, Any]]:
+    """The errors as they are answered: NGSI-LD ProblemDetails (``application/json``); the API's own checks
+    before the route (token, scope, a parameter the route does not take) answer ``application/problem+json``."""
+    ngsi = {"application/json": {"schema": _PROBLEM_DETAILS}}
+    house = {"application/problem+json": {"schema": _PROBLEM_DETAILS}}
+    out: dict[int | str, dict[str, Any]] = {
+        400: {"description": "BadRequestData or InvalidRequest", "content": ngsi},
+        401: {"description": "no valid token (missing, unknown, expired or revoked)", "content": house},
+        403: {"description": "the token lacks scope `service`", "content": house},
+        406: {"description": "an Accept the route cannot answer", "content": ngsi},
+        422: {"description": "a query parameter the route does not take", "content": house},
+        503: {"description": "InfluxDB unavailable", "content": ngsi},
+    }
+    for code in extra:
+        out[code] = {404: {"description": "ResourceNotFound", "content": ngsi},
+                     206: {"description": "more instances than one answer holds: the range covered is in "
+                           "Content-Range (date-time <first>-<last>/*); ask for the rest from there",
+                           "content": {JSON: {}, LD: {}}}}[code]
+    return out
 
 
 def negotiate(accept: str | None, offered: Sequence[str]) -> str:
@@ -171,8 +191,10 @@ class _Facade:
         return JSONResponse(body, status_code=status, headers=hdrs, media_type=fmt)
 
     # ---- selection
-    def select(self, w: _World, params: Mapping[str, str | None], *, required: bool) -> tuple[
-            list[Entity], list[str] | None]:
+    def selection(self, params: Mapping[str, str], *, required: bool) -> tuple[Callable[[Entity], bool],
+                                                                                list[str] | None]:
+        """The entity filter of ``type``, ``id``, ``idPattern``, ``attrs``, ``q`` and the geo-query, checked
+        before any data is read; and ``attrs`` (the attributes to answer)."""
         types = nq.parse_names("type", params.get("type"), self.iris)
         ids = nq.parse_ids(params.get("id"))
         pattern = nq.parse_id_pattern(params.get("idPattern"))
@@ -180,29 +202,27 @@ class _Facade:
         q = nq.parse_q(params["q"]) if params.get("q") is not None else None
         geo = nq.parse_geo(params.get("georel"), params.get("geometry"), params.get("coordinates"),
                            params.get("geoproperty"))
+        if params.get("scopeQ") is not None:
+            raise NgsiError("BadRequestData", "scopeQ: our entities have no scope")
         if required and not any(x is not None for x in (types, ids, pattern, attrs, q, geo)):
             raise NgsiError("BadRequestData", "at least one of type, id, idPattern, attrs, q or a geo-query "
                             "(georel, geometry, coordinates) is required")
-        out = []
-        for e in w.entities:
-            if types is not None and e.type not in types:
-                continue
-            if ids is not None and e.id not in ids:
-                continue
-            if pattern is not None and not pattern.fullmatch(e.id):
-                continue
-            if attrs is not None and not any(a in e.attrs for a in attrs):
-                continue
-            if q is not None and not q(e):
-                continue
-            if geo is not None and not geo(e):
-                continue
-            out.append(e)
-        return out, attrs
 
-    def find(self, w: _World, entity_id: str) -> Entity:
+        def keep(e: Entity) -> bool:
+            return ((types is None or e.type in types) and (ids is None or e.id in ids)
+                    and (pattern is None or pattern.fullmatch(e.id) is not None)
+                    and (attrs is None or any(a in e.attrs for a in attrs))
+                    and (q is None or q(e)) and (geo is None or geo(e)))
+
+        return keep, attrs
+
+    @staticmethod
+    def check_id(entity_id: str) -> str:
         if len(entity_id) > 256 or not nq._URI_FULL.fullmatch(entity_id):
             raise bad_request("entityId", "an entity id (a URI such as urn:ngsi-ld:<Type>:<id>)", entity_id)
+        return entity_id
+
+    def find(self, w: _World, entity_id: str) -> Entity:
         for e in w.entities:
             if e.id == entity_id:
                 return e
@@ -212,89 +232,136 @@ class _Facade:
         return self.iris.get(raw, raw)
 
 
+
+# ---- the parameters each operation takes (as the NGSI-LD OAS lists them, plus offset and format): declared so
+# the OpenAPI document has them and the API's check of unknown parameters lets them through; read from the
+# request's query string and checked here (400 BadRequestData, never FastAPI's 422).
+Q = str | None
+
+
+def _p_query_entities(id: Q = None, type: Q = None, idPattern: Q = None, attrs: Q = None, q: Q = None,
+                      csf: Q = None, geometry: Q = None, georel: Q = None, coordinates: Q = None,
+                      geoproperty: Q = None, geometryProperty: Q = None, lang: Q = None, scopeQ: Q = None,
+                      limit: Q = None, offset: Q = None, count: Q = None, options: Q = None, format: Q = None,
+                      local: Q = None) -> None:
+    """Query Entities' parameters (5.7.2)."""
+
+
+def _p_retrieve_entity(type: Q = None, attrs: Q = None, geometryProperty: Q = None, lang: Q = None,
+                       options: Q = None, format: Q = None, local: Q = None) -> None:
+    """Retrieve Entity's parameters (5.7.1)."""
+
+
+def _p_details(details: Q = None, local: Q = None) -> None:
+    """``details=true``: the detailed list."""
+
+
+def _p_local(local: Q = None) -> None:
+    """``local`` (we have no registrations: every answer is local)."""
+
+
+def _p_query_temporal(id: Q = None, type: Q = None, idPattern: Q = None, attrs: Q = None, q: Q = None,
+                      csf: Q = None, geometry: Q = None, georel: Q = None, coordinates: Q = None,
+                      geoproperty: Q = None, timeproperty: Q = None, timerel: Q = None, timeAt: Q = None,
+                      endTimeAt: Q = None, lastN: Q = None, lang: Q = None, aggrMethods: Q = None,
+                      aggrPeriodDuration: Q = None, scopeQ: Q = None, limit: Q = None, offset: Q = None,
+                      count: Q = None, options: Q = None, local: Q = None) -> None:
+    """Query Temporal Evolution of Entities' parameters (5.7.4)."""
+
+
+def _p_retrieve_temporal(attrs: Q = None, timeproperty: Q = None, timerel: Q = None, timeAt: Q = None,
+                         endTimeAt: Q = None, lastN: Q = None, lang: Q = None, aggrMethods: Q = None,
+                         aggrPeriodDuration: Q = None, options: Q = None, local: Q = None) -> None:
+    """Retrieve Temporal Evolution of an Entity's parameters (5.7.3)."""
+
+
+def _page(p: Mapping[str, str], max_limit: int) -> tuple[int, int, bool]:
+    lim = _int("limit", p.get("limit"), DEFAULT_LIMIT, 0, max_limit)
+    off = _int("offset", p.get("offset"), 0, 0, 10**9)
+    cnt = _bool("count", p.get("count"))
+    if lim == 0 and not cnt:
+        raise bad_request("limit", "0 only with count=true", p.get("limit"))
+    return lim, off, cnt
+
+
 def router(api: Api, providers: Sequence[EntityProvider]) -> APIRouter:
     """The facade's routes over ``providers``."""
     r = APIRouter(tags=["ngsi-ld"])
     f = _Facade(api, providers)
-    resp = _problem_responses()
+    entities_ok = {200: {"description": "OK", "content": {JSON: {}, LD: {}, GEO: {}}}}
+    json_ok = {200: {"description": "OK", "content": {JSON: {}, LD: {}}}}
+
+    def route(path: str, params: Callable[..., None], ok: dict[int | str, Any], *extra: int) -> Any:
+        return api.route(r, BASE + path, scope=SERVICE, responses={**ok, **_problem_responses(*extra)},
+                         dependencies=[Depends(params)], response_class=JSONResponse)
 
     # ---- @context
-    @api.route(r, CONTEXT_PATH, scope=OPEN, response_class=JSONResponse,
-               responses={200: {"content": {LD: {}}}})
+    @api.route(r, CONTEXT_PATH, scope=OPEN, response_class=JSONResponse, responses={200: {"content": {LD: {}}}})
     def json_ld_context() -> JSONResponse:
         """Our JSON-LD @context: every type's and attribute's short name → its IRI (a Smart Data Model's term,
         or our extension's ``urn:tsuyama-cityos:terms:``), after the NGSI-LD core context."""
         return JSONResponse(f.context, media_type=LD, headers={"Cache-Control": "max-age=3600"})
 
     # ---- entities
-    @api.route(r, f"{BASE}/entities", scope=SERVICE, responses=resp)
-    def query_entities(request: Request, type: str | None = None, id: str | None = None,
-                       idPattern: str | None = None, attrs: str | None = None, q: str | None = None,
-                       georel: str | None = None, geometry: str | None = None, coordinates: str | None = None,
-                       geoproperty: str | None = None, geometryProperty: str | None = None,
-                       limit: str | None = None, offset: str | None = None, count: str | None = None,
-                       options: str | None = None, format: str | None = None) -> JSONResponse:
+    @route("/entities", _p_query_entities, entities_ok)
+    def query_entities(request: Request) -> JSONResponse:
         """5.7.2 Query Entities: ``type``, ``id``, ``idPattern``, ``attrs``, ``q``, geo-queries (``near``,
         ``within``), ``limit`` (default 20, at most 1000), ``offset``, ``count=true``, ``options=keyValues``
         (``format=simplified``), ``concise`` or ``normalized``; ``Accept`` JSON, JSON-LD or GeoJSON."""
+        p = request.query_params
         fmt = negotiate(request.headers.get("accept"), (JSON, LD, GEO))
-        rep = _representation(_options(options, _ENTITY_OPTIONS, _format(format)))
-        params = dict(request.query_params)
-        lim = _int("limit", limit, DEFAULT_LIMIT, 0, MAX_LIMIT)
-        off = _int("offset", offset, 0, 0, 10**9)
-        cnt = _bool("count", count)
-        if lim == 0 and not cnt:
-            raise bad_request("limit", "0 only with count=true", limit)
+        rep = _representation(_options(p.get("options"), _ENTITY_OPTIONS, _format(p.get("format"))))
+        lim, off, cnt = _page(p, MAX_LIMIT)
+        keep, only = f.selection(p, required=True)
         w = f.world()
-        found, only = f.select(w, params, required=True)
+        found = [e for e in w.entities if keep(e)]
         page = found[off:off + lim]
         headers = {"NGSILD-Results-Count": str(len(found))} if cnt else {}
         if fmt == GEO:
-            gp = geometryProperty or "location"
+            gp = p.get("geometryProperty") or "location"
             body: Any = {"type": "FeatureCollection",
                          "features": [render.feature(e, w.types[e.type], rep, only, gp) for e in page]}
         else:
             body = [render.entity(e, w.types[e.type], rep, only) for e in page]
         return f.answer(request, body, fmt, headers)
 
-    @api.route(r, f"{BASE}/entities/{{entityId}}", scope=SERVICE,
-               responses={**resp, 404: {"description": "ResourceNotFound"}})
-    def retrieve_entity(request: Request, entityId: str, type: str | None = None,
-                        attrs: str | None = None, geometryProperty: str | None = None,
-                        options: str | None = None, format: str | None = None) -> JSONResponse:
+    @route("/entities/{entityId:path}", _p_retrieve_entity, entities_ok, 404)
+    def retrieve_entity(request: Request, entityId: str) -> JSONResponse:
         """5.7.1 Retrieve Entity (normalized, concise or keyValues; JSON, JSON-LD or a GeoJSON Feature)."""
+        p = request.query_params
         fmt = negotiate(request.headers.get("accept"), (JSON, LD, GEO))
-        rep = _representation(_options(options, _ENTITY_OPTIONS, _format(format)))
-        only = nq.parse_names("attrs", attrs, f.iris)
-        types = nq.parse_names("type", type, f.iris)
+        rep = _representation(_options(p.get("options"), _ENTITY_OPTIONS, _format(p.get("format"))))
+        only = nq.parse_names("attrs", p.get("attrs"), f.iris)
+        types = nq.parse_names("type", p.get("type"), f.iris)
+        f.check_id(entityId)
         e = f.find(f.world(), entityId)
         if types is not None and e.type not in types:
-            raise NgsiError("ResourceNotFound", f"no entity {entityId} of type {type}")
+            raise NgsiError("ResourceNotFound", f"no entity {entityId} of type {p.get('type')}")
         if only is not None and not any(a in e.attrs for a in only):
-            raise NgsiError("ResourceNotFound", f"entity {entityId} has none of the attributes {attrs}")
+            raise NgsiError("ResourceNotFound", f"entity {entityId} has none of the attributes {p.get('attrs')}")
         t = f.types[e.type]
         if fmt == GEO:
-            return f.answer(request, render.feature(e, t, rep, only, geometryProperty or "location"), fmt)
+            return f.answer(request, render.feature(e, t, rep, only, p.get("geometryProperty") or "location"), fmt)
         return f.answer(request, render.entity(e, t, rep, only), fmt)
 
     # ---- types
-    @api.route(r, f"{BASE}/types", scope=SERVICE, responses=resp)
-    def retrieve_types(request: Request, details: str | None = None) -> JSONResponse:
+    @route("/types", _p_details, json_ok)
+    def retrieve_types(request: Request) -> JSONResponse:
         """5.7.5/5.7.6: the types that have entities now (``details=true``: with their attribute names)."""
         fmt = negotiate(request.headers.get("accept"), (JSON, LD))
+        details = _bool("details", request.query_params.get("details"))
         w = f.world()
         present = sorted({e.type for e in w.entities})
-        if _bool("details", details):
+        if details:
             body: Any = [{"id": f.types[n].iri, "type": "EntityType", "typeName": n,
                           "attributeNames": _attr_names(w, n)} for n in present]
         else:
             body = {"id": _list_id("EntityTypeList", present), "type": "EntityTypeList", "typeList": present}
         return f.answer(request, body, fmt)
 
-    @api.route(r, f"{BASE}/types/{{type}}", scope=SERVICE,
-               responses={**resp, 404: {"description": "ResourceNotFound"}})
+    @route("/types/{type:path}", _p_local, json_ok, 404)
     def retrieve_type(request: Request, type: str) -> JSONResponse:
-        """5.7.7: one type's entity count and attributes (404 when no entity has it)."""
+        """5.7.7: one type's entity count and attributes (404 when no entity has it); the short name or the IRI."""
         fmt = negotiate(request.headers.get("accept"), (JSON, LD))
         name = f.type_name(type)
         w = f.world()
@@ -309,20 +376,20 @@ def router(api: Api, providers: Sequence[EntityProvider]) -> APIRouter:
         return f.answer(request, body, fmt)
 
     # ---- attributes
-    @api.route(r, f"{BASE}/attributes", scope=SERVICE, responses=resp)
-    def retrieve_attributes(request: Request, details: str | None = None) -> JSONResponse:
+    @route("/attributes", _p_details, json_ok)
+    def retrieve_attributes(request: Request) -> JSONResponse:
         """5.7.8/5.7.9: the attributes entities have now (``details=true``: counts, kinds, types)."""
         fmt = negotiate(request.headers.get("accept"), (JSON, LD))
+        details = _bool("details", request.query_params.get("details"))
         stats = _attr_stats(f.world())
-        if _bool("details", details):
+        if details:
             body: Any = [s for _, s in sorted(stats.items())]
         else:
             names = sorted(stats)
             body = {"id": _list_id("AttributeList", names), "type": "AttributeList", "attributeList": names}
         return f.answer(request, body, fmt)
 
-    @api.route(r, f"{BASE}/attributes/{{attrId}}", scope=SERVICE,
-               responses={**resp, 404: {"description": "ResourceNotFound"}})
+    @route("/attributes/{attrId:path}", _p_local, json_ok, 404)
     def retrieve_attribute(request: Request, attrId: str) -> JSONResponse:
         """5.7.10: one attribute's count, kinds and the types that have it (404 when no entity has it)."""
         fmt = negotiate(request.headers.get("accept"), (JSON, LD))
@@ -332,51 +399,99 @@ def router(api: Api, providers: Sequence[EntityProvider]) -> APIRouter:
         return f.answer(request, s, fmt)
 
     # ---- temporal
-    def temporal(entities: list[Entity], only: list[str] | None, params: Mapping[str, Any],
-                 owner: Mapping[str, EntityProvider], *, required: bool) -> tuple[list[dict[str, Any]], dict[str, str], int]:
-        opts = _options(params.get("options"), _TEMPORAL_OPTIONS)
+    @route("/temporal/entities", _p_query_temporal, json_ok, 206)
+    def query_temporal(request: Request) -> JSONResponse:
+        """5.7.4 Query Temporal Evolution of Entities: the selection of Query Entities (type, id, idPattern,
+        attrs, q, geo: on the entities' current state) with ``timerel``/``timeAt``/``endTimeAt`` (required),
+        ``lastN``, ``options=temporalValues`` or ``aggregatedValues`` (``aggrMethods``, ``aggrPeriodDuration``);
+        ``limit`` at most 100 entities."""
+        p = request.query_params
+        fmt = negotiate(request.headers.get("accept"), (JSON, LD))
+        lim, off, cnt = _page(p, MAX_TEMPORAL_LIMIT)
+        keep, only = f.selection(p, required=True)
+        tq = _TemporalQuery.parse(p, required=True)
+        w = f.world()
+        found = [e for e in w.entities if keep(e)]
+        body, headers, status = tq.run(f, found[off:off + lim], only, w.owner)
+        if cnt:
+            headers["NGSILD-Results-Count"] = str(len(found))
+        return f.answer(request, body, fmt, headers, status)
+
+    @route("/temporal/entities/{entityId:path}", _p_retrieve_temporal, json_ok, 404, 206)
+    def retrieve_temporal(request: Request, entityId: str) -> JSONResponse:
+        """5.7.3 Retrieve Temporal Evolution of an Entity (without ``timerel``: the last 24 hours)."""
+        p = request.query_params
+        fmt = negotiate(request.headers.get("accept"), (JSON, LD))
+        only = nq.parse_names("attrs", p.get("attrs"), f.iris)
+        tq = _TemporalQuery.parse(p, required=False)
+        f.check_id(entityId)
+        w = f.world()
+        e = f.find(w, entityId)
+        body, headers, status = tq.run(f, [e], only, w.owner)
+        return f.answer(request, body[0], fmt, headers, status)
+
+    return r
+
+
+@dataclass(frozen=True)
+class _TemporalQuery:
+    """A temporal request's parameters, checked before any data is read."""
+
+    start_ms: int
+    end_ms: int
+    rep: str  # normalized | temporalValues | aggregatedValues
+    last_n: int | None
+    methods: tuple[str, ...] = ()
+    period_ms: int = 0
+
+    @classmethod
+    def parse(cls, p: Mapping[str, str], *, required: bool) -> _TemporalQuery:
+        opts = _options(p.get("options"), _TEMPORAL_OPTIONS)
         if {"temporalValues", "aggregatedValues"} <= opts:
             raise NgsiError("InvalidRequest", "options: temporalValues or aggregatedValues, not both")
         aggregated = "aggregatedValues" in opts
-        now_ms = int(time.time() * 1000)
-        tr = time_range(params.get("timerel"), params.get("timeAt"), params.get("endTimeAt"), now_ms,
+        if p.get("timeproperty") not in (None, "observedAt"):
+            raise bad_request("timeproperty", "observedAt (the only time our data has)", p["timeproperty"])
+        tr = time_range(p.get("timerel"), p.get("timeAt"), p.get("endTimeAt"), int(time.time() * 1000),
                         aggregated=aggregated, required=required)
-        if params.get("timeproperty") not in (None, "observedAt"):
-            raise bad_request("timeproperty", "observedAt (the only time our data has)", params["timeproperty"])
+        last_n = _int("lastN", p.get("lastN"), 0, 1, MAX_LAST_N) or None
+        if not aggregated:
+            return cls(tr.start_ms, tr.end_ms, "temporalValues" if "temporalValues" in opts else "normalized",
+                       last_n)
+        raw = p.get("aggrMethods")
+        if not raw:
+            raise NgsiError("BadRequestData", "aggrMethods is required with options=aggregatedValues "
+                            f"({', '.join(AGGR_METHODS)})")
+        methods = tuple(m.strip() for m in raw.split(","))
+        if any(m not in AGGR_METHODS for m in methods) or len(set(methods)) != len(methods):
+            raise bad_request("aggrMethods", f"distinct methods of {', '.join(AGGR_METHODS)}", raw)
+        period = parse_duration_ms(p.get("aggrPeriodDuration"))
+        if period > MAX_AGGR_DAYS * 86_400_000:
+            raise bad_request("aggrPeriodDuration", f"at most {MAX_AGGR_DAYS} days", p.get("aggrPeriodDuration"))
+        if period and -(-(tr.end_ms - tr.start_ms) // period) > MAX_PERIODS:
+            raise bad_request("aggrPeriodDuration", f"a period giving at most {MAX_PERIODS} periods in the time "
+                              "range", p.get("aggrPeriodDuration"))
+        return cls(tr.start_ms, tr.end_ms, "aggregatedValues", None, methods, period)
+
+    def run(self, f: _Facade, entities: list[Entity], only: list[str] | None,
+            owner: Mapping[str, EntityProvider]) -> tuple[list[dict[str, Any]], dict[str, str], int]:
         by_provider: dict[int, tuple[EntityProvider, list[Entity]]] = {}
         for e in entities:
             p = owner[e.id]
             by_provider.setdefault(id(p), (p, []))[1].append(e)
         headers: dict[str, str] = {}
-        status = 200
         results: dict[str, Any] = {}
-        if aggregated:
-            raw_methods = params.get("aggrMethods")
-            if not raw_methods:
-                raise NgsiError("BadRequestData", "aggrMethods is required with options=aggregatedValues "
-                                f"({', '.join(AGGR_METHODS)})")
-            methods = [m.strip() for m in raw_methods.split(",")]
-            bad = [m for m in methods if m not in AGGR_METHODS]
-            if bad or len(set(methods)) != len(methods):
-                raise bad_request("aggrMethods", f"distinct methods of {', '.join(AGGR_METHODS)}", raw_methods)
-            period = parse_duration_ms(params.get("aggrPeriodDuration"))
-            span = tr.end_ms - tr.start_ms
-            if period and -(-span // period) > MAX_PERIODS:
-                raise bad_request("aggrPeriodDuration", f"a period giving at most {MAX_PERIODS} periods in the "
-                                  "time range", params.get("aggrPeriodDuration"))
+        if self.rep == "aggregatedValues":
             for p, ents in by_provider.values():
-                attrs = _temporal_attrs(p, ents, only)
-                results.update(f.call(p.aggregated, [e.id for e in ents], attrs, methods, period, tr.start_ms,
-                                      tr.end_ms))
-            body = [render.temporal_entity(e, f.types[e.type], "aggregatedValues",
+                results.update(f.call(p.aggregated, [e.id for e in ents], _temporal_attrs(p, ents, only),
+                                      list(self.methods), self.period_ms, self.start_ms, self.end_ms))
+            return [render.temporal_entity(e, f.types[e.type], self.rep,
                                            aggregates=_known(results.get(e.id, {}), f.types[e.type]))
-                    for e in entities]
-            return body, headers, status
-        last_n = _int("lastN", params.get("lastN"), 0, 1, MAX_LAST_N) or None
+                    for e in entities], headers, 200
         for p, ents in by_provider.values():
-            attrs = _temporal_attrs(p, ents, only)
-            results.update(f.call(p.history, [e.id for e in ents], attrs, tr.start_ms, tr.end_ms, last_n,
-                                  MAX_INSTANCES + 1))
+            results.update(f.call(p.history, [e.id for e in ents], _temporal_attrs(p, ents, only),
+                                  self.start_ms, self.end_ms, self.last_n, MAX_INSTANCES + 1))
+        status = 200
         cut: int | None = None
         for per in results.values():
             for inst in per.values():
@@ -387,55 +502,10 @@ def router(api: Api, providers: Sequence[EntityProvider]) -> APIRouter:
             results = {eid: {a: [i for i in inst if i[1] <= cut] for a, inst in per.items()}
                        for eid, per in results.items()}
             status = 206
-            headers["Content-Range"] = f"date-time {utc(tr.start_ms)}-{utc(cut)}/*"
-        rep = "temporalValues" if "temporalValues" in opts else "normalized"
-        body = [render.temporal_entity(e, f.types[e.type], rep, instances=_known(results.get(e.id, {}),
-                                                                               f.types[e.type]))
-                for e in entities]
-        return body, headers, status
-
-    @api.route(r, f"{BASE}/temporal/entities", scope=SERVICE, responses=resp)
-    def query_temporal(request: Request, type: str | None = None, id: str | None = None,
-                       idPattern: str | None = None, attrs: str | None = None, q: str | None = None,
-                       georel: str | None = None, geometry: str | None = None, coordinates: str | None = None,
-                       timerel: str | None = None, timeAt: str | None = None, endTimeAt: str | None = None,
-                       lastN: str | None = None, aggrMethods: str | None = None,
-                       aggrPeriodDuration: str | None = None, limit: str | None = None,
-                       offset: str | None = None, count: str | None = None, options: str | None = None) -> JSONResponse:
-        """5.7.4 Query Temporal Evolution of Entities: the selection of Query Entities (type, id, idPattern,
-        attrs, q, geo: on the entities' current state) with ``timerel``/``timeAt``/``endTimeAt`` (required),
-        ``lastN``, ``options=temporalValues`` or ``aggregatedValues`` (``aggrMethods``, ``aggrPeriodDuration``);
-        ``limit`` at most 100 entities."""
-        fmt = negotiate(request.headers.get("accept"), (JSON, LD))
-        params = dict(request.query_params)
-        lim = _int("limit", limit, DEFAULT_LIMIT, 0, MAX_TEMPORAL_LIMIT)
-        off = _int("offset", offset, 0, 0, 10**9)
-        cnt = _bool("count", count)
-        if lim == 0 and not cnt:
-            raise bad_request("limit", "0 only with count=true", limit)
-        w = f.world()
-        found, only = f.select(w, params, required=True)
-        body, headers, status = temporal(found[off:off + lim], only, params, w.owner, required=True)
-        if cnt:
-            headers["NGSILD-Results-Count"] = str(len(found))
-        return f.answer(request, body, fmt, headers, status)
-
-    @api.route(r, f"{BASE}/temporal/entities/{{entityId}}", scope=SERVICE,
-               responses={**resp, 404: {"description": "ResourceNotFound"}})
-    def retrieve_temporal(request: Request, entityId: str, attrs: str | None = None,
-                          timerel: str | None = None, timeAt: str | None = None,
-                          endTimeAt: str | None = None, lastN: str | None = None,
-                          aggrMethods: str | None = None, aggrPeriodDuration: str | None = None,
-                          options: str | None = None) -> JSONResponse:
-        """5.7.3 Retrieve Temporal Evolution of an Entity (without ``timerel``: the last 24 hours)."""
-        fmt = negotiate(request.headers.get("accept"), (JSON, LD))
-        only = nq.parse_names("attrs", attrs, f.iris)
-        w = f.world()
-        e = f.find(w, entityId)
-        body, headers, status = temporal([e], only, dict(request.query_params), w.owner, required=False)
-        return f.answer(request, body[0], fmt, headers, status)
-
-    return r
+            headers["Content-Range"] = f"date-time {utc(self.start_ms)}-{utc(cut)}/*"
+        return [render.temporal_entity(e, f.types[e.type], self.rep,
+                                       instances=_known(results.get(e.id, {}), f.types[e.type]))
+                for e in entities], headers, status
 
 
 def _format(raw: str | None) -> str | None:

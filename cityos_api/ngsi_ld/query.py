@@ -422,5 +422,5 @@ def parse_id_pattern(raw: str | None) -> re.Pattern[str] | None:
                           "quantifiers", raw)
     try:
         return re.compile(raw)
-    except re.error:
+    except (re.error, OverflowError, RecursionError):
         raise bad_request("idPattern", "a regular expression", raw) from None
