@@ -41,6 +41,7 @@ __all__ = [
 
 _ID_RE = re.compile(ID_PATTERN)
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_SPACE_OFFSET = re.compile(r"(T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:?\d{2})$")
 _FIRST_MS = 946_684_800_000  # 2000-01-01
 _LAST_MS = 4_102_444_800_000  # 2100-01-01
 
@@ -71,7 +72,8 @@ def iso(ts_ms: float) -> str:
 
 def parse_time(param: str, raw: str) -> int:
     """Epoch ms of ``raw`` (see the module's docstring), or 422."""
-    text = raw.strip()
+    # a '+' left unescaped in a URL arrives as a space: "...T09:00:00 09:00" means "+09:00"
+    text = _SPACE_OFFSET.sub(r"\1+\2", raw.strip())
     try:
         if _DATE_RE.fullmatch(text):
             d = date.fromisoformat(text)

@@ -67,3 +67,15 @@ def own_stack(tmp_path) -> Iterator[Stack]:
         yield s
     finally:
         s.down()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The simulated afternoon (tests/city_afternoon.py): played once per session for every test that compares what the
+# city's readers see (dashboards, the API) with the simulators' ground truth.
+
+
+@pytest.fixture(scope="session")
+def city_afternoon(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from city_afternoon import play
+
+    yield from play(stack, tmp_path_factory.mktemp("city-afternoon"))

@@ -8,10 +8,9 @@ return data, except the panels in ``EXPECTED_EMPTY`` (each with its reason; they
 are checked against the simulators' ground truth: kg per district per day, kWh per district per day, and the
 landslide-warning and tilt-caution alert states through the storm. The same data renders the PNG previews.
 
-The afternoon: 12:00-18:00 JST yesterday at 720× (~30 s of play): the garbage truck's two rounds, the heavy-rain
-storm from 13:00 with the sliding slope at forest-01-02 (tilt rate past 0.5 deg/h around 16:30; rain above
-30 mm/h from about 14:40), six households' meters with their :00/:30 fixed-time values, gateway health, and the
-ingest's own health.
+The afternoon (tests/city_afternoon.py, played once per session and shared with the API's tests): 12:00-18:00
+JST yesterday at 720×: the garbage truck's two rounds, the storm with the sliding slope at forest-01-02, ten
+households' meters in one district (k = 10: shown), gateway health, and the ingest's own health.
 
 Time windows. A panel is run over two ranges: the afternoon itself, and the dashboard's default range
 (``time_from``, e.g. ``now-30d``) ending at the afternoon's end, with ``now()`` pinned there; it passes with data
@@ -22,22 +21,16 @@ real (wall-clock) time, not simulated time, so panels and rules reading only tho
 from __future__ import annotations
 
 import re
-import threading
-import time
-import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from citylab.city import load_scenario
-from citylab.cityrun import CityRun
 from dashboards.macros import ALL, VarSpec, calculate_interval, expand, panel_max_data_points
 from dashboards.model import AlertRule, Dashboard, Panel, Target
 from dashboards.queryrun import InfluxSource, Series, evaluate_rule, run_query, source_of, tag_values
-from firmware_sim.cityplugin import read_truth as _lines  # the ground-truth JSONL reader the city check uses
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -48,52 +41,15 @@ RATE = 720
 REALTIME = {"gateway_status", "ingest_health"}
 MIN_MS = 60_000
 
-SCENARIO = f"""
-name = "dashboards afternoon"
-seed = 11
-districts = "{{districts}}"
-
-[day]
-date = "yesterday"
-start = "12:00"
-end = "18:00"
-rate = {RATE}
-
-[meters]
-households = 6
-per_gateway = 3
-poll_interval_s = 300
-
-[forest]
-stations = 2
-per_gateway = 2
-sample_interval_s = 600
-
-[trucks]
-count = 1
-# 20 simulated minutes is 1.7 s at 720x: the truck's gateway agent is up before the first bin is lifted (its first
-# read flushes what waited on the port, so a pickup made before it listens would count as the empty weight)
-depart = "12:20"
-"""
 
 
 #: Panels (dashboard uid, English title) that no range of this afternoon gives data to, and why. Each is still run
 #: (it must not error) and must come back empty, so an entry that starts returning data is noticed.
-_FEW = "six households over eight districts: fewer than k = 10 per district, hidden by the privacy rule"
 EXPECTED_EMPTY: dict[tuple[str, str], str] = {
     ("cityos-energy", "Daily use per household: median per district and day"):
         "needs complete days (48 half-hour values per household); the afternoon has 12",
     ("cityos-energy", "Daily use per household: percentiles per district in the period"):
         "needs complete household-days (48 half-hour values); the afternoon has 12",
-    # every value over households needs k of them (docs/privacy.md); tests/test_dashboards_privacy.py runs
-    # these with districts of k and more, and test_kwh_per_district_matches_the_meter_truth below with k = 1
-    ("cityos-overview", "Electricity used per day, by district"): _FEW,
-    ("cityos-overview", "Peak demand per day, by district"): _FEW,
-    ("cityos-energy", "Electricity used per day, by district"): _FEW,
-    ("cityos-energy", "Electricity used per half hour, by district"): _FEW,
-    ("cityos-energy", "District demand (5-minute means)"): _FEW,
-    ("cityos-energy", "Peak demand per day, by district"): _FEW,
-    ("cityos-energy", "Households reporting"): _FEW,
 }
 
 
@@ -111,75 +67,23 @@ def catalog() -> tuple[tuple[Dashboard, ...], tuple[AlertRule, ...]]:
 
 @dataclass
 class CityData:
+    """The afternoon (tests/city_afternoon.py) with the dashboards' view of InfluxDB."""
+
     source: InfluxSource
-    t0: int  # ms: the simulated span (power-on instant … end)
+    t0: int
     t1: int
-    wall_t0: int  # ms: real time around the run (gateway_status, ingest_health)
+    wall_t0: int
     wall_t1: int
-    seconds: dict[str, float] = field(default_factory=dict)
-    truth_waste_kg: dict[str, float] = field(default_factory=dict)  # district → kg displayed, whole afternoon
-    truth_energy_kwh: dict[str, float] = field(default_factory=dict)  # district → kWh over the slots in (t0, t1]
-    forest_truth: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # device → samples by time
-
-
+    truth_waste_kg: dict[str, float]
+    truth_energy_kwh: dict[str, float]
+    forest_truth: dict[str, list[dict[str, Any]]]
 
 
 @pytest.fixture(scope="module")
-def city(stack, tmp_path_factory) -> Any:
-    t_start = time.monotonic()
-    tmp = tmp_path_factory.mktemp("dash-city")
-    db = f"t_dash_{uuid.uuid4().hex[:8]}"
-    stack.create_database(db)
-    info = stack.info()
-    sc_path = tmp / "afternoon.toml"
-    sc_path.write_text(SCENARIO.format(districts=REPO / "scenarios" / "tsuyama-districts.geojson"))
-    run = CityRun(load_scenario(sc_path), tmp / "city", info, db=db, say=lambda _m: None)
-    seconds: dict[str, float] = {}
-    wall_t0 = int(time.time() * 1000)
-    try:
-        run.start()
-        seconds["start"] = time.monotonic() - t_start
-        run.play(threading.Event())
-        seconds["play"] = time.monotonic() - t_start
-        # Settled = the stored data equals the ground truth. (Health readings keep flowing, so "nothing moves"
-        # never happens; CityRun.settle() waits for empty outboxes, which can take until its timeout.)
-        run.city.freeze()
-        deadline = time.monotonic() + 90
-        while True:
-            rep = run.verify()
-            if rep.exact or time.monotonic() > deadline:
-                break
-            time.sleep(1.0)
-        time.sleep(2.0)  # one more round of status messages and ingest_health after the data
-        wall_t1 = int(time.time() * 1000)
-        seconds["settled"] = time.monotonic() - t_start
-        assert rep.exact, "\n".join(c.line() + "".join(f"\n  {p}" for p in c.problems[:5]) for c in rep.checks)
-        fams = {f.name: f for f in run.city.families}
-        t0, t1 = int(run.city.sim_start * 1000), int(run.city.sim_end * 1000)
-        data = CityData(source_of(info, db), t0, t1, wall_t0, wall_t1, seconds)
-        for gw in fams["truck"].gateways:
-            for e in _lines(gw.truth):
-                if e.get("event") == "pickup" and t0 <= e["ts"] <= t1:
-                    data.truth_waste_kg[e["district"]] = data.truth_waste_kg.get(e["district"], 0.0) + e["kg_displayed"]
-        meters = fams["meter"]
-        for hh, h in meters.households.items():
-            fixed = sorted((e["ts"], e["energy_kwh"]) for e in _lines(meters.truth_path(hh))
-                           if e.get("type") == "fixed" and t0 < e["ts"] <= t1)
-            if len(fixed) > 1:
-                data.truth_energy_kwh[h["district"]] = data.truth_energy_kwh.get(h["district"], 0.0) + (
-                    fixed[-1][1] - fixed[0][1])
-        for gw in fams["forest"].gateways:
-            for e in _lines(gw.truth):
-                if "sample_no" in e:
-                    data.forest_truth.setdefault(e["device_id"], []).append(e)
-        for samples in data.forest_truth.values():
-            samples.sort(key=lambda e: e["ts"])
-    finally:
-        run.stop()
-    seconds["stopped"] = time.monotonic() - t_start
-    print(f"\ncity afternoon fixture (s since start): {seconds}")
-    yield data
-    stack.drop_database(db)
+def city(city_afternoon) -> CityData:
+    a = city_afternoon
+    return CityData(source_of(a.info, a.db), a.t0, a.t1, a.wall_t0, a.wall_t1, a.truth_waste_kg,
+                    a.truth_energy_kwh, a.forest_truth)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -352,10 +256,9 @@ def test_kg_per_district_matches_the_truck_truth(city):
 
 
 def test_kwh_per_district_matches_the_meter_truth(city):
-    """The kWh per district (per day, per half hour) add up to the meters' own fixed-time register values.
-
-    The afternoon's districts have one household each, fewer than k, so the panels show nothing (checked); the
-    sums are checked with the k filter lowered to 1 (tests/test_dashboards_privacy.py checks them with k)."""
+    """The kWh per district (per day, per half hour) add up to the meters' own fixed-time register values: the
+    afternoon's ten households live in one district, k of them, so it is shown (tests/test_dashboards_privacy.py
+    has the districts below k)."""
     from cityos.privacy import MIN_HOUSEHOLDS
 
     k_rule = f'"households" >= {MIN_HOUSEHOLDS}'
@@ -363,9 +266,6 @@ def test_kwh_per_district_matches_the_meter_truth(city):
     found = [f for f in found if f[2].query.startswith('SELECT "kwh" FROM') and k_rule in f[2].query]
     assert any("time(1d" in t.query for _d, _p, t in found), "expected a kWh-per-district-per-day panel"
     for d, p, t in found:
-        assert not _run_panel(city, d, p, city.t0 + 1, city.t1)[t.ref_id], (d.uid, p.title("en"), "k rule")
-        p = replace(p, targets=tuple(replace(x, query=x.query.replace(k_rule, '"households" >= 1'))
-                                     for x in p.targets))
         # From just after power-on: whether a gateway stored the power-on instant's value is a race (see
         # cityverify.verify_energy); the truth counts the slots after it.
         got = _sum_by_tag(_run_panel(city, d, p, city.t0 + 1, city.t1)[t.ref_id], "district")
