@@ -43,6 +43,65 @@ def _previews(info: Any, run: Any, sc: Any, out: Path) -> None:
         _say(f"    {f}")
 
 
+def _api(info: Any, run: Any, sc: Any, run_dir: Path) -> list[str]:
+    """The City OS API over this day: its config and a service token in ``run/api/``, three calls answered here
+    in-process; returns the same three as lines a newcomer can paste once the API runs (docs/api.md), which the
+    demo prints last."""
+    import warnings
+    from datetime import datetime, timedelta, timezone
+
+    with warnings.catch_warnings():  # Starlette's note that it prefers httpx2: not the demo's business
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    from cityos.config import dump_toml
+    from cityos.credentials import write_private
+    from cityos_api.app import create_app
+    from cityos_api.auth import SERVICE, TokenStore, parse_expiry
+    from cityos_api.settings import load_settings
+
+    api_dir = run_dir / "api"
+    api_dir.mkdir(parents=True, exist_ok=True)
+    cfg = api_dir / "api.toml"
+    bus_feed = sc.resolve("gtfs-tsuyama-loop")
+    cfg.write_text(dump_toml({
+        "influx": {"url": info.influx_url, "db": run.db, "username": INFLUX_READER,
+                   "password_file": info.password_file(INFLUX_READER)},
+        "places": {"districts_file": sc.resolve(sc.districts), "gtfs_dir": bus_feed if bus_feed.is_dir() else None},
+        "auth": {"tokens_file": api_dir / "tokens.json"},
+    }, header="The City OS API over the demo's day (cityos api serve --config this-file); written by cityos demo"))
+    token_file = api_dir / "service.token"
+    store = TokenStore(api_dir / "tokens.json")
+    _rec, token = store.create("cityos demo", [SERVICE], parse_expiry("30d"))
+    write_private(token_file, token + "\n")
+    jst = timezone(timedelta(hours=9))
+    day = datetime.fromtimestamp(run.city.sim_start, jst).date()
+    calls = [
+        (f"/v1/forest/alerts?from={day}&to={day + timedelta(days=1)}", False,
+         lambda j: f"{len(j['items'])} landslide alert episodes" + "".join(
+             f"; {e['station']} {e['level']} from {e['start'][11:16]}" for e in j["items"][:3])),
+        (f"/v1/waste/districts/daily?from={day}&to={day + timedelta(days=1)}", False,
+         lambda j: f"{len(j['items'])} districts, {sum(i['kg'] for i in j['items']):,.0f} kg"),
+        ("/ngsi-ld/v1/entities?type=WeatherObserved&options=keyValues", True,
+         lambda j: f"{len(j)} WeatherObserved entities (NGSI-LD, scope service)"),
+    ]
+    _say("\nthe City OS API over this day (docs/api.md; the whole contract at /docs):")
+    try:
+        with TestClient(create_app(load_settings(cfg))) as client:
+            for path, auth, summary in calls:
+                resp = client.get(path, headers={"Authorization": f"Bearer {token}"} if auth else {})
+                ok = resp.status_code == 200
+                _say(f"  {path}: HTTP {resp.status_code}" + (f", {summary(resp.json())}" if ok else ""))
+    except Exception as exc:  # the API is a view of the result, not the result: report, don't fail the demo
+        _say(f"  the API could not answer here: {type(exc).__name__}: {exc}")
+    lines = ["", "try the City OS API yourself: start the stack and the API, then paste the calls:",
+             f"  cityos stack up --run-dir {run_dir / 'stack'} && cityos api serve --config {cfg} &"]
+    for path, auth, _summary in calls:
+        header = f'-H "Authorization: Bearer $(cat {token_file})" ' if auth else ""
+        lines.append(f"  curl -s {header}'http://127.0.0.1:8000{path}'")
+    return lines
+
+
 def run_demo(*, run_dir: Path, scenario: Path, duration: float | None, rate: float | None = None) -> int:
     """The simulated city's day through the real stack, then InfluxDB against the ground truth."""
     from citylab.city import load_scenario
@@ -69,6 +128,7 @@ def run_demo(*, run_dir: Path, scenario: Path, duration: float | None, rate: flo
 
     old = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
     rc = 0
+    api_lines: list[str] = []
     try:
         run.start()
         city = run.city
@@ -94,6 +154,7 @@ def run_demo(*, run_dir: Path, scenario: Path, duration: float | None, rate: flo
             _say(f"warning: {rep.dead_lettered} message(s) dead-lettered")
         rc = 0 if rep.exact else 1
         _previews(info, run, sc, run_dir / "previews")
+        api_lines = _api(info, run, sc, run_dir)
         if any(c.partial for c in rep.checks):
             _say("(stopped early by --duration: the checks cover the part of the day that was played)")
     except (TimeoutError, StackError) as exc:
@@ -111,6 +172,8 @@ def run_demo(*, run_dir: Path, scenario: Path, duration: float | None, rate: flo
                      f"`cityos stack up --run-dir {stack.run_dir}` brings it back to query)")
             for s, h in old.items():
                 signal.signal(s, h)
+    for line in api_lines:
+        _say(line)
     return rc
 
 
