@@ -14,8 +14,6 @@ Operations routes: ``/healthz`` (open: InfluxDB reachable, data fresh), ``/metri
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -31,11 +29,10 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cityos.families import FAMILIES
 from cityos.influx import InfluxError, query_results
-from cityos_api import fleet
+from cityos_api import fleet, ngsi_ld
 from cityos_api.auth import FLEET, OPEN, SCOPES, Denied
-from cityos_api.core import Api, problem
+from cityos_api.core import Api, family_parts, problem
 from cityos_api.settings import ApiSettings, InfluxSettings, load_settings
 
 __all__ = ["ApiSettings", "InfluxSettings", "create_app", "load_settings"]
@@ -49,16 +46,6 @@ LEGACY = {
     "/open/v1/bus/stop-hourly": "/v1/bus/stop-hourly",
     "/open/v1/bus/od-monthly": "/v1/bus/od-monthly",
 }
-
-
-def family_routers(api: Api) -> list[APIRouter]:
-    """Each family's router: ``cityos_api/families/<name>.py`` ``router(api)``, for the families that have one."""
-    out = []
-    for fam in FAMILIES:
-        name = f"cityos_api.families.{fam.name}"
-        if importlib.util.find_spec(name) is not None:
-            out.append(importlib.import_module(name).router(api))
-    return out
 
 
 class _Measure:
@@ -182,9 +169,9 @@ def create_app(settings: ApiSettings, *, transport: Any = None) -> FastAPI:
         return problem(500, "internal error: it is logged; try again later")
 
     # ---- routes
-    for r in family_routers(api):
+    for r in family_parts(api, "", "router"):
         app.include_router(r)
-    importlib.import_module("cityos_api.ngsi_ld").install(app, api)  # /ngsi-ld/v1 over the families' providers
+    ngsi_ld.install(app, api)  # /ngsi-ld/v1 over the families' providers
     app.include_router(fleet.router(api))
 
     ops = APIRouter(tags=["operations"])

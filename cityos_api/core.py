@@ -35,7 +35,7 @@ from cityos_api.gtfs_rt import QueryFn, query_fn
 from cityos_api.opendata import to_csv
 from cityos_api.settings import ApiSettings
 
-__all__ = ["CSV", "Api", "Caller", "District", "Metrics", "Places", "RateLimiter", "problem", "safe_filename"]
+__all__ = ["CSV", "Api", "Caller", "District", "Metrics", "Places", "RateLimiter", "family_parts", "problem", "safe_filename"]
 
 log = logging.getLogger("cityos_api")
 CSV = "text/csv; charset=utf-8"
@@ -175,6 +175,23 @@ class Caller:
 
     token: TokenRecord | None
     client: str
+
+
+def family_parts(api: Api, suffix: str, factory: str) -> list[Any]:
+    """Each family's part of the API, found by the family's name: ``cityos_api/families/<name><suffix>.py``'s
+    ``factory(api)`` (its router: ``("", "router")``; its NGSI-LD provider: ``("_ngsi", "provider")``), for the
+    families that have one (:data:`cityos.families.FAMILIES`, in their order)."""
+    import importlib
+    import importlib.util
+
+    from cityos.families import FAMILIES
+
+    out = []
+    for fam in FAMILIES:
+        name = f"cityos_api.families.{fam.name}{suffix}"
+        if importlib.util.find_spec(name) is not None:
+            out.append(getattr(importlib.import_module(name), factory)(api))
+    return out
 
 
 class Api:

@@ -11,14 +11,11 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Sequence
 
 from fastapi import FastAPI
 
-from cityos.families import FAMILIES
-from cityos_api.core import Api
+from cityos_api.core import Api, family_parts
 from cityos_api.ngsi_ld.errors import NgsiError, handle
 from cityos_api.ngsi_ld.facade import BASE, CONTEXT_PATH, router
 from cityos_api.ngsi_ld.influx import InfluxFields, Target
@@ -58,12 +55,7 @@ __all__ = [
 def family_providers(api: Api) -> list[EntityProvider]:
     """Each family's provider: ``cityos_api/families/<name>_ngsi.py`` ``provider(api)``, for the families that
     have one."""
-    out = []
-    for fam in FAMILIES:
-        name = f"cityos_api.families.{fam.name}_ngsi"
-        if importlib.util.find_spec(name) is not None:
-            out.append(importlib.import_module(name).provider(api))
-    return out
+    return family_parts(api, "_ngsi", "provider")
 
 
 def install(app: FastAPI, api: Api, providers: Sequence[EntityProvider] | None = None) -> None:
