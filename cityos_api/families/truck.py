@@ -60,9 +60,11 @@ __all__ = [
     "MAX_PICKUP_KG",
     "Pickup",
     "Trip",
+    "TruckLoad",
     "cell_of",
     "fetch_district_days",
     "fetch_district_months",
+    "fetch_loads",
     "fetch_pickups",
     "fetch_trips",
     "link_next",
@@ -264,6 +266,50 @@ def fetch_pickups(query: QueryFn, db: str, tr: TimeRange, truck: str | None = No
             out.append(Pickup(dev, d, int(row["time"]), kg, None if trip_no is None else int(trip_no),
                               lat if pos_ok and not no_pos else None, lon if pos_ok and not no_pos else None))
     return out, skipped
+
+
+@dataclass(frozen=True)
+class TruckLoad:
+    """A pickup's ``load_kg`` (the load after it; None when missing or out of range) and position (None without a
+    usable fix)."""
+
+    truck: str
+    ts_ms: int
+    trip_no: int | None
+    load_kg: float | None
+    lat: float | None
+    lon: float | None
+
+
+def fetch_loads(query: QueryFn, db: str, tr: TimeRange, truck: str | None = None, *, newest: bool = False
+                ) -> tuple[list[TruckLoad], int]:
+    """Every pickup's load and position in ``tr`` (of one truck), oldest first, and the number of loads or
+    positions that could not be used; with ``newest``, per truck only its newest pickup with a load and its
+    newest with a position (the NGSI-LD Vehicle's current state, docs/ngsi-ld.md)."""
+    where = tr.where() + (f' AND "device" = {literal(truck)}' if truck else "")
+    last = ' ORDER BY time DESC LIMIT 1' if newest else ""
+    stmts = [f'SELECT "load_kg", "trip_no" FROM "{COLLECTION}" WHERE {where} GROUP BY "device"{last}',
+             f'SELECT "lat", "lon" FROM "{COLLECTION}" WHERE {where} GROUP BY "device"{last}'] if newest else \
+        [f'SELECT "load_kg", "trip_no", "lat", "lon" FROM "{COLLECTION}" WHERE {where} GROUP BY "device"']
+    out: list[TruckLoad] = []
+    skipped = 0
+    for series in _series(*query(db, "; ".join(stmts))):
+        for s in series:
+            dev = (s.get("tags") or {}).get("device") or ""
+            if not _ID_RE.fullmatch(dev):
+                skipped += len(s.get("values", []))
+                continue
+            for row in _rows(s):
+                load = _kg(row.get("load_kg"), MAX_TRIP_KG)
+                lat, lon = _num(row.get("lat")), _num(row.get("lon"))
+                pos_ok = lat is not None and lon is not None and -90 <= lat <= 90 and -180 <= lon <= 180
+                skipped += (row.get("load_kg") is not None and load is None) + \
+                    ((row.get("lat") is not None or row.get("lon") is not None) and not pos_ok)
+                trip_no = _num(row.get("trip_no"))
+                if load is not None or pos_ok:
+                    out.append(TruckLoad(dev, int(row["time"]), None if trip_no is None else int(trip_no), load,
+                                         lat if pos_ok else None, lon if pos_ok else None))
+    return sorted(out, key=lambda x: (x.ts_ms, x.truck)), skipped
 
 
 @dataclass
