@@ -30,6 +30,7 @@ from cityos_api.ngsi_ld.provider import (
     TypeInfo,
     urn,
 )
+from cityos_api.ngsi_ld.temporal import aggregate
 
 __all__ = [
     "AGGR_METHODS",
@@ -45,6 +46,7 @@ __all__ = [
     "NgsiError",
     "Target",
     "TypeInfo",
+    "aggregate",
     "family_providers",
     "install",
     "router",

@@ -4,7 +4,9 @@ naming the device, one field per temporal attribute. A family's provider maps ea
 
 Every query is one InfluxDB request of one statement per field (a field alone: InfluxDB 1.x returns only the points
 that have it, so ``lastN`` and the instances' times are per attribute). Tag values are checked against the wire
-contract's id pattern before they reach InfluxQL; field names come from the provider's code.
+contract's id pattern before they reach InfluxQL; field names come from the provider's code. ``valid`` bounds a
+field's values (history and aggregates leave a point outside them out, as a family's own routes skip unservable
+points).
 """
 
 from __future__ import annotations
@@ -45,12 +47,21 @@ def _ident(name: str) -> str:
 
 
 class InfluxFields:
-    """Reads fields of ``measurement`` per value of ``tag``."""
+    """Reads fields of ``measurement`` per value of ``tag``; ``valid``: field → (lowest, highest) servable value."""
 
-    def __init__(self, measurement: str, tag: str = "device") -> None:
+    def __init__(self, measurement: str, tag: str = "device",
+                 valid: Mapping[str, tuple[float, float]] | None = None) -> None:
         self.measurement = _ident(measurement)
         self.tag = _ident(tag)
         self._tag_name = tag
+        self._valid = {f: (float(lo), float(hi)) for f, (lo, hi) in (valid or {}).items()}
+
+    def _bounds(self, field: str) -> str:
+        """`` AND`` the field's servable range, when it has one."""
+        if field not in self._valid:
+            return ""
+        lo, hi = self._valid[field]
+        return f" AND {_ident(field)} >= {lo!r} AND {_ident(field)} <= {hi!r}"
 
     def _tags(self, values: Sequence[str]) -> str:
         ok = sorted({v for v in values if _ID_RE.fullmatch(v)})
@@ -72,8 +83,8 @@ class InfluxFields:
     # ---- current state
     def latest(self, api: Api, fields: Sequence[str], since_ms: int) -> dict[str, dict[str, tuple[Any, int]]]:
         """tag value → field → its newest ``(value, ms)`` since ``since_ms``."""
-        stmts = [f"SELECT LAST({_ident(f)}) FROM {self.measurement} WHERE time >= {int(since_ms)}ms "
-                 f"GROUP BY {self.tag}" for f in fields]
+        stmts = [f"SELECT LAST({_ident(f)}) FROM {self.measurement} WHERE time >= {int(since_ms)}ms"
+                 f"{self._bounds(f)} GROUP BY {self.tag}" for f in fields]
         out: dict[str, dict[str, tuple[Any, int]]] = {}
         for f, result in zip(fields, self._run(api, stmts), strict=True):
             for tag, _cols, rows in self._series(result):
@@ -100,7 +111,7 @@ class InfluxFields:
         order, limit = ("DESC", last_n) if last_n else ("ASC", max_n)
         fields = sorted(need)
         stmts = [f"SELECT {_ident(f)} FROM {self.measurement} WHERE {self._tags([t for *_, t in need[f]])} AND "
-                 f"time >= {int(start_ms)}ms AND time < {int(end_ms)}ms GROUP BY {self.tag} "
+                 f"time >= {int(start_ms)}ms AND time < {int(end_ms)}ms{self._bounds(f)} GROUP BY {self.tag} "
                  f"ORDER BY time {order} LIMIT {int(limit)}" for f in fields]
         out: History = {}
         for f, result in zip(fields, self._run(api, stmts), strict=True):
@@ -124,7 +135,7 @@ class InfluxFields:
         for f in fields:
             sel = ", ".join(f'{_FUNCS[m].format(f=f)} AS "{m}"' for m in methods)
             stmts.append(f"SELECT {sel} FROM {self.measurement} WHERE {self._tags([t for *_, t in need[f]])} AND "
-                         f"time >= {int(start_ms)}ms AND time < {int(end_ms)}ms {group}")
+                         f"time >= {int(start_ms)}ms AND time < {int(end_ms)}ms{self._bounds(f)} {group}")
         out: Aggregates = {}
         for f, result in zip(fields, self._run(api, stmts), strict=True):
             by_tag: dict[str, dict[str, list[tuple[Any, int, int]]]] = {}

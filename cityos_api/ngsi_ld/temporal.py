@@ -4,12 +4,15 @@
 Bounds (docs/ngsi-ld.md, "Temporal"): raw instances over at most :data:`MAX_RAW_DAYS` days per request,
 aggregates over at most :data:`MAX_AGGR_DAYS` days in at most :data:`MAX_PERIODS` periods; ``before`` reads
 the :data:`MAX_RAW_DAYS` days before ``timeAt`` (the spec leaves it open-ended); without ``timerel`` (a single
-entity's history) the last :data:`DEFAULT_HOURS` hours.
+entity's history) the last :data:`DEFAULT_HOURS` hours. :func:`aggregate` is the aggregation of 4.5.19 for a
+provider that has its instances in hand (the InfluxDB helper has InfluxDB aggregate).
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,7 +21,7 @@ from fastapi import HTTPException
 from cityos_api.ngsi_ld.errors import NgsiError, bad_request
 from cityos_api.params import parse_time
 
-__all__ = ["TimeRange", "parse_duration_ms", "time_range", "utc"]
+__all__ = ["TimeRange", "aggregate", "parse_duration_ms", "time_range", "utc"]
 
 DAY_MS = 86_400_000
 MAX_RAW_DAYS = 31
@@ -100,3 +103,48 @@ def time_range(timerel: str | None, time_at: str | None, end_time_at: str | None
         raise bad_request("timeAt", f"with timerel=after, a time at most {days} days ago (use between for older "
                           "ranges)", time_at)
     return TimeRange(at + 1, max(now_ms + 1, at + 2))
+
+
+def _reduce(method: str, vs: list[float]) -> float | int | None:
+    if method == "totalCount":
+        return len(vs)
+    if method == "distinctCount":
+        return len(set(vs))
+    if method == "sum":
+        return sum(vs)
+    if method == "avg":
+        return sum(vs) / len(vs)
+    if method == "min":
+        return min(vs)
+    if method == "max":
+        return max(vs)
+    if method == "stddev":  # the sample's, as InfluxDB's STDDEV (none for one value)
+        if len(vs) < 2:
+            return None
+        mean = sum(vs) / len(vs)
+        return math.sqrt(sum((v - mean) ** 2 for v in vs) / (len(vs) - 1))
+    raise ValueError(f"not an aggregation method: {method!r}")
+
+
+def aggregate(instances: Iterable[tuple[float, int]], methods: Sequence[str], period_ms: int, start_ms: int,
+              end_ms: int) -> dict[str, list[tuple[float | int, int, int]]]:
+    """``methods`` over the numeric instances ``(value, ms)`` in ``[start_ms, end_ms)``, in consecutive periods of
+    ``period_ms`` from ``start_ms`` (0: one period, the whole range), as InfluxDB's ``GROUP BY time(period,
+    offset) fill(none)`` does for :class:`~cityos_api.ngsi_ld.InfluxFields`: periods without an instance are left
+    out, the last ends with the range. A value that is not a finite number is not counted."""
+    groups: dict[int, list[float]] = {}
+    for v, ms in instances:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            continue
+        if start_ms <= ms < end_ms:
+            k = (ms - start_ms) // period_ms if period_ms else 0
+            groups.setdefault(k, []).append(float(v))
+    out: dict[str, list[tuple[float | int, int, int]]] = {}
+    for k in sorted(groups):
+        t0 = start_ms + k * period_ms if period_ms else start_ms
+        t1 = min(t0 + period_ms, end_ms) if period_ms else end_ms
+        for m in methods:
+            r = _reduce(m, groups[k])
+            if r is not None:
+                out.setdefault(m, []).append((r, t0, t1))
+    return out
