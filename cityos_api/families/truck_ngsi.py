@@ -1,0 +1,261 @@
+"""The garbage trucks and the waste per district as NGSI-LD entities (the facade: ``cityos_api/ngsi_ld``; the mapping
+and its extensions: docs/ngsi-ld.md, "Garbage trucks"). Every read goes through ``cityos_api/families/truck.py``'s
+data functions (``fetch_loads``, ``fetch_trips``, ``fetch_district_days``): this module has no InfluxQL.
+
+* ``urn:ngsi-ld:Vehicle:<truck>`` (dataModel.Transportation ``Vehicle``): ``vehicleType`` ``lorry``, ``category``
+  ``[municipalServices]``, ``serviceProvided`` ``[garbageCollection]``, ``fleetVehicleId``; ``location`` where the
+  truck last loaded (the centre of the pickup's collection-point cell, ``truck.cell_of``: the trucks report a
+  position only with a pickup, and never a bin's exact spot); ``cargoWeight`` (KGM) the load after the newest
+  pickup, or what is left after the unload that ended its newest trip. History of both.
+* ``urn:ngsi-ld:WasteObserved:<district>`` (dataModel.WasteManagement ``WasteObserved``): waste collected in the
+  district per JST day: ``weight`` (KGM) and extension ``pickupCount`` (C62) of the newest day with a pickup,
+  ``dateObserved`` that day's start (00:00 JST), ``address`` (the district's Japanese name in ``district``),
+  extensions ``districtId`` and ``districtNameEn``, ``location`` the district's polygon (when the districts file has
+  one). History: one instance per JST day, stamped with the day's start.
+
+An entity exists when its data has something in the last :data:`LOOKBACK_DAYS` days.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from cityos_api.core import Api
+from cityos_api.families import truck
+from cityos_api.ngsi_ld import Aggregates, Attr, AttrInfo, Entity, History, TypeInfo, aggregate, urn
+from cityos_api.ngsi_ld.temporal import utc
+from cityos_api.params import TimeRange
+
+__all__ = ["TRUCK_TYPES", "TruckProvider", "provider"]
+
+LOOKBACK_DAYS = 30
+DAY_MS = 86_400_000
+#: A trip's unload is matched to the loads of its trip read from this long before the range.
+TRIP_LOOKBACK_MS = DAY_MS
+SDM = "https://smartdatamodels.org/"
+SDM_TRANSPORT = SDM + "dataModel.Transportation/"
+SDM_WASTE = SDM + "dataModel.WasteManagement/"
+UNKNOWN_NAMES = ("不明（位置なし・地区外）", "unknown (no position or outside every district)")
+CITY = {"addressCountry": "JP", "addressRegion": "岡山県", "addressLocality": "津山市"}
+
+_LOCATION = AttrInfo("GeoProperty", iri="https://uri.etsi.org/ngsi-ld/location", temporal=True,
+                     description="a GeoJSON geometry (lon, lat)")
+#: Vehicle's attributes shared with the buses' provider (the same definitions: one IRI per name).
+VEHICLE_COMMON = {
+    "vehicleType": AttrInfo(iri=SDM_TRANSPORT + "vehicleType", description="lorry or bus"),
+    "category": AttrInfo(iri=SDM_TRANSPORT + "category", description="municipalServices or public"),
+    "serviceProvided": AttrInfo(iri=SDM_TRANSPORT + "serviceProvided",
+                                description="garbageCollection or urbanTransit"),
+    "fleetVehicleId": AttrInfo(iri=SDM_TRANSPORT + "fleetVehicleId", description="the vehicle's device id"),
+    "location": _LOCATION,
+}
+VEHICLE = TypeInfo("Vehicle", {
+    **VEHICLE_COMMON,
+    "cargoWeight": AttrInfo(unit_code="KGM", iri=SDM_TRANSPORT + "cargoWeight", temporal=True,
+                            description="the truck's load: after its newest pickup (load_kg), or left after the "
+                                        "unload that ended its newest trip"),
+}, iri=SDM_TRANSPORT + "Vehicle")
+WASTE = TypeInfo("WasteObserved", {
+    "weight": AttrInfo(unit_code="KGM", iri=SDM_WASTE + "weight", temporal=True,
+                       description="waste collected in the district in the JST day (sum of the pickups' kg)"),
+    "pickupCount": AttrInfo(unit_code="C62", temporal=True, description="pickups in the district in the JST day"),
+    "dateObserved": AttrInfo(iri="https://uri.etsi.org/ngsi-ld/dateObserved",
+                             description="the start of the JST day (00:00+09:00), in UTC"),
+    "address": AttrInfo(iri=SDM + "address", description="PostalAddress; district: the district's Japanese name"),
+    "districtId": AttrInfo(description="the district's id in the districts file (unknown: no position, or outside "
+                                       "every district)"),
+    "districtNameEn": AttrInfo(description="the district's English name"),
+    "location": _LOCATION,
+}, iri=SDM_WASTE + "WasteObserved")
+TRUCK_TYPES = {t.name: t for t in (VEHICLE, WASTE)}
+_STATIC = {"vehicleType": "lorry", "category": ["municipalServices"], "serviceProvided": ["garbageCollection"]}
+
+
+def _local(entity_id: str, type_name: str) -> str | None:
+    prefix = f"urn:ngsi-ld:{type_name}:"
+    return entity_id[len(prefix):] if entity_id.startswith(prefix) else None
+
+
+def _point(lat: float, lon: float) -> dict[str, Any]:
+    """The centre of the collection-point cell (~110 m x 90 m) holding (lat, lon)."""
+    i, j = truck.cell_of(lat, lon)
+    return {"type": "Point", "coordinates": [round(j * truck.CELL_DEG, 3), round(i * truck.CELL_DEG, 3)]}
+
+
+def _cargo(loads: Sequence[truck.TruckLoad], trips: Sequence[truck.Trip]) -> dict[str, list[tuple[float, int]]]:
+    """truck → its load over time, oldest first: each pickup's load after it, and after each unload (the end of a
+    trip) the load of the trip's last pickup less the kg unloaded (never below 0; none when the trip's pickups are
+    not in ``loads``)."""
+    events = sorted([(x.ts_ms, 0, x) for x in loads if x.load_kg is not None] +
+                    [(t.end_ms, 1, t) for t in trips if t.kg_unloaded is not None], key=lambda e: (e[0], e[1]))
+    last: dict[tuple[str, int | None], float] = {}
+    out: dict[str, list[tuple[float, int]]] = {}
+    for ms, kind, x in events:
+        if kind == 0:
+            assert isinstance(x, truck.TruckLoad) and x.load_kg is not None
+            last[(x.truck, x.trip_no)] = x.load_kg
+            out.setdefault(x.truck, []).append((round(x.load_kg, 3), ms))
+        else:
+            assert isinstance(x, truck.Trip) and x.kg_unloaded is not None
+            before = last.get((x.truck, x.trip_no))
+            if before is not None:
+                out.setdefault(x.truck, []).append((round(max(0.0, before - x.kg_unloaded), 3), ms))
+    return out
+
+
+def _cut(inst: list[tuple[Any, int]], start_ms: int, end_ms: int, last_n: int | None, max_n: int
+         ) -> list[tuple[Any, int]]:
+    inside = [i for i in inst if start_ms <= i[1] < end_ms]
+    return inside[-last_n:] if last_n else inside[:max_n]
+
+
+class TruckProvider:
+    """The trucks' Vehicle entities and the districts' WasteObserved."""
+
+    types = TRUCK_TYPES
+
+    def __init__(self, api: Api, clock: Any = time.time) -> None:
+        self.places = api.places
+        self.clock = clock
+
+    def _names(self, district: str) -> tuple[str, str]:
+        if district == truck.UNKNOWN and truck.UNKNOWN not in self.places.districts:
+            return UNKNOWN_NAMES
+        d = self.places.district(district)
+        return d.name_ja, d.name_en
+
+    @staticmethod
+    def _fetch_days(api: Api, tr: TimeRange, district: str | None) -> dict[tuple[int, str], tuple[float, int]]:
+        """truck.py's waste per district and JST day, from where its own route reads it: the rollups' database
+        when the settings name one (``rollup_db``, docs/api.md "Pre-aggregation"), else the raw pickups'."""
+        db = getattr(api.settings, "rollup_db", None) or api.db
+        days, bad = api.read(lambda query, _db: truck.fetch_district_days(query, db, tr, district))
+        api.skipped(getattr(truck, "WASTE_1D", truck.COLLECTION), bad)
+        return days  # type: ignore[no-any-return]
+
+    # ---- current state
+    def entities(self, api: Api) -> list[Entity]:
+        now = int(self.clock() * 1000)
+        tr = TimeRange(now - LOOKBACK_DAYS * DAY_MS, now + 1)
+        return self._vehicles(api, tr) + self._districts(api, tr)
+
+    def _vehicles(self, api: Api, tr: TimeRange) -> list[Entity]:
+        newest, bad = api.read(lambda q, db: truck.fetch_loads(q, db, tr, newest=True))
+        api.skipped(truck.COLLECTION, bad)
+        if not newest:
+            return []
+        load: dict[str, truck.TruckLoad] = {}
+        pos: dict[str, truck.TruckLoad] = {}
+        for x in newest:  # oldest first: the newest wins
+            if x.load_kg is not None:
+                load[x.truck] = x
+            if x.lat is not None and x.lon is not None:
+                pos[x.truck] = x
+        # the trips that ended after a truck's newest pickup: its unload since
+        since = min((x.ts_ms for x in load.values()), default=tr.end_ms - 1)
+        trips, bad_trips = api.read(truck.fetch_trips, TimeRange(since, tr.end_ms), None)
+        api.skipped(truck.TRIP, bad_trips)
+        cargo = _cargo(list(load.values()), trips)
+        out = []
+        for dev in sorted({*load, *pos}):
+            attrs = {k: Attr(v) for k, v in _STATIC.items()} | {"fleetVehicleId": Attr(dev)}
+            if dev in pos:
+                p = pos[dev]
+                assert p.lat is not None and p.lon is not None
+                attrs["location"] = Attr(_point(p.lat, p.lon), p.ts_ms)
+            if cargo.get(dev):
+                v, ms = cargo[dev][-1]
+                attrs["cargoWeight"] = Attr(v, ms)
+            out.append(Entity(urn("Vehicle", dev), "Vehicle", attrs))
+        return out
+
+    def _districts(self, api: Api, tr: TimeRange) -> list[Entity]:
+        days = self._fetch_days(api, truck.whole_days(tr), None)
+        newest: dict[str, tuple[int, float, int]] = {}
+        for (day_ms, district), (kg, n) in days.items():
+            if district not in newest or day_ms > newest[district][0]:
+                newest[district] = (day_ms, kg, n)
+        out = []
+        for district, (day_ms, kg, n) in sorted(newest.items()):
+            ja, en = self._names(district)
+            attrs = {"weight": Attr(round(kg, 3), day_ms), "pickupCount": Attr(n, day_ms),
+                     "dateObserved": Attr(utc(day_ms)), "districtId": Attr(district), "districtNameEn": Attr(en),
+                     "address": Attr({**CITY, "district": ja})}
+            geom = self.places.districts[district].geometry if district in self.places.districts else None
+            if geom:
+                attrs["location"] = Attr(geom)
+            out.append(Entity(urn("WasteObserved", district), "WasteObserved", attrs))
+        return out
+
+    # ---- history
+    def history(self, api: Api, ids: Sequence[str], attrs: Sequence[str], start_ms: int, end_ms: int,
+                last_n: int | None, max_n: int) -> History:
+        out: History = {}
+        trucks = {t: i for i in ids if (t := _local(i, "Vehicle")) is not None}
+        if trucks and {"location", "cargoWeight"} & set(attrs):
+            for dev, per in self._truck_history(api, sorted(trucks), attrs, start_ms, end_ms).items():
+                got = {a: _cut(inst, start_ms, end_ms, last_n, max_n) for a, inst in per.items()}
+                got = {a: inst for a, inst in got.items() if inst}
+                if got:
+                    out[trucks[dev]] = got
+        districts = {d: i for i in ids if (d := _local(i, "WasteObserved")) is not None}
+        if districts and {"weight", "pickupCount"} & set(attrs):
+            for d, per in self._district_days(api, sorted(districts), attrs, start_ms, end_ms).items():
+                got = {a: _cut(inst, start_ms, end_ms, last_n, max_n) for a, inst in per.items()}
+                out[districts[d]] = {a: inst for a, inst in got.items() if inst}
+        return {i: per for i, per in out.items() if per}
+
+    def _truck_history(self, api: Api, devices: Sequence[str], attrs: Sequence[str], start_ms: int, end_ms: int
+                       ) -> dict[str, dict[str, list[tuple[Any, int]]]]:
+        one = devices[0] if len(devices) == 1 else None
+        loads, bad = api.read(lambda q, db: truck.fetch_loads(q, db, TimeRange(start_ms - TRIP_LOOKBACK_MS, end_ms),
+                                                              one))
+        api.skipped(truck.COLLECTION, bad)
+        wanted = set(devices)
+        loads = [x for x in loads if x.truck in wanted]
+        out: dict[str, dict[str, list[tuple[Any, int]]]] = {}
+        if "location" in attrs:
+            for x in loads:
+                if x.lat is not None and x.lon is not None and start_ms <= x.ts_ms < end_ms:
+                    out.setdefault(x.truck, {}).setdefault("location", []).append((_point(x.lat, x.lon), x.ts_ms))
+        if "cargoWeight" in attrs:
+            trips, bad_trips = api.read(truck.fetch_trips, TimeRange(start_ms, end_ms), one)
+            api.skipped(truck.TRIP, bad_trips)
+            for dev, inst in _cargo(loads, [t for t in trips if t.truck in wanted]).items():
+                out.setdefault(dev, {})["cargoWeight"] = inst
+        return out
+
+    def _district_days(self, api: Api, districts: Sequence[str], attrs: Sequence[str], start_ms: int, end_ms: int
+                       ) -> dict[str, dict[str, list[tuple[Any, int]]]]:
+        """district → weight and pickupCount per JST day whose start is in ``[start_ms, end_ms)``."""
+        one = districts[0] if len(districts) == 1 else None
+        days = self._fetch_days(api, truck.whole_days(TimeRange(start_ms, end_ms)), one)
+        out: dict[str, dict[str, list[tuple[Any, int]]]] = {}
+        for (day_ms, d), (kg, n) in sorted(days.items()):
+            if d in districts and start_ms <= day_ms < end_ms:
+                per = out.setdefault(d, {})
+                if "weight" in attrs:
+                    per.setdefault("weight", []).append((round(kg, 3), day_ms))
+                if "pickupCount" in attrs:
+                    per.setdefault("pickupCount", []).append((n, day_ms))
+        return out
+
+    # ---- aggregates
+    def aggregated(self, api: Api, ids: Sequence[str], attrs: Sequence[str], methods: Sequence[str],
+                   period_ms: int, start_ms: int, end_ms: int) -> Aggregates:
+        """In Python over the instances (a day per district; a truck's pickups and unloads): ``location`` is a
+        geometry, not aggregated."""
+        numeric = [a for a in attrs if a != "location"]
+        hist = self.history(api, ids, numeric, start_ms, end_ms, None, 10**9)
+        out: Aggregates = {}
+        for i, per in hist.items():
+            agg = {a: r for a, inst in per.items() if (r := aggregate(inst, methods, period_ms, start_ms, end_ms))}
+            if agg:
+                out[i] = agg
+        return out
+
+
+def provider(api: Api) -> TruckProvider:
+    return TruckProvider(api, api.clock)
