@@ -19,7 +19,9 @@ Layout of a run directory::
 The stack is secured as a deployment is: the broker's only listener is mutual TLS (a client certificate from the
 stack's CA or no connection; the certificate's CN is the identity its ACL applies to, gateways may publish only
 under their own id), and InfluxDB has an admin that only the stack itself and the tests' assertions use, a
-write-only user for the ingest and a read-only one for the API and the dashboards. No path is tested without them.
+write-only user for the ingest, a read-only one for the API and the dashboards, and the rollup service's (READ on a
+database, ALL on its rollups' database: every database is created with its ``<name>_rollup``, docs/api.md
+"Pre-aggregation"). No path is tested without them.
 
 The services are started as detached children (own session, output to their log file), so they outlive the
 Python process that started them: ``cityos stack up`` returns and the stack keeps running until ``down``.
@@ -51,14 +53,16 @@ from cityos.influx import (
     query_results,
     quote_ident,
 )
+from cityos.rollups import target_db
 from fleet.broker import tls_listener
 from fleet.influxdb import READER as INFLUX_READER
+from fleet.influxdb import ROLLUP as INFLUX_ROLLUP
 from fleet.influxdb import WRITER as INFLUX_WRITER
-from fleet.influxdb import ensure_database, ensure_user
+from fleet.influxdb import ensure_database, ensure_rollup_database, ensure_user
 from fleet.registry import BrokerSettings, Identity, Registry
 
 __all__ = [
-    "INFLUX_READER", "INFLUX_WRITER", "Stack", "StackError", "StackInfo", "find_binary", "identity",
+    "INFLUX_READER", "INFLUX_ROLLUP", "INFLUX_WRITER", "Stack", "StackError", "StackInfo", "find_binary", "identity",
     "influx_client", "influx_query", "influx_settings", "load_info", "mqtt_client", "mqtt_settings",
 ]
 
@@ -173,8 +177,9 @@ def mqtt_client(info: StackInfo, name: str, *, client_id: str | None = None, **k
 
 
 def influx_settings(info: StackInfo, role: str, db: str | None = None) -> dict[str, Any]:
-    """The ``[influx]`` keys of a service: ``role`` "writer" (the ingest) or "reader" (API, dashboards)."""
-    user = {"writer": INFLUX_WRITER, "reader": INFLUX_READER}[role]
+    """The ``[influx]`` keys of a service: ``role`` "writer" (the ingest), "reader" (API, dashboards) or "rollup"
+    (the rollup service: ``db`` is its source, the rollups go to ``<db>_rollup``)."""
+    user = {"writer": INFLUX_WRITER, "reader": INFLUX_READER, "rollup": INFLUX_ROLLUP}[role]
     return {"url": info.influx_url, "db": db or info.influx_db, "username": user,
             "password_file": str(info.password_file(user))}
 
@@ -508,12 +513,13 @@ class Stack:
                 self._start_influx(info, rpc_port, time.monotonic() + timeout)
 
     def create_database(self, name: str) -> None:
-        """``CREATE DATABASE`` (idempotent in InfluxDB 1.x)."""
+        """``CREATE DATABASE`` (idempotent in InfluxDB 1.x), and its rollups' database ``<name>_rollup``."""
         self._ensure_database(self.info(), name)
 
     def drop_database(self, name: str) -> None:
-        """``DROP DATABASE`` (no error if it does not exist)."""
+        """``DROP DATABASE`` of it and its rollups' database (no error if they do not exist)."""
         self._influx_query(self.info(), f"DROP DATABASE {quote_ident(name)}")
+        self._influx_query(self.info(), f"DROP DATABASE {quote_ident(target_db(name))}")
 
     # ---- state
 
@@ -558,14 +564,14 @@ class Stack:
         creds: dict[str, str] = {}
         with contextlib.suppress(FileNotFoundError, ValueError):
             creds = json.loads(path.read_text())
-        wanted = ("influx_password", INFLUX_WRITER, INFLUX_READER)
+        wanted = ("influx_password", INFLUX_WRITER, INFLUX_READER, INFLUX_ROLLUP)
         if not isinstance(creds, dict) or not all(k in creds for k in wanted):
             # URL-safe alphabet: nothing to escape in InfluxQL string literals or URLs.
             creds = {k: creds.get(k) or secrets.token_urlsafe(18) for k in wanted} if isinstance(creds, dict) else {
                 k: secrets.token_urlsafe(18) for k in wanted}
             _write_private(path, json.dumps(creds, indent=2) + "\n")
         (self.run_dir / "secrets").mkdir(mode=0o700, exist_ok=True)
-        for user in (INFLUX_WRITER, INFLUX_READER):
+        for user in (INFLUX_WRITER, INFLUX_READER, INFLUX_ROLLUP):
             _write_private(self.run_dir / "secrets" / f"influx-{user}.password", creds[user] + "\n")
         return creds
 
@@ -831,16 +837,19 @@ bind-address = "{HOST}:{rpc_port}"
             ) from e
 
     def _ensure_service_users(self, info: StackInfo, creds: dict[str, str]) -> None:
-        """The ingest's write-only and the readers' read-only users (their grants come per database)."""
+        """The ingest's write-only, the readers' read-only and the rollup users (their grants come per database)."""
         try:
             ensure_user(influx_client(info), INFLUX_WRITER, creds[INFLUX_WRITER])
             ensure_user(influx_client(info), INFLUX_READER, creds[INFLUX_READER])
+            ensure_user(influx_client(info), INFLUX_ROLLUP, creds[INFLUX_ROLLUP])
         except InfluxError as exc:
             raise StackError(f"InfluxDB service users: {exc}") from None
 
     def _ensure_database(self, info: StackInfo, name: str) -> None:
-        """The database with both service users' grants, as a deployment has them (fleet/influxdb.py)."""
+        """The database and its rollups' database with the service users' grants, as a deployment has them
+        (fleet/influxdb.py)."""
         try:
             ensure_database(influx_client(info), name)
+            ensure_rollup_database(influx_client(info), target_db(name))
         except InfluxError as exc:
             raise StackError(f"InfluxDB database {name!r}: {exc}") from None

@@ -6,6 +6,9 @@
     username = "cityos_reader"
     password_file = "/etc/cityos/api/influx-cityos_reader.password"   # 0600, owned by the API's service user
 
+    [rollup]                     # the rollups (`cityos rollup`, docs/api.md "Pre-aggregation"), read as the same user
+    db = "cityos_rollup"         # default: [influx] db + "_rollup"
+
     [places]                     # names and shapes: districts (GeoJSON with name and name_en), the buses' GTFS-JP
     districts_file = "/etc/cityos/api/districts.geojson"
     gtfs_dir = "/etc/cityos/api/gtfs"
@@ -29,7 +32,8 @@
     [open_data]
     min_count = 10               # k: counts from 1 to k - 1 are hidden (at least 2)
     publish_after_h = 48         # a day (month) is published this long after it ends, once late data is in
-    energy_settle_h = 6          # energy per district: served for half hours / days that ended this long ago
+    energy_settle_h = 6          # energy per district: served for half hours / days that ended this long ago (must
+                                 # equal the rollup service's [rollup] energy_settle_h, which freezes them then)
     license = "CC BY 4.0"
     license_url = "https://creativecommons.org/licenses/by/4.0/deed.ja"
     publisher = "津山市 (Tsuyama City)"
@@ -45,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cityos.config import HttpUrl, load_toml
 from cityos.influx import InfluxSettings
 from cityos.privacy import MIN_HOUSEHOLDS
+from cityos.rollups import target_db
 from cityos_api.gtfs_rt import DEFAULT_MAX_AGE_S
 from cityos_api.opendata import DEFAULT_MIN_COUNT, Publication
 
@@ -58,6 +63,7 @@ __all__ = [
     "OpenDataSettings",
     "PlacesSettings",
     "RateLimitSettings",
+    "RollupSettings",
     "load_settings",
 ]
 
@@ -112,8 +118,14 @@ class PlacesSettings(_Section):
     gtfs_dir: Path | None = None
 
 
+class RollupSettings(_Section):
+    #: The rollups' database (energy and waste per district: ``cityos.rollups``); None: ``[influx] db`` + ``_rollup``.
+    db: str | None = Field(default=None, min_length=1)
+
+
 class ApiSettings(_Section):
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
+    rollup: RollupSettings = Field(default_factory=RollupSettings)
     places: PlacesSettings = Field(default_factory=PlacesSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     cors: CorsSettings = Field(default_factory=CorsSettings)
@@ -121,6 +133,11 @@ class ApiSettings(_Section):
     health: HealthSettings = Field(default_factory=HealthSettings)
     gtfs_rt: GtfsRtSettings = Field(default_factory=GtfsRtSettings)
     open_data: OpenDataSettings = Field(default_factory=OpenDataSettings)
+
+    @property
+    def rollup_db(self) -> str:
+        """The rollups' database the district routes of energy and waste read."""
+        return self.rollup.db or target_db(self.influx.db)
 
 
 def load_settings(path: str | Path) -> ApiSettings:

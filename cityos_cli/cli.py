@@ -74,6 +74,12 @@ def _ingest_cmd(args: argparse.Namespace) -> int:
     return main(["--config", str(args.config)])
 
 
+def _rollup_cmd(args: argparse.Namespace) -> int:
+    from rollup.service import main
+
+    return main(["--config", str(args.config), *(["--once"] if args.once else [])])
+
+
 #: ``cityos sim <device>`` → the module whose ``main(argv)`` runs it.
 SIMULATORS = {
     **{f.name: f.sim_module for f in FAMILIES},
@@ -281,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--check", action="store_true",
                    help="only validate the config and load its TLS and password files (exit 0 if usable)")
     i.set_defaults(func=_ingest_cmd)
+
+    ru = sub.add_parser("rollup", help="the rollups the City OS API serves (energy and waste per district): "
+                        "InfluxDB → InfluxDB, through the v1 API")
+    ru.add_argument("--config", required=True, type=Path, help="rollup TOML config")
+    ru.add_argument("--once", action="store_true", help="one pass, then exit (0; 1 if InfluxDB failed)")
+    ru.set_defaults(func=_rollup_cmd)
 
     m = sub.add_parser(
         "sim", help="device simulators on pseudo-terminals, the simulated city, the city-scale load generator"

@@ -89,8 +89,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s_.add_argument("name", choices=["svc.ingest", "svc.fleet"])
     s_.add_argument("--out", type=Path, required=True, help="folder for ca.crt, NAME.crt, NAME.key (0600)")
 
-    x = acts.add_parser("influxdb", help="InfluxDB for a deployment: database, retention, the write-only and "
-                        "read-only service users (their passwords into 0600 files)")
+    x = acts.add_parser("influxdb", help="InfluxDB for a deployment: database, retention, the rollups' database, "
+                        "the write-only, read-only and rollup service users (their passwords into 0600 files)")
     x.add_argument("--url", required=True, help="InfluxDB base URL (its v1 API)")
     x.add_argument("--db", default="cityos")
     x.add_argument("--admin-user", required=True)
@@ -98,6 +98,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--secrets-dir", type=Path, required=True,
                    help="where the service users' password files go (created 0700; existing files are kept)")
     x.add_argument("--retention", default="1825d", help="default retention policy (default: %(default)s)")
+    x.add_argument("--rollup-db", default=None,
+                   help="the rollups' database (default: the database's name + _rollup, e.g. cityos_rollup)")
 
     c = acts.add_parser("broker-config", help="the production Mosquitto config, ACL and CRL from the registry")
     c.add_argument("--out", type=Path, required=True, help="folder for mosquitto.conf, acl, crl.pem, certificates")
@@ -321,25 +323,28 @@ def _influxdb(args: argparse.Namespace, _d: Path) -> int:
 
     from cityos.credentials import read_secret
     from cityos.influx import InfluxClient, InfluxError
-    from fleet.influxdb import READER, WRITER, InfluxRoles, provision
+    from fleet.influxdb import READER, ROLLUP, WRITER, InfluxRoles, provision
     from fleet.pki import write_private
 
     admin_pw = read_secret(args.admin_password_file, "--admin-password-file")
     args.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     passwords = {}
-    for user in (WRITER, READER):
+    for user in (WRITER, READER, ROLLUP):
         f = args.secrets_dir / f"influx-{user}.password"
         if not f.exists():
             write_private(f, pysecrets.token_urlsafe(24) + "\n", 0o600)
         passwords[user] = read_secret(f, str(f))
     try:
         with InfluxClient(args.url, args.db, args.admin_user, admin_pw, timeout_s=30) as admin:
-            provision(admin, args.db, InfluxRoles(passwords[WRITER], passwords[READER]), retention=args.retention)
+            target = provision(admin, args.db, InfluxRoles(passwords[WRITER], passwords[READER], passwords[ROLLUP]),
+                               retention=args.retention, rollup_db=args.rollup_db)
     except InfluxError as exc:
         print(f"cityos fleet influxdb: {exc}", file=sys.stderr)
         return 1
-    print(f"database {args.db} (default retention {args.retention}); users {WRITER} (WRITE), {READER} (READ)")
-    for user in (WRITER, READER):
+    print(f"database {args.db} (default retention {args.retention}); users {WRITER} (WRITE), {READER} (READ), "
+          f"{ROLLUP} (READ)")
+    print(f"rollups' database {target}: {ROLLUP} (ALL: READ and WRITE), {READER} (READ), {WRITER} (nothing)")
+    for user in (WRITER, READER, ROLLUP):
         print(f"  {user}: password in {args.secrets_dir / f'influx-{user}.password'} (0600: chown it to the service)")
     return 0
 

@@ -1,6 +1,6 @@
 """The cloud side installs as a deployment: its systemd units are valid and hardened, its example configs load,
 `cityos ingest --check` finds a bad file before systemd starts the service, and `cityos fleet influxdb` sets up
-the database, its retention and the two least-privilege users on a real InfluxDB."""
+the database, its retention, the rollups' database and the three least-privilege users on a real InfluxDB."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from citylab.pipeline import ingest_config
 from citylab.stack import Stack
 from cityos_api.settings import load_settings
 from ingest.config import load_config
+from rollup import load_config as load_rollup_config
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = sorted((ROOT / "deploy" / "cloud").glob("*.service"))
@@ -52,6 +53,10 @@ def test_example_configs_load() -> None:
     assert ingest.mqtt.tls and ingest.mqtt.cert_file and ingest.influx.username == "cityos_ingest"
     api = load_settings(ROOT / "deploy" / "cloud" / "api.example.toml")
     assert api.influx.username == "cityos_reader" and api.influx.password_file
+    rollup = load_rollup_config(ROOT / "deploy" / "cloud" / "rollup.example.toml")
+    assert rollup.influx.username == "cityos_rollup" and rollup.influx.db == api.influx.db
+    assert rollup.target == api.rollup_db == "cityos_rollup"
+    assert rollup.rollup.energy_settle_h == api.open_data.energy_settle_h, "the rollup freezes what the API serves"
 
 
 def test_ingest_check_names_a_missing_file_and_passes_a_good_config(stack: Stack, tmp_path: Path) -> None:
@@ -75,7 +80,8 @@ def test_fleet_influxdb_sets_up_least_privilege(own_stack: Stack, tmp_path: Path
     res = _cli(*args)
     assert res.returncode == 0, res.stderr
     files = sorted(secrets.iterdir())
-    assert [f.name for f in files] == ["influx-cityos_ingest.password", "influx-cityos_reader.password"]
+    assert [f.name for f in files] == ["influx-cityos_ingest.password", "influx-cityos_reader.password",
+                                       "influx-cityos_rollup.password"]
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
     for f in files:
         assert f.read_text().strip() not in res.stdout + res.stderr  # never shown
@@ -83,6 +89,7 @@ def test_fleet_influxdb_sets_up_least_privilege(own_stack: Stack, tmp_path: Path
 
     writer = ("cityos_ingest", files[0].read_text().strip())
     reader = ("cityos_reader", files[1].read_text().strip())
+    rollup = ("cityos_rollup", files[2].read_text().strip())
     admin = (info.influx_username, info.influx_password)
     url = info.influx_url
 
@@ -93,6 +100,18 @@ def test_fleet_influxdb_sets_up_least_privilege(own_stack: Stack, tmp_path: Path
     assert status("/write", reader, params={"db": "city_prod"}, content=b"m v=1") == 403
     assert status("/query", reader, params={"db": "city_prod", "q": "SELECT * FROM m"}) == 200
     assert status("/query", writer, params={"db": "city_prod", "q": "SELECT * FROM m"}) == 403
+    # the rollups' database: the rollup user reads the city's and reads and writes its own; the readers read it;
+    # the ingest has nothing on it
+    assert status("/query", rollup, params={"db": "city_prod", "q": "SELECT * FROM m"}) == 200
+    assert status("/write", rollup, params={"db": "city_prod"}, content=b"m v=1") == 403
+    assert status("/write", rollup, params={"db": "city_prod_rollup"}, content=b"r v=1") == 204
+    assert status("/query", rollup, params={"db": "city_prod_rollup", "q": "SELECT * FROM r"}) == 200
+    assert status("/query", reader, params={"db": "city_prod_rollup", "q": "SELECT * FROM r"}) == 200
+    assert status("/write", reader, params={"db": "city_prod_rollup"}, content=b"r v=1") == 403
+    assert status("/write", writer, params={"db": "city_prod_rollup"}, content=b"r v=1") == 403
+    assert status("/query", writer, params={"db": "city_prod_rollup", "q": "SELECT * FROM r"}) == 403
+    for who in (rollup, reader):
+        assert status("/query", who, params={"q": 'DROP DATABASE "city_prod_rollup"'}) == 403
     rps = httpx.get(url + "/query", auth=admin, params={"q": 'SHOW RETENTION POLICIES ON "city_prod"'}).json()
     rows = rps["results"][0]["series"][0]["values"]
     default = [r for r in rows if r[-1] is True]
