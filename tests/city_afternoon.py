@@ -5,8 +5,10 @@ that checks what the city's readers see against the simulators' ground truth: th
 The afternoon: 12:00-18:00 JST yesterday at 720× (~30 s of play): the garbage truck's two rounds, the heavy-rain
 storm from 13:00 with the sliding slope at forest-01-02 (tilt rate past 0.5 deg/h around 16:30; rain above
 30 mm/h from about 14:40), ten households' meters in central Tsuyama (k = 10: their district's energy is shown)
-with their :00/:30 fixed-time values, gateway health, and the ingest's own health. The session fixture
-``city_afternoon`` (tests/conftest.py) plays it; this module holds the scenario and the ground truth read back.
+with their :00/:30 fixed-time values, gateway health, and the ingest's own health; then one pass of the rollup
+service (``rollup.run_once``, into the database's ``<db>_rollup``, where the API's district routes read). The session
+fixture ``city_afternoon`` (tests/conftest.py) plays it; this module holds the scenario and the ground truth read
+back.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any
 
 from citylab.city import load_scenario
 from citylab.cityrun import CityRun
-from citylab.stack import Stack, StackInfo
+from citylab.stack import Stack, StackInfo, influx_settings
 from firmware_sim.cityplugin import read_truth as _lines  # the ground-truth JSONL reader the city check uses
+from rollup import Report, RollupConfig, run_once
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 720
@@ -74,6 +77,7 @@ class CityData:
     #: (district, slot start ms) → (kWh summed over households, households): from the meters' fixed-time values
     truth_energy_slots: dict[tuple[str, int], tuple[float, int]] = field(default_factory=dict)
     forest_truth: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # device → samples by time
+    rollup: Report | None = None  # the rollup pass after the afternoon (its rows are what the API's districts serve)
 
 
 def play(stack: Stack, tmp: Path) -> Iterator[CityData]:
@@ -131,6 +135,8 @@ def play(stack: Stack, tmp: Path) -> Iterator[CityData]:
                     data.forest_truth.setdefault(e["device_id"], []).append(e)
         for samples in data.forest_truth.values():
             samples.sort(key=lambda e: e["ts"])
+        data.rollup = run_once(RollupConfig.model_validate({"influx": influx_settings(info, "rollup", db)}))
+        seconds["rollup"] = time.monotonic() - t_start
     finally:
         run.stop()
     seconds["stopped"] = time.monotonic() - t_start

@@ -4,12 +4,14 @@ district's day only when every half hour of it is shown), per-household values o
 
 Points are written as the ingest writes them (wire-contract ``smart_meter`` readings through
 ``ingest.lineproto.batch_to_lines``): each household's fixed-time cumulative value at every :00/:30 of one JST day
-two days ago (settled), with realistic half-hour use.
+two days ago (settled), with realistic half-hour use; then one pass of the rollup service (``rollup.run_once``, as
+its own InfluxDB user) freezes the district half hours and days the district routes serve.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -25,6 +27,7 @@ from cityos_api.auth import HOUSEHOLDS, SERVICE, TokenStore, parse_expiry
 from cityos_api.opendata import JST
 from cityos_api.settings import ApiSettings
 from ingest.lineproto import batch_to_lines
+from rollup import RollupConfig, run_once
 
 SIZES = {"d1": 1, "d2": 2, "d9": 9, "d10": 10, "d11": 11}
 SLOT = 30 * 60_000
@@ -38,15 +41,11 @@ def _day() -> date:
 
 
 @pytest.fixture(scope="module")
-def city(stack_info, stack) -> dict[str, Any]:
+def city(stack_info, stack) -> Iterator[dict[str, Any]]:
     import uuid
 
-    from cityos.influx import InfluxClient
-
     db = "api_energy_" + uuid.uuid4().hex[:8]
-    with InfluxClient(stack_info.influx_url, None, stack_info.influx_username, stack_info.influx_password) as c:
-        c.query(f'CREATE DATABASE "{db}"')
-        c.query(f'GRANT READ ON "{db}" TO "cityos_reader"')
+    stack.create_database(db)  # and its rollups' database, with the users' grants
     rng = random.Random(14)
     day = _day()
     t0 = int(datetime(day.year, day.month, day.day, tzinfo=JST).timestamp() * 1000)
@@ -81,7 +80,10 @@ def city(stack_info, stack) -> dict[str, Any]:
                                        sent_at=part[-1].ts, readings=part))
         lines += batch_to_lines(batch)
     influx_write(stack_info, db, lines)
-    return {"db": db, "t0": t0, "day": day, "truth": truth}
+    rep = run_once(RollupConfig.model_validate({"influx": influx_settings(stack_info, "rollup", db)}))
+    assert rep.energy.days >= 1 and rep.energy.skipped == 0, rep.summary()
+    yield {"db": db, "t0": t0, "day": day, "truth": truth}
+    stack.drop_database(db)
 
 
 def _client(stack_info, city, tmp_path) -> tuple[TestClient, dict[str, str]]:
@@ -195,3 +197,16 @@ def test_a_period_not_settled_is_not_served(stack_info, city, tmp_path):
     newest = max((it["end"] for it in resp.json()["items"]), default=None)
     if newest is not None:
         assert datetime.fromisoformat(newest) <= datetime.now(JST) - timedelta(hours=6)
+
+
+def test_without_the_rollups_database_the_district_routes_answer_no_rows(stack_info, city, tmp_path):
+    """Not created yet (or no READ on it for the API's user): nothing is published yet, a warning is logged."""
+    settings = ApiSettings.model_validate({
+        "influx": influx_settings(stack_info, "reader", city["db"]), "rollup": {"db": "no_rollups_here"},
+        "auth": {"tokens_file": tmp_path / "tokens.json"}})
+    client = TestClient(create_app(settings))
+    day = city["day"]
+    for path in ("/v1/energy/districts/half-hourly", "/v1/energy/districts/daily", "/v1/waste/districts/daily",
+                 "/v1/waste/districts/monthly"):
+        resp = client.get(path if "waste" in path else f"{path}?from={day}&to={day + timedelta(days=1)}")
+        assert resp.status_code == 200 and resp.json()["items"] == [], (path, resp.text)

@@ -6,6 +6,8 @@ Points are written as the ingest writes them: wire-contract ``truck_collection``
 2026-12-01 (a month boundary too): truck-01 runs a trip on the 30th and one across midnight (pickups at 23:59 and
 00:01 JST, and one without a position), truck-02 one trip on the 1st with a pickup whose kg cannot be served and
 one with a latitude out of range (in its district's totals and its trip, skipped from the collection points).
+The district routes read the rollups: one pass of the rollup service (``rollup.run_once``, as of 2026-12-02) sums
+the days into ``waste_district_1d`` and counts the pickup it could not use.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from cityos_api.auth import SERVICE, TokenStore, parse_expiry
 from cityos_api.opendata import JST
 from cityos_api.settings import ApiSettings
 from ingest.lineproto import batch_to_lines
+from rollup import Report, RollupConfig, run_once
 
 DISTRICTS = Path(__file__).resolve().parents[1] / "scenarios" / "tsuyama-districts.geojson"
 D1, D2 = "2026-11-30", "2026-12-01"
@@ -105,7 +108,13 @@ def waste(stack_info, influx_db) -> str:
 
 
 @pytest.fixture
-def client(stack_info, waste, tmp_path):
+def rollup_report(stack_info, waste) -> Report:
+    cfg = RollupConfig.model_validate({"influx": influx_settings(stack_info, "rollup", waste)})
+    return run_once(cfg, _ms("2026-12-02", 6, 0))
+
+
+@pytest.fixture
+def client(stack_info, waste, rollup_report, tmp_path):
     settings = ApiSettings.model_validate({
         "influx": influx_settings(stack_info, "reader", waste),
         "places": {"districts_file": DISTRICTS},
@@ -150,8 +159,8 @@ def _all_pages(client: TestClient, url: str, headers: dict[str, str] | None = No
         assert pages < 20
 
 
-def test_daily_kg_per_district_and_jst_day(client):
-    before = _skipped(client, "waste_collection")
+def test_daily_kg_per_district_and_jst_day(client, rollup_report):
+    before = _skipped(client, "waste_district_1d")
     resp = client.get(f"/v1/waste/districts/daily?from={D1}&to=2026-12-02")  # open: no token
     assert resp.status_code == 200, resp.text
     doc = resp.json()
@@ -166,8 +175,9 @@ def test_daily_kg_per_district_and_jst_day(client):
     assert (inno["district_name_ja"], inno["district_name_en"]) == ("院庄", "Innosho")
     unknown = next(r for r in doc["items"] if r["district"] == "unknown")
     assert unknown["district_name_en"].startswith("unknown")
-    # the negative kg is left out of the sums and counted
-    assert _skipped(client, "waste_collection") - before == 1
+    # the negative kg is left out of the sums and counted, by the rollup that summed them; the rows all serve
+    assert rollup_report.waste.skipped == 1 and rollup_report.waste.rows == len(DAILY)
+    assert _skipped(client, "waste_district_1d") - before == 0
 
     one = client.get(f"/v1/waste/districts/daily?from={D2}T12:00:00%2B09:00&to={D2}T13:00:00%2B09:00"
                      "&district=innosho").json()

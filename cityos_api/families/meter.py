@@ -14,9 +14,11 @@ Privacy (the kernel's k, :data:`cityos.privacy.MIN_HOUSEHOLDS`):
   half hours with one hidden would give the hidden one by subtraction (one household's use, when one reported).
   A day is published only when every half hour of it is (then nothing hidden is on the other side of any sum
   the API publishes); no city-wide or multi-district total is published at all.
-* **A period is served once settled** (``[open_data] energy_settle_h`` after it ends): the meters' backfill of
-  missed half hours lands within it, so an answer does not grow later by one household, which a reader could
-  subtract. Backfill after that is possible (a gateway offline for days): docs/privacy.md says what is left.
+* **A period is served once settled** (``[open_data] energy_settle_h`` after it ends), and **frozen**: the district
+  routes read the rollups (``[rollup] db``, ``cityos.rollups``: ``energy_district_30m`` and ``energy_district_1d``),
+  which the rollup service (``rollup/``) writes once per period when it has settled and never rewrites, so a late
+  backfill (a gateway offline for days) can never make a second answer differ from the first by one household.
+  The k rule and the day rule are applied here, at read time, over the rollup's rows (it stores every group).
 * **Per household** (``internal:energy-households``, the energy division alone): one household's half hours.
 """
 
@@ -24,98 +26,64 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
-from cityos.influx import query_results
+from cityos.rollups import (
+    DAY_MS,
+    ENERGY_1D,
+    ENERGY_30M,
+    SLOT_MS,
+    SLOTS_PER_DAY,
+    Slot,
+    district_sums,
+    household_half_hours,
+    jst_day,
+    target_results,
+)
 from cityos_api.auth import HOUSEHOLDS, OPEN
 from cityos_api.core import Api
 from cityos_api.gtfs_rt import QueryFn
 from cityos_api.params import Span, TimeRange, bad, check_id, iso, literal, time_range
 
-__all__ = ["SLOT_MS", "Slot", "district_days", "district_slots", "fetch_slots", "router"]
+__all__ = ["SLOT_MS", "Slot", "district_days", "district_slots", "fetch_district_days", "fetch_district_half_hours",
+           "fetch_slots", "router"]
 
-SLOT_MS = 30 * 60_000
-DAY_MS = 86_400_000
-JST_OFFSET_MS = 9 * 3_600_000
 MEASUREMENT = "energy"
 Format = Literal["json", "csv"]
 HALF_HOURLY = Span(default=timedelta(days=1), longest=timedelta(days=31))
 DAILY = Span(default=timedelta(days=7), longest=timedelta(days=400))
 
 
-@dataclass(frozen=True)
-class Slot:
-    """One household's kWh in the half hour starting at ``start_ms``."""
-
-    device: str
-    district: str
-    start_ms: int
-    kwh: float
-
-
-def _slots_query(r: TimeRange, device: str | None = None) -> str:
-    """Per household: the difference of consecutive fixed-time values and the minutes between them. The values
-    are stamped at the end of each half hour; one value before the range gives its first half hour."""
-    # a minute of slack each side: a meter's value may carry milliseconds past its :00/:30
-    where = f"time >= {r.start_ms - 60_000}ms AND time < {r.end_ms + 60_000}ms"
-    if device:
-        where += f' AND "device" = {literal(device)}'
-    return (f'SELECT non_negative_difference("energy_fixed_kwh") AS "kwh", elapsed("energy_fixed_kwh", 1m) AS '
-            f'"gap" FROM "{MEASUREMENT}" WHERE {where} GROUP BY "device", "district"')
-
-
 def fetch_slots(query: QueryFn, db: str, r: TimeRange, device: str | None = None) -> tuple[list[Slot], int]:
     """Every household half hour starting in ``r`` (complete: both ends present, 30 minutes apart), and the
-    number of stored values that could not be used (not a finite non-negative number)."""
-    status, raw = query(db, _slots_query(r, device))
-    out: list[Slot] = []
-    bad_points = 0
-    for result in query_results(status, raw):
-        for s in result.get("series", []):
-            tags = s.get("tags") or {}
-            cols = s["columns"]
-            for row in s.get("values", []):
-                rec = dict(zip(cols, row, strict=True))
-                kwh, gap = rec.get("kwh"), rec.get("gap")
-                if gap != 30:
-                    continue
-                if not isinstance(kwh, int | float) or isinstance(kwh, bool) or not 0 <= kwh < 1e6:
-                    bad_points += 1
-                    continue
-                # stamped at the end of the half hour (a meter may add milliseconds): the slot before it
-                end = int(rec["time"]) - int(rec["time"]) % SLOT_MS
-                start = end - SLOT_MS
-                if r.start_ms <= start < r.end_ms:
-                    out.append(Slot(tags.get("device", ""), tags.get("district", ""), start, float(kwh)))
-    return out, bad_points
+    number of stored values that could not be used: the kernel's :func:`cityos.rollups.household_half_hours`
+    (the rollup's district sums are made of the same)."""
+    return household_half_hours(query, db, r.start_ms, r.end_ms, device)
+
+
+def _cell(kwh: float, n: int, k: int) -> dict[str, Any]:
+    """A district's half hour as published: hidden (with its count) below ``k`` households."""
+    hidden = n < k
+    return {"kwh": None if hidden else kwh, "households": None if hidden else n, "kwh_suppressed": hidden}
 
 
 def district_slots(slots: Iterable[Slot], k: int) -> dict[tuple[str, int], dict[str, Any]]:
-    """(district, slot start) → kwh (summed, rounded to Wh), households, suppressed (fewer than ``k``). Households
-    without a district are in no district."""
-    acc: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for s in slots:
-        if s.district:
-            acc[(s.district, s.start_ms)].append(s.kwh)
-    out = {}
-    for key, vals in sorted(acc.items()):
-        hidden = len(vals) < k
-        out[key] = {"kwh": None if hidden else round(sum(vals), 3), "households": None if hidden else len(vals),
-                    "kwh_suppressed": hidden}
-    return out
+    """(district, slot start) → kwh (summed, rounded to Wh), households, suppressed (fewer than ``k``), from
+    household half hours. Households without a district are in no district."""
+    return {key: _cell(kwh, n, k) for key, (kwh, n) in district_sums(slots).items()}
 
 
 def _jst_day(ms: int) -> int:
-    return (ms + JST_OFFSET_MS) // DAY_MS * DAY_MS - JST_OFFSET_MS
+    return jst_day(ms)
 
 
 def district_days(slots: Iterable[Slot], k: int) -> dict[tuple[str, int], dict[str, Any]]:
     """(district, JST day start) → kwh, households (with a value that day), suppressed: a day is published only
-    when all of its 48 half hours are, each with at least ``k`` households (the complementary rule above)."""
+    when all of its 48 half hours are, each with at least ``k`` households (the complementary rule above), from
+    household half hours (the routes read the same from the rollups: :func:`fetch_district_days`)."""
     slots = list(slots)
     cells = district_slots(slots, k)
     per_day: dict[tuple[str, int], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
@@ -127,11 +95,60 @@ def district_days(slots: Iterable[Slot], k: int) -> dict[tuple[str, int], dict[s
             households[(s.district, _jst_day(s.start_ms))].add(s.device)
     out = {}
     for key, day_cells in sorted(per_day.items()):
-        complete = len(day_cells) == DAY_MS // SLOT_MS and not any(c["kwh_suppressed"] for _, c in day_cells)
+        complete = len(day_cells) == SLOTS_PER_DAY and not any(c["kwh_suppressed"] for _, c in day_cells)
         out[key] = {"kwh": round(sum(c["kwh"] for _, c in day_cells), 3) if complete else None,
                     "households": len(households[key]) if complete else None,
                     "kwh_suppressed": not complete}
     return out
+
+
+# ---- the rollups (cityos.rollups: written by `cityos rollup`, frozen once settled) -----------------------------
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _rollup_rows(query: QueryFn, db: str, measurement: str, fields: Iterable[str], r: TimeRange,
+                 district: str | None) -> tuple[list[tuple[str, int, dict[str, float]]], int]:
+    where = r.where() + (f' AND "district" = {literal(district)}' if district is not None else "")
+    cols = ", ".join(f'"{f}"' for f in fields)
+    out = []
+    unusable = 0
+    # the rollups' database not there (yet) for this user: nothing published yet (logged)
+    for result in target_results(query, db, f'SELECT {cols} FROM "{measurement}" WHERE {where} GROUP BY '
+                                            f'"district"') or []:
+        for s in result.get("series", []):
+            d = (s.get("tags") or {}).get("district") or ""
+            names = s["columns"]
+            for row in s.get("values", []):
+                rec = dict(zip(names, row, strict=True))
+                vals = {f: _num(rec.get(f)) for f in fields}
+                if not d or any(v is None or v < 0 for v in vals.values()):
+                    unusable += 1
+                    continue
+                out.append((d, int(rec["time"]), vals))  # type: ignore[arg-type]
+    return out, unusable
+
+
+def fetch_district_half_hours(query: QueryFn, db: str, r: TimeRange, k: int, district: str | None = None
+                              ) -> tuple[dict[tuple[str, int], dict[str, Any]], int]:
+    """(district, slot start) → the published cell, from the frozen half hours in the rollups' database ``db``;
+    and the number of rollup rows that could not be used."""
+    rows, unusable = _rollup_rows(query, db, ENERGY_30M, ("kwh", "households"), r, district)
+    return ({(d, t): _cell(v["kwh"], int(v["households"]), k) for d, t, v in sorted(rows, key=lambda x: x[:2])},
+            unusable)
+
+
+def fetch_district_days(query: QueryFn, db: str, r: TimeRange, k: int, district: str | None = None
+                        ) -> tuple[dict[tuple[str, int], dict[str, Any]], int]:
+    """(district, JST day start) → the published day, from the frozen days in the rollups' database ``db``: shown
+    only when all 48 of its half hours are in the rollups, each with at least ``k`` households."""
+    rows, unusable = _rollup_rows(query, db, ENERGY_1D, ("kwh", "households", "slots", "min_households"), r, district)
+    out = {}
+    for d, t, v in sorted(rows, key=lambda x: x[:2]):
+        complete = v["slots"] == SLOTS_PER_DAY and v["min_households"] >= k
+        out[(d, t)] = {"kwh": v["kwh"] if complete else None,
+                       "households": int(v["households"]) if complete else None, "kwh_suppressed": not complete}
+    return out, unusable
 
 
 def router(api: Api) -> APIRouter:
@@ -143,7 +160,7 @@ def router(api: Api) -> APIRouter:
 
     def settled(tr: TimeRange, step_ms: int) -> TimeRange:
         """The range cut to whole periods (half hours, or JST days) that ended ``energy_settle_h`` ago or more."""
-        align = _jst_day if step_ms == DAY_MS else (lambda ms: ms - ms % step_ms)
+        align = jst_day if step_ms == DAY_MS else (lambda ms: ms - ms % step_ms)
         end = align(min(tr.end_ms, int(api.clock() * 1000) - settle_ms))
         start = align(tr.start_ms)
         return TimeRange(start, max(start, end))
@@ -171,6 +188,12 @@ def router(api: Api) -> APIRouter:
         api.skipped(MEASUREMENT, bad_points)
         return found
 
+    def rollup(fetch: Any, measurement: str, tr: TimeRange, district: str | None) -> dict[tuple[str, int], Any]:
+        """A district route's cells from the rollups' database (``[rollup] db``)."""
+        found, bad_rows = api.read(lambda query, _db: fetch(query, api.settings.rollup_db, tr, k, district))
+        api.skipped(measurement, bad_rows)
+        return found
+
     @api.route(r, "/v1/energy/districts/half-hourly", scope=OPEN, response_class=Response,
                responses=read_responses)
     def districts_half_hourly(
@@ -185,7 +208,7 @@ def router(api: Api) -> APIRouter:
         d = district_filter(district)
         tr = settled(time_range(frm, to, HALF_HOURLY, int(api.clock() * 1000)), SLOT_MS)
         items = [{**api.places.named(dist), "start": iso(start), "end": iso(start + SLOT_MS), **cell}
-                 for (dist, start), cell in district_slots(slots(tr), k).items() if d is None or dist == d]
+                 for (dist, start), cell in rollup(fetch_district_half_hours, ENERGY_30M, tr, d).items()]
         doc = envelope("energy-district-half-hourly", "地区別 30分ごとの電力使用量 / electricity per district and half "
                        "hour", tr, items)
         return api.respond(fmt, doc, items, ["district", "district_name_ja", "district_name_en", "start", "end",
@@ -205,7 +228,7 @@ def router(api: Api) -> APIRouter:
         d = district_filter(district)
         tr = settled(time_range(frm, to, DAILY, int(api.clock() * 1000)), DAY_MS)
         items = [{**api.places.named(dist), "date": iso(day)[:10], **cell}
-                 for (dist, day), cell in district_days(slots(tr), k).items() if d is None or dist == d]
+                 for (dist, day), cell in rollup(fetch_district_days, ENERGY_1D, tr, d).items()]
         doc = envelope("energy-district-daily", "地区別 日別の電力使用量 / electricity per district and day", tr, items)
         return api.respond(fmt, doc, items, ["district", "district_name_ja", "district_name_en", "date", "kwh",
                                              "households", "kwh_suppressed"],

@@ -6,9 +6,10 @@ increase, ``lat``/``lon`` when the truck had a fix, ``trip_no``; tags ``device``
 of the districts file or ``unknown``), and ``waste_trip``, one point per trip, stamped when it ended at the
 disposal site (``kg_collected``, ``kg_unloaded``, ``pickups``, ``distance_km``, ``duration_s``, ``trip_no``).
 
-* **Per district** (``open``): kg and pickups per district per JST day, summed and counted by InfluxDB itself
-  (``GROUP BY time(1d), "district" ... tz('Asia/Tokyo')``), and per JST month (one InfluxQL statement per month,
-  all in one request). Days and districts without a pickup are left out, never listed as 0. Waste totals of a
+* **Per district** (``open``): kg and pickups per district per JST day, read from the rollups' database (``[rollup]
+  db``: ``waste_district_1d``, which ``cityos rollup`` sums from the pickups and recomputes while late ones may
+  land, docs/api.md "Pre-aggregation"), and per JST month (the days summed, one InfluxQL statement per month, all
+  in one request). Days and districts without a pickup are left out, never listed as 0. Waste totals of a
   district are not personal: a district holds thousands of households and its collection points are shared.
 * **Trips** (``service``): a truck's trips of a JST day (the day the trip ended, i.e. unloaded), with the
   districts its pickups were in.
@@ -38,6 +39,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Query, Response
 
 from cityos.influx import query_results
+from cityos.rollups import MAX_PICKUP_KG, WASTE_1D, target_results
 from cityos.wire import ID_PATTERN
 from cityos_api.auth import OPEN, SERVICE
 from cityos_api.core import Api
@@ -75,8 +77,6 @@ __all__ = [
 COLLECTION = "waste_collection"
 TRIP = "waste_trip"
 UNKNOWN = "unknown"
-#: A pickup heavier than this is not a pickup (a packer truck carries at most a few tonnes): skipped and counted.
-MAX_PICKUP_KG = 20_000.0
 #: A trip's load; larger is a broken point.
 MAX_TRIP_KG = 100_000.0
 #: Collection points: cells of this many degrees of latitude and of longitude (35° N: ~111 m x ~91 m).
@@ -87,7 +87,6 @@ DAY_MS = 86_400_000
 DAILY = Span(default=timedelta(days=30), longest=timedelta(days=400))
 POINTS = Span(default=timedelta(days=7), longest=timedelta(days=31))
 LONGEST_MONTHS = 24
-TZ = "tz('Asia/Tokyo')"
 UNITS = {"kg": "kg", "kg_unloaded": "kg", "distance_km": "km", "duration_s": "s"}
 Format = Literal["json", "csv"]
 
@@ -166,68 +165,50 @@ def _kg_where(tr: TimeRange, district: str | None) -> str:
     return where
 
 
-def _bad_kg_statement(where: str) -> str:
-    """Counts the pickups whose kg cannot be served (the aggregates leave them out)."""
-    return (f'SELECT count("kg") FROM "{COLLECTION}" WHERE {where} AND ("kg" < 0 OR "kg" > {MAX_PICKUP_KG:g}) '
-            f'GROUP BY "district"')
-
-
-def _agg_statement(where: str, by_day: bool) -> str:
-    group = f'time(1d), "district" fill(none) {TZ}' if by_day else '"district"'
-    return (f'SELECT sum("kg") AS "kg", count("kg") AS "pickups" FROM "{COLLECTION}" WHERE {where} '
-            f'AND "kg" >= 0 AND "kg" <= {MAX_PICKUP_KG:g} GROUP BY {group}')
-
-
-def _bad_count(series: list[dict[str, Any]]) -> int:
-    return sum(int(row.get("count") or 0) for s in series for row in _rows(s))
+def _district_rows(series: list[dict[str, Any]]) -> tuple[list[tuple[int, str, float, int]], int]:
+    """(time, district, kg, pickups) of the rollup's rows with pickups, and the number of unusable rows."""
+    out = []
+    unusable = 0
+    for s in series:
+        d = _district_tag(s)
+        for row in _rows(s):
+            kg, n = _kg(row.get("kg"), math.inf), _num(row.get("pickups"))
+            if n is not None and n == 0:
+                continue
+            if d is None or kg is None or n is None or n < 0:
+                unusable += 1
+                continue
+            out.append((int(row["time"]), d, kg, int(n)))
+    return out, unusable
 
 
 def fetch_district_days(query: QueryFn, db: str, tr: TimeRange, district: str | None
                         ) -> tuple[dict[tuple[int, str], tuple[float, int]], int]:
-    """(JST day start ms, district) → (kg, pickups), and the number of points that could not be used. ``tr`` is
-    whole JST days."""
-    where = _kg_where(tr, district)
-    agg, bad_kg = _series(*query(db, f"{_agg_statement(where, True)}; {_bad_kg_statement(where)}"))
-    out: dict[tuple[int, str], tuple[float, int]] = {}
-    skipped = _bad_count(bad_kg)
-    for s in agg:
-        d = _district_tag(s)
-        for row in _rows(s):
-            n = int(row.get("pickups") or 0)
-            if not n:
-                continue
-            if d is None:
-                skipped += n
-                continue
-            out[(int(row["time"]), d)] = (float(row["kg"]), n)
-    return out, skipped
+    """(JST day start ms, district) → (kg, pickups) from the rollups' database ``db`` (``waste_district_1d``,
+    written by ``cityos rollup``), and the number of rollup rows that could not be used. ``tr`` is whole JST
+    days. The pickups the rollup could not use were counted there. The rollups' database not there (yet) for
+    this user: no rows (logged)."""
+    results = target_results(query, db, f'SELECT "kg", "pickups" FROM "{WASTE_1D}" WHERE '
+                                         f'{_kg_where(tr, district)} GROUP BY "district"') or [{}]
+    rows, unusable = _district_rows(results[0].get("series", []))
+    return {(t, d): (kg, n) for t, d, kg, n in rows}, unusable
 
 
 def fetch_district_months(query: QueryFn, db: str, months: Sequence[tuple[int, int]], district: str | None
                           ) -> tuple[dict[tuple[tuple[int, int], str], tuple[float, int]], int]:
-    """((year, month), district) → (kg, pickups): one statement per JST month, all in one request."""
-    stmts = []
-    for y, m in months:
-        tr = TimeRange(*_month_bounds(y, m))
-        where = _kg_where(tr, district)
-        stmts += [_agg_statement(where, False), _bad_kg_statement(where)]
-    results = _series(*query(db, "; ".join(stmts)))
+    """((year, month), district) → (kg, pickups): the rollup's JST days summed per JST month (one statement per
+    month, all in one request)."""
+    stmts = [f'SELECT sum("kg") AS "kg", sum("pickups") AS "pickups" FROM "{WASTE_1D}" WHERE '
+             f'{_kg_where(TimeRange(*_month_bounds(y, m)), district)} AND "kg" >= 0 AND "pickups" >= 0 '
+             f'GROUP BY "district"' for y, m in months]
     out: dict[tuple[tuple[int, int], str], tuple[float, int]] = {}
-    skipped = 0
-    for i, ym in enumerate(months):
-        agg, bad_kg = results[2 * i], results[2 * i + 1]
-        skipped += _bad_count(bad_kg)
-        for s in agg:
-            d = _district_tag(s)
-            for row in _rows(s):
-                n = int(row.get("pickups") or 0)
-                if not n:
-                    continue
-                if d is None:
-                    skipped += n
-                    continue
-                out[(ym, d)] = (float(row["kg"]), n)
-    return out, skipped
+    unusable = 0
+    results = target_results(query, db, "; ".join(stmts)) or [{} for _ in months]
+    for ym, series in zip(months, (r.get("series", []) for r in results), strict=True):
+        rows, bad_rows = _district_rows(series)
+        unusable += bad_rows
+        out.update({(ym, d): (kg, n) for _, d, kg, n in rows})
+    return out, unusable
 
 
 @dataclass(frozen=True)
@@ -471,8 +452,8 @@ def router(api: Api) -> APIRouter:
                                                 * 1000)), tr.end_ms)
         found: dict[tuple[int, str], tuple[float, int]] = {}
         if q.start_ms < q.end_ms:
-            found, skipped = api.read(fetch_district_days, q, d)
-            api.skipped(COLLECTION, skipped)
+            found, skipped = api.read(lambda query, _db: fetch_district_days(query, api.settings.rollup_db, q, d))
+            api.skipped(WASTE_1D, skipped)
         rows = [{"date": iso(day_ms)[:10], **named(dist), "kg": _r3(kg), "pickups": n}
                 for (day_ms, dist), (kg, n) in found.items()]
         items, nxt = page(rows, lambda x: (x["date"], x["district"]),
@@ -517,8 +498,9 @@ def router(api: Api) -> APIRouter:
             months = _months(first, end)
             if len(months) > LONGEST_MONTHS:
                 raise bad("to", f"at most {LONGEST_MONTHS} months after `from`", to)
-        found, skipped = api.read(fetch_district_months, months, d)
-        api.skipped(COLLECTION, skipped)
+        found, skipped = api.read(lambda query, _db: fetch_district_months(query, api.settings.rollup_db, months,
+                                                                            d))
+        api.skipped(WASTE_1D, skipped)
         items = sorted(({"month": f"{y:04d}-{m:02d}", **named(dist), "kg": _r3(kg), "pickups": n}
                         for ((y, m), dist), (kg, n) in found.items()), key=lambda x: (x["month"], x["district"]))
         start, _ = _month_bounds(*months[0])
