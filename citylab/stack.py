@@ -379,6 +379,8 @@ class Stack:
             influx_pid = self._running_pid(_INFLUX)
             if state is not None and mqtt_pid and influx_pid:
                 info = StackInfo.from_json(state)
+                # a stack started by an older version may lack a service user (cityos_rollup): add it
+                self._ensure_service_users(info, self._credentials())
                 if info.influx_db != self.db:
                     self._ensure_database(info, self.db)
                     info = StackInfo(**{**asdict(info), "influx_db": self.db})
