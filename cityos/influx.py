@@ -45,7 +45,7 @@ from cityos.credentials import read_secret
 
 __all__ = [
     "REJECTED", "RETRYABLE", "InfluxClient", "InfluxError", "InfluxQueryError", "InfluxSettings",
-    "InfluxUnreachable", "WriteResult", "classify", "query_results", "quote_ident", "series_of",
+    "InfluxUnreachable", "WriteResult", "classify", "query_results", "quote_ident", "quote_literal", "series_of",
 ]
 
 RETRYABLE = frozenset({"auth", "db_not_found", "server_error", "timeout", "connection", "other"})
@@ -158,6 +158,11 @@ def series_of(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def quote_ident(name: str) -> str:
     """InfluxQL double-quoted identifier."""
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """InfluxQL single-quoted string literal (quotes and backslashes escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class InfluxClient:

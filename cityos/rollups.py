@@ -34,12 +34,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from cityos.influx import InfluxQueryError, query_results
+from cityos.influx import InfluxQueryError, query_results, quote_literal
 
 __all__ = [
     "DAY_MS", "ENERGY", "ENERGY_1D", "ENERGY_30M", "ENERGY_FIELD", "JST_OFFSET_MS", "MAX_HALF_HOUR_KWH",
     "MAX_PICKUP_KG", "PROGRESS", "SLOTS_PER_DAY", "SLOT_MS", "TARGET_SUFFIX", "UNKNOWN_DISTRICT", "WASTE_1D",
-    "WASTE_COLLECTION", "QueryFn", "Slot", "district_sums", "household_half_hours", "influx_literal", "jst_day",
+    "WASTE_COLLECTION", "QueryFn", "Slot", "district_sums", "household_half_hours", "jst_day",
     "target_db", "target_missing", "target_results",
 ]
 
@@ -86,31 +86,26 @@ _log = logging.getLogger("cityos.rollups")
 _warned: dict[str, float] = {}
 
 
-def target_results(query: QueryFn, db: str, q: str) -> list[dict[str, Any]] | None:
-    """The results of ``q`` on the rollups' database ``db`` (as :func:`~cityos.influx.query_results`), or None
-    when that database is not there for this user (:func:`target_missing`): a reader answers "nothing published
-    yet", and a warning naming the database is logged at most once a minute. Any other failure raises."""
+def target_results(query: QueryFn, db: str, q: str) -> list[dict[str, Any]]:
+    """The results of ``q`` on the rollups' database ``db`` (as :func:`~cityos.influx.query_results`). When that
+    database is not there for this user (:func:`target_missing`) the failure is raised like any other (a reader
+    answers 503: "no rows" would read as "nothing happened"), after a warning naming the database and the fix,
+    logged at most once a minute."""
     try:
         return query_results(*query(db, q))
     except InfluxQueryError as exc:
-        if not target_missing(exc, db):
-            raise
-    now = time.monotonic()
-    if now - _warned.get(db, -3600.0) >= 60:
-        _warned[db] = now
-        _log.warning("the rollups' database %s is not there for this user (create it and grant READ: `cityos fleet "
-                     "influxdb`; run `cityos rollup`): answering no rows", db)
-    return None
+        if target_missing(exc, db):
+            now = time.monotonic()
+            if now - _warned.get(db, -3600.0) >= 60:
+                _warned[db] = now
+                _log.warning("the rollups' database %s is not there for this user (create it and grant READ: "
+                             "`cityos fleet influxdb`; run `cityos rollup`)", db)
+        raise
 
 
 def jst_day(ms: int) -> int:
     """The start (epoch ms) of the JST day holding ``ms``."""
     return (ms + JST_OFFSET_MS) // DAY_MS * DAY_MS - JST_OFFSET_MS
-
-
-def influx_literal(value: str) -> str:
-    """An InfluxQL string literal (quotes and backslashes escaped)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @dataclass(frozen=True)
@@ -137,7 +132,7 @@ def household_half_hours(query: QueryFn, db: str, start_ms: int, end_ms: int, de
     # a minute of slack each side (milliseconds past :00/:30); one value before the range gives its first slot
     where = f"time >= {start_ms - 60_000}ms AND time < {end_ms + 60_000}ms"
     exact = f"time >= {start_ms}ms AND time < {end_ms}ms"
-    dev = f' AND "device" = {influx_literal(device)}' if device else ""
+    dev = f' AND "device" = {quote_literal(device)}' if device else ""
     f = f'"{ENERGY_FIELD}"'
     values, wrong = query_results(*query(db, (
         f'SELECT {f}::float AS "v" FROM "{ENERGY}" WHERE {where}{dev} GROUP BY "device", "district"; '

@@ -23,6 +23,7 @@ from typing import Any
 
 from fastapi import HTTPException
 
+from cityos.influx import quote_literal as literal
 from cityos.wire import ID_PATTERN
 from cityos_api.opendata import JST
 
@@ -57,11 +58,6 @@ def check_id(param: str, value: str, what: str = "an id as in the data (lower-ca
     if not _ID_RE.fullmatch(value):
         raise bad(param, what, value)
     return value
-
-
-def literal(value: str) -> str:
-    """An InfluxQL string literal of an already validated value (quotes and backslashes escaped anyway)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def iso(ts_ms: float) -> str:

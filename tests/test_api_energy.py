@@ -199,8 +199,12 @@ def test_a_period_not_settled_is_not_served(stack_info, city, tmp_path):
         assert datetime.fromisoformat(newest) <= datetime.now(JST) - timedelta(hours=6)
 
 
-def test_without_the_rollups_database_the_district_routes_answer_no_rows(stack_info, city, tmp_path):
-    """Not created yet (or no READ on it for the API's user): nothing is published yet, a warning is logged."""
+def test_without_the_rollups_database_the_district_routes_are_503(stack_info, city, tmp_path, caplog):
+    """Not created (or no READ on it for the API's user): 503, never "no rows" (which would read as "nothing
+    happened"), and a warning naming the database and the fix."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
     settings = ApiSettings.model_validate({
         "influx": influx_settings(stack_info, "reader", city["db"]), "rollup": {"db": "no_rollups_here"},
         "auth": {"tokens_file": tmp_path / "tokens.json"}})
@@ -209,4 +213,5 @@ def test_without_the_rollups_database_the_district_routes_answer_no_rows(stack_i
     for path in ("/v1/energy/districts/half-hourly", "/v1/energy/districts/daily", "/v1/waste/districts/daily",
                  "/v1/waste/districts/monthly"):
         resp = client.get(path if "waste" in path else f"{path}?from={day}&to={day + timedelta(days=1)}")
-        assert resp.status_code == 200 and resp.json()["items"] == [], (path, resp.text)
+        assert resp.status_code == 503 and "no_rollups_here" not in resp.text, (path, resp.text)
+    assert "no_rollups_here" in caplog.text and "cityos rollup" in caplog.text

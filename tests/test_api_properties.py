@@ -54,21 +54,20 @@ def _readings(now: int) -> list[tuple[str, list[Reading]]]:
 
 
 @pytest.fixture(scope="module")
-def api_schema(stack_info, tmp_path_factory):
+def api_schema(stack, stack_info, tmp_path_factory):
     import uuid
 
-    from cityos.influx import InfluxClient
+    from rollup import RollupConfig, run_once
 
     db = "api_props_" + uuid.uuid4().hex[:8]
-    with InfluxClient(stack_info.influx_url, None, stack_info.influx_username, stack_info.influx_password) as c:
-        c.query(f'CREATE DATABASE "{db}"')
-        c.query(f'GRANT READ ON "{db}" TO "cityos_reader"')
+    stack.create_database(db)  # and its rollups' database, with the users' grants
     now = int(time.time() * 1000)
     lines: list[str] = []
     for seq, (gw, readings) in enumerate(_readings(now), start=1):
         lines += batch_to_lines(checked(TelemetryBatch(gateway_id=gw, boot_id="boot-0001", seq=seq, sent_at=now,
                                                        readings=readings)))
     influx_write(stack_info, db, lines)
+    run_once(RollupConfig.model_validate({"influx": influx_settings(stack_info, "rollup", db)}), now)
     store = TokenStore(tmp_path_factory.mktemp("api") / "tokens.json")
     TOKEN["all"] = store.create("all", [SERVICE, FLEET, HOUSEHOLDS], parse_expiry("1d"))[1]
     settings_ = ApiSettings.model_validate({

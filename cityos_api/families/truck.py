@@ -186,8 +186,8 @@ def fetch_district_days(query: QueryFn, db: str, tr: TimeRange, district: str | 
                         ) -> tuple[dict[tuple[int, str], tuple[float, int]], int]:
     """(JST day start ms, district) → (kg, pickups) from the rollups' database ``db`` (``waste_district_1d``,
     written by ``cityos rollup``), and the number of rollup rows that could not be used. ``tr`` is whole JST
-    days. The pickups the rollup could not use were counted there. The rollups' database not there (yet) for
-    this user: no rows (logged)."""
+    days. The pickups the rollup could not use were counted there. The rollups' database not there for this
+    user raises (the API answers 503; logged with the fix)."""
     results = target_results(query, db, f'SELECT "kg", "pickups" FROM "{WASTE_1D}" WHERE '
                                          f'{_kg_where(tr, district)} GROUP BY "district"') or [{}]
     rows, unusable = _district_rows(results[0].get("series", []))
