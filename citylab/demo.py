@@ -54,12 +54,21 @@ def _api(info: Any, run: Any, sc: Any, run_dir: Path) -> list[str]:
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
+    from citylab.stack import influx_settings
     from cityos.config import dump_toml
     from cityos.credentials import write_private
     from cityos_api.app import create_app
     from cityos_api.auth import SERVICE, TokenStore, parse_expiry
     from cityos_api.settings import load_settings
+    from rollup import RollupConfig, run_once
 
+    # the rollup service's pass over the day (in production `cityos rollup` runs every 5 minutes): energy and waste
+    # per district are served from its frozen rows (docs/api.md, "Pre-aggregation")
+    try:
+        rep = run_once(RollupConfig.model_validate({"influx": influx_settings(info, "rollup", run.db)}))
+        _say(f"\nrollups for the API: {rep.summary()}")
+    except Exception as exc:  # a view of the result, not the result: report, don't fail the demo
+        _say(f"\nrollups for the API failed: {type(exc).__name__}: {exc}")
     api_dir = run_dir / "api"
     api_dir.mkdir(parents=True, exist_ok=True)
     cfg = api_dir / "api.toml"
