@@ -7,10 +7,14 @@
 * ``simclock``: the scaled clock of the simulated city;
 * ``landslide``: the forest stations' landslide thresholds and criteria (a reading's alert level), shared by the
   dashboards' alert rules and the API;
+* ``privacy``: the k of every reader of household data (API and dashboards);
+* ``credentials``: secret and TLS files as a config names them, and the one writer of private files;
 * ``influx``: the one InfluxDB client (v1 HTTP API; cloud side only: it needs httpx, which a gateway does not
-  install).
+  install);
+* ``rollups``: the pre-aggregated measurements the rollup service writes and the API reads, and the one
+  computation of a household's half hour (cloud side).
 
 Nothing is imported here, so a gateway that imports ``cityos.wire`` loads neither httpx nor the InfluxDB client.
 """
 
-__all__ = ["config", "families", "influx", "landslide", "simclock", "wire"]
+__all__ = ["config", "credentials", "families", "influx", "landslide", "privacy", "rollups", "simclock", "wire"]
