@@ -9,20 +9,19 @@ their family's shape (a household meter is ``hh-...``): internal, which is why t
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Response
 
 from cityos.families import FAMILIES
 from cityos.influx import query_results
 from cityos_api.auth import FLEET
 from cityos_api.core import Api
 from cityos_api.gtfs_rt import QueryFn
-from cityos_api.params import check_id, iso, literal
+from cityos_api.params import FormatQuery, check_id, iso, literal
 
 __all__ = ["router"]
 
-Format = Literal["json", "csv"]
 #: How far back a gateway or device is looked for: one not heard from in a week is listed by the registry, not here.
 LOOKBACK = timedelta(days=7)
 #: Health fields shown (what an operator looks at first; the rest are in Grafana's fleet dashboard).
@@ -102,7 +101,7 @@ def router(api: Api) -> APIRouter:
                        *[f"health_{f}" for f in HEALTH_FIELDS]]
 
     @api.route(r, "/v1/fleet/gateways", scope=FLEET, response_class=Response, responses=responses)
-    def gateways(fmt: Annotated[Format, Query(alias="format")] = "json") -> Response:
+    def gateways(fmt: FormatQuery = "json") -> Response:
         """Every gateway heard from in the last 7 days: its last status (online/offline, version, config hash,
         backlog) and its last health reading (CPU, memory, disk, temperature)."""
         items = api.read(fetch_gateways, since())
@@ -121,7 +120,7 @@ def router(api: Api) -> APIRouter:
         return {**found[0], "devices": api.read(fetch_devices, since(), gw)}
 
     @api.route(r, "/v1/fleet/devices", scope=FLEET, response_class=Response, responses=responses)
-    def devices(fmt: Annotated[Format, Query(alias="format")] = "json") -> Response:
+    def devices(fmt: FormatQuery = "json") -> Response:
         """Every device that sent a reading in the last 7 days: family, gateway, last reading time."""
         items = api.read(fetch_devices, since())
         return api.respond(fmt, {"dataset": "fleet-devices", "time_zone": "Asia/Tokyo", "items": items}, items,

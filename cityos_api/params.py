@@ -19,15 +19,17 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Query
 
 from cityos.influx import quote_literal as literal
 from cityos.wire import ID_PATTERN
 from cityos_api.opendata import JST
 
 __all__ = [
+    "Format",
+    "FormatQuery",
     "Span",
     "TimeRange",
     "bad",
@@ -39,6 +41,11 @@ __all__ = [
     "parse_time",
     "time_range",
 ]
+
+#: ``format``: every data route answers JSON or CSV.
+Format = Literal["json", "csv"]
+FormatQuery = Annotated[Format, Query(alias="format", description="json (the default) or csv (UTF-8 with a BOM, "
+                                                                  "CRLF, a header row: for spreadsheets)")]
 
 _ID_RE = re.compile(ID_PATTERN)
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")

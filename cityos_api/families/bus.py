@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
@@ -36,12 +36,12 @@ from cityos_api.opendata import (
     stop_hourly,
     stop_hourly_rule,
 )
+from cityos_api.params import FormatQuery
 
 __all__ = ["router"]
 
 PROTOBUF = "application/x-protobuf"
 _ROUTE_RE = re.compile(ID_PATTERN)
-Format = Literal["json", "csv"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def router(api: Api) -> APIRouter:
 
     @api.route(r, "/v1/bus/stops", scope=OPEN, response_class=Response,
                responses={200: {"content": {"application/json": {}, "text/csv": {}}}})
-    def bus_stops(fmt: Annotated[Format, Query(alias="format")] = "json") -> Response:
+    def bus_stops(fmt: FormatQuery = "json") -> Response:
         """The buses' stops from the GTFS-JP feed (``[places] gtfs_dir``): id, Japanese, English and kana names,
         position. The ids are the ``stop_id`` of the ridership data."""
         items = [{"stop_id": s.stop_id, "name_ja": s.name_ja, "name_en": s.name_en, "name_kana": s.name_kana,
@@ -149,7 +149,7 @@ def router(api: Api) -> APIRouter:
     def bus_stop_hourly(
         day: Annotated[str, Query(alias="date", description="calendar day in Japan (JST), YYYY-MM-DD")],
         route: Annotated[str | None, Query(description="only this route (as in the `route` column)")] = None,
-        fmt: Annotated[Format, Query(alias="format")] = "json",
+        fmt: FormatQuery = "json",
     ) -> Response:
         """Boardings and alightings per route, stop and hour (JST) of one day, summed over trips (estimates,
         whole passengers), from complete stop visits; counts from 1 to k - 1 hidden, no totals."""
@@ -180,7 +180,7 @@ def router(api: Api) -> APIRouter:
     @api.route(r, "/v1/bus/od-monthly", scope=OPEN, response_class=Response, responses=data_responses)
     def bus_od_monthly(
         month: Annotated[str, Query(description="calendar month in Japan (JST), YYYY-MM")],
-        fmt: Annotated[Format, Query(alias="format")] = "json",
+        fmt: FormatQuery = "json",
     ) -> Response:
         """Origin-destination pairs of the city app's consenting riders per route and month (of alighting,
         JST); counts from 1 to k - 1 hidden, no totals, never a rider pseudonym."""

@@ -49,6 +49,7 @@ from cityos_api.auth import OPEN
 from cityos_api.core import Api
 from cityos_api.gtfs_rt import QueryFn
 from cityos_api.params import (
+    FormatQuery,
     Span,
     bad,
     check_id,
@@ -65,7 +66,6 @@ MEASUREMENT = "forest"
 MINUTE_MS = 60_000
 WINDOW_MS = FOREST_ALERT_WINDOW_MIN * MINUTE_MS
 JST_OFFSET_MS = 9 * 3_600_000
-Format = Literal["json", "csv"]
 Interval = Literal["raw", "10m", "1h", "1d"]
 
 #: Every field of a forest reading the API serves (docs/forest.md, the register map), in the order served.
@@ -366,7 +366,6 @@ Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"rows per page (at
 Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
 From = Annotated[str | None, Query(alias="from", description="start (ISO 8601 with offset, or a JST date)")]
 To = Annotated[str | None, Query(description="end, exclusive (default: now)")]
-Fmt = Annotated[Format, Query(alias="format")]
 IntervalParam = Annotated[Interval, Query(description=(
     "raw (every reading; at most 7 days), 10m (31 days), 1h (92 days) or 1d (JST days; 400 days)"))]
 StationFilter = Annotated[str | None, Query(description="only this station")]
@@ -421,7 +420,7 @@ def router(api: Api) -> APIRouter:
     with_404 = {**responses, 404: {"description": "no such station"}}
 
     @api.route(r, "/v1/forest/stations", scope=OPEN, response_class=Response, responses=responses)
-    def forest_stations(fmt: Fmt = "json") -> Response:
+    def forest_stations(fmt: FormatQuery = "json") -> Response:
         """Every forest station: its position, its newest reading, whether it is stale and its current landslide
         alert level (the alert rules' criteria over its live readings of the last window)."""
         items = stations(None)
@@ -430,7 +429,7 @@ def router(api: Api) -> APIRouter:
                            {"Cache-Control": "no-store"})
 
     @api.route(r, "/v1/forest/stations/{station_id}", scope=OPEN, response_class=Response, responses=with_404)
-    def forest_station(station_id: StationId, fmt: Fmt = "json") -> Response:
+    def forest_station(station_id: StationId, fmt: FormatQuery = "json") -> Response:
         """One forest station, as in the list."""
         sid = station_param(station_id)
         items = stations(sid)
@@ -450,7 +449,7 @@ def router(api: Api) -> APIRouter:
         interval: IntervalParam = "raw",
         limit: Limit = 1000,
         cursor: Cursor = None,
-        fmt: Fmt = "json",
+        fmt: FormatQuery = "json",
     ) -> Response:
         """One station's history: every reading (raw, with its alert level) or per 10 minutes, hour or JST day
         (means; rain_mm summed; rain_cumulative_mm and rain_intensity_mm_h_max the maximum)."""
@@ -507,7 +506,7 @@ def router(api: Api) -> APIRouter:
         station_id: StationFilter = None,
         limit: AlertLimit = 500,
         cursor: Cursor = None,
-        fmt: Fmt = "json",
+        fmt: FormatQuery = "json",
     ) -> Response:
         """Alert episodes overlapping the range (at most 92 days): a station's readings at caution or warning,
         joined while less than the alert window apart; the highest level and every criterion met in each."""

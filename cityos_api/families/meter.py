@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
@@ -46,13 +46,12 @@ from cityos.rollups import (
 from cityos_api.auth import HOUSEHOLDS, OPEN
 from cityos_api.core import Api
 from cityos_api.gtfs_rt import QueryFn
-from cityos_api.params import Span, TimeRange, bad, check_id, iso, literal, time_range
+from cityos_api.params import FormatQuery, Span, TimeRange, bad, check_id, iso, literal, time_range
 
 __all__ = ["SLOT_MS", "Slot", "district_days", "district_slots", "fetch_district_days", "fetch_district_half_hours",
            "fetch_slots", "router"]
 
 MEASUREMENT = "energy"
-Format = Literal["json", "csv"]
 HALF_HOURLY = Span(default=timedelta(days=1), longest=timedelta(days=31))
 DAILY = Span(default=timedelta(days=7), longest=timedelta(days=400))
 
@@ -201,7 +200,7 @@ def router(api: Api) -> APIRouter:
         = None,
         to: Annotated[str | None, Query(description="end, exclusive (default: now)")] = None,
         district: Annotated[str | None, Query(description="only this district (its id)")] = None,
-        fmt: Annotated[Format, Query(alias="format")] = "json",
+        fmt: FormatQuery = "json",
     ) -> Response:
         """Electricity used per district per half hour (kWh, from the households' smart meters), where at least k
         households report; at most 31 days."""
@@ -221,7 +220,7 @@ def router(api: Api) -> APIRouter:
         = None,
         to: Annotated[str | None, Query(description="end, exclusive (default: now)")] = None,
         district: Annotated[str | None, Query(description="only this district (its id)")] = None,
-        fmt: Annotated[Format, Query(alias="format")] = "json",
+        fmt: FormatQuery = "json",
     ) -> Response:
         """Electricity used per district per JST day (kWh), only for days whose every half hour has at least k
         households; at most 400 days."""
@@ -240,7 +239,7 @@ def router(api: Api) -> APIRouter:
         household_id: str,
         frm: Annotated[str | None, Query(alias="from")] = None,
         to: Annotated[str | None, Query()] = None,
-        fmt: Annotated[Format, Query(alias="format")] = "json",
+        fmt: FormatQuery = "json",
     ) -> Response:
         """One household's half hours (kWh): the energy division alone (scope internal:energy-households)."""
         hid = check_id("household_id", household_id, "a household pseudonym as in the data (hh-...)")

@@ -33,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Response
@@ -46,6 +46,7 @@ from cityos_api.core import Api
 from cityos_api.gtfs_rt import QueryFn
 from cityos_api.opendata import JST, parse_day, parse_month
 from cityos_api.params import (
+    FormatQuery,
     Span,
     TimeRange,
     bad,
@@ -88,7 +89,6 @@ DAILY = Span(default=timedelta(days=30), longest=timedelta(days=400))
 POINTS = Span(default=timedelta(days=7), longest=timedelta(days=31))
 LONGEST_MONTHS = 24
 UNITS = {"kg": "kg", "kg_unloaded": "kg", "distance_km": "km", "duration_s": "s"}
-Format = Literal["json", "csv"]
 
 _ID_RE = re.compile(ID_PATTERN)
 _MONTH_RE = re.compile(r"\d{4}-\d{2}")
@@ -435,7 +435,7 @@ def router(api: Api) -> APIRouter:
         district: Annotated[str | None, Query(description="only this district (its id)")] = None,
         limit: Annotated[int, Query(ge=1, le=5000, description="rows per page")] = 1000,
         cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
-        fmt: Annotated[Format, Query(alias="format")] = "json",
+        fmt: FormatQuery = "json",
     ) -> Response:
         """Waste collected per district per JST day (kg, weighed by the trucks' load cells) and the number of
         pickups; days and districts without a pickup are not listed. Sorted by date, then district."""
@@ -474,7 +474,7 @@ def router(api: Api) -> APIRouter:
         to: Annotated[str | None, Query(description="end month, exclusive, YYYY-MM (default: the month after "
                                         "`from`); at most 24 months")] = None,
         district: Annotated[str | None, Query(description="only this district (its id)")] = None,
-        fmt: Annotated[Format, Query(alias="format")] = "json",
+        fmt: FormatQuery = "json",
     ) -> Response:
         """Waste collected per district per JST calendar month (kg) and the number of pickups; months and
         districts without a pickup are not listed. Without `month` or `from`: the current month (so far)."""
@@ -560,7 +560,7 @@ def router(api: Api) -> APIRouter:
         truck_id: str,
         day_raw: Annotated[str | None, Query(alias="date", description="JST calendar day, YYYY-MM-DD (default: "
                                              "today)")] = None,
-        fmt: Annotated[Format, Query(alias="format")] = "json",
+        fmt: FormatQuery = "json",
     ) -> Response:
         """One truck's trips that ended (unloaded) on a JST day: start, end, kg collected (net: the sum of the
         load's increases), kg unloaded, pickups, distance, and the districts its pickups were in."""
@@ -576,7 +576,7 @@ def router(api: Api) -> APIRouter:
                                              "today)")] = None,
         limit: Annotated[int, Query(ge=1, le=2000, description="rows per page")] = 500,
         cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
-        fmt: Annotated[Format, Query(alias="format")] = "json",
+        fmt: FormatQuery = "json",
     ) -> Response:
         """Every truck's trips that ended on a JST day (as `/v1/waste/trucks/{truck_id}/trips`), sorted by truck,
         then end."""
@@ -601,7 +601,7 @@ def router(api: Api) -> APIRouter:
         district: Annotated[str | None, Query(description="only this district (its id)")] = None,
         limit: Annotated[int, Query(ge=1, le=5000, description="rows per page")] = 1000,
         cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
-        fmt: Annotated[Format, Query(alias="format")] = "json",
+        fmt: FormatQuery = "json",
     ) -> Response:
         """Pickups per collection-point cell (0.001° x 0.001°, ~110 m x ~90 m) and district: count and kg. A
         pickup is at a shared collection point (ごみステーション), so a cell is one or more stations, never a
