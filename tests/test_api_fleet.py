@@ -64,3 +64,24 @@ def test_gateways_and_devices_as_operations_see_them(stack_info, influx_db, tmp_
     assert csv.content.startswith("\ufeff".encode()) and "forest-01-02" in csv.text
     assert missing.status_code == 404 and bad.status_code == 422 and "gateway_id" in bad.json()["detail"]
     assert denied.status_code == 403 and anonymous.status_code == 401
+
+
+def test_healthz_says_whether_the_data_is_fresh(stack_info, influx_db):
+    now = int(time.time() * 1000)
+    settings = ApiSettings.model_validate({"influx": influx_settings(stack_info, "reader", influx_db),
+                                           "health": {"fresh_within_s": 300}})
+
+    def health(ts: int) -> None:
+        batch = checked(TelemetryBatch(gateway_id="gw-forest-01", boot_id="boot-0001", seq=1, sent_at=ts, readings=[
+            Reading(device_id="gateway", kind="gateway_health", ts=ts, values={"cpu_pct": 1.0})]))
+        influx_write(stack_info, influx_db, batch_to_lines(batch))
+
+    with TestClient(create_app(settings)) as client:
+        health(now - 3_600_000)  # an hour ago: InfluxDB answers, the data is stale
+        stale = client.get("/healthz")
+        health(now - 30_000)
+        fresh = client.get("/healthz")
+    assert stale.status_code == 200 and stale.json()["status"] == "degraded"
+    assert stale.json()["data"]["fresh"] is False and stale.json()["influxdb"] == "reachable"
+    assert fresh.status_code == 200 and fresh.json()["status"] == "ok"
+    assert 25 <= fresh.json()["data"]["newest_report_age_s"] <= 120
