@@ -640,7 +640,7 @@ def test_temporal_400s(fixed, path, params, kind, word):
     check_error(_get(client, path, params), 400, kind, word)
 
 
-def test_temporal_defaults_bounds_and_partial_content(fixed, token):
+def test_temporal_defaults_bounds_and_partial_content(fixed, token, monkeypatch):
     client, provider = fixed
     now = int(time.time() * 1000)
     assert _get(client, "/temporal/entities/urn:ngsi-ld:Station:S1").status_code == 200
@@ -662,7 +662,10 @@ def test_temporal_defaults_bounds_and_partial_content(fixed, token):
     assert resp.headers["content-range"] == "date-time 2026-05-01T00:00:00Z-2026-05-07T22:39:00Z/*"
     assert len(resp.json()["weight"]["values"]) == MAX_INSTANCES
 
-    # the provider's InfluxDB failing: 503 ProblemDetails, nothing internal
+    # the provider's InfluxDB failing: 503 ProblemDetails, nothing internal (once the kept entities have expired)
+    from cityos_api.ngsi_ld import facade
+
+    monkeypatch.setattr(facade, "WORLD_TTL_S", 0.0)
     big.fail = True
     resp = _get(c2, "/entities", {"type": "Station"})
     assert resp.status_code == 503 and resp.json()["type"] == ERR + "InternalError"
@@ -832,3 +835,24 @@ def test_forest_provider_alone(stack_info, influx_db):
     assert got["urn:ngsi-ld:WeatherObserved:forest-09-01"]["rainfall"][0][0] == 0.5
     assert isinstance(p, ngsi_ld.EntityProvider)
     api.close()
+
+
+def test_current_entities_are_kept_for_a_few_seconds(token, monkeypatch):
+    """A platform polling every second costs one build of every provider's state per WORLD_TTL_S, not one per
+    request; after it, changes show."""
+    from cityos_api.ngsi_ld import facade
+
+    tokens_file, tok = token
+    p = FixedProvider()
+    built = []
+    real = p.entities
+    monkeypatch.setattr(p, "entities", lambda api: built.append(1) or real(api))
+    app = FastAPI()
+    ngsi_ld.install(app, Api(_settings(tokens_file)), [p])
+    c = TestClient(app, headers={"Authorization": f"Bearer {tok}"})
+    for _ in range(5):
+        assert _get(c, "/entities", {"type": "Station"}).status_code == 200
+    assert len(built) == 1
+    monkeypatch.setattr(facade, "WORLD_TTL_S", 0.0)
+    assert _get(c, "/entities", {"type": "Station"}).status_code == 200
+    assert len(built) == 2
