@@ -67,21 +67,26 @@ def test_gateways_and_devices_as_operations_see_them(stack_info, influx_db, tmp_
 
 
 def test_healthz_says_whether_the_data_is_fresh(stack_info, influx_db):
+    """Fresh: within the window an ingest reported and its count of points written grew."""
     now = int(time.time() * 1000)
     settings = ApiSettings.model_validate({"influx": influx_settings(stack_info, "reader", influx_db),
                                            "health": {"fresh_within_s": 300}})
 
-    def health(ts: int) -> None:
-        batch = checked(TelemetryBatch(gateway_id="gw-forest-01", boot_id="boot-0001", seq=1, sent_at=ts, readings=[
-            Reading(device_id="gateway", kind="gateway_health", ts=ts, values={"cpu_pct": 1.0})]))
-        influx_write(stack_info, influx_db, batch_to_lines(batch))
+    def ingest(ts: int, written: int, instance: str = "cityos-ingest.host.0") -> None:
+        influx_write(stack_info, influx_db, f"ingest_health,instance={instance} points_written={written}.0,"
+                                            f"stalled=0.0 {ts}")
 
     with TestClient(create_app(settings)) as client:
-        health(now - 3_600_000)  # an hour ago: InfluxDB answers, the data is stale
+        ingest(now - 3_600_000, 10)  # an hour ago: InfluxDB answers, the data is stale
         stale = client.get("/healthz")
-        health(now - 30_000)
+        ingest(now - 120_000, 500)
+        ingest(now - 60_000, 500)  # reporting, but nothing written: stale too
+        flat = client.get("/healthz")
+        ingest(now - 30_000, 800)
+        ingest(now - 20_000, 3, instance="cityos-ingest.other.0")  # another ingest, just started
         fresh = client.get("/healthz")
     assert stale.status_code == 200 and stale.json()["status"] == "degraded"
     assert stale.json()["data"]["fresh"] is False and stale.json()["influxdb"] == "reachable"
+    assert flat.json()["status"] == "degraded" and flat.json()["data"]["points_written_in_window"] is False
     assert fresh.status_code == 200 and fresh.json()["status"] == "ok"
-    assert 25 <= fresh.json()["data"]["newest_report_age_s"] <= 120
+    assert 15 <= fresh.json()["data"]["newest_ingest_report_age_s"] <= 120
