@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from citylab.pipeline import ingest_config as stack_ingest_config
-from citylab.stack import StackInfo
+from citylab.stack import StackInfo, mqtt_client
+from cityos import wire
 from ingest.config import IngestConfig
 from ingest.mqtt_in import discard_session
 from ingest.service import IngestService
@@ -95,3 +96,21 @@ def running_ingest(cfg: IngestConfig, *, discard: bool = True) -> Iterator[Inges
         if discard:
             discard_session(cfg.mqtt)
     assert not errors, errors
+
+
+def retained_statuses(info: StackInfo) -> list[tuple[str, bytes]]:
+    """Retained status messages already on the (shared) broker, e.g. left by the edge tests: the ingest will
+    receive them too when it subscribes."""
+    got: list[tuple[str, bytes]] = []
+    done = threading.Event()
+    c = mqtt_client(info, "dev.tools", client_id=f"probe-{uid()}")
+    c.on_message = lambda _c, _u, m: got.append((m.topic, bytes(m.payload))) if m.retain else None
+    c.on_subscribe = lambda *_a: done.set()
+    c.connect(info.mqtt_host, info.mqtt_port)
+    c.loop_start()
+    c.subscribe(wire.STATUS_FILTER, qos=1)
+    done.wait(10)
+    time.sleep(0.5)
+    c.disconnect()
+    c.loop_stop()
+    return [(t, p) for t, p in got if p]

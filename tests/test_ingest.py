@@ -23,7 +23,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from helpers import influx_count, influx_query, influx_write
-from ingest_helpers import ingest_config, running_ingest, start_ingest_process, uid, wait_for
+from ingest_helpers import (
+    ingest_config,
+    retained_statuses,
+    running_ingest,
+    start_ingest_process,
+    uid,
+    wait_for,
+)
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -104,24 +111,6 @@ def stored_points(info: StackInfo, db: str, gateways: set[str] | None = None) ->
         for t, v, flag, label in s["values"]:
             out.add((t, tags["device"], tags["gateway"], v, flag, label))
     return out
-
-
-def retained_statuses(info: StackInfo) -> list[tuple[str, bytes]]:
-    """Retained status messages already on the (shared) broker, e.g. left by the edge tests: the ingest will
-    receive them too when it subscribes."""
-    got: list[tuple[str, bytes]] = []
-    done = threading.Event()
-    c = mqtt_client(info, "dev.tools", client_id=f"probe-{uid()}")
-    c.on_message = lambda _c, _u, m: got.append((m.topic, bytes(m.payload))) if m.retain else None
-    c.on_subscribe = lambda *_a: done.set()
-    c.connect(info.mqtt_host, info.mqtt_port)
-    c.loop_start()
-    c.subscribe(wire.STATUS_FILTER, qos=1)
-    done.wait(10)
-    time.sleep(0.5)
-    c.disconnect()
-    c.loop_stop()
-    return [(t, p) for t, p in got if p]
 
 
 def drained(svc: IngestService) -> bool:

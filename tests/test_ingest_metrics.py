@@ -6,17 +6,16 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
 import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from ingest_helpers import ingest_config, running_ingest, uid, wait_for
+from ingest_helpers import ingest_config, retained_statuses, running_ingest, uid, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from citylab.stack import Stack, StackInfo, mqtt_client
+from citylab.stack import Stack, mqtt_client
 from cityos import influx, wire
 from ingest.decode import decode_message
 from ingest.health import (
@@ -224,27 +223,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _retained_statuses(info: StackInfo) -> list[tuple[str, bytes]]:
-    """Retained statuses other tests left on the shared broker: the ingest receives them too."""
-    got: list[tuple[str, bytes]] = []
-    done = threading.Event()
-    c = mqtt_client(info, "dev.tools", client_id=f"probe-{uid()}")
-    c.on_message = lambda _c, _u, m: got.append((m.topic, bytes(m.payload))) if m.retain else None
-    c.on_subscribe = lambda *_a: done.set()
-    c.connect(info.mqtt_host, info.mqtt_port)
-    c.loop_start()
-    c.subscribe(wire.STATUS_FILTER, qos=1)
-    done.wait(10)
-    time.sleep(0.5)
-    c.disconnect()
-    c.loop_stop()
-    return [(t, p) for t, p in got if p]
-
-
 def test_metrics_of_a_running_ingest(stack: Stack, influx_db: str, tmp_path: Path) -> None:
     info = stack.info()
     now = int(time.time() * 1000)
-    foreign = _retained_statuses(info)
+    foreign = retained_statuses(info)
     foreign_points, foreign_dead = 0, Counter()
     for t, p in foreign:
         try:
