@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,12 @@ from cityos.credentials import read_secret
 
 __all__ = [
     "REJECTED", "RETRYABLE", "InfluxClient", "InfluxError", "InfluxQueryError", "InfluxSettings",
-    "InfluxUnreachable", "WriteResult", "classify", "query_results", "quote_ident", "quote_literal", "series_of",
+    "InfluxUnreachable", "QueryFn", "WriteResult", "classify", "query_results", "quote_ident", "quote_literal", "series_of",
 ]
+
+#: InfluxQL in, (HTTP status, response body) out: one v1 ``/query`` request (``epoch=ms``), as the API and the
+#: rollup service call it (tests stand in for InfluxDB with one).
+QueryFn = Callable[[str, str], tuple[int, bytes]]
 
 RETRYABLE = frozenset({"auth", "db_not_found", "server_error", "timeout", "connection", "other"})
 REJECTED = frozenset({"bad_data", "too_large"})

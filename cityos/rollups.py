@@ -30,11 +30,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from cityos.influx import InfluxQueryError, query_results, quote_literal
+from cityos.influx import InfluxQueryError, QueryFn, query_results, quote_literal
 
 __all__ = [
     "DAY_MS", "ENERGY", "ENERGY_1D", "ENERGY_30M", "ENERGY_FIELD", "JST_OFFSET_MS", "MAX_HALF_HOUR_KWH",
@@ -42,8 +42,6 @@ __all__ = [
     "WASTE_COLLECTION", "QueryFn", "Slot", "district_sums", "household_half_hours", "jst_day",
     "target_db", "target_missing", "target_results",
 ]
-
-QueryFn = Callable[[str, str], tuple[int, bytes]]
 
 SLOT_MS = 30 * 60_000
 DAY_MS = 86_400_000

@@ -29,9 +29,9 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from cityos.influx import InfluxClient, InfluxError
+from cityos.influx import InfluxClient, InfluxError, QueryFn
 from cityos_api.auth import OPEN, Denied, TokenRecord, TokenStore
-from cityos_api.gtfs_rt import QueryFn, query_fn
+from cityos_api.gtfs_rt import query_fn
 from cityos_api.opendata import to_csv
 from cityos_api.settings import ApiSettings
 

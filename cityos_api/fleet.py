@@ -14,10 +14,9 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Response
 
 from cityos.families import FAMILIES
-from cityos.influx import query_results
+from cityos.influx import QueryFn, query_results
 from cityos_api.auth import FLEET
 from cityos_api.core import Api
-from cityos_api.gtfs_rt import QueryFn
 from cityos_api.params import FormatQuery, check_id, iso, literal
 
 __all__ = ["router"]

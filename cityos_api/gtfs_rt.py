@@ -13,13 +13,13 @@ vehicle capacity (no ``occupancy_pct`` on the wire): a passenger count alone say
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from google.transit import gtfs_realtime_pb2 as rt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cityos.influx import InfluxClient, query_results
+from cityos.influx import InfluxClient, QueryFn, query_results
 from cityos.wire import DEFAULT_MAX_FUTURE_S
 
 __all__ = [
@@ -37,8 +37,6 @@ __all__ = [
 MEASUREMENT = "bus_position"
 #: A vehicle whose newest position is older than this is not in the feed (positions come every 15 s).
 DEFAULT_MAX_AGE_S = 300
-#: InfluxQL in, (HTTP status, response body) out: one InfluxDB v1 ``/query`` request (``epoch=ms``).
-QueryFn = Callable[[str, str], tuple[int, bytes]]
 
 VP = rt.VehiclePosition
 #: Upper bounds (exclusive, percent of the configured capacity) of each GTFS-RT occupancy status; at or above

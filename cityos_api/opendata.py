@@ -34,8 +34,7 @@ from fractions import Fraction
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from cityos.influx import InfluxQueryError, query_results
-from cityos_api.gtfs_rt import QueryFn
+from cityos.influx import InfluxQueryError, QueryFn, query_results
 
 __all__ = [
     "DEFAULT_MIN_COUNT", "JST", "TIME_ZONE", "Publication", "StopHourly", "Visit", "balance_relations",

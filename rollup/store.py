@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cityos.influx import InfluxClient, InfluxError, query_results, quote_literal
-from cityos.rollups import PROGRESS, QueryFn
+from cityos.influx import InfluxClient, InfluxError, QueryFn, query_results, quote_literal
+from cityos.rollups import PROGRESS
 
 __all__ = ["RollupError", "Store", "line"]
 

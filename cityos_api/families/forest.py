@@ -32,7 +32,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
-from cityos.influx import query_results
+from cityos.influx import QueryFn, query_results
 from cityos.landslide import (
     CRITERIA,
     FOREST_ALERT_WINDOW_MIN,
@@ -47,7 +47,6 @@ from cityos.landslide import (
 )
 from cityos_api.auth import OPEN
 from cityos_api.core import Api
-from cityos_api.gtfs_rt import QueryFn
 from cityos_api.params import (
     FormatQuery,
     Span,

@@ -31,6 +31,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
+from cityos.influx import QueryFn
 from cityos.rollups import (
     DAY_MS,
     ENERGY_1D,
@@ -45,7 +46,6 @@ from cityos.rollups import (
 )
 from cityos_api.auth import HOUSEHOLDS, OPEN
 from cityos_api.core import Api
-from cityos_api.gtfs_rt import QueryFn
 from cityos_api.params import FormatQuery, Span, TimeRange, bad, check_id, iso, literal, time_range
 
 __all__ = ["SLOT_MS", "Slot", "district_days", "district_slots", "fetch_district_days", "fetch_district_half_hours",
@@ -75,10 +75,6 @@ def district_slots(slots: Iterable[Slot], k: int) -> dict[tuple[str, int], dict[
     return {key: _cell(kwh, n, k) for key, (kwh, n) in district_sums(slots).items()}
 
 
-def _jst_day(ms: int) -> int:
-    return jst_day(ms)
-
-
 def district_days(slots: Iterable[Slot], k: int) -> dict[tuple[str, int], dict[str, Any]]:
     """(district, JST day start) → kwh, households (with a value that day), suppressed: a day is published only
     when all of its 48 half hours are, each with at least ``k`` households (the complementary rule above), from
@@ -87,11 +83,11 @@ def district_days(slots: Iterable[Slot], k: int) -> dict[tuple[str, int], dict[s
     cells = district_slots(slots, k)
     per_day: dict[tuple[str, int], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
     for (district, start), cell in cells.items():
-        per_day[(district, _jst_day(start))].append((start, cell))
+        per_day[(district, jst_day(start))].append((start, cell))
     households: dict[tuple[str, int], set[str]] = defaultdict(set)
     for s in slots:
         if s.district:
-            households[(s.district, _jst_day(s.start_ms))].add(s.device)
+            households[(s.district, jst_day(s.start_ms))].add(s.device)
     out = {}
     for key, day_cells in sorted(per_day.items()):
         complete = len(day_cells) == SLOTS_PER_DAY and not any(c["kwh_suppressed"] for _, c in day_cells)

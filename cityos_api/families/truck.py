@@ -38,12 +38,11 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Response
 
-from cityos.influx import query_results
-from cityos.rollups import MAX_PICKUP_KG, WASTE_1D, target_results
+from cityos.influx import QueryFn, query_results
+from cityos.rollups import DAY_MS, MAX_PICKUP_KG, WASTE_1D, jst_day, target_results
 from cityos.wire import ID_PATTERN
 from cityos_api.auth import OPEN, SERVICE
 from cityos_api.core import Api
-from cityos_api.gtfs_rt import QueryFn
 from cityos_api.opendata import JST, parse_day, parse_month
 from cityos_api.params import (
     FormatQuery,
@@ -84,7 +83,6 @@ MAX_TRIP_KG = 100_000.0
 CELL_DEG = 0.001
 #: Pickups of a trip are looked for at most this long before the day the trip ended.
 TRIP_LOOKBACK = timedelta(days=3)
-DAY_MS = 86_400_000
 DAILY = Span(default=timedelta(days=30), longest=timedelta(days=400))
 POINTS = Span(default=timedelta(days=7), longest=timedelta(days=31))
 LONGEST_MONTHS = 24
@@ -95,15 +93,10 @@ _MONTH_RE = re.compile(r"\d{4}-\d{2}")
 
 
 # ---- pure helpers ----------------------------------------------------------------------------------------------
-def _jst_day_start(ms: int) -> int:
-    d = datetime.fromtimestamp(ms / 1000, JST).date()
-    return int(datetime(d.year, d.month, d.day, tzinfo=JST).timestamp() * 1000)
-
-
 def whole_days(tr: TimeRange) -> TimeRange:
     """The range widened to whole JST days: a day partly in it counts whole."""
-    start = _jst_day_start(tr.start_ms)
-    end = _jst_day_start(tr.end_ms)
+    start = jst_day(tr.start_ms)
+    end = jst_day(tr.end_ms)
     if end < tr.end_ms:
         end += DAY_MS  # Japan has no daylight saving time: every day is 24 h
     return TimeRange(start, end)

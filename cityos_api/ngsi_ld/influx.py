@@ -16,10 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cityos.influx import query_results
+from cityos.influx import QueryFn, query_results
 from cityos.wire import ID_PATTERN
 from cityos_api.core import Api
-from cityos_api.gtfs_rt import QueryFn
 from cityos_api.ngsi_ld.provider import Aggregates, History
 from cityos_api.params import literal
 
