@@ -28,19 +28,56 @@ body)``, as the API's :data:`~cityos_api.gtfs_rt.QueryFn`).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cityos.influx import InfluxQueryError, QueryFn, query_results, quote_literal
 
 __all__ = [
-    "DAY_MS", "ENERGY", "ENERGY_1D", "ENERGY_30M", "ENERGY_FIELD", "JST_OFFSET_MS", "MAX_HALF_HOUR_KWH",
-    "MAX_PICKUP_KG", "PROGRESS", "SLOTS_PER_DAY", "SLOT_MS", "TARGET_SUFFIX", "UNKNOWN_DISTRICT", "WASTE_1D",
-    "WASTE_COLLECTION", "QueryFn", "Slot", "district_sums", "household_half_hours", "jst_day",
-    "target_db", "target_missing", "target_results",
+    "DAY_MS",
+    "ENERGY",
+    "ENERGY_1D",
+    "ENERGY_30M",
+    "ENERGY_FIELD",
+    "FOREST",
+    "FOREST_1D",
+    "FOREST_1H",
+    "FOREST_10M",
+    "FOREST_ALERTS",
+    "FOREST_COUNTED",
+    "FOREST_LEVELS",
+    "FOREST_ROLLED",
+    "FOREST_STEP_MS",
+    "HOUR_MS",
+    "JST_OFFSET_MS",
+    "MAX_HALF_HOUR_KWH",
+    "MAX_PICKUP_KG",
+    "PROGRESS",
+    "SLOTS_PER_DAY",
+    "SLOT_MS",
+    "TARGET_SUFFIX",
+    "UNKNOWN_DISTRICT",
+    "WASTE_1D",
+    "WASTE_COLLECTION",
+    "QueryFn",
+    "Slot",
+    "bucket_start",
+    "district_sums",
+    "forest_merge",
+    "forest_n",
+    "forest_raw_select",
+    "forest_regroup",
+    "forest_row",
+    "household_half_hours",
+    "jst_day",
+    "numeric_fields",
+    "target_db",
+    "target_missing",
+    "target_results",
 ]
 
 SLOT_MS = 30 * 60_000
@@ -167,3 +204,120 @@ def district_sums(slots: Iterable[Slot]) -> dict[tuple[str, int], tuple[float, i
             acc[(s.district, s.start_ms)].append(s.kwh)
     return {key: (round(sum(vals), 3), len(vals)) for key, vals in sorted(acc.items())}
 
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Forest: per station (tag ``device``) and 10 minutes, hour and JST day; and the readings at caution or above.
+#
+# A row holds ``readings`` (the points with ``status``: every reading has it) and, for each field of
+# :data:`FOREST_ROLLED` with at least one value in the period, ``<field>_sum``, ``<field>_min``, ``<field>_max``
+# and ``<field>_n`` (its values) -- ``_n`` only where it differs from ``readings`` (a sensor in fault), which
+# keeps a row a third smaller. Sums, counts, minima and maxima combine exactly: an hour is its six 10-minute
+# rows merged (:func:`forest_merge`), a day its hours; a reader composes any period from the coarsest rows that
+# fit and the raw points after the rollup's progress (:func:`forest_raw_select` gives the raw points the same
+# shape), so no answer depends on when the rollup last ran.
+
+FOREST = "forest"
+FOREST_10M = "forest_station_10m"
+FOREST_1H = "forest_station_1h"
+FOREST_1D = "forest_station_1d"
+#: Readings at caution or above (:mod:`cityos.landslide`), copied with the fields their level is assessed on.
+FOREST_ALERTS = "forest_alert_reading"
+FOREST_STEP_MS = 600_000
+HOUR_MS = 3_600_000
+#: Bucket length → the rollup's measurement (the 1 d buckets are JST days).
+FOREST_LEVELS: dict[int, str] = {FOREST_STEP_MS: FOREST_10M, HOUR_MS: FOREST_1H, DAY_MS: FOREST_1D}
+#: The numeric fields of a forest reading that are rolled up (docs/forest.md's register map; ``rain_tips``, a
+#: counter since power-on, ``status``, a bitmask, and the configured ``lat``/``lon`` are not).
+FOREST_ROLLED = (
+    "soil_moisture_pct", "soil_moisture_deep_pct", "rain_mm", "rain_intensity_mm_h", "rain_cumulative_mm",
+    "tilt_x_deg", "tilt_y_deg", "tilt_rate_x_deg_h", "tilt_rate_y_deg_h", "water_level_m", "battery_v",
+)
+#: The field whose count is a row's ``readings``.
+FOREST_COUNTED = "status"
+
+
+def bucket_start(ms: int, step: int) -> int:
+    """The start of the ``step`` bucket holding ``ms``: JST days for a day (InfluxQL ``tz('Asia/Tokyo')``), else
+    UTC-aligned (the same in JST: its offset is whole hours)."""
+    return jst_day(ms) if step == DAY_MS else ms // step * step
+
+
+def forest_raw_select(fields: Iterable[str]) -> str:
+    """The ``SELECT`` list that aggregates raw forest points into rows of this shape (``_n`` always present:
+    :func:`forest_row` drops it where it equals ``readings``); ``fields``: those of :data:`FOREST_ROLLED` that
+    InfluxDB stores as numbers (``sum()`` of a string field fails the whole query: :func:`numeric_fields`)."""
+    sel = [f'count("{FOREST_COUNTED}") AS "readings"']
+    for f in fields:
+        sel += [f'sum("{f}") AS "{f}_sum"', f'min("{f}") AS "{f}_min"', f'max("{f}") AS "{f}_max"',
+                f'count("{f}") AS "{f}_n"']
+    return ", ".join(sel)
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def forest_row(rec: Mapping[str, Any]) -> dict[str, float | int]:
+    """A stored or raw-aggregated record (columns as :func:`forest_raw_select` names them; others ignored) as a
+    row: ``readings`` and, per field with values, ``_sum``/``_min``/``_max`` and ``_n`` where it differs from
+    ``readings``. A field whose aggregates are not all finite numbers is left out of the row."""
+    readings = int(_num(rec.get("readings")) or 0)
+    row: dict[str, float | int] = {"readings": readings}
+    for f in FOREST_ROLLED:
+        s, lo, hi = _num(rec.get(f + "_sum")), _num(rec.get(f + "_min")), _num(rec.get(f + "_max"))
+        n_raw = _num(rec.get(f + "_n"))
+        n = readings if n_raw is None else int(n_raw)
+        if s is None or lo is None or hi is None or n <= 0:
+            continue
+        row[f + "_sum"], row[f + "_min"], row[f + "_max"] = s, lo, hi
+        if n != readings:
+            row[f + "_n"] = n
+    return row
+
+
+def forest_n(row: Mapping[str, float | int], f: str) -> int:
+    """How many values of field ``f`` a row holds (0 when none)."""
+    if f + "_sum" not in row:
+        return 0
+    return int(row.get(f + "_n", row["readings"]))
+
+
+def forest_merge(rows: Iterable[Mapping[str, float | int]]) -> dict[str, float | int]:
+    """Rows of consecutive periods as one row of the period they make up: exact (sums and counts add up, the
+    extremes of the extremes)."""
+    rows = list(rows)
+    readings = sum(int(r["readings"]) for r in rows)
+    out: dict[str, float | int] = {"readings": readings}
+    for f in FOREST_ROLLED:
+        have = [r for r in rows if f + "_sum" in r]
+        if not have:
+            continue
+        n = sum(forest_n(r, f) for r in have)
+        out[f + "_sum"] = math.fsum(float(r[f + "_sum"]) for r in have)
+        out[f + "_min"] = min(float(r[f + "_min"]) for r in have)
+        out[f + "_max"] = max(float(r[f + "_max"]) for r in have)
+        if n != readings:
+            out[f + "_n"] = n
+    return out
+
+
+def forest_regroup(rows: Iterable[tuple[str, int, Mapping[str, float | int]]], step: int
+                   ) -> dict[tuple[str, int], dict[str, float | int]]:
+    """(device, period start, row) of any finer periods → (device, ``step`` bucket start) → the merged row,
+    sorted by device then time."""
+    acc: dict[tuple[str, int], list[Mapping[str, float | int]]] = defaultdict(list)
+    for dev, t, row in rows:
+        acc[(dev, bucket_start(t, step))].append(row)
+    return {k: forest_merge(v) for k, v in sorted(acc.items())}
+
+
+def numeric_fields(query: QueryFn, db: str, measurement: str) -> tuple[set[str], set[str]]:
+    """(fields of ``measurement`` stored as numbers in some shard, fields stored only as another type)."""
+    types: dict[str, set[str]] = defaultdict(set)
+    for result in query_results(*query(db, f'SHOW FIELD KEYS FROM "{measurement}"')):
+        for s in result.get("series", []):
+            for key, typ in s.get("values", []):
+                types[str(key)].add(str(typ))
+    numbers = {f for f, t in types.items() if t & {"float", "integer"}}
+    return numbers, set(types) - numbers
