@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ASSESSED_FIELDS",
     "CAUTION",
     "CRITERIA",
     "FOREST_ALERT_WINDOW_MIN",
@@ -45,6 +46,7 @@ __all__ = [
     "Assessment",
     "assess",
     "highest",
+    "influxql_at_caution",
 ]
 
 #: Hourly rain (60-minute rainfall), JMA's terms for rain intensity (雨の強さと降り方): 30–50 mm/h 激しい雨,
@@ -64,6 +66,8 @@ TILT_RATE_WARNING_DEG_H = 0.5
 FOREST_ALERT_WINDOW_MIN = 20
 
 TILT_RATE_FIELDS = ("tilt_rate_x_deg_h", "tilt_rate_y_deg_h")
+#: The fields a reading's level is assessed on (:func:`assess` reads nothing else).
+ASSESSED_FIELDS = ("soil_moisture_pct", "rain_intensity_mm_h", *TILT_RATE_FIELDS)
 
 NONE, CAUTION, WARNING = "none", "caution", "warning"
 #: The levels, lowest first.
@@ -131,3 +135,12 @@ def highest(assessments: Iterable[Assessment]) -> Assessment:
     met = {c for a in assessments for c in a.criteria}
     criteria = tuple(c for c in CRITERIA if c in met)
     return Assessment(_level(criteria), criteria)
+
+
+def influxql_at_caution() -> str:
+    """The readings at caution or above as an InfluxQL condition: the rules' thresholds, a superset check that
+    lets InfluxDB leave out the calm readings (:func:`assess` decides each reading's level)."""
+    tilt = " OR ".join(f'"{f}" >= {TILT_RATE_CAUTION_DEG_H:g} OR "{f}" <= -{TILT_RATE_CAUTION_DEG_H:g}'
+                       for f in TILT_RATE_FIELDS)
+    return (f'(("soil_moisture_pct" >= {SOIL_MOISTURE_WARNING_PCT:g} AND "rain_intensity_mm_h" >= '
+            f'{RAIN_INTENSE_MM_H:g}) OR {tilt})')

@@ -66,12 +66,16 @@ __all__ = [
     "QueryFn",
     "Slot",
     "bucket_start",
+    "devices_clause",
     "district_sums",
     "forest_merge",
     "forest_n",
+    "forest_progress",
+    "forest_raw",
     "forest_raw_select",
     "forest_regroup",
     "forest_row",
+    "forest_stored",
     "household_half_hours",
     "jst_day",
     "numeric_fields",
@@ -321,3 +325,74 @@ def numeric_fields(query: QueryFn, db: str, measurement: str) -> tuple[set[str],
                 types[str(key)].add(str(typ))
     numbers = {f for f, t in types.items() if t & {"float", "integer"}}
     return numbers, set(types) - numbers
+
+
+def devices_clause(devices: Iterable[str] | None) -> str:
+    """`` AND`` the stations of ``devices`` (all for None) as an InfluxQL condition on the tag ``device``."""
+    if devices is None:
+        return ""
+    ds = sorted(set(devices))
+    return " AND (" + " OR ".join(f'"device" = {quote_literal(d)}' for d in ds) + ")" if ds else ' AND "device" = '''
+
+
+def _forest_rows(results: Iterable[Mapping[str, Any]]) -> list[tuple[str, int, dict[str, float | int]]]:
+    out = []
+    for result in results:
+        for s in result.get("series", []):
+            dev = (s.get("tags") or {}).get("device") or ""
+            cols = s["columns"]
+            for v in s.get("values", []):
+                rec = dict(zip(cols, v, strict=True))
+                out.append((dev, int(rec["time"]), forest_row(rec)))
+    return out
+
+
+def forest_progress(query: QueryFn, rollup_db: str) -> int | None:
+    """Where the forest rollup stands (rows are complete before it), or None: nothing rolled up yet, or the
+    rollups' database not there for this user (logged, :func:`target_results`); a reader then reads raw points
+    only: slower, never wrong (the forest is public-safety data; its rollups only make it fast)."""
+    q = f'SELECT last("until_ms") AS "until_ms" FROM "{PROGRESS}" WHERE "job" = {quote_literal(FOREST)}'
+    try:
+        results = target_results(query, rollup_db, q)
+    except InfluxQueryError as exc:
+        if target_missing(exc, rollup_db):
+            return None
+        raise
+    found = [r[1] for res in results for s in res.get("series", []) for r in s.get("values", [])]
+    return max((int(v) for v in found if isinstance(v, int | float) and not isinstance(v, bool)), default=None)
+
+
+def forest_stored(query: QueryFn, rollup_db: str, start: int, end: int, step: int, progress: int | None,
+                  devices: Iterable[str] | None = None) -> tuple[list[tuple[str, int, dict[str, float | int]]], int]:
+    """The rollup's rows covering ``[start, min(end, progress))`` (``start`` a ``step`` bucket start), each part
+    from the coarsest level that divides ``step`` and is complete there (days before the progress' day, then
+    hours, then 10 minutes): (device, period start, row), and where they stop (the raw points' part starts
+    there: :func:`forest_raw`)."""
+    if progress is None:
+        return [], start
+    pos = start
+    stmts = []
+    for level in (DAY_MS, HOUR_MS, FOREST_STEP_MS):
+        if level > step or step % level:
+            continue
+        lim = min(end, bucket_start(progress, level))
+        if lim > pos:
+            stmts.append(f'SELECT * FROM "{FOREST_LEVELS[level]}" WHERE time >= {pos}ms AND time < {lim}ms'
+                         f'{devices_clause(devices)} GROUP BY "device"')
+            pos = lim
+    if not stmts:
+        return [], pos
+    return _forest_rows(target_results(query, rollup_db, "; ".join(stmts))), pos
+
+
+def forest_raw(query: QueryFn, db: str, start: int, end: int, fields: Iterable[str],
+               devices: Iterable[str] | None = None, step: int = FOREST_STEP_MS
+               ) -> list[tuple[str, int, dict[str, float | int]]]:
+    """Raw forest points of ``[start, end)`` aggregated per device and ``step`` into rows of the rollup's shape;
+    ``fields``: the numeric ones (:func:`numeric_fields`)."""
+    if end <= start:
+        return []
+    tz = " tz('Asia/Tokyo')" if step == DAY_MS else ""
+    q = (f'SELECT {forest_raw_select(fields)} FROM "{FOREST}" WHERE time >= {start}ms AND time < {end}ms'
+         f'{devices_clause(devices)} GROUP BY time({step}ms), "device" fill(none){tz}')
+    return _forest_rows(query_results(*query(db, q)))

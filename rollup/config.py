@@ -15,7 +15,8 @@ Example (``deploy/cloud/rollup.example.toml``)::
     energy_settle_h = 6          # MUST equal the API's [open_data] energy_settle_h: a half hour is frozen this
                                  # long after it ends (the meters' backfill is in by then), never rewritten
     recompute_days = 3           # waste per district and day: a day is recomputed on every pass until this many
-                                 # days after it ended (late pickups land), then left as it is
+                                 # days after it ended (late pickups land), then left as it is; the forest's
+                                 # late readings (a gateway's backlog) are looked for this far back
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class RollupSection(BaseModel):
     #: A half hour is frozen (written once, never again) this long after it ends. Must equal the API's
     #: ``[open_data] energy_settle_h``: the API serves a period from then on, and the rollup must have it by then.
     energy_settle_h: float = Field(default=6.0, ge=0, le=24 * 31)
-    #: A waste day is recomputed on every pass until this many days after it ended.
+    #: A waste day is recomputed on every pass until this many days after it ended; forest readings arriving
+    #: late are looked for (and their station days rolled up again) this far back.
     recompute_days: int = Field(default=3, ge=0, le=400)
 
 

@@ -10,9 +10,9 @@ __all__ = ["JobReport", "Report"]
 @dataclass
 class JobReport:
     job: str
-    #: rows written: half hours (energy) or district days (waste)
+    #: rows written: half hours (energy), district days (waste), station periods and alert readings (forest)
     rows: int = 0
-    #: JST days written (energy: ``energy_district_1d`` rows)
+    #: JST days written (energy: ``energy_district_1d`` rows; forest: days completed or recomputed)
     days: int = 0
     #: write requests (each a batch and its progress point)
     batches: int = 0
@@ -31,7 +31,8 @@ class JobReport:
 class Report:
     energy: JobReport = field(default_factory=lambda: JobReport("energy"))
     waste: JobReport = field(default_factory=lambda: JobReport("waste"))
+    forest: JobReport = field(default_factory=lambda: JobReport("forest"))
     seconds: float = 0.0
 
     def summary(self) -> str:
-        return f"{self.energy.summary()}; {self.waste.summary()}; {self.seconds:.2f} s"
+        return f"{self.energy.summary()}; {self.waste.summary()}; {self.forest.summary()}; {self.seconds:.2f} s"

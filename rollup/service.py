@@ -1,5 +1,6 @@
 """``cityos rollup``: a pass every ``interval_s`` (or one, ``--once``): energy (frozen half hours and days), then
-waste (district days, the last ``recompute_days`` recomputed).
+waste (district days, the last ``recompute_days`` recomputed), then the forest stations (10 minutes, hours, days
+and alert readings; late readings of the last ``recompute_days`` rolled up again).
 
 **InfluxDB failing** (unreachable, a query refused, a write not taken): the pass stops at once (every batch before
 it is stored, with its progress point), ``cityos rollup`` prints one line naming InfluxDB's answer to stderr and
@@ -22,6 +23,7 @@ from collections.abc import Callable, Sequence
 from cityos.influx import InfluxClient, InfluxError
 from rollup.config import RollupConfig, load_config
 from rollup.energy import energy_pass
+from rollup.forest import forest_pass
 from rollup.report import Report
 from rollup.store import Store
 from rollup.waste import waste_pass
@@ -42,7 +44,7 @@ def _never() -> bool:
 
 def run_once(config: RollupConfig, now_ms: int | None = None, *, client: InfluxClient | None = None,
              stop: Callable[[], bool] = _never, after_batch: Callable[[str, int], None] | None = None) -> Report:
-    """One pass as of ``now_ms`` (default: now): energy, then waste. Raises :class:`~cityos.influx.InfluxError`
+    """One pass as of ``now_ms`` (default: now): energy, waste, forest. Raises :class:`~cityos.influx.InfluxError`
     when InfluxDB fails (what was written before stays: the next pass resumes after it). ``client`` defaults to
     :func:`open_client` (closed after); ``stop`` is asked between batches; ``after_batch(job, until_ms)`` is
     called after each batch is stored (tests inject a crash there)."""
@@ -57,6 +59,8 @@ def run_once(config: RollupConfig, now_ms: int | None = None, *, client: InfluxC
         rep.energy = energy_pass(store, round(config.rollup.energy_settle_h * 3_600_000), now, stop, hook)
         if not stop():
             rep.waste = waste_pass(store, config.rollup.recompute_days, now, stop, hook)
+        if not stop():
+            rep.forest = forest_pass(store, config.rollup.recompute_days, now, stop, hook)
         rep.seconds = time.monotonic() - t0
         return rep
     finally:
