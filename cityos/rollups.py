@@ -332,7 +332,7 @@ def devices_clause(devices: Iterable[str] | None) -> str:
     if devices is None:
         return ""
     ds = sorted(set(devices))
-    return " AND (" + " OR ".join(f'"device" = {quote_literal(d)}' for d in ds) + ")" if ds else ' AND "device" = '''
+    return " AND (" + " OR ".join(f'"device" = {quote_literal(d)}' for d in ds) + ")" if ds else " AND \"device\" = ''"
 
 
 def _forest_rows(results: Iterable[Mapping[str, Any]]) -> list[tuple[str, int, dict[str, float | int]]]:

@@ -34,6 +34,7 @@ from cityos_api.families.forest import AGGREGATES, FIELDS, episodes
 from cityos_api.opendata import JST
 from cityos_api.settings import ApiSettings, InfluxSettings
 from ingest.lineproto import batch_to_lines
+from rollup import RollupConfig, run_once
 
 MIN = 60_000
 T0 = int(datetime(2025, 6, 10, tzinfo=JST).timestamp() * 1000)  # a JST midnight
@@ -111,15 +112,21 @@ def _client(stack_info, db: str, tmp_path, now_ms: int = NOW) -> TestClient:
     return client
 
 
-@pytest.fixture(scope="module")
-def storm(stack, stack_info) -> Any:
-    """The storm's database (module-wide: written once, dropped at the end)."""
-    db = "t_forest_storm"
+@pytest.fixture(scope="module", params=["raw", "rolled-up"])
+def storm(request, stack, stack_info) -> Any:
+    """The storm's database (module-wide: written once, dropped at the end); every route's test runs on raw points
+    alone and again with the rollups made by a pass 100 minutes before the API's clock: rows up to there (days,
+    hours, 10 minutes and alert readings), raw points after it. The answers must not differ."""
+    db = f"t_forest_storm_{request.param.replace('-', '_')}"
     stack.create_database(db)
     for gw, stations in (("gw-forest-01", (A, B)), ("gw-forest-02", (C,))):
         rs = [Reading(device_id=s, kind="forest_station", ts=ts, values=v, backfill=bf)
               for s in stations for ts, v, bf in _readings(s)]
         _write(stack_info, db, gw, rs)
+    if request.param == "rolled-up":
+        rep = run_once(RollupConfig.model_validate({"influx": influx_settings(stack_info, "rollup", db)}),
+                       NOW - 100 * MIN)
+        assert rep.forest.until_ms == NOW - 100 * MIN and rep.forest.rows > 0
     yield db
     stack.drop_database(db)
 

@@ -34,16 +34,26 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
 from cityos.influx import QueryFn, query_results
 from cityos.landslide import (
+    ASSESSED_FIELDS,
     CRITERIA,
     FOREST_ALERT_WINDOW_MIN,
     NONE,
-    RAIN_INTENSE_MM_H,
-    SOIL_MOISTURE_WARNING_PCT,
-    TILT_RATE_CAUTION_DEG_H,
-    TILT_RATE_FIELDS,
     Assessment,
     assess,
     highest,
+    influxql_at_caution,
+)
+from cityos.rollups import (
+    FOREST_ALERTS,
+    FOREST_ROLLED,
+    bucket_start,
+    forest_n,
+    forest_progress,
+    forest_raw,
+    forest_regroup,
+    forest_stored,
+    numeric_fields,
+    target_results,
 )
 from cityos_api.auth import OPEN
 from cityos_api.core import Api
@@ -64,7 +74,6 @@ __all__ = ["AGGREGATES", "FIELDS", "INTERVALS", "UNITS", "Episode", "clean_point
 MEASUREMENT = "forest"
 MINUTE_MS = 60_000
 WINDOW_MS = FOREST_ALERT_WINDOW_MIN * MINUTE_MS
-JST_OFFSET_MS = 9 * 3_600_000
 Interval = Literal["raw", "10m", "1h", "1d"]
 
 #: Every field of a forest reading the API serves (docs/forest.md, the register map), in the order served.
@@ -160,14 +169,6 @@ def _device(where: list[str], station: str | None) -> list[str]:
     return [*where, f'"device" = {literal(station)}'] if station else where
 
 
-def _alert_condition() -> str:
-    """Readings at caution or above, as InfluxQL (a superset check; :func:`cityos.landslide.assess` decides)."""
-    tilt = " OR ".join(f'"{f}" >= {TILT_RATE_CAUTION_DEG_H:g} OR "{f}" <= -{TILT_RATE_CAUTION_DEG_H:g}'
-                       for f in TILT_RATE_FIELDS)
-    return (f'(("soil_moisture_pct" >= {SOIL_MOISTURE_WARNING_PCT:g} AND "rain_intensity_mm_h" >= '
-            f'{RAIN_INTENSE_MM_H:g}) OR {tilt})')
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Stations
 
@@ -242,13 +243,6 @@ def _where(conds: list[str]) -> str:
 # History
 
 
-def _bucket_start(ms: int, step: int) -> int:
-    """The start of the bucket holding ``ms``: JST days for 1d (InfluxQL ``tz('Asia/Tokyo')``), else UTC-aligned
-    (the same in JST: its offset is whole hours)."""
-    off = JST_OFFSET_MS if step == 86_400_000 else 0
-    return (ms + off) // step * step - off
-
-
 def station_known(query: QueryFn, db: str, station: str) -> bool:
     q = f'SHOW TAG VALUES FROM "{MEASUREMENT}" WITH KEY = "device" WHERE "device" = {literal(station)}'
     return any(True for _ in _rows(query_results(*query(db, q))[0]))
@@ -263,40 +257,33 @@ def fetch_raw(query: QueryFn, db: str, station: str, start: int, end: int, limit
     return [(int(rec["time"]), clean_point(rec)) for _, rec in _rows(query_results(*query(db, q))[0])]
 
 
-def float_fields(query: QueryFn, db: str) -> tuple[set[str], set[str]]:
-    """(fields stored as floats, fields stored only as another type) of the measurement."""
-    types: dict[str, set[str]] = defaultdict(set)
-    for _, rec in _rows(query_results(*query(db, f'SHOW FIELD KEYS FROM "{MEASUREMENT}"'))[0]):
-        types[str(rec.get("fieldKey"))].add(str(rec.get("fieldType")))
-    floats = {f for f, t in types.items() if "float" in t or "integer" in t}
-    return floats, set(types) - floats
-
-
-def fetch_buckets(query: QueryFn, db: str, station: str, start: int, end: int, step: int, limit: int
+def fetch_buckets(query: QueryFn, db: str, rollup_db: str, station: str, start: int, end: int, step: int
                   ) -> tuple[list[dict[str, Any]], int]:
-    """Up to ``limit`` non-empty buckets from ``start`` (a bucket start): (start ms, readings, aggregates), and the
-    points whose fields could not be aggregated (stored with another type)."""
-    floats, others = float_fields(query, db)
-    sel = ['count("status") AS "readings"']
-    sel += [f'{fn}("{f}") AS "{col}"' for col, fn, f in AGGREGATES if f in floats]
-    cond = _where(_device([f"time >= {start}ms", f"time < {end}ms"], station))
-    stmts = [f'SELECT {", ".join(sel)} FROM "{MEASUREMENT}" {cond} GROUP BY time({step}ms) fill(none) '
-             f"LIMIT {limit} tz('Asia/Tokyo')"]
-    unaggregated = sorted(others & {f for _, _, f in AGGREGATES})
-    if unaggregated:
-        cnt = ", ".join(f'count("{f}") AS "{f}"' for f in unaggregated)
-        stmts.append(f'SELECT {cnt} FROM "{MEASUREMENT}" {cond}')
-    res = query_results(*query(db, "; ".join(stmts)))
-    out = []
-    for _, rec in _rows(res[0]):
-        row: dict[str, Any] = {"t": int(rec["time"]), "readings": int(rec.get("readings") or 0)}
-        for col, _, _ in AGGREGATES:
-            v = rec.get(col)
-            row[col] = float(v) if isinstance(v, _NUMBER) and not isinstance(v, bool) else None
-        out.append(row)
+    """The non-empty ``step`` buckets of ``[start, end)`` (``start`` a bucket start), oldest first: (start ms,
+    readings, aggregates); and the points whose fields could not be aggregated (stored with another type).
+
+    Read from the rollups up to their progress point and from the raw points after it (:mod:`cityos.rollups`:
+    the same sums, counts and extremes either way), so the answer does not depend on when the rollup last ran; a
+    database without rollups is read raw (slower, the same answer)."""
+    progress = forest_progress(query, rollup_db)
+    rows, cut = forest_stored(query, rollup_db, start, end, step, progress, [station])
     skipped = 0
-    for _, rec in _rows(res[1]) if len(res) > 1 else ():
-        skipped = max([skipped, *(int(v) for k, v in rec.items() if k != "time" and isinstance(v, int))])
+    if cut < end:
+        numbers, others = numeric_fields(query, db, MEASUREMENT)
+        rows += forest_raw(query, db, cut, end, [f for f in FOREST_ROLLED if f in numbers], [station], step)
+        unaggregated = sorted(others & set(FOREST_ROLLED))
+        if unaggregated:
+            cnt = ", ".join(f'count("{f}") AS "{f}"' for f in unaggregated)
+            cond = _where(_device([f"time >= {cut}ms", f"time < {end}ms"], station))
+            for _, rec in _rows(query_results(*query(db, f'SELECT {cnt} FROM "{MEASUREMENT}" {cond}'))[0]):
+                skipped = max([skipped, *(int(v) for k, v in rec.items() if k != "time" and isinstance(v, int))])
+    out = []
+    for (_, t), row in forest_regroup(rows, step).items():
+        b: dict[str, Any] = {"t": t, "readings": int(row["readings"])}
+        for col, fn, f in AGGREGATES:
+            n = forest_n(row, f)
+            b[col] = None if not n else float(row[f + "_sum"]) / n if fn == "mean" else float(row[f"{f}_{fn}"])
+        out.append(b)
     return out, skipped
 
 
@@ -340,19 +327,29 @@ def episodes(points: Iterable[tuple[str, int, Assessment]]) -> list[Episode]:
     return sorted(out, key=lambda e: (e.start_ms, e.station))
 
 
-def fetch_alert_points(query: QueryFn, db: str, start: int, end: int, station: str | None
+def fetch_alert_points(query: QueryFn, db: str, rollup_db: str, start: int, end: int, station: str | None
                        ) -> tuple[list[tuple[str, int, Assessment]], int]:
-    fields = ", ".join(f'"{f}"' for f in FIELDS)
-    q = (f'SELECT {fields} FROM "{MEASUREMENT}" '
-         f'{_where(_device([f"time >= {start}ms", f"time < {end}ms", _alert_condition()], station))} '
-         f'GROUP BY "device"')
-    out, skipped = [], 0
-    for tags, rec in _rows(query_results(*query(db, q))[0]):
-        point = clean_point(rec)
-        if point is None:
-            skipped += 1
-            continue
-        out.append((tags.get("device", ""), int(rec["time"]), assess(point)))
+    """(station, time, assessment) of the readings at caution or above in ``[start, end)``, and the number whose
+    assessed values were not numbers: the rollups' copies up to their progress point, raw points after it."""
+    progress = forest_progress(query, rollup_db)
+    fields = ", ".join(f'"{f}"' for f in ASSESSED_FIELDS)
+    out: list[tuple[str, int, Assessment]] = []
+    skipped = 0
+    cut = start if progress is None else max(start, min(end, progress))
+    if cut > start:
+        q = (f'SELECT {fields} FROM "{FOREST_ALERTS}" '
+             f'{_where(_device([f"time >= {start}ms", f"time < {cut}ms"], station))} GROUP BY "device"')
+        for tags, rec in _rows(target_results(query, rollup_db, q)[0]):
+            out.append((tags.get("device", ""), int(rec["time"]), assess(rec)))
+    if cut < end:
+        q = (f'SELECT {fields} FROM "{MEASUREMENT}" '
+             f'{_where(_device([f"time >= {cut}ms", f"time < {end}ms", influxql_at_caution()], station))} '
+             f'GROUP BY "device"')
+        for tags, rec in _rows(query_results(*query(db, q))[0]):
+            if clean_point(rec, ASSESSED_FIELDS) is None:
+                skipped += 1
+                continue
+            out.append((tags.get("device", ""), int(rec["time"]), assess(rec)))
     return out, skipped
 
 
@@ -456,7 +453,7 @@ def router(api: Api) -> APIRouter:
         step, span = INTERVALS[interval]
         tr = time_range(frm, to, span, now_ms())
         key = decode_cursor(cursor, {"t": int})
-        first = tr.start_ms if step == 0 else _bucket_start(tr.start_ms, step)
+        first = tr.start_ms if step == 0 else bucket_start(tr.start_ms, step)
         if key is not None and not first <= key["t"] < tr.end_ms:
             raise bad("cursor", "the next_cursor of a previous page of the same range", cursor)
         if not api.read(station_known, sid):
@@ -477,7 +474,7 @@ def router(api: Api) -> APIRouter:
             columns = ["time", "backfill", *FIELDS, "alert_level", "alert_criteria"]
         else:
             start = first if key is None else key["t"] + step
-            buckets, skipped = api.read(fetch_buckets, sid, start, tr.end_ms, step, limit + 1)
+            buckets, skipped = api.read(fetch_buckets, api.settings.rollup_db, sid, start, tr.end_ms, step)
             more = len(buckets) > limit
             buckets = buckets[:limit]
             last = buckets[-1]["t"] if buckets else None
@@ -513,7 +510,7 @@ def router(api: Api) -> APIRouter:
         now = now_ms()
         tr = time_range(frm, to, ALERTS_SPAN, now)
         key = decode_cursor(cursor, {"t": int, "station": str})
-        points, skipped = api.read(fetch_alert_points, tr.start_ms - ALERT_CONTEXT_MS,
+        points, skipped = api.read(fetch_alert_points, api.settings.rollup_db, tr.start_ms - ALERT_CONTEXT_MS,
                                    tr.end_ms + ALERT_CONTEXT_MS, sid)
         api.skipped(MEASUREMENT, skipped)
         found = [e for e in episodes(points) if e.start_ms < tr.end_ms and e.last_ms + WINDOW_MS > tr.start_ms]
