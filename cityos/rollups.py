@@ -364,10 +364,10 @@ def forest_progress(query: QueryFn, rollup_db: str) -> int | None:
 
 def forest_stored(query: QueryFn, rollup_db: str, start: int, end: int, step: int, progress: int | None,
                   devices: Iterable[str] | None = None) -> tuple[list[tuple[str, int, dict[str, float | int]]], int]:
-    """The rollup's rows covering ``[start, min(end, progress))`` (``start`` a ``step`` bucket start), each part
-    from the coarsest level that divides ``step`` and is complete there (days before the progress' day, then
-    hours, then 10 minutes): (device, period start, row), and where they stop (the raw points' part starts
-    there: :func:`forest_raw`)."""
+    """The rollup's rows covering ``[start, min(end, progress))`` as far as whole rows do (``start`` a ``step``
+    bucket start), each part from the coarsest level that divides ``step`` and is complete there (days before the
+    progress' day, then hours, then 10 minutes; never a row reaching past ``end``): (device, period start, row),
+    and where they stop (the raw points' part starts there: :func:`forest_raw`)."""
     if progress is None:
         return [], start
     pos = start
@@ -375,7 +375,7 @@ def forest_stored(query: QueryFn, rollup_db: str, start: int, end: int, step: in
     for level in (DAY_MS, HOUR_MS, FOREST_STEP_MS):
         if level > step or step % level:
             continue
-        lim = min(end, bucket_start(progress, level))
+        lim = min(bucket_start(end, level), bucket_start(progress, level))
         if lim > pos:
             stmts.append(f'SELECT * FROM "{FOREST_LEVELS[level]}" WHERE time >= {pos}ms AND time < {lim}ms'
                          f'{devices_clause(devices)} GROUP BY "device"')

@@ -33,12 +33,14 @@ from cityos_api import ngsi_ld
 from cityos_api.app import create_app
 from cityos_api.auth import SERVICE, TokenStore, parse_expiry
 from cityos_api.core import Api
+from cityos_api.families import forest_ngsi
 from cityos_api.families.forest_ngsi import ForestProvider
 from cityos_api.ngsi_ld import Attr, AttrInfo, Entity, TypeInfo
 from cityos_api.ngsi_ld.facade import MAX_INSTANCES
 from cityos_api.ngsi_ld.query import haversine_m
 from cityos_api.settings import ApiSettings, InfluxSettings
 from ingest.lineproto import batch_to_lines
+from rollup import RollupConfig, run_once
 
 OAS_FILE = Path(__file__).parent / "data" / "ngsi-ld-oas-1.7.1.yaml"
 OAS: dict[str, Any] = yaml.safe_load(OAS_FILE.read_text(encoding="utf-8"))
@@ -818,6 +820,35 @@ def test_forest_temporal_on_influxdb(forest):
                       response_schema("/temporal/entities"), count=2)
     assert [e["numValue"][0]["value"] for e in many] == [48.0, 41.5]
     assert many[1]["numValue"][0]["unitCode"] == "P1"
+
+
+def test_forest_aggregates_from_the_rollups_equal_the_raw_ones(forest, stack_info, influx_db, monkeypatch):
+    """Periods made of whole rollup rows are answered from the rollups (rows up to the rollup's progress, raw points
+    after it): the same numbers as InfluxDB's aggregation of the raw points."""
+    client, t_end = forest
+
+    def iso(ms: int) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+    h0 = t_end - 3 * 3_600_000
+    cases = [{"aggrPeriodDuration": "PT1H", "timeAt": iso(h0 - h0 % 3_600_000)},
+             {"aggrPeriodDuration": "PT20M", "timeAt": iso(h0)},
+             {"timeAt": iso(h0)}]  # one period, the whole range
+    wanted = []
+    for case in cases:
+        params = {"timerel": "between", "endTimeAt": iso(t_end + 600_000), "attrs": "rainfall,precipitation",
+                  "options": "aggregatedValues", "aggrMethods": "totalCount,sum,avg,min,max", **case}
+        wanted.append((params, _get(client, "/temporal/entities/urn:ngsi-ld:WeatherObserved:forest-01-01",
+                                    params).json()))
+    run_once(RollupConfig.model_validate({"influx": influx_settings(stack_info, "rollup", influx_db)}),
+             t_end - 50 * 60_000)
+    calls = []
+    real = forest_ngsi.rolled_up
+    monkeypatch.setattr(forest_ngsi, "rolled_up", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    for params, want in wanted:
+        got = _get(client, "/temporal/entities/urn:ngsi-ld:WeatherObserved:forest-01-01", params).json()
+        assert got == want, params
+    assert calls == [3_600_000, 600_000, 600_000]
 
 
 def test_forest_provider_alone(stack_info, influx_db):

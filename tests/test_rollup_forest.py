@@ -10,6 +10,7 @@ Readings are written as the ingest writes them (``forest`` with tags ``device``,
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import defaultdict
@@ -150,11 +151,12 @@ def test_rows_are_the_raw_sums_counts_and_extremes(stack_info, influx_db):
     with client:
         progress = forest_progress(query, target_db(influx_db))
         assert progress == done
-        for step, start in ((FOREST_STEP_MS, DAY0 - 2 * HOUR_MS), (HOUR_MS, DAY0 - 3 * HOUR_MS), (DAY_MS, DAY0 - DAY_MS)):
-            end = DAY0 + 2 * DAY_MS
+        cases = [(FOREST_STEP_MS, DAY0 - 2 * HOUR_MS), (HOUR_MS, DAY0 - 3 * HOUR_MS), (DAY_MS, DAY0 - DAY_MS)]
+        for (step, start), end in itertools.product(cases, (DAY0 + 2 * DAY_MS, DAY0 + 13 * HOUR_MS + 35 * MIN)):
             rows, cut = forest_stored(query, target_db(influx_db), start, end, step, progress, ["forest-01-02"])
+            assert cut <= end
             rows += forest_raw(query, influx_db, cut, end, FOREST_ROLLED, ["forest-01-02"])
-            want = _truth([p for p in pts if p[0] == "forest-01-02" and p[1] >= start], step)
+            want = _truth([p for p in pts if p[0] == "forest-01-02" and start <= p[1] < end], step)
             _assert_rows(forest_regroup(rows, step), want)
 
 

@@ -22,9 +22,24 @@ Every entity has ``location`` (GeoProperty, a Point from the station's configure
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from cityos.influx import QueryFn
+from cityos.rollups import (
+    DAY_MS,
+    FOREST_ROLLED,
+    FOREST_STEP_MS,
+    HOUR_MS,
+    bucket_start,
+    forest_merge,
+    forest_n,
+    forest_progress,
+    forest_raw,
+    forest_stored,
+    numeric_fields,
+)
 from cityos_api.core import Api
 from cityos_api.ngsi_ld import (
     Aggregates,
@@ -165,7 +180,71 @@ class ForestProvider:
 
     def aggregated(self, api: Api, ids: Sequence[str], attrs: Sequence[str], methods: Sequence[str],
                    period_ms: int, start_ms: int, end_ms: int) -> Aggregates:
-        return self.influx.aggregated(api, self._targets(ids), attrs, methods, period_ms, start_ms, end_ms)
+        """From the rollups (:func:`rolled_up`) when the periods are made of whole rows and the methods are theirs,
+        else InfluxDB's aggregation of the raw points: the same numbers either way."""
+        targets = self._targets(ids)
+        level = _rollup_level(period_ms, start_ms, end_ms)
+        if level is None or not set(methods) <= set(_ROLLED_METHODS):
+            return self.influx.aggregated(api, targets, attrs, methods, period_ms, start_ms, end_ms)
+        return rolled_up(api, targets, attrs, methods, level, period_ms, start_ms, end_ms)
+
+
+#: NGSI-LD aggregation methods a rollup row answers (``distinctCount``, ``stddev`` and ``sumsq`` need the points).
+_ROLLED_METHODS = ("totalCount", "sum", "avg", "min", "max")
+
+
+def _rollup_level(period_ms: int, start_ms: int, end_ms: int) -> int | None:
+    """The coarsest rollup level whose rows make up every period starting at ``start_ms`` (``period_ms`` 0: one
+    period, the whole range), or None."""
+    length = period_ms or end_ms - start_ms
+    for level in (DAY_MS, HOUR_MS, FOREST_STEP_MS):
+        if bucket_start(start_ms, level) == start_ms and length % level == 0:
+            return level
+    return None
+
+
+def rolled_up(api: Api, targets: dict[str, Target], attrs: Sequence[str], methods: Sequence[str], level: int,
+              period_ms: int, start_ms: int, end_ms: int) -> Aggregates:
+    """``methods`` per period from the rollups' rows up to their progress point and the raw points after it,
+    merged per period (:func:`cityos.rollups.forest_merge`): periods without a value left out, the last one
+    ending with the range (as :meth:`InfluxFields.aggregated`)."""
+    devices = sorted({t.tag_value for t in targets.values()})
+    if not devices:
+        return {}
+
+    def fetch(query: QueryFn, db: str) -> list[tuple[str, int, dict[str, float | int]]]:
+        rollup_db = api.settings.rollup_db
+        rows, cut = forest_stored(query, rollup_db, start_ms, end_ms, level, forest_progress(query, rollup_db),
+                                  devices)
+        if cut < end_ms:
+            numbers, _ = numeric_fields(query, db, MEASUREMENT)
+            rows += forest_raw(query, db, cut, end_ms, [f for f in FOREST_ROLLED if f in numbers], devices, level)
+        return rows
+
+    periods: dict[tuple[str, int], list[dict[str, float | int]]] = defaultdict(list)
+    for dev, t, row in api.read(fetch):
+        k = (t - start_ms) // period_ms if period_ms else 0
+        periods[(dev, start_ms + k * period_ms)].append(row)
+    merged = {key: forest_merge(rows) for key, rows in sorted(periods.items())}
+    out: Aggregates = {}
+    for eid, target in targets.items():
+        for a in attrs:
+            f = target.fields.get(a)
+            if f is None:
+                continue
+            per: dict[str, list[tuple[Any, int, int]]] = {}
+            for (dev, t0), row in merged.items():
+                n = forest_n(row, f)
+                if dev != target.tag_value or not n:
+                    continue
+                t1 = min(t0 + period_ms, end_ms) if period_ms else end_ms
+                value = {"totalCount": n, "sum": row[f + "_sum"], "avg": float(row[f + "_sum"]) / n,
+                         "min": row[f + "_min"], "max": row[f + "_max"]}
+                for m in methods:
+                    per.setdefault(m, []).append((value[m], t0, t1))
+            if per:
+                out.setdefault(eid, {})[a] = per
+    return out
 
 
 def provider(api: Api) -> ForestProvider:
