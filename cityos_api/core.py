@@ -5,7 +5,9 @@ answer's formats and its errors (docs/api.md).
   scope=...)`` declares a GET route with its scope (checked on every request, and written into the OpenAPI
   document as the operation's ``security`` and ``x-scope``), ``api.read(...)`` runs a query function against
   InfluxDB (an unreachable or failing InfluxDB is 503 "InfluxDB unavailable", never its error text), and
-  ``api.respond(...)`` answers JSON or CSV.
+  ``api.respond(...)`` answers JSON or CSV (JSON encoded by msgspec: :meth:`Api.json`).
+* ``api.snapshot(name, fn, ttl_s)`` keeps "current state" (every gateway's newest point, the NGSI-LD world) fresh
+  for routes polled far more often than it changes: :class:`Snapshot`, whose docstring bounds how old it may be.
 * Errors are RFC 7807 problem details (``application/problem+json``: ``type``, ``title``, ``status``,
   ``detail``), with no internal detail: a parameter error names the parameter and what was expected.
 * Bad stored points are skipped and counted (``api.skipped(measurement, n)``: the metric
@@ -21,10 +23,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import msgspec
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -35,10 +39,12 @@ from cityos_api.gtfs_rt import query_fn
 from cityos_api.opendata import to_csv
 from cityos_api.settings import ApiSettings
 
-__all__ = ["CSV", "Api", "Caller", "District", "Metrics", "Places", "RateLimiter", "family_parts", "problem", "safe_filename"]
+__all__ = ["CSV", "JSON", "MAX_AGE_TTLS", "Api", "Caller", "District", "Metrics", "Places", "RateLimiter", "Snapshot",
+           "family_parts", "problem", "safe_filename"]
 
 log = logging.getLogger("cityos_api")
 CSV = "text/csv; charset=utf-8"
+JSON = "application/json"
 PROBLEM = "application/problem+json"
 _FILENAME_RE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -194,6 +200,82 @@ def family_parts(api: Api, suffix: str, factory: str) -> list[Any]:
     return out
 
 
+T = TypeVar("T")
+
+#: A snapshot is served while at most this many TTLs old; older, the request reads the state itself.
+MAX_AGE_TTLS = 3
+
+
+class Snapshot(Generic[T]):
+    """The current state of something costly to read (every gateway's newest point: 1 s of InfluxDB over 5,081
+    gateways), for routes polled far more often than it changes: the one owner of "current state kept fresh".
+
+    :meth:`get` answers the value ``fn()`` last returned. Once it is ``ttl_s`` old, the next request starts one
+    refresh in a background thread and it and every request meanwhile get the kept value (stale-while-revalidate):
+    only the first request ever waits for ``fn``. One read at a time: a request that must read (nothing kept
+    yet, or too old) while one is under way waits for it and shares its value, or its error.
+
+    **Freshness bound**: a value's age counts from the start of the read that returned it; it is served while at
+    most ``max_age_s`` = :data:`MAX_AGE_TTLS` x ``ttl_s`` old (normally it is under ``ttl_s`` plus one read).
+    Older (refreshes failing because InfluxDB is down, or no request for that long; or the clock set back), the
+    request reads it itself and fails as it would without a snapshot (503). Thread-safe; ``clock`` in seconds.
+    """
+
+    def __init__(self, name: str, fn: Callable[[], T], ttl_s: float, clock: Callable[[], float]) -> None:
+        self.name = name
+        self.ttl_s = ttl_s
+        self.max_age_s = MAX_AGE_TTLS * ttl_s
+        self._fn = fn
+        self._clock = clock
+        self._kept: tuple[float, T] | None = None  # (when its read started, the value)
+        self._reading: Future[T] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        with self._lock:
+            reading = self._reading
+            if self._kept is not None:
+                at, value = self._kept
+                age = self._clock() - at
+                if 0 <= age <= self.max_age_s:
+                    if age >= self.ttl_s and reading is None:
+                        self._reading = Future()
+                        threading.Thread(target=self._refresh, args=(self._reading,), name=f"snapshot {self.name}",
+                                         daemon=True).start()
+                    return value
+            if reading is None:
+                reading = self._reading = Future()
+                mine = True
+            else:
+                mine = False
+        if mine:
+            self._read(reading)
+        return reading.result()
+
+    def _read(self, reading: Future[T]) -> None:
+        at = self._clock()
+        try:
+            value = self._fn()
+        except BaseException as exc:
+            with self._lock:
+                self._reading = None
+            reading.set_exception(exc)
+            return
+        with self._lock:
+            self._kept = (at, value)
+            self._reading = None
+        reading.set_result(value)
+
+    def _refresh(self, reading: Future[T]) -> None:
+        self._read(reading)
+        exc = reading.exception()
+        if isinstance(exc, HTTPException):  # InfluxDB failing: Api.read has logged why
+            log.warning("%s: refresh failed (%s): the kept value is served until %.0f s old", self.name,
+                        exc.detail, self.max_age_s)
+        elif exc is not None:
+            log.error("%s: refresh failed", self.name, exc_info=exc)
+
+
 class Api:
     """The shared part of every route (see the module's docstring)."""
 
@@ -267,7 +349,20 @@ class Api:
         if n:
             self.metrics.skipped.labels(measurement).inc(n)
 
+    def snapshot(self, name: str, fn: Callable[[], T], ttl_s: float) -> Snapshot[T]:
+        """A :class:`Snapshot` of ``fn()`` on this API's clock (looked up at each call: a test may set it)."""
+        return Snapshot(name, fn, ttl_s, lambda: self.clock())
+
     # ---- answering
+    @staticmethod
+    def json(body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None, media_type: str = JSON
+             ) -> Response:
+        """A JSON answer encoded by msgspec (the wire contract's library): ten times the stdlib's speed (energy's
+        11,904 half hours: 2.6 ms, not 27). The same JSON values (UTF-8, keys in order, floats in shortest round-trip
+        form: ``1e30`` where the stdlib wrote ``1e+30``); a NaN, which no answer holds, would be ``null``."""
+        return Response(msgspec.json.encode(body), status_code=status, headers=dict(headers or {}),
+                        media_type=media_type)
+
     @staticmethod
     def respond(fmt: str, doc: dict[str, Any], rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
                 filename: str, headers: Mapping[str, str] | None = None, **const: Any) -> Response:
@@ -275,7 +370,7 @@ class Api:
         if fmt == "csv":
             return Response(to_csv(rows, columns, **const), media_type=CSV, headers={
                 **(headers or {}), "Content-Disposition": f'attachment; filename="{safe_filename(filename)}.csv"'})
-        return JSONResponse(doc, headers=dict(headers or {}))
+        return Api.json(doc, headers=headers)
 
     def close(self) -> None:
         self.client.close()
