@@ -4,10 +4,16 @@ team sees them, from what the gateways report (``gateway_status`` from their ret
 
 Not a family (every family's gateways are here), so it is the app's own router. Device ids are pseudonyms of
 their family's shape (a household meter is ``hh-...``): internal, which is why the scope is.
+
+The fleet's state is read whole (every gateway's and every device's newest point: about 1.5 s of InfluxDB over the
+city's 5,081 gateways) and kept as a :class:`~cityos_api.core.Snapshot` for :data:`FLEET_TTL_S`; every route,
+one gateway's too, answers from it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +23,7 @@ from cityos.families import FAMILIES
 from cityos.influx import QueryFn, query_results
 from cityos_api.auth import FLEET
 from cityos_api.core import Api
-from cityos_api.params import FormatQuery, check_id, iso, literal
+from cityos_api.params import FormatQuery, check_id, iso
 
 __all__ = ["router"]
 
@@ -27,48 +33,55 @@ LOOKBACK = timedelta(days=7)
 HEALTH_FIELDS = ("cpu_pct", "mem_used_pct", "disk_free_mb", "disk_used_pct", "cpu_temp_c", "backlog_depth",
                  "backlog_age_s", "outbox_disk_full")
 STATUS_FIELDS = ("state", "agent_version", "config_hash", "backlog_depth", "backlog_age_s", "boot_id")
+#: Seconds the fleet's state is kept before a refresh (served at most 3 times that: core.Snapshot). Gateways report
+#: health every 60 s; an operator's page polled every few seconds costs one read per 30 s, not one per request.
+FLEET_TTL_S = 30.0
 
 
-def _newest(query: QueryFn, db: str, measurement: str, since_ms: int, group: str, where: str = ""
+def _newest(query: QueryFn, db: str, measurement: str, fields: Iterable[str], since_ms: int
             ) -> dict[str, dict[str, Any]]:
-    """The newest point of each ``group`` tag value (not ``last(*)``: InfluxDB 1.6 takes each field's own last)."""
-    q = (f'SELECT * FROM "{measurement}" WHERE time >= {since_ms}ms{where} GROUP BY "{group}" '
+    """The newest point of each gateway that has any of ``fields``, those fields only (not ``last(...)``: InfluxDB
+    1.6 takes each field's own last). Every point the gateways write has one of the shown fields (a status its
+    ``state``, a health reading its ``cpu_pct``), so it is their newest point; the rest (a status's counters, a
+    health reading's twenty others) is not read."""
+    cols = ", ".join(f'"{f}"' for f in fields)
+    q = (f'SELECT {cols} FROM "{measurement}" WHERE time >= {since_ms}ms GROUP BY "gateway" '
          f"ORDER BY time DESC LIMIT 1")
     status, raw = query(db, q)
     out = {}
     for result in query_results(status, raw):
         for s in result.get("series", []):
-            key = (s.get("tags") or {}).get(group, "")
+            key = (s.get("tags") or {}).get("gateway", "")
             if key and s.get("values"):
                 out[key] = {c: v for c, v in zip(s["columns"], s["values"][0], strict=True) if v is not None}
     return out
 
 
-def fetch_gateways(query: QueryFn, db: str, since_ms: int, gateway: str | None = None) -> list[dict[str, Any]]:
-    where = f' AND "gateway" = {literal(gateway)}' if gateway else ""
-    status = _newest(query, db, "gateway_status", since_ms, "gateway", where)
-    health = _newest(query, db, "gateway_health", since_ms, "gateway", where)
-    out = []
+def fetch_gateways(query: QueryFn, db: str, since_ms: int) -> dict[str, dict[str, Any]]:
+    """Every gateway's last status and health, by gateway id in order."""
+    status = _newest(query, db, "gateway_status", STATUS_FIELDS, since_ms)
+    health = _newest(query, db, "gateway_health", HEALTH_FIELDS, since_ms)
+    out = {}
     for gw in sorted(set(status) | set(health)):
         st, h = status.get(gw, {}), health.get(gw, {})
-        out.append({
+        out[gw] = {
             "gateway": gw,
             "state": st.get("state") if isinstance(st.get("state"), str) else None,
             "status_at": iso(st["time"]) if "time" in st else None,
             **{f: st.get(f) for f in STATUS_FIELDS if f != "state"},
             "health_at": iso(h["time"]) if "time" in h else None,
             **{f"health_{f}": h.get(f) for f in HEALTH_FIELDS if isinstance(h.get(f), int | float)},
-        })
+        }
     return out
 
 
-def fetch_devices(query: QueryFn, db: str, since_ms: int, gateway: str | None = None) -> list[dict[str, Any]]:
-    """Each device's newest reading time and gateway, per family measurement (values are not shown)."""
-    where = f' AND "gateway" = {literal(gateway)}' if gateway else ""
+def fetch_devices(query: QueryFn, db: str, since_ms: int) -> list[tuple[int, dict[str, Any]]]:
+    """Each device's newest reading time per gateway and family measurement (values are not shown). Every field
+    (``*``): a reading may carry any of its kind's fields, and its time is what is shown."""
     out = []
     for fam in FAMILIES:
         for measurement in dict.fromkeys(fam.measurements.values()):
-            q = (f'SELECT * FROM "{measurement}" WHERE time >= {since_ms}ms{where} GROUP BY "device", "gateway" '
+            q = (f'SELECT * FROM "{measurement}" WHERE time >= {since_ms}ms GROUP BY "device", "gateway" '
                  f"ORDER BY time DESC LIMIT 1")
             status, raw = query(db, q)
             for result in query_results(status, raw):
@@ -78,12 +91,33 @@ def fetch_devices(query: QueryFn, db: str, since_ms: int, gateway: str | None = 
                         out.append((int(s["values"][0][0]), {
                             "device": tags["device"], "family": fam.name, "measurement": measurement,
                             "gateway": tags.get("gateway", ""), "last_reading_at": iso(s["values"][0][0])}))
-    # a device on two measurements (a bus: stops and positions) is one device: its newest reading
+    return out
+
+
+def newest_per_device(seen: Iterable[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """A device on two measurements (a bus: stops and positions) is one device: its newest reading; by family and
+    device."""
     newest: dict[str, tuple[int, dict[str, Any]]] = {}
-    for ms, d in out:
+    for ms, d in seen:
         if d["device"] not in newest or ms > newest[d["device"]][0]:
             newest[d["device"]] = (ms, d)
     return sorted((d for _, d in newest.values()), key=lambda d: (d["family"], d["device"]))
+
+
+@dataclass(frozen=True)
+class Devices:
+    """The devices as the routes show them: all of them, and each gateway's (a device that moved is listed under
+    each gateway it sent from, with its newest reading from there)."""
+
+    items: list[dict[str, Any]]
+    by_gateway: dict[str, list[dict[str, Any]]]
+
+    @classmethod
+    def of(cls, seen: list[tuple[int, dict[str, Any]]]) -> Devices:
+        per_gateway: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        for ms, d in seen:
+            per_gateway.setdefault(d["gateway"], []).append((ms, d))
+        return cls(newest_per_device(seen), {gw: newest_per_device(s) for gw, s in per_gateway.items()})
 
 
 def router(api: Api) -> APIRouter:
@@ -96,32 +130,37 @@ def router(api: Api) -> APIRouter:
     def since() -> int:
         return int(api.clock() * 1000 - LOOKBACK.total_seconds() * 1000)
 
+    gateways_now = api.snapshot("fleet gateways", lambda: api.read(fetch_gateways, since()), FLEET_TTL_S)
+    devices_now = api.snapshot("fleet devices", lambda: Devices.of(api.read(fetch_devices, since())), FLEET_TTL_S)
     gateway_columns = ["gateway", "state", "status_at", *[f for f in STATUS_FIELDS if f != "state"], "health_at",
                        *[f"health_{f}" for f in HEALTH_FIELDS]]
 
     @api.route(r, "/v1/fleet/gateways", scope=FLEET, response_class=Response, responses=responses)
     def gateways(fmt: FormatQuery = "json") -> Response:
         """Every gateway heard from in the last 7 days: its last status (online/offline, version, config hash,
-        backlog) and its last health reading (CPU, memory, disk, temperature)."""
-        items = api.read(fetch_gateways, since())
-        rows = [{c: it.get(c) for c in gateway_columns} for it in items]
+        backlog) and its last health reading (CPU, memory, disk, temperature). Kept for 30 s (never older than
+        90 s)."""
+        items = list(gateways_now.get().values())
+        rows = [{c: it.get(c) for c in gateway_columns} for it in items] if fmt == "csv" else []
         return api.respond(fmt, {"dataset": "fleet-gateways", "time_zone": "Asia/Tokyo", "items": items}, rows,
                            gateway_columns, "fleet-gateways")
 
     @api.route(r, "/v1/fleet/gateways/{gateway_id}", scope=FLEET, responses={
         **responses, 404: {"description": "no such gateway in the last 7 days"}, 422: {"description": "bad id"}})
     def gateway(gateway_id: str) -> dict[str, Any]:
-        """One gateway: its status, health and the devices it reported readings for in the last 7 days."""
+        """One gateway: its status, health and the devices it reported readings for in the last 7 days. Kept for
+        30 s (never older than 90 s)."""
         gw = check_id("gateway_id", gateway_id)
-        found = api.read(fetch_gateways, since(), gw)
-        if not found:
+        found = gateways_now.get().get(gw)
+        if found is None:
             raise HTTPException(status_code=404, detail=f"gateway {gw}: not heard from in the last 7 days")
-        return {**found[0], "devices": api.read(fetch_devices, since(), gw)}
+        return {**found, "devices": devices_now.get().by_gateway.get(gw, [])}
 
     @api.route(r, "/v1/fleet/devices", scope=FLEET, response_class=Response, responses=responses)
     def devices(fmt: FormatQuery = "json") -> Response:
-        """Every device that sent a reading in the last 7 days: family, gateway, last reading time."""
-        items = api.read(fetch_devices, since())
+        """Every device that sent a reading in the last 7 days: family, gateway, last reading time. Kept for 30 s
+        (never older than 90 s)."""
+        items = devices_now.get().items
         return api.respond(fmt, {"dataset": "fleet-devices", "time_zone": "Asia/Tokyo", "items": items}, items,
                            ["device", "family", "measurement", "gateway", "last_reading_at"], "fleet-devices")
 
