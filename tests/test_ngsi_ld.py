@@ -32,11 +32,11 @@ from cityos.wire import Reading, TelemetryBatch, checked
 from cityos_api import ngsi_ld
 from cityos_api.app import create_app
 from cityos_api.auth import SERVICE, TokenStore, parse_expiry
-from cityos_api.core import Api
+from cityos_api.core import MAX_AGE_TTLS, Api
 from cityos_api.families import forest_ngsi
 from cityos_api.families.forest_ngsi import ForestProvider
 from cityos_api.ngsi_ld import Attr, AttrInfo, Entity, TypeInfo
-from cityos_api.ngsi_ld.facade import MAX_INSTANCES
+from cityos_api.ngsi_ld.facade import MAX_INSTANCES, WORLD_TTL_S
 from cityos_api.ngsi_ld.query import haversine_m
 from cityos_api.settings import ApiSettings, InfluxSettings
 from ingest.lineproto import batch_to_lines
@@ -642,7 +642,7 @@ def test_temporal_400s(fixed, path, params, kind, word):
     check_error(_get(client, path, params), 400, kind, word)
 
 
-def test_temporal_defaults_bounds_and_partial_content(fixed, token, monkeypatch):
+def test_temporal_defaults_bounds_and_partial_content(fixed, token):
     client, provider = fixed
     now = int(time.time() * 1000)
     assert _get(client, "/temporal/entities/urn:ngsi-ld:Station:S1").status_code == 200
@@ -656,7 +656,8 @@ def test_temporal_defaults_bounds_and_partial_content(fixed, token, monkeypatch)
     tokens_file, tok = token
     big = FixedProvider(n_instances=MAX_INSTANCES + 5)
     app = FastAPI()
-    ngsi_ld.install(app, Api(_settings(tokens_file)), [big])
+    api = Api(_settings(tokens_file))
+    ngsi_ld.install(app, api, [big])
     c2 = TestClient(app, headers={"Authorization": f"Bearer {tok}"})
     resp = _get(c2, "/temporal/entities/urn:ngsi-ld:Station:S1", {**BETWEEN, "attrs": "weight",
                                                                    "options": "temporalValues"})
@@ -664,10 +665,8 @@ def test_temporal_defaults_bounds_and_partial_content(fixed, token, monkeypatch)
     assert resp.headers["content-range"] == "date-time 2026-05-01T00:00:00Z-2026-05-07T22:39:00Z/*"
     assert len(resp.json()["weight"]["values"]) == MAX_INSTANCES
 
-    # the provider's InfluxDB failing: 503 ProblemDetails, nothing internal (once the kept entities have expired)
-    from cityos_api.ngsi_ld import facade
-
-    monkeypatch.setattr(facade, "WORLD_TTL_S", 0.0)
+    # the provider's InfluxDB failing: 503 ProblemDetails, nothing internal (once the kept entities are too old)
+    api.clock = lambda: time.time() + MAX_AGE_TTLS * WORLD_TTL_S + 1
     big.fail = True
     resp = _get(c2, "/entities", {"type": "Station"})
     assert resp.status_code == 503 and resp.json()["type"] == ERR + "InternalError"
@@ -868,22 +867,28 @@ def test_forest_provider_alone(stack_info, influx_db):
     api.close()
 
 
-def test_current_entities_are_kept_for_a_few_seconds(token, monkeypatch):
+def test_current_entities_are_kept_and_refreshed_behind_the_requests(token, monkeypatch):
     """A platform polling every second costs one build of every provider's state per WORLD_TTL_S, not one per
-    request; after it, changes show."""
-    from cityos_api.ngsi_ld import facade
-
+    request; after it, a request starts a rebuild and is answered at once, and changes show."""
     tokens_file, tok = token
     p = FixedProvider()
     built = []
-    real = p.entities
-    monkeypatch.setattr(p, "entities", lambda api: built.append(1) or real(api))
+    now = list(ENTITIES)
+    monkeypatch.setattr(p, "entities", lambda api: built.append(1) or list(now))
     app = FastAPI()
-    ngsi_ld.install(app, Api(_settings(tokens_file)), [p])
+    api = Api(_settings(tokens_file))
+    t = [time.time()]
+    api.clock = lambda: t[0]
+    ngsi_ld.install(app, api, [p])
     c = TestClient(app, headers={"Authorization": f"Bearer {tok}"})
     for _ in range(5):
-        assert _get(c, "/entities", {"type": "Station"}).status_code == 200
+        assert _ids(_get(c, "/entities", {"type": "Station"}))[-1] == "S5"
     assert len(built) == 1
-    monkeypatch.setattr(facade, "WORLD_TTL_S", 0.0)
-    assert _get(c, "/entities", {"type": "Station"}).status_code == 200
+    now[4] = _station(6, None, None, "Hokubo", None)  # S5 is gone, S6 came
+    t[0] += WORLD_TTL_S
+    assert _ids(_get(c, "/entities", {"type": "Station"}))[-1] == "S5"  # the kept world, while it is rebuilt
+    deadline = time.monotonic() + 5
+    while _ids(_get(c, "/entities", {"type": "Station"}))[-1] != "S6":
+        assert time.monotonic() < deadline, "the rebuilt world is served"
+        time.sleep(0.01)
     assert len(built) == 2

@@ -1,20 +1,20 @@
 """The read-only NGSI-LD facade's routes under ``/ngsi-ld/v1`` (ETSI GS CIM 009 V1.7.1; docs/ngsi-ld.md).
 
 Every data route has scope ``service``; the ``@context`` document is open (a JSON-LD processor fetches it without
-a token). Each request reads the providers' current entities (a few thousand at most), then filters, pages and
-renders here; temporal requests ask the providers for the history of the page's entities only.
+a token). Each request takes the providers' current entities (a few thousand at most, kept as the API's snapshot
+of them: :data:`WORLD_TTL_S`), then filters, pages and renders here; temporal requests ask the providers for the
+history of the page's entities only.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
 from cityos_api.auth import OPEN, SERVICE
@@ -136,7 +136,8 @@ def _representation(opts: set[str]) -> str:
     return reps.pop() if reps else "normalized"
 
 
-#: Seconds the current entities are kept between requests (the sensors report every minute or more).
+#: Seconds the current entities are kept before a refresh behind the requests (the sensors report every minute or
+#: more); never served older than 3 times that (core.Snapshot).
 WORLD_TTL_S = 10.0
 
 
@@ -156,8 +157,7 @@ class _Facade:
             for k, a in t.attrs.items():
                 self.iris.setdefault(a.iri, k)
         self.context = render.context_document(self.types.values())
-        self._world: tuple[float, _World] | None = None
-        self._world_lock = threading.Lock()
+        self._world = api.snapshot("NGSI-LD world", self._build_world, WORLD_TTL_S)
 
     # ---- reading
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -170,22 +170,16 @@ class _Facade:
             raise
 
     def world(self) -> _World:
-        """Every provider's current entities, kept for :data:`WORLD_TTL_S`: building them reads each family's
-        newest state (0.3-0.9 s over 30 days of the city, docs/benchmarks.md), and a data-linkage platform polls
-        far more often than the sensors report. Requests in the same seconds share one build."""
-        with self._world_lock:
-            now = time.monotonic()
-            if self._world is not None and now - self._world[0] < WORLD_TTL_S:
-                return self._world[1]
-            world = self._build_world()
-            self._world = (time.monotonic(), world)
-            return world
+        """Every provider's current entities, kept as a snapshot (:data:`WORLD_TTL_S`): building them reads each
+        family's newest state (0.3-0.9 s over 30 days of the city, docs/benchmarks.md), and a data-linkage platform
+        polls far more often than the sensors report."""
+        return self.call(lambda _api: self._world.get())
 
     def _build_world(self) -> _World:
         ents: list[Entity] = []
         owner: dict[str, EntityProvider] = {}
         for p in self.providers:
-            for e in self.call(p.entities):
+            for e in p.entities(self.api):
                 if e.type in p.types and e.id not in owner:
                     owner[e.id] = p
                     ents.append(e)
@@ -197,7 +191,7 @@ class _Facade:
         return f"<{str(request.base_url).rstrip('/')}{CONTEXT_PATH}>; {LD_REL}"
 
     def answer(self, request: Request, body: Any, fmt: str, headers: Mapping[str, str] | None = None,
-               status: int = 200) -> JSONResponse:
+               status: int = 200) -> Response:
         hdrs = dict(headers or {})
         if fmt == LD:
             ctx = self.context["@context"]
@@ -207,7 +201,7 @@ class _Facade:
                 body = {"@context": ctx, **body}
         else:
             hdrs["Link"] = self.link(request)
-        return JSONResponse(body, status_code=status, headers=hdrs, media_type=fmt)
+        return self.api.json(body, status=status, headers=hdrs, media_type=fmt)
 
     # ---- selection
     def selection(self, params: Mapping[str, str], *, required: bool) -> tuple[Callable[[Entity], bool],
@@ -323,7 +317,7 @@ def router(api: Api, providers: Sequence[EntityProvider]) -> APIRouter:
 
     # ---- entities
     @route("/entities", _p_query_entities, entities_ok)
-    def query_entities(request: Request) -> JSONResponse:
+    def query_entities(request: Request) -> Response:
         """5.7.2 Query Entities: ``type``, ``id``, ``idPattern``, ``attrs``, ``q``, geo-queries (``near``,
         ``within``), ``limit`` (default 20, at most 1000), ``offset``, ``count=true``, ``options=keyValues``
         (``format=simplified``), ``concise`` or ``normalized``; ``Accept`` JSON, JSON-LD or GeoJSON."""
@@ -345,7 +339,7 @@ def router(api: Api, providers: Sequence[EntityProvider]) -> APIRouter:
         return f.answer(request, body, fmt, headers)
 
     @route("/entities/{entityId:path}", _p_retrieve_entity, entities_ok, 404)
-    def retrieve_entity(request: Request, entityId: str) -> JSONResponse:
+    def retrieve_entity(request: Request, entityId: str) -> Response:
         """5.7.1 Retrieve Entity (normalized, concise or keyValues; JSON, JSON-LD or a GeoJSON Feature)."""
         p = request.query_params
         fmt = negotiate(request.headers.get("accept"), (JSON, LD, GEO))
@@ -365,7 +359,7 @@ def router(api: Api, providers: Sequence[EntityProvider]) -> APIRouter:
 
     # ---- types
     @route("/types", _p_details, json_ok)
-    def retrieve_types(request: Request) -> JSONResponse:
+    def retrieve_types(request: Request) -> Response:
         """5.7.5/5.7.6: the types that have entities now (``details=true``: with their attribute names)."""
         fmt = negotiate(request.headers.get("accept"), (JSON, LD))
         details = _bool("details", request.query_params.get("details"))
@@ -379,7 +373,7 @@ def router(api: Api, providers: Sequence[EntityProvider]) -> APIRouter:
         return f.answer(request, body, fmt)
 
     @route("/types/{type:path}", _p_local, json_ok, 404)
-    def retrieve_type(request: Request, type: str) -> JSONResponse:
+    def retrieve_type(request: Request, type: str) -> Response:
         """5.7.7: one type's entity count and attributes (404 when no entity has it); the short name or the IRI."""
         fmt = negotiate(request.headers.get("accept"), (JSON, LD))
         name = f.type_name(type)
@@ -396,7 +390,7 @@ def router(api: Api, providers: Sequence[EntityProvider]) -> APIRouter:
 
     # ---- attributes
     @route("/attributes", _p_details, json_ok)
-    def retrieve_attributes(request: Request) -> JSONResponse:
+    def retrieve_attributes(request: Request) -> Response:
         """5.7.8/5.7.9: the attributes entities have now (``details=true``: counts, kinds, types)."""
         fmt = negotiate(request.headers.get("accept"), (JSON, LD))
         details = _bool("details", request.query_params.get("details"))
@@ -409,7 +403,7 @@ def router(api: Api, providers: Sequence[EntityProvider]) -> APIRouter:
         return f.answer(request, body, fmt)
 
     @route("/attributes/{attrId:path}", _p_local, json_ok, 404)
-    def retrieve_attribute(request: Request, attrId: str) -> JSONResponse:
+    def retrieve_attribute(request: Request, attrId: str) -> Response:
         """5.7.10: one attribute's count, kinds and the types that have it (404 when no entity has it)."""
         fmt = negotiate(request.headers.get("accept"), (JSON, LD))
         s = _attr_stats(f.world()).get(f.iris.get(attrId, attrId))
@@ -419,7 +413,7 @@ def router(api: Api, providers: Sequence[EntityProvider]) -> APIRouter:
 
     # ---- temporal
     @route("/temporal/entities", _p_query_temporal, json_ok, 206)
-    def query_temporal(request: Request) -> JSONResponse:
+    def query_temporal(request: Request) -> Response:
         """5.7.4 Query Temporal Evolution of Entities: the selection of Query Entities (type, id, idPattern,
         attrs, q, geo: on the entities' current state) with ``timerel``/``timeAt``/``endTimeAt`` (required),
         ``lastN``, ``options=temporalValues`` or ``aggregatedValues`` (``aggrMethods``, ``aggrPeriodDuration``);
@@ -437,7 +431,7 @@ def router(api: Api, providers: Sequence[EntityProvider]) -> APIRouter:
         return f.answer(request, body, fmt, headers, status)
 
     @route("/temporal/entities/{entityId:path}", _p_retrieve_temporal, json_ok, 404, 206)
-    def retrieve_temporal(request: Request, entityId: str) -> JSONResponse:
+    def retrieve_temporal(request: Request, entityId: str) -> Response:
         """5.7.3 Retrieve Temporal Evolution of an Entity (without ``timerel``: the last 24 hours)."""
         p = request.query_params
         fmt = negotiate(request.headers.get("accept"), (JSON, LD))
