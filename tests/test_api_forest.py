@@ -236,6 +236,18 @@ def test_stations_latest_values_positions_and_levels(api):
     assert {k: one[k] for k in items[B]} == items[B]
 
 
+def test_stations_silent_for_days_keep_their_newest_reading(stack_info, storm, tmp_path):
+    """The newest readings are looked for in the last day first: stations silent longer are still listed with
+    theirs, stale, and one silent station found alone."""
+    later = NOW + 3 * 86_400_000
+    with _client(stack_info, storm, tmp_path, now_ms=later) as client:
+        items = {s["station"]: s for s in _get(client, "/v1/forest/stations")["items"]}
+        assert list(items) == [A, B, C]
+        for st in (A, B, C):
+            assert items[st]["latest"]["time"] == _iso(_readings(st)[-1][0]) and items[st]["stale"] is True
+        assert _get(client, f"/v1/forest/stations/{C}")["latest"] == items[C]["latest"]
+
+
 def test_stations_csv_has_bom_and_header(api):
     resp = api.get("/v1/forest/stations", params={"format": "csv"})
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/csv")

@@ -200,32 +200,48 @@ class Station:
 
 #: Newest points looked at per station: the newest servable one is its latest reading.
 LATEST_DEPTH = 5
+#: Where a station's newest reading is looked for first.
+RECENT_MS = 86_400_000
 
 
 def fetch_stations(query: QueryFn, db: str, now_ms: int, station: str | None = None
                    ) -> tuple[list[Station], int]:
     """Every station (or one) with its newest servable point and the assessments of its live readings of the
-    alert window; and the number of points skipped."""
-    newest = (f'SELECT * FROM "{MEASUREMENT}" {_where(_device([], station))} GROUP BY "device" '
-              f'ORDER BY time DESC LIMIT {LATEST_DEPTH}')
+    alert window; and the number of points skipped.
+
+    The newest points are looked for in the last :data:`RECENT_MS` first (the shards of a day, not of every
+    month kept), and only for the stations silent that long (known from the tag index) further back."""
+    newest = (f'SELECT * FROM "{MEASUREMENT}" {_where(_device([f"time > {now_ms - RECENT_MS}ms"], station))} '
+              f'GROUP BY "device" ORDER BY time DESC LIMIT {LATEST_DEPTH}')
     fields = ", ".join(f'"{f}"' for f in FIELDS)  # all of them: a point is served whole or not at all
     live = ['"backfill" = false', f"time > {now_ms - WINDOW_MS}ms"]
     window = f'SELECT {fields} FROM "{MEASUREMENT}" {_where(_device(live, station))} GROUP BY "device"'
-    res = query_results(*query(db, f"{newest}; {window}"))
+    known = f'SHOW TAG VALUES FROM "{MEASUREMENT}" WITH KEY = "device"' + (
+        f' WHERE "device" = {literal(station)}' if station else "")
+    res = query_results(*query(db, f"{newest}; {window}; {known}"))
     stations: dict[str, Station] = {}
     bad_points: set[tuple[str, int]] = set()
-    for tags, rec in _rows(res[0]):
-        dev = tags.get("device", "")
-        st = stations.setdefault(dev, Station(dev))
-        if st.latest is not None:
-            continue
-        point = clean_point(rec)
-        gw = rec.get("gateway")
-        if point is None or not isinstance(gw, str | None):
-            bad_points.add((dev, int(rec["time"])))
-            continue
-        st.gateway, st.latest_ms, st.latest = gw, int(rec["time"]), point
-    for tags, rec in _rows(res[1]) if len(res) > 1 else ():
+
+    def take_newest(result: Mapping[str, Any]) -> None:
+        for tags, rec in _rows(result):
+            dev = tags.get("device", "")
+            st = stations.setdefault(dev, Station(dev))
+            if st.latest is not None:
+                continue
+            point = clean_point(rec)
+            gw = rec.get("gateway")
+            if point is None or not isinstance(gw, str | None):
+                bad_points.add((dev, int(rec["time"])))
+                continue
+            st.gateway, st.latest_ms, st.latest = gw, int(rec["time"]), point
+
+    take_newest(res[0])
+    silent = sorted({str(rec.get("value")) for _, rec in _rows(res[2])} - set(stations))
+    if silent:
+        cond = " OR ".join(f'"device" = {literal(d)}' for d in silent)
+        take_newest(query_results(*query(db, f'SELECT * FROM "{MEASUREMENT}" WHERE ({cond}) GROUP BY "device" '
+                                             f'ORDER BY time DESC LIMIT {LATEST_DEPTH}'))[0])
+    for tags, rec in _rows(res[1]):
         dev = tags.get("device", "")
         point = clean_point(rec)
         if point is None:
