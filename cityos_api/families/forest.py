@@ -200,6 +200,9 @@ class Station:
 
 #: Newest points looked at per station: the newest servable one is its latest reading.
 LATEST_DEPTH = 5
+#: The list of every station is kept this long (:class:`~cityos_api.core.Snapshot`: refreshed behind the
+#: requests, never served older than three times this); a station alone is read at each request.
+STATIONS_TTL_S = 10.0
 #: Where a station's newest reading is looked for first.
 RECENT_MS = 86_400_000
 
@@ -419,6 +422,8 @@ def router(api: Api) -> APIRouter:
         api.skipped(MEASUREMENT, skipped)
         return [s.public() for s in found]
 
+    every_station = api.snapshot("forest stations", lambda: stations(None), STATIONS_TTL_S)
+
     def next_link(request: Request, params: dict[str, Any]) -> dict[str, str]:
         """The ``Link`` header of the next page, built from validated parameters only."""
         q = urlencode({k: v for k, v in params.items() if v is not None})
@@ -434,8 +439,9 @@ def router(api: Api) -> APIRouter:
     @api.route(r, "/v1/forest/stations", scope=OPEN, response_class=Response, responses=responses)
     def forest_stations(fmt: FormatQuery = "json") -> Response:
         """Every forest station: its position, its newest reading, whether it is stale and its current landslide
-        alert level (the alert rules' criteria over its live readings of the last window)."""
-        items = stations(None)
+        alert level (the alert rules' criteria over its live readings of the last window). The list is read at most
+        every 10 s (never served older than 30 s); a station alone is read at each request."""
+        items = every_station.get()
         doc = {"dataset": "forest-stations", "generated_at": iso(now_ms()), **about(), "items": items}
         return api.respond(fmt, doc, [_station_row(s) for s in items], STATION_COLUMNS, "forest-stations",
                            {"Cache-Control": "no-store"})
