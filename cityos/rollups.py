@@ -17,6 +17,9 @@ measurement            tags        fields
                                    ``slots`` (half hours with a row, int), ``min_households`` (fewest in a slot)
 ``waste_district_1d``    district  ``kg``, ``pickups`` (int); the JST day; ``unknown`` is the pickups without a
                                    district, as the trucks tag them
+``waste_cell_1d``        district, ``kg``, ``pickups`` (int), ``lat``/``lon`` (the cell's centre; none for ``none``);
+                         cell      the JST day; ``cell`` is :func:`cell_tag` of :func:`cell_of`, ``none`` the
+                                   pickups without a position (the collection points, docs/trucks.md)
 ``rollup_progress``      job       ``until_ms`` (int): where the job stopped (its next period's start)
 =====================  ==========  ===========================================================================
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -38,6 +42,7 @@ from typing import Any
 from cityos.influx import InfluxQueryError, QueryFn, query_results, quote_literal
 
 __all__ = [
+    "CELL_DEG",
     "DAY_MS",
     "ENERGY",
     "ENERGY_1D",
@@ -56,16 +61,22 @@ __all__ = [
     "JST_OFFSET_MS",
     "MAX_HALF_HOUR_KWH",
     "MAX_PICKUP_KG",
+    "NO_CELL",
     "PROGRESS",
     "SLOTS_PER_DAY",
     "SLOT_MS",
     "TARGET_SUFFIX",
     "UNKNOWN_DISTRICT",
     "WASTE_1D",
+    "WASTE_CELL_1D",
     "WASTE_COLLECTION",
     "QueryFn",
     "Slot",
     "bucket_start",
+    "cell_centre",
+    "cell_from_tag",
+    "cell_of",
+    "cell_tag",
     "devices_clause",
     "district_sums",
     "forest_merge",
@@ -104,6 +115,7 @@ MAX_HALF_HOUR_KWH = 1e6
 ENERGY_30M = "energy_district_30m"
 ENERGY_1D = "energy_district_1d"
 WASTE_1D = "waste_district_1d"
+WASTE_CELL_1D = "waste_cell_1d"
 PROGRESS = "rollup_progress"
 TARGET_SUFFIX = "_rollup"
 
@@ -140,6 +152,36 @@ def target_results(query: QueryFn, db: str, q: str) -> list[dict[str, Any]]:
                 _log.warning("the rollups' database %s is not there for this user (create it and grant READ: "
                              "`cityos fleet influxdb`; run `cityos rollup`)", db)
         raise
+
+
+#: Collection points: cells of this many degrees of latitude and of longitude (35° N: ~111 m x ~91 m). A pickup is
+#: at a shared collection point (ごみステーション): a cell holds one or more, never a household's bin.
+CELL_DEG = 0.001
+#: The ``cell`` tag of the pickups without a position.
+NO_CELL = "none"
+_CELL_RE = re.compile(r"(-?\d{1,6})_(-?\d{1,6})")
+
+
+def cell_of(lat: float, lon: float) -> tuple[int, int]:
+    """The collection-point cell holding (lat, lon): indices of :data:`CELL_DEG` steps, rounded to the nearest.
+    The one binning of the rollup's ``waste_cell_1d`` and the API's positions (a truck's location)."""
+    return round(lat / CELL_DEG), round(lon / CELL_DEG)
+
+
+def cell_centre(cell: tuple[int, int]) -> tuple[float, float]:
+    """(lat, lon) of a cell's centre, as served (rounded to the cell's 3 decimals)."""
+    return round(cell[0] * CELL_DEG, 3), round(cell[1] * CELL_DEG, 3)
+
+
+def cell_tag(cell: tuple[int, int]) -> str:
+    """The ``cell`` tag of ``waste_cell_1d``: ``35060_134005``."""
+    return f"{cell[0]}_{cell[1]}"
+
+
+def cell_from_tag(tag: str) -> tuple[int, int] | None:
+    """The cell a ``cell`` tag names, or None (:data:`NO_CELL` or not a cell)."""
+    m = _CELL_RE.fullmatch(tag)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def jst_day(ms: int) -> int:

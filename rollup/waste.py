@@ -1,10 +1,15 @@
-"""Waste per district and JST day: ``waste_district_1d`` (docs/api.md "Pre-aggregation", docs/trucks.md).
+"""Waste per district and JST day, and per collection-point cell: ``waste_district_1d``, ``waste_cell_1d`` (docs/api.md "Pre-aggregation", docs/trucks.md).
 
 * A row per (JST day, district tag) with pickups: ``kg`` the sum of the pickups' ``kg``, ``pickups`` their number,
   summed by InfluxDB itself (``GROUP BY time(1d), "district" ... tz('Asia/Tokyo')``), stamped at the day's start.
   ``unknown`` (the trucks' tag of a pickup outside every district) is a district like the others.
 * Unusable pickups are skipped and counted: ``kg`` outside 0 to :data:`~cityos.rollups.MAX_PICKUP_KG`, a
   district tag missing or not an id.
+* A row per (JST day, collection-point cell, district tag) in ``waste_cell_1d``: the same pickups' ``kg`` (summed
+  exactly, :func:`math.fsum`) and ``pickups``, binned in Python by :func:`~cityos.rollups.cell_of` (InfluxQL cannot
+  group by a field), with the cell's centre; the pickups without a position in the cell ``none``. Read one day at a
+  time. A pickup the district sums use but a cell cannot (a ``device`` tag not an id, a position out of range or
+  only one of ``lat``/``lon``) is skipped and counted too, so each unusable pickup is counted once.
 * **Late data**: a day is recomputed on every pass until ``recompute_days`` days after it ended (a row of the
   same day and district overwrites the previous one), then left as it is. The job's progress point is the first
   day still recomputed; the first pass starts at the JST day of the oldest pickup. Waste per district is not
@@ -13,10 +18,24 @@
 
 from __future__ import annotations
 
+import math
 import re
+from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
-from cityos.rollups import DAY_MS, MAX_PICKUP_KG, WASTE_1D, WASTE_COLLECTION, jst_day
+from cityos.rollups import (
+    DAY_MS,
+    MAX_PICKUP_KG,
+    NO_CELL,
+    WASTE_1D,
+    WASTE_CELL_1D,
+    WASTE_COLLECTION,
+    cell_centre,
+    cell_of,
+    cell_tag,
+    jst_day,
+)
 from cityos.wire import ID_PATTERN
 from rollup.report import JobReport
 from rollup.store import Store, line
@@ -36,6 +55,43 @@ def _statements(start_ms: int, end_ms: int) -> str:
             f'"kg" >= 0 AND "kg" <= {MAX_PICKUP_KG:g} GROUP BY time(1d), "district" fill(none) {TZ}; '
             f'SELECT count("kg") AS "bad" FROM "{WASTE_COLLECTION}" WHERE {where} AND ("kg" < 0 OR "kg" > '
             f'{MAX_PICKUP_KG:g})')
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def cell_lines(store: Store, start_ms: int, end_ms: int) -> tuple[list[str], int]:
+    """``waste_cell_1d`` rows of the JST days in ``[start_ms, end_ms)`` (day-aligned), and the number of pickups
+    only the cells could not use (kg missing, a device tag not an id, a position out of range or half missing;
+    a kg out of range or a district tag not an id is counted by the district sums)."""
+    lines: list[str] = []
+    skipped = 0
+    for day in range(start_ms, end_ms, DAY_MS):
+        acc: dict[tuple[tuple[int, int] | None, str], list[float]] = defaultdict(list)
+        for s in store.rows(store.source, f'SELECT "kg", "lat", "lon" FROM "{WASTE_COLLECTION}" WHERE time >= '
+                                          f'{day}ms AND time < {day + DAY_MS}ms GROUP BY "device", "district"'):
+            district = s["tags"].get("district") or ""
+            device_ok = bool(_ID_RE.fullmatch(s["tags"].get("device") or ""))
+            for r in s["rows"]:
+                kg = _number(r.get("kg"))
+                if (kg is not None and not 0 <= kg <= MAX_PICKUP_KG) or not _ID_RE.fullmatch(district):
+                    continue  # counted by the district sums
+                lat, lon = _number(r.get("lat")), _number(r.get("lon"))
+                no_pos = r.get("lat") is None and r.get("lon") is None
+                pos_ok = lat is not None and lon is not None and -90 <= lat <= 90 and -180 <= lon <= 180
+                if kg is None or not device_ok or not (no_pos or pos_ok):
+                    skipped += 1
+                    continue
+                cell = None if no_pos or lat is None or lon is None else cell_of(lat, lon)
+                acc[(cell, district)].append(kg)
+        for (cell, district), kgs in sorted(acc.items(), key=lambda x: (x[0][0] or (0, 0), x[0][1])):
+            fields: dict[str, float | int] = {"kg": math.fsum(kgs), "pickups": len(kgs)}
+            if cell is not None:
+                fields["lat"], fields["lon"] = cell_centre(cell)
+            lines.append(line(WASTE_CELL_1D, {"cell": NO_CELL if cell is None else cell_tag(cell),
+                                              "district": district}, fields, day))
+    return lines, skipped
 
 
 def waste_pass(store: Store, recompute_days: int, now_ms: int, stop: Callable[[], bool],
@@ -68,8 +124,10 @@ def waste_pass(store: Store, recompute_days: int, now_ms: int, stop: Callable[[]
                 lines.append(line(WASTE_1D, {"district": district}, {"kg": float(r["kg"]), "pickups": n},
                                   int(r["time"])))
         lines.sort(key=lambda x: int(x.rsplit(" ", 1)[1]))
+        cells, bad_cells = cell_lines(store, cursor, end)
+        rep.skipped += bad_cells
         done = max(done, min(end, settled))
-        store.write(lines, JOB, done)
+        store.write(lines + cells, JOB, done)
         rep.rows += len(lines)
         rep.batches += 1
         rep.until_ms = done

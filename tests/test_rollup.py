@@ -10,6 +10,7 @@ field ``energy_fixed_kwh`` at :00/:30, a meter may add milliseconds; ``waste_col
 
 from __future__ import annotations
 
+import math
 import random
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from helpers import influx_query, influx_write
 from citylab.stack import INFLUX_ROLLUP, StackInfo, influx_settings
 from cityos.config import ConfigError
 from cityos.influx import InfluxClient, InfluxError
-from cityos.rollups import DAY_MS, ENERGY_1D, ENERGY_30M, SLOT_MS, WASTE_1D, target_db
+from cityos.rollups import DAY_MS, ENERGY_1D, ENERGY_30M, SLOT_MS, WASTE_1D, WASTE_CELL_1D, cell_of, target_db
 from cityos_api.opendata import JST
 from rollup import RollupConfig, load_config, run_once
 
@@ -248,6 +249,61 @@ def test_waste_days_are_recomputed_within_recompute_days_and_not_before(stack, i
     assert second[("chuo", d[0])] == (150.5, 2), "a day past recompute_days is left as it is"
     assert second[("chuo", d[4])] == (50.0, 2) and second[("innosho", d[4])] == (5.0, 1)
     assert rep.waste.rows == 2  # the 22nd .. the 25th: two rows on the 24th
+
+
+def cells(info: StackInfo, db: str) -> dict[tuple[str, str, int], tuple[float, int, float | None, float | None]]:
+    """``waste_cell_1d``: (cell, district, day) → (kg, pickups, lat, lon)."""
+    return {(s["tags"]["cell"], s["tags"]["district"], int(v[0])): tuple(v[1:])
+            for s in influx_query(info, target_db(db), f'SELECT "kg", "pickups", "lat", "lon" FROM "{WASTE_CELL_1D}" '
+                                                       'GROUP BY "cell", "district"') for v in s["values"]}
+
+
+def test_waste_cells_sum_every_pickup_exactly_and_are_recomputed_like_the_districts(stack, influx_db):
+    info = stack.info()
+    d = [_day(2026, 11, 20 + i) for i in range(6)]  # the 20th .. the 25th
+    rng = random.Random(3)
+    lines = []
+    truth: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for k in range(400):  # 0.1 kg steps summed in binary floats: fsum keeps the cell's kg exact
+        day = d[k % 2 * 4]  # the 20th (settled) and the 24th (recomputed)
+        lat, lon = 35.06 + rng.randint(0, 40) * 0.0003, 134.0 + rng.randint(0, 40) * 0.0004
+        kg = rng.randint(1, 900) / 10
+        dist = ("chuo", "innosho")[k % 3 == 0]
+        lines.append(f"waste_collection,device=truck-0{k % 3},district={dist} kg={kg},lat={lat},lon={lon} "
+                     f"{day + 3_600_000 + k * 1000}")
+        i, j = cell_of(lat, lon)
+        truth[(f"{i}_{j}", dist, day)].append(kg)
+    # unusable: a latitude out of range, a half position, a device tag not an id (each counted once, here); a
+    # negative kg and no district (counted by the district sums); no position at all: the cell "none"
+    lines += [f"waste_collection,device=truck-01,district=chuo kg=5,lat=95.0,lon=134.0 {d[4] + 10}",
+              f"waste_collection,device=truck-01,district=chuo kg=5,lat=35.0 {d[4] + 11}",
+              rf"waste_collection,device=Truck\ 1,district=chuo kg=5,lat=35.06,lon=134.0 {d[4] + 12}",
+              f"waste_collection,device=truck-01,district=chuo kg=-5,lat=35.06,lon=134.0 {d[4] + 13}",
+              f"waste_collection,device=truck-01 kg=5,lat=35.06,lon=134.0 {d[4] + 14}",
+              f"waste_collection,device=truck-01,district=chuo kg=7.5 {d[4] + 15}",
+              f"waste_collection,device=truck-01,district=chuo kg=2.5 {d[4] + 16}"]
+    influx_write(info, influx_db, lines)
+    now = d[5] + 12 * 3_600_000
+    rep = run_once(_config(info, influx_db), now)
+    assert rep.waste.skipped == 5, rep.summary()
+    want = {(c, dist, day): (math.fsum(kgs), len(kgs)) for (c, dist, day), kgs in truth.items()}
+    got = cells(info, influx_db)
+    assert got.pop(("none", "chuo", d[4])) == (10.0, 2, None, None), "the pickups without a position"
+    assert {k: v[:2] for k, v in got.items()} == want
+    for (c, _, _), (_, _, lat, lon) in got.items():  # the cell's centre, as the API serves it
+        i, j = (int(x) for x in c.split("_"))
+        assert (lat, lon) == (round(i * 0.001, 3), round(j * 0.001, 3))
+    districts = sum(v["pickups"] for v in rows(info, influx_db, WASTE_1D).values())
+    assert sum(v[1] for v in got.values()) + 2 + 3 == districts, "the same pickups as per district, but 3"
+
+    # late pickups: for the 20th (past recompute_days: left as it is) and the 24th (recomputed)
+    influx_write(info, influx_db, [f"waste_collection,device=truck-01,district=chuo kg=1000,lat=35.06,lon=134.0 "
+                                   f"{d[0] + 9_000_000}",
+                                   f"waste_collection,device=truck-01,district=chuo kg=2.5 {d[4] + 9_000_000}"])
+    run_once(_config(info, influx_db), now + 600_000)
+    again = cells(info, influx_db)
+    assert again[("none", "chuo", d[4])][:2] == (12.5, 3)
+    assert {k: v for k, v in again.items() if k[2] == d[0]} == {k: v for k, v in got.items() if k[2] == d[0]}
 
 
 def test_influxdb_down_exits_1_with_one_line(tmp_path: Path):
