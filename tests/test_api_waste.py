@@ -6,8 +6,9 @@ Points are written as the ingest writes them: wire-contract ``truck_collection``
 2026-12-01 (a month boundary too): truck-01 runs a trip on the 30th and one across midnight (pickups at 23:59 and
 00:01 JST, and one without a position), truck-02 one trip on the 1st with a pickup whose kg cannot be served and
 one with a latitude out of range (in its district's totals and its trip, skipped from the collection points).
-The district routes read the rollups: one pass of the rollup service (``rollup.run_once``, as of 2026-12-02) sums
-the days into ``waste_district_1d`` and counts the pickup it could not use.
+The district routes and the collection points read the rollups: one pass of the rollup service (``rollup.run_once``,
+as of 2026-12-02) sums the days into ``waste_district_1d`` and ``waste_cell_1d`` and counts the pickups it could not
+use (the negative kg; the latitude of 95, which only the cells cannot use).
 """
 
 from __future__ import annotations
@@ -175,8 +176,9 @@ def test_daily_kg_per_district_and_jst_day(client, rollup_report):
     assert (inno["district_name_ja"], inno["district_name_en"]) == ("院庄", "Innosho")
     unknown = next(r for r in doc["items"] if r["district"] == "unknown")
     assert unknown["district_name_en"].startswith("unknown")
-    # the negative kg is left out of the sums and counted, by the rollup that summed them; the rows all serve
-    assert rollup_report.waste.skipped == 1 and rollup_report.waste.rows == len(DAILY)
+    # the negative kg is left out of the sums and counted, by the rollup that summed them (and the latitude of 95,
+    # left out of the collection points); the rows all serve
+    assert rollup_report.waste.skipped == 2 and rollup_report.waste.rows == len(DAILY)
     assert _skipped(client, "waste_district_1d") - before == 0
 
     one = client.get(f"/v1/waste/districts/daily?from={D2}T12:00:00%2B09:00&to={D2}T13:00:00%2B09:00"
@@ -236,9 +238,9 @@ def test_trips_per_truck_and_day(client, service):
 
 def test_collection_points(client, service):
     url = f"/v1/waste/collection-points?from={D1}&to=2026-12-02"
-    before = _skipped(client, "waste_collection")
+    before = _skipped(client, "waste_cell_1d")
     doc = client.get(url, headers=service).json()
-    assert _skipped(client, "waste_collection") - before == 2  # the negative kg, the latitude of 95
+    assert _skipped(client, "waste_cell_1d") - before == 0, "the rollup counted the negative kg and latitude of 95"
     assert doc["pickups_without_position"] == 1
     got = {(r["lat"], r["lon"], r["district"]): (r["kg"], r["pickups"]) for r in doc["items"]}
     assert got == {
@@ -254,6 +256,26 @@ def test_collection_points(client, service):
     assert pages == 3 and rows == doc["items"]
     only = client.get(url + "&district=innosho", headers=service).json()["items"]
     assert {r["district"] for r in only} == {"innosho"} and len(only) == 2
+    assert client.get(url + "&district=ichinomiya", headers=service).json()["pickups_without_position"] == 0
+
+
+def test_collection_points_are_whole_jst_days_of_the_rollup(client, service, stack_info, waste):
+    url = f"/v1/waste/collection-points?from={D2}T09:05:00%2B09:00&to={D2}T09:15:00%2B09:00"
+    doc = client.get(url, headers=service).json()
+    assert doc["from"] == "2026-12-01T00:00:00+09:00" and doc["to"] == "2026-12-02T00:00:00+09:00", \
+        "a day partly in the range counts whole, as the districts' days"
+    got = {(r["lat"], r["lon"], r["district"]): (r["kg"], r["pickups"]) for r in doc["items"]}
+    assert got == {(35.095, 134.015, "ichinomiya"): (60.0, 1), (35.06, 133.96, "innosho"): (450.5, 2),
+                   (35.065, 133.965, "innosho"): (75.0, 1)}
+    assert doc["pickups_without_position"] == 1
+    # a pickup the rollup has not summed yet is listed after its next pass, as in the districts' days
+    _write(stack_info, waste, "gw-truck-02", [_pickup("truck-02", _ms(D2, 11, 0), "innosho", 24.5, 2, 1, INNO_A)])
+    assert client.get(url, headers=service).json()["items"] == doc["items"]
+    run_once(RollupConfig.model_validate({"influx": influx_settings(stack_info, "rollup", waste)}),
+             _ms("2026-12-02", 6, 10))
+    again = {(r["lat"], r["lon"], r["district"]): (r["kg"], r["pickups"])
+             for r in client.get(url, headers=service).json()["items"]}
+    assert again == {**got, (35.06, 133.96, "innosho"): (475.0, 3)}
 
 
 def test_csv(client, service):

@@ -15,7 +15,8 @@ disposal site (``kg_collected``, ``kg_unloaded``, ``pickups``, ``distance_km``, 
   districts its pickups were in.
 * **Collection points** (``service``): pickups grouped by a cell of 0.001° of latitude and longitude (about
   110 m x 90 m here) and district: the data carries no stop id, and a pickup is at a shared collection point
-  (ごみステーション), so a cell is one or more stations, never a household's bin by design.
+  (ごみステーション), so a cell is one or more stations, never a household's bin by design. Whole JST days, read
+  from the rollups' database (``waste_cell_1d``: the days of each cell summed by InfluxDB), like the districts.
 
 A stored point that cannot be served (``kg`` missing or outside 0 to :data:`MAX_PICKUP_KG`, a coordinate out of
 range, no district tag) is skipped and counted (``api.skipped``); InfluxDB failing is 503 (``api.read``).
@@ -39,7 +40,18 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Query, Response
 
 from cityos.influx import QueryFn, query_results
-from cityos.rollups import DAY_MS, MAX_PICKUP_KG, WASTE_1D, jst_day, target_results
+from cityos.rollups import (
+    CELL_DEG,
+    DAY_MS,
+    MAX_PICKUP_KG,
+    NO_CELL,
+    WASTE_1D,
+    WASTE_CELL_1D,
+    cell_centre,
+    cell_from_tag,
+    jst_day,
+    target_results,
+)
 from cityos.wire import ID_PATTERN
 from cityos_api.auth import OPEN, SERVICE
 from cityos_api.core import Api
@@ -63,11 +75,12 @@ __all__ = [
     "Pickup",
     "Trip",
     "TruckLoad",
-    "cell_of",
+    "fetch_cells",
     "fetch_district_days",
     "fetch_district_months",
     "fetch_loads",
     "fetch_pickups",
+    "fetch_trip_pickups",
     "fetch_trips",
     "link_next",
     "page",
@@ -79,8 +92,6 @@ TRIP = "waste_trip"
 UNKNOWN = "unknown"
 #: A trip's load; larger is a broken point.
 MAX_TRIP_KG = 100_000.0
-#: Collection points: cells of this many degrees of latitude and of longitude (35° N: ~111 m x ~91 m).
-CELL_DEG = 0.001
 #: Pickups of a trip are looked for at most this long before the day the trip ended.
 TRIP_LOOKBACK = timedelta(days=3)
 DAILY = Span(default=timedelta(days=30), longest=timedelta(days=400))
@@ -112,11 +123,6 @@ def _num(v: Any) -> float | None:
 def _kg(v: Any, most: float = MAX_PICKUP_KG) -> float | None:
     x = _num(v)
     return x if x is not None and 0 <= x <= most else None
-
-
-def cell_of(lat: float, lon: float) -> tuple[int, int]:
-    """The collection-point cell (indices of :data:`CELL_DEG` steps, rounded to the nearest)."""
-    return round(lat / CELL_DEG), round(lon / CELL_DEG)
 
 
 def page(rows: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], tuple[Any, ...]],
@@ -204,6 +210,31 @@ def fetch_district_months(query: QueryFn, db: str, months: Sequence[tuple[int, i
     return out, unusable
 
 
+def fetch_cells(query: QueryFn, db: str, tr: TimeRange, district: str | None
+                ) -> tuple[dict[tuple[tuple[int, int] | None, str], tuple[float, int]], int]:
+    """(cell, district) → (kg, pickups) over the JST days of ``tr`` (whole days), the rollup's ``waste_cell_1d``
+    days summed by InfluxDB (one row per cell and district); the cell None holds the pickups without a position.
+    And the number of the rollup's cell series that could not be used (a tag not a cell or not a district)."""
+    results = target_results(query, db, f'SELECT sum("kg") AS "kg", sum("pickups") AS "pickups" FROM '
+                                        f'"{WASTE_CELL_1D}" WHERE {_kg_where(tr, district)} AND "kg" >= 0 AND '
+                                        f'"pickups" >= 0 GROUP BY "cell", "district"') or [{}]
+    out: dict[tuple[tuple[int, int] | None, str], tuple[float, int]] = {}
+    unusable = 0
+    for s in results[0].get("series", []):
+        tag = (s.get("tags") or {}).get("cell") or ""
+        cell = cell_from_tag(tag)
+        d = _district_tag(s)
+        for row in _rows(s):
+            kg, n = _num(row.get("kg")), _num(row.get("pickups"))
+            if not n:
+                continue
+            if d is None or kg is None or n is None or (cell is None and tag != NO_CELL):
+                unusable += 1
+                continue
+            out[(cell, d)] = (kg, int(n))
+    return out, unusable
+
+
 @dataclass(frozen=True)
 class Pickup:
     truck: str
@@ -223,6 +254,26 @@ def fetch_pickups(query: QueryFn, db: str, tr: TimeRange, truck: str | None = No
     where = tr.where() + (f' AND "device" = {literal(truck)}' if truck else "")
     (series,) = _series(*query(db, f'SELECT "kg", "lat", "lon", "trip_no" FROM "{COLLECTION}" WHERE {where} '
                                    f'GROUP BY "device", "district"'))
+    return _pickups(series, located)
+
+
+def fetch_trip_pickups(query: QueryFn, db: str, trips: Sequence[Trip], lookback_from_ms: int
+                       ) -> tuple[list[Pickup], int]:
+    """The servable pickups within the trips' own spans (per truck, from its first trip's start, not before
+    ``lookback_from_ms``, to its last trip's end), without positions (a trip's districts need none); and the
+    number skipped, as :func:`fetch_pickups`. One statement per truck, in one request."""
+    spans: dict[str, tuple[int, int]] = {}
+    for t in trips:
+        a, b = spans.get(t.truck, (t.start_ms, t.end_ms))
+        spans[t.truck] = (min(a, t.start_ms), max(b, t.end_ms))
+    if not spans:
+        return [], 0
+    stmts = [f'SELECT "kg", "trip_no" FROM "{COLLECTION}" WHERE time >= {max(a, lookback_from_ms)}ms AND time <= '
+             f'{b}ms AND "device" = {literal(dev)} GROUP BY "device", "district"' for dev, (a, b) in sorted(spans.items())]
+    return _pickups([s for series in _series(*query(db, "; ".join(stmts))) for s in series], False)
+
+
+def _pickups(series: Sequence[dict[str, Any]], located: bool) -> tuple[list[Pickup], int]:
     out: list[Pickup] = []
     skipped = 0
     for s in series:
@@ -522,8 +573,8 @@ def router(api: Api) -> APIRouter:
         trips, skipped = api.read(fetch_trips, tr, truck)
         api.skipped(TRIP, skipped)
         if trips:
-            lo = max(min(t.start_ms for t in trips), tr.start_ms - int(TRIP_LOOKBACK.total_seconds() * 1000))
-            pickups, bad_pickups = api.read(fetch_pickups, TimeRange(lo, tr.end_ms), truck)
+            lo = tr.start_ms - int(TRIP_LOOKBACK.total_seconds() * 1000)
+            pickups, bad_pickups = api.read(lambda q, db: fetch_trip_pickups(q, db, trips, lo))
             api.skipped(COLLECTION, bad_pickups)
             attach_pickups(trips, pickups)
         return day, tr, trips
@@ -596,28 +647,19 @@ def router(api: Api) -> APIRouter:
         cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
         fmt: FormatQuery = "json",
     ) -> Response:
-        """Pickups per collection-point cell (0.001° x 0.001°, ~110 m x ~90 m) and district: count and kg. A
-        pickup is at a shared collection point (ごみステーション), so a cell is one or more stations, never a
-        household. Pickups without a position are counted in `pickups_without_position`."""
+        """Pickups per collection-point cell (0.001° x 0.001°, ~110 m x ~90 m) and district over whole JST days:
+        count and kg. A pickup is at a shared collection point (ごみステーション), so a cell is one or more
+        stations, never a household. Pickups without a position are counted in `pickups_without_position`."""
         d = district_filter(district)
-        tr = time_range(frm, to, POINTS, now_ms())
+        tr = whole_days(time_range(frm, to, POINTS, now_ms()))
         after = decode_cursor(cursor, {"lat_cell": int, "lon_cell": int, "district": str})
-        pickups, skipped = api.read(lambda q, db: fetch_pickups(q, db, tr, located=True))
-        api.skipped(COLLECTION, skipped)
-        acc: dict[tuple[int, int, str], list[float]] = defaultdict(lambda: [0.0, 0])
-        without = 0
-        for p in pickups:
-            if d is not None and p.district != d:
-                continue
-            if p.lat is None or p.lon is None:
-                without += 1
-                continue
-            a = acc[(*cell_of(p.lat, p.lon), p.district)]
-            a[0] += p.kg
-            a[1] += 1
-        rows = [{"lat": round(i * CELL_DEG, 3), "lon": round(j * CELL_DEG, 3), "cell_deg": CELL_DEG,
-                 **named(dist), "pickups": int(n), "kg": _r3(kg), "_key": (i, j, dist)}
-                for (i, j, dist), (kg, n) in acc.items()]
+        cells, unusable = api.read(lambda query, _db: fetch_cells(query, api.settings.rollup_db, tr, d))
+        api.skipped(WASTE_CELL_1D, unusable)
+        without = sum(n for (cell, _), (_, n) in cells.items() if cell is None)
+        rows = [{"lat": lat, "lon": lon, "cell_deg": CELL_DEG, **named(dist), "pickups": n, "kg": _r3(kg),
+                 "_key": (*cell, dist)}
+                for (cell, dist), (kg, n) in cells.items() if cell is not None
+                for lat, lon in (cell_centre(cell),)]
         items, nxt = page(rows, lambda x: x["_key"], None if after is None else
                           (after["lat_cell"], after["lon_cell"], after["district"]), limit)
         items = [{k: v for k, v in x.items() if k != "_key"} for x in items]

@@ -4,7 +4,7 @@ data functions (``fetch_loads``, ``fetch_trips``, ``fetch_district_days``): this
 
 * ``urn:ngsi-ld:Vehicle:<truck>`` (dataModel.Transportation ``Vehicle``): ``vehicleType`` ``lorry``, ``category``
   ``[municipalServices]``, ``serviceProvided`` ``[garbageCollection]``, ``fleetVehicleId``; ``location`` where the
-  truck last loaded (the centre of the pickup's collection-point cell, ``truck.cell_of``: the trucks report a
+  truck last loaded (the centre of the pickup's collection-point cell, ``cityos.rollups.cell_of``: the trucks report a
   position only with a pickup, and never a bin's exact spot); ``cargoWeight`` (KGM) the load after the newest
   pickup, or what is left after the unload that ended its newest trip. History of both.
 * ``urn:ngsi-ld:WasteObserved:<district>`` (dataModel.WasteManagement ``WasteObserved``): waste collected in the
@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from cityos.rollups import cell_centre, cell_of
 from cityos_api.core import Api
 from cityos_api.families import truck
 from cityos_api.ngsi_ld import Aggregates, Attr, AttrInfo, Entity, History, TypeInfo, aggregate, urn
@@ -80,8 +81,8 @@ def _local(entity_id: str, type_name: str) -> str | None:
 
 def _point(lat: float, lon: float) -> dict[str, Any]:
     """The centre of the collection-point cell (~110 m x 90 m) holding (lat, lon)."""
-    i, j = truck.cell_of(lat, lon)
-    return {"type": "Point", "coordinates": [round(j * truck.CELL_DEG, 3), round(i * truck.CELL_DEG, 3)]}
+    c_lat, c_lon = cell_centre(cell_of(lat, lon))
+    return {"type": "Point", "coordinates": [c_lon, c_lat]}
 
 
 def _cargo(loads: Sequence[truck.TruckLoad], trips: Sequence[truck.Trip]) -> dict[str, list[tuple[float, int]]]:
