@@ -704,28 +704,38 @@ def cases_for(paths: list[str], now_ms: int, start_ms: int, types: list[str]) ->
                 out.append(Case(route, f"type={t} (default limit 20)", route, {"type": t}))
                 out.append(Case(route, f"type={t}, limit 1000 (longest)", route, {"type": t, "limit": "1000"}))
             continue
-        if route == "/ngsi-ld/v1/temporal/entities":
+        if route in ("/ngsi-ld/v1/temporal/entities", "/ngsi-ld/v1/temporal/entities/{entityId}"):
+            # aggregate periods as a client asks for them: from a whole hour (PT1H), from a JST midnight (P1D);
+            # periods of whole rollup rows are served from the rollups (docs/ngsi-ld.md), others from raw points:
+            # one such case (timeAt 30 days before now to the second) is measured too
+            def z(ms: int) -> str:
+                return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+            hour = now_ms - now_ms % 3_600_000
+            now_s, day_a, month_h = z(now_ms), z(hour - DAY_MS), z(hour - 30 * DAY_MS)
+            month_d = z(jst_midnight(now_ms) - 30 * DAY_MS)
+            agg = {"options": "aggregatedValues", "aggrMethods": "sum,avg,max", "timerel": "between"}
+            if route == "/ngsi-ld/v1/temporal/entities/{entityId}":
+                out.append(Case(route, "default: last 24 h", fill(route)))
+                out.append(Case(route, "aggregatedValues PT1H, 30 days from a whole hour", fill(route), {
+                    **agg, "aggrPeriodDuration": "PT1H", "timeAt": month_h, "endTimeAt": now_s}))
+                continue
             for t in types:
-                day_a = datetime.fromtimestamp((now_ms - DAY_MS) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-                now_s = datetime.fromtimestamp(now_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-                month_a = datetime.fromtimestamp((now_ms - 30 * DAY_MS) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-                agg = {"type": t, "options": "aggregatedValues", "aggrMethods": "sum,avg,max", "timerel": "between"}
-                out.append(Case(route, f"type={t}, aggregatedValues PT1H, last 24 h, 20 entities", route,
-                                {**agg, "aggrPeriodDuration": "PT1H", "timeAt": day_a, "endTimeAt": now_s}))
-                out.append(Case(route, f"type={t}, aggregatedValues P1D, 30 days, limit 100 (longest page)", route,
-                                {**agg, "aggrPeriodDuration": "P1D", "timeAt": month_a, "endTimeAt": now_s,
-                                 "limit": "100"}))
+                out.append(Case(route, f"type={t}, aggregatedValues PT1H, last 24 h from a whole hour, 20 entities",
+                                route, {"type": t, **agg, "aggrPeriodDuration": "PT1H", "timeAt": day_a,
+                                        "endTimeAt": now_s}))
+                out.append(Case(route, f"type={t}, aggregatedValues P1D, 30 days from a JST midnight, limit 100 "
+                                       "(longest page)", route, {"type": t, **agg, "aggrPeriodDuration": "P1D",
+                                                                 "timeAt": month_d, "endTimeAt": now_s,
+                                                                 "limit": "100"}))
                 out.append(Case(route, f"type={t}, temporalValues, last 24 h, 20 entities", route,
                                 {"type": t, "options": "temporalValues", "timerel": "between", "timeAt": day_a,
                                  "endTimeAt": now_s}))
-            continue
-        if route == "/ngsi-ld/v1/temporal/entities/{entityId}":
-            month_a = datetime.fromtimestamp((now_ms - 30 * DAY_MS) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            now_s = datetime.fromtimestamp(now_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            out.append(Case(route, "default: last 24 h", fill(route)))
-            out.append(Case(route, "aggregatedValues PT1H, 30 days", fill(route), {
-                "options": "aggregatedValues", "aggrMethods": "sum,avg,max", "aggrPeriodDuration": "PT1H",
-                "timerel": "between", "timeAt": month_a, "endTimeAt": now_s}))
+                if t == "WeatherObserved":
+                    out.append(Case(route, f"type={t}, aggregatedValues P1D, 30 days from now - 30 d to the second "
+                                           "(not whole rows: raw), limit 100", route,
+                                    {"type": t, **agg, "aggrPeriodDuration": "P1D",
+                                     "timeAt": z(now_ms - 30 * DAY_MS), "endTimeAt": now_s, "limit": "100"}))
             continue
         if route in c:
             for name, params, note in c[route]:
