@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -215,3 +215,42 @@ def test_without_the_rollups_database_the_district_routes_are_503(stack_info, ci
         resp = client.get(path if "waste" in path else f"{path}?from={day}&to={day + timedelta(days=1)}")
         assert resp.status_code == 503 and "no_rollups_here" not in resp.text, (path, resp.text)
     assert "no_rollups_here" in caplog.text and "cityos rollup" in caplog.text
+
+
+def test_ngsi_ld_energy_per_district_shows_published_half_hours_only(stack_info, city, tmp_path):
+    """The NGSI-LD facade's DistrictEnergyConsumption: an entity only for districts with a published half hour, an
+    instance only per published half hour (the same cells as the open route), aggregates made of those alone."""
+    client, toks = _client(stack_info, city, tmp_path)
+    auth = {"Authorization": f"Bearer {toks[SERVICE]}"}
+    v = "/ngsi-ld/v1"
+    resp = client.get(f"{v}/entities", params={"type": "DistrictEnergyConsumption"}, headers=auth)
+    assert resp.status_code == 200, resp.text
+    assert [e["id"] for e in resp.json()] == ["urn:ngsi-ld:DistrictEnergyConsumption:d10",
+                                              "urn:ngsi-ld:DistrictEnergyConsumption:d11"]
+    for d in ("d1", "d2", "d9"):
+        assert client.get(f"{v}/entities/urn:ngsi-ld:DistrictEnergyConsumption:{d}", headers=auth).status_code == 404
+    t0 = city["t0"]
+
+    def z(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, JST).isoformat()
+
+    rng = {"timerel": "between", "timeAt": z(t0), "endTimeAt": z(t0 + 86_400_000)}
+    for d, shown in (("d10", 46), ("d11", 48)):
+        eid = f"urn:ngsi-ld:DistrictEnergyConsumption:{d}"
+        got = client.get(f"{v}/temporal/entities/{eid}", params={**rng, "options": "temporalValues"},
+                         headers=auth).json()
+        truth = {s: kn for s, kn in _sums(city["truth"], d).items() if kn[1] >= MIN_HOUSEHOLDS}
+        assert len(truth) == shown
+        values = got["consumption"]["values"]
+        assert [(round(x, 3), t) for x, t in values] == [
+            (kwh, datetime.fromtimestamp(s / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            for s, (kwh, _) in sorted(truth.items())]
+        assert [n for n, _ in got["householdCount"]["values"]] == [n for _, (_, n) in sorted(truth.items())]
+        agg = client.get(f"{v}/temporal/entities/{eid}", params={**rng, "options": "aggregatedValues",
+                                                                 "aggrMethods": "sum,totalCount", "attrs": "consumption"},
+                         headers=auth).json()
+        assert agg["consumption"]["totalCount"][0][0] == shown
+        assert agg["consumption"]["sum"][0][0] == pytest.approx(sum(kwh for kwh, _ in truth.values()))
+    body = client.get(f"{v}/temporal/entities", params={"type": "DistrictEnergyConsumption", **rng},
+                      headers=auth).text
+    assert "hh-" not in body  # no household id in any answer
