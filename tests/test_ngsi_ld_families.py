@@ -36,7 +36,7 @@ from citylab.stack import influx_settings
 from cityos.wire import Reading, TelemetryBatch, checked
 from cityos_api.app import create_app
 from cityos_api.auth import SERVICE, TokenStore, parse_expiry
-from cityos_api.ngsi_ld.temporal import utc
+from cityos_api.ngsi_ld.temporal import aggregate, parse_duration_ms, utc
 from cityos_api.opendata import JST
 from cityos_api.settings import ApiSettings
 from ingest.lineproto import batch_to_lines
@@ -242,6 +242,31 @@ def test_trucks_as_vehicles(city):
         _validator(AGGREGATED, "#/components/schemas/AggregatedEntity"))
     assert agg["cargoWeight"]["max"] == [[530.5, _iso(_ms(D2, 0)), _iso(_ms(TODAY, 0))]]
     assert agg["cargoWeight"]["totalCount"][0][0] == 5 and "location" not in agg
+
+
+@pytest.mark.parametrize(("at", "period"), [(_jst(D1), "P1D"), (_iso(_ms(D1, 10, 2)), "PT1H"),
+                                            (_iso(_ms(D1, 10, 40)), None)])
+def test_vehicle_aggregates_are_those_of_its_instances(city, at, period):
+    """InfluxDB aggregates the loads, the unloads are merged in: the same as aggregating the instances (periods
+    from timeAt; an unload whose trip's loads are before timeAt still counts, its cargo left)."""
+    client, _ = city
+    rng = {"timerel": "between", "timeAt": at, "endTimeAt": _jst(TODAY)}
+    start, end = (int(datetime.fromisoformat(rng[k].replace("Z", "+00:00")).timestamp() * 1000)
+                  for k in ("timeAt", "endTimeAt"))
+    methods = ["totalCount", "sum", "avg", "min", "max", "stddev"]
+    for dev in ("truck-01", "truck-02"):
+        inst = _get(client, f"/temporal/entities/{VEHICLE}{dev}", {**rng, "attrs": "cargoWeight",
+                                                                  "options": "temporalValues"}).json()
+        values = [(v, int(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() * 1000))
+                  for v, t in inst["cargoWeight"]["values"]]
+        want = aggregate(values, methods, parse_duration_ms(period), start, end)
+        got = _get(client, f"/temporal/entities/{VEHICLE}{dev}", {
+            **rng, "attrs": "cargoWeight", "options": "aggregatedValues", "aggrMethods": ",".join(methods),
+            **({"aggrPeriodDuration": period} if period else {})}).json()["cargoWeight"]
+        assert {m: [[pytest.approx(v), utc(t0), utc(t1)] for v, t0, t1 in rows] for m, rows in want.items()} == \
+            {m: got[m] for m in methods if m in got}, (dev, period)
+        if dev == "truck-01" and period is None:  # the loads of its trip are before timeAt, its unload is not
+            assert values[0] == (2.75, _ms(D1, 11, 30)) and got["totalCount"][0][0] == 2
 
 
 def test_waste_per_district_and_day(city):

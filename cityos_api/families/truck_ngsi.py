@@ -18,6 +18,7 @@ An entity exists when its data has something in the last :data:`LOOKBACK_DAYS` d
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +27,7 @@ from cityos.rollups import cell_centre, cell_of
 from cityos_api.core import Api
 from cityos_api.families import truck
 from cityos_api.ngsi_ld import Aggregates, Attr, AttrInfo, Entity, History, TypeInfo, aggregate, urn
+from cityos_api.ngsi_ld.influx import InfluxFields, Target
 from cityos_api.ngsi_ld.temporal import utc
 from cityos_api.params import TimeRange
 
@@ -71,6 +73,8 @@ WASTE = TypeInfo("WasteObserved", {
     "location": _LOCATION,
 }, iri=SDM_WASTE + "WasteObserved")
 TRUCK_TYPES = {t.name: t for t in (VEHICLE, WASTE)}
+#: The pickups' loads aggregated by InfluxDB (the servable ones: as ``truck.fetch_loads``).
+_LOADS = InfluxFields(truck.COLLECTION, valid={"load_kg": (0.0, truck.MAX_TRIP_KG)})
 _STATIC = {"vehicleType": "lorry", "category": ["municipalServices"], "serviceProvided": ["garbageCollection"]}
 
 
@@ -246,16 +250,96 @@ class TruckProvider:
     # ---- aggregates
     def aggregated(self, api: Api, ids: Sequence[str], attrs: Sequence[str], methods: Sequence[str],
                    period_ms: int, start_ms: int, end_ms: int) -> Aggregates:
-        """In Python over the instances (a day per district; a truck's pickups and unloads): ``location`` is a
-        geometry, not aggregated."""
+        """``location`` is a geometry, not aggregated. A truck's ``cargoWeight``: its pickups' loads aggregated
+        by InfluxDB, merged exactly with its unloads' few instances (:meth:`_cargo_aggregates`); with
+        ``distinctCount`` (a set, not mergeable from counts) and for the districts (a day each, from the rollup),
+        in Python over the instances."""
         numeric = [a for a in attrs if a != "location"]
-        hist = self.history(api, ids, numeric, start_ms, end_ms, None, 10**9)
         out: Aggregates = {}
+        trucks = {t: i for i in ids if (t := _local(i, "Vehicle")) is not None}
+        if trucks and "cargoWeight" in numeric and "distinctCount" not in methods:
+            out.update(self._cargo_aggregates(api, trucks, methods, period_ms, start_ms, end_ms))
+            ids = [i for i in ids if _local(i, "Vehicle") is None]
+        hist = self.history(api, ids, numeric, start_ms, end_ms, None, 10**9)
         for i, per in hist.items():
             agg = {a: r for a, inst in per.items() if (r := aggregate(inst, methods, period_ms, start_ms, end_ms))}
             if agg:
                 out[i] = agg
         return out
+
+    def _cargo_aggregates(self, api: Api, trucks: dict[str, str], methods: Sequence[str], period_ms: int,
+                          start_ms: int, end_ms: int) -> Aggregates:
+        """The instances of :meth:`history`'s ``cargoWeight`` aggregated as :func:`aggregate` does (periods from
+        ``start_ms``, none without an instance): the loads' count, sum, extremes (and mean and sample deviation for
+        ``stddev``) per truck and period from InfluxDB (``GROUP BY time``), the unloads' values (the trips that
+        ended in the range, each from its trip's last load, :func:`truck.fetch_last_loads`) added to them."""
+        need = {"totalCount", "sum"} | ({"min", "max"} & set(methods)) | ({"avg", "stddev"} if "stddev" in methods
+                                                                          else set())
+        loads = _LOADS.aggregated(api, {eid: Target(dev, {"cargoWeight": "load_kg"}) for dev, eid in trucks.items()},
+                                  ["cargoWeight"], sorted(need), period_ms, start_ms, end_ms)
+        one = next(iter(trucks)) if len(trucks) == 1 else None
+        trips, bad_trips = api.read(truck.fetch_trips, TimeRange(start_ms, end_ms), one)
+        api.skipped(truck.TRIP, bad_trips)
+        trips = [t for t in trips if t.truck in trucks and t.kg_unloaded is not None]
+        last, _ = api.read(lambda q, db: truck.fetch_last_loads(q, db, trips, start_ms - TRIP_LOOKBACK_MS))
+        # truck → period start → [count, sum, min, max, mean, stddev] of the loads, then the unloads' values
+        groups: dict[str, dict[int, tuple[dict[str, float], list[float]]]] = {}
+        for dev, eid in trucks.items():
+            per = (loads.get(eid) or {}).get("cargoWeight") or {}
+            for m, inst in per.items():
+                for v, t0, _t1 in inst:
+                    groups.setdefault(dev, {}).setdefault(t0, ({}, []))[0][m] = float(v)
+        for t in trips:
+            before = last.get((t.truck, t.trip_no, t.end_ms))
+            if before is None or t.kg_unloaded is None or not start_ms <= t.end_ms < end_ms:
+                continue
+            t0 = start_ms + (t.end_ms - start_ms) // period_ms * period_ms if period_ms else start_ms
+            groups.setdefault(t.truck, {}).setdefault(t0, ({}, []))[1].append(round(max(0.0, before -
+                                                                                         t.kg_unloaded), 3))
+        out: Aggregates = {}
+        for dev, per_period in groups.items():
+            res: dict[str, list[tuple[float | int, int, int]]] = {}
+            for t0, (a, extra) in sorted(per_period.items()):
+                t1 = min(t0 + period_ms, end_ms) if period_ms else end_ms
+                for m in methods:
+                    r = _merged(m, a, extra)
+                    if r is not None:
+                        res.setdefault(m, []).append((r, t0, t1))
+            if res:
+                out[trucks[dev]] = {"cargoWeight": res}
+        return out
+
+
+def _merged(method: str, a: dict[str, float], extra: list[float]) -> float | int | None:
+    """``method`` over a period's loads (InfluxDB's ``totalCount``, ``sum``, ``min``, ``max``, ``avg``,
+    ``stddev`` in ``a``; none when the period has no load) and its unloads' values ``extra``."""
+    n_a = int(a.get("totalCount", 0))
+    n = n_a + len(extra)
+    if n == 0:
+        return None
+    total = a.get("sum", 0.0) + sum(extra)
+    if method == "totalCount":
+        return n
+    if method == "sum":
+        return total
+    if method == "avg":
+        return total / n
+    if method in ("min", "max"):
+        f = min if method == "min" else max
+        return f([*([a[method]] if n_a else []), *extra])
+    if method == "stddev":  # the sample's (none for one value): the loads' squared deviations merged (Chan et al.)
+        if n < 2:
+            return None
+        mean_a = a.get("avg", 0.0)
+        m2 = (a.get("stddev") or 0.0) ** 2 * (n_a - 1) if n_a > 1 else 0.0
+        mean, count = mean_a, n_a
+        for x in extra:
+            count += 1
+            d = x - mean
+            mean += d / count
+            m2 += d * (x - mean)
+        return math.sqrt(m2 / (n - 1))
+    raise ValueError(f"not an aggregation method here: {method!r}")
 
 
 def provider(api: Api) -> TruckProvider:
