@@ -88,6 +88,7 @@ __all__ = [
     "forest_row",
     "forest_stored",
     "household_half_hours",
+    "job_progress",
     "jst_day",
     "numeric_fields",
     "target_db",
@@ -389,11 +390,10 @@ def _forest_rows(results: Iterable[Mapping[str, Any]]) -> list[tuple[str, int, d
     return out
 
 
-def forest_progress(query: QueryFn, rollup_db: str) -> int | None:
-    """Where the forest rollup stands (rows are complete before it), or None: nothing rolled up yet, or the
-    rollups' database not there for this user (logged, :func:`target_results`); a reader then reads raw points
-    only: slower, never wrong (the forest is public-safety data; its rollups only make it fast)."""
-    q = f'SELECT last("until_ms") AS "until_ms" FROM "{PROGRESS}" WHERE "job" = {quote_literal(FOREST)}'
+def job_progress(query: QueryFn, rollup_db: str, job: str) -> int | None:
+    """Where the rollup's ``job`` stands (its rows are complete and, for energy, frozen before it), or None:
+    nothing rolled up yet, or the rollups' database not there for this user (logged, :func:`target_results`)."""
+    q = f'SELECT last("until_ms") AS "until_ms" FROM "{PROGRESS}" WHERE "job" = {quote_literal(job)}'
     try:
         results = target_results(query, rollup_db, q)
     except InfluxQueryError as exc:
@@ -402,6 +402,12 @@ def forest_progress(query: QueryFn, rollup_db: str) -> int | None:
         raise
     found = [r[1] for res in results for s in res.get("series", []) for r in s.get("values", [])]
     return max((int(v) for v in found if isinstance(v, int | float) and not isinstance(v, bool)), default=None)
+
+
+def forest_progress(query: QueryFn, rollup_db: str) -> int | None:
+    """The forest job's :func:`job_progress`. None means a reader reads raw points only: slower, never wrong (the
+    forest is public-safety data; its rollups only make it fast)."""
+    return job_progress(query, rollup_db, FOREST)
 
 
 def forest_stored(query: QueryFn, rollup_db: str, start: int, end: int, step: int, progress: int | None,

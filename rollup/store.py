@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cityos.influx import InfluxClient, InfluxError, QueryFn, query_results, quote_literal
-from cityos.rollups import PROGRESS
+from cityos.influx import InfluxClient, InfluxError, QueryFn, query_results
+from cityos.rollups import PROGRESS, job_progress
 
 __all__ = ["RollupError", "Store", "line"]
 
@@ -82,10 +82,7 @@ class Store:
 
     def progress(self, job: str) -> int | None:
         """Where ``job`` stopped (its next period's start), from the target; None before its first batch."""
-        found = [r.get("until_ms") for s in self.rows(
-            self.target, f'SELECT last("until_ms") AS "until_ms" FROM "{PROGRESS}" WHERE "job" = '
-                         f'{quote_literal(job)}') for r in s["rows"]]
-        return max((int(v) for v in found if isinstance(v, int | float) and not isinstance(v, bool)), default=None)
+        return job_progress(self.query, self.target, job)
 
     def write(self, lines: Iterable[str], job: str, until_ms: int) -> None:
         """One request: ``lines``, then the job's progress point. :class:`RollupError` unless all was stored."""
