@@ -9,7 +9,9 @@
   exactly, :func:`math.fsum`) and ``pickups``, binned in Python by :func:`~cityos.rollups.cell_of` (InfluxQL cannot
   group by a field), with the cell's centre; the pickups without a position in the cell ``none``. Read one day at a
   time. A pickup the district sums use but a cell cannot (a ``device`` tag not an id, a position out of range or
-  only one of ``lat``/``lon``) is skipped and counted too, so each unusable pickup is counted once.
+  only one of ``lat``/``lon``) is skipped and counted too, so each unusable pickup is counted once. The cells have
+  a progress point of their own (job ``waste_cells``): on a deployment whose districts are rolled up already,
+  their first pass fills every day since the oldest pickup, then recomputes like the districts.
 * **Late data**: a day is recomputed on every pass until ``recompute_days`` days after it ended (a row of the
   same day and district overwrites the previous one), then left as it is. The job's progress point is the first
   day still recomputed; the first pass starts at the JST day of the oldest pickup. Waste per district is not
@@ -40,9 +42,11 @@ from cityos.wire import ID_PATTERN
 from rollup.report import JobReport
 from rollup.store import Store, line
 
-__all__ = ["JOB", "waste_pass"]
+__all__ = ["CELLS_JOB", "JOB", "cell_lines", "waste_pass"]
 
 JOB = "waste"
+#: The cells' progress point (``rollup_progress``, tag ``job``).
+CELLS_JOB = "waste_cells"
 #: Days read per query (and written per request) when catching up.
 BATCH_DAYS = 31
 _ID_RE = re.compile(ID_PATTERN)
@@ -94,18 +98,24 @@ def cell_lines(store: Store, start_ms: int, end_ms: int) -> tuple[list[str], int
     return lines, skipped
 
 
-def waste_pass(store: Store, recompute_days: int, now_ms: int, stop: Callable[[], bool],
-               after_batch: Callable[[str, int], None]) -> JobReport:
-    """(Re)compute every day from the first one still recomputed up to today (so far)."""
-    rep = JobReport(JOB)
-    end_all = jst_day(now_ms) + DAY_MS
-    settled = jst_day(now_ms - recompute_days * DAY_MS)  # days before it ended recompute_days ago or more
-    cursor = store.progress(JOB)
+def _start(store: Store, job: str, settled: int) -> int:
+    """Where ``job`` resumes: its progress point, or on its first pass the JST day of the oldest pickup."""
+    cursor = store.progress(job)
     if cursor is None:
         oldest = store.oldest(store.source, WASTE_COLLECTION, "kg")
         cursor = settled if oldest is None else min(jst_day(oldest), settled)
-    done = cursor
-    rep.until_ms = cursor
+    return cursor
+
+
+def waste_pass(store: Store, recompute_days: int, now_ms: int, stop: Callable[[], bool],
+               after_batch: Callable[[str, int], None]) -> JobReport:
+    """(Re)compute every day from the first one still recomputed up to today (so far): the districts, then the
+    cells (their own progress point, job :data:`CELLS_JOB`: added after the districts' rollup, their first pass
+    fills every day since the oldest pickup)."""
+    rep = JobReport(JOB)
+    end_all = jst_day(now_ms) + DAY_MS
+    settled = jst_day(now_ms - recompute_days * DAY_MS)  # days before it ended recompute_days ago or more
+    cursor = done = rep.until_ms = _start(store, JOB, settled)
     while cursor < end_all and not stop():
         end = min(end_all, cursor + BATCH_DAYS * DAY_MS)
         lines = []
@@ -124,13 +134,21 @@ def waste_pass(store: Store, recompute_days: int, now_ms: int, stop: Callable[[]
                 lines.append(line(WASTE_1D, {"district": district}, {"kg": float(r["kg"]), "pickups": n},
                                   int(r["time"])))
         lines.sort(key=lambda x: int(x.rsplit(" ", 1)[1]))
-        cells, bad_cells = cell_lines(store, cursor, end)
-        rep.skipped += bad_cells
         done = max(done, min(end, settled))
-        store.write(lines + cells, JOB, done)
+        store.write(lines, JOB, done)
         rep.rows += len(lines)
         rep.batches += 1
         rep.until_ms = done
         cursor = end
         after_batch(JOB, end)
+    cursor = done = _start(store, CELLS_JOB, settled)
+    while cursor < end_all and not stop():
+        end = min(end_all, cursor + BATCH_DAYS * DAY_MS)
+        cells, bad_cells = cell_lines(store, cursor, end)
+        rep.skipped += bad_cells
+        done = max(done, min(end, settled))
+        store.write(cells, CELLS_JOB, done)
+        rep.batches += 1
+        cursor = end
+        after_batch(CELLS_JOB, end)
     return rep

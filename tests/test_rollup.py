@@ -284,8 +284,11 @@ def test_waste_cells_sum_every_pickup_exactly_and_are_recomputed_like_the_distri
               f"waste_collection,device=truck-01,district=chuo kg=2.5 {d[4] + 16}"]
     influx_write(info, influx_db, lines)
     now = d[5] + 12 * 3_600_000
+    # a deployment whose districts were rolled up before the cells existed: the cells still start at the oldest day
+    influx_write(info, target_db(influx_db), f"rollup_progress,job=waste until_ms={d[2]}i {d[2]}")
     rep = run_once(_config(info, influx_db), now)
     assert rep.waste.skipped == 5, rep.summary()
+    assert {day for _, day in rows(info, influx_db, WASTE_1D)} == {d[4]}, "the districts: their window only"
     want = {(c, dist, day): (math.fsum(kgs), len(kgs)) for (c, dist, day), kgs in truth.items()}
     got = cells(info, influx_db)
     assert got.pop(("none", "chuo", d[4])) == (10.0, 2, None, None), "the pickups without a position"
@@ -293,8 +296,10 @@ def test_waste_cells_sum_every_pickup_exactly_and_are_recomputed_like_the_distri
     for (c, _, _), (_, _, lat, lon) in got.items():  # the cell's centre, as the API serves it
         i, j = (int(x) for x in c.split("_"))
         assert (lat, lon) == (round(i * 0.001, 3), round(j * 0.001, 3))
-    districts = sum(v["pickups"] for v in rows(info, influx_db, WASTE_1D).values())
-    assert sum(v[1] for v in got.values()) + 2 + 3 == districts, "the same pickups as per district, but 3"
+    assert {k[2] for k in got} == {d[0], d[4]}
+    districts = sum(v["pickups"] for k, v in rows(info, influx_db, WASTE_1D).items() if k[1] == d[4])
+    assert sum(v[1] for k, v in got.items() if k[2] == d[4]) + 2 + 3 == districts, \
+        "the same pickups as per district, but the 3 only the cells cannot use"
 
     # late pickups: for the 20th (past recompute_days: left as it is) and the 24th (recomputed)
     influx_write(info, influx_db, [f"waste_collection,device=truck-01,district=chuo kg=1000,lat=35.06,lon=134.0 "
