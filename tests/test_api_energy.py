@@ -254,3 +254,31 @@ def test_ngsi_ld_energy_per_district_shows_published_half_hours_only(stack_info,
     body = client.get(f"{v}/temporal/entities", params={"type": "DistrictEnergyConsumption", **rng},
                       headers=auth).text
     assert "hh-" not in body  # no household id in any answer
+
+
+def test_frozen_days_kept_by_the_api_answer_as_a_fresh_read(stack_info, city, tmp_path, monkeypatch):
+    """Frozen days are kept rendered by the API: any sub-range and district filter, asked after a long range filled
+    the memory (and past its size), answers exactly as an API that keeps nothing."""
+    from cityos_api.families import meter
+
+    kept, _ = _client(stack_info, city, tmp_path / "kept")
+    day = city["day"]
+    t0 = datetime(day.year, day.month, day.day, tzinfo=JST)
+    queries = [("half-hourly", {"from": (t0 - timedelta(days=20)).isoformat(), "to": (t0 + timedelta(days=2)).isoformat()}),
+               ("half-hourly", {"from": (t0 + timedelta(hours=5, minutes=30)).isoformat(),
+                                "to": (t0 + timedelta(hours=17)).isoformat(), "district": "d11"}),
+               ("half-hourly", {"from": day.isoformat(), "to": (day + timedelta(days=1)).isoformat(), "district": "d10"}),
+               ("daily", {"from": (day - timedelta(days=399)).isoformat(), "to": (day + timedelta(days=1)).isoformat()}),
+               ("daily", {"from": day.isoformat(), "to": (day + timedelta(days=1)).isoformat(), "district": "d11"})]
+    answers = []
+    for _ in range(2):
+        for route, params in queries:
+            resp = kept.get(f"/v1/energy/districts/{route}", params=params)
+            assert resp.status_code == 200, resp.text
+            answers.append(resp.json()["items"])
+    monkeypatch.setattr(meter.FrozenDays, "MAX_DAYS", 0)  # an API that keeps nothing
+    fresh, _ = _client(stack_info, city, tmp_path / "fresh")
+    for i, (route, params) in enumerate(queries):
+        want = fresh.get(f"/v1/energy/districts/{route}", params=params).json()["items"]
+        assert answers[i] == want and answers[i + len(queries)] == want, (route, params)
+    assert any(it["kwh"] for it in answers[0]) and len(answers[2]) == 48 and answers[4][0]["kwh"] is not None

@@ -24,8 +24,9 @@ Privacy (the kernel's k, :data:`cityos.privacy.MIN_HOUSEHOLDS`):
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -41,6 +42,7 @@ from cityos.rollups import (
     Slot,
     district_sums,
     household_half_hours,
+    job_progress,
     jst_day,
     target_results,
 )
@@ -146,6 +148,37 @@ def fetch_district_days(query: QueryFn, db: str, r: TimeRange, k: int, district:
     return out, unusable
 
 
+#: The rollup job whose progress point says which half hours are frozen (``rollup/energy.py``).
+ENERGY_JOB = "energy"
+
+
+class FrozenDays:
+    """Rendered rows of whole JST days whose every half hour the rollup has frozen (its energy job is past the
+    day's end: a frozen half hour is never rewritten, so a day read once is the answer for good). The district
+    routes are mostly such days (a month is 31 of them and the part of today after the settle time), so they are
+    kept here, the :data:`MAX_DAYS` used last; the rest is read at each request. Thread-safe."""
+
+    MAX_DAYS = 120
+
+    def __init__(self) -> None:
+        self._days: OrderedDict[int, list[tuple[str, int, dict[str, Any]]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, day: int) -> list[tuple[str, int, dict[str, Any]]] | None:
+        with self._lock:
+            rows = self._days.get(day)
+            if rows is not None:
+                self._days.move_to_end(day)
+            return rows
+
+    def put(self, day: int, rows: list[tuple[str, int, dict[str, Any]]]) -> None:
+        with self._lock:
+            self._days[day] = rows
+            self._days.move_to_end(day)
+            while len(self._days) > self.MAX_DAYS:
+                self._days.popitem(last=False)
+
+
 def router(api: Api) -> APIRouter:
     r = APIRouter(tags=["energy"])
     od = api.settings.open_data
@@ -189,6 +222,33 @@ def router(api: Api) -> APIRouter:
         api.skipped(measurement, bad_rows)
         return found
 
+    def frozen_rows(cache: FrozenDays, fetch: Any, measurement: str, tr: TimeRange, district: str | None,
+                    render: Callable[[str, int, dict[str, Any]], dict[str, Any]]) -> list[dict[str, Any]]:
+        """A district route's rendered rows, sorted by district then time: the JST days the rollup has frozen
+        from ``cache`` (read once, whole), the rest from the rollups at each request."""
+        progress = api.read(lambda query, _db: job_progress(query, api.settings.rollup_db, ENERGY_JOB))
+        cut = max(tr.start_ms, min(tr.end_ms, jst_day(progress))) if progress is not None else tr.start_ms
+        days = range(jst_day(tr.start_ms), cut, DAY_MS)
+        kept = {d: cache.get(d) for d in days}
+        missing = [d for d, rows in kept.items() if rows is None]
+        if missing:
+            whole = rollup(fetch, measurement, TimeRange(missing[0], missing[-1] + DAY_MS), None)
+            loaded: dict[int, list[tuple[str, int, dict[str, Any]]]] = {d: [] for d in missing}
+            for (dist, t), cell in whole.items():
+                if jst_day(t) in loaded:
+                    loaded[jst_day(t)].append((dist, t, render(dist, t, cell)))
+            for d, rows in loaded.items():
+                cache.put(d, rows)
+            kept.update(loaded)
+        out = [row for rows in kept.values() for row in rows or ()
+               if tr.start_ms <= row[1] < tr.end_ms and (district is None or row[0] == district)]
+        if cut < tr.end_ms:
+            out += [(dist, t, render(dist, t, cell))
+                    for (dist, t), cell in rollup(fetch, measurement, TimeRange(cut, tr.end_ms), district).items()]
+        return [row for _, _, row in sorted(out, key=lambda x: (x[0], x[1]))]
+
+    half_hours_kept, days_kept = FrozenDays(), FrozenDays()
+
     @api.route(r, "/v1/energy/districts/half-hourly", scope=OPEN, response_class=Response,
                responses=read_responses)
     def districts_half_hourly(
@@ -202,8 +262,8 @@ def router(api: Api) -> APIRouter:
         households report; at most 31 days."""
         d = district_filter(district)
         tr = settled(time_range(frm, to, HALF_HOURLY, int(api.clock() * 1000)), SLOT_MS)
-        items = [{**api.places.named(dist), "start": iso(start), "end": iso(start + SLOT_MS), **cell}
-                 for (dist, start), cell in rollup(fetch_district_half_hours, ENERGY_30M, tr, d).items()]
+        items = frozen_rows(half_hours_kept, fetch_district_half_hours, ENERGY_30M, tr, d, lambda dist, start, cell: {
+            **api.places.named(dist), "start": iso(start), "end": iso(start + SLOT_MS), **cell})
         doc = envelope("energy-district-half-hourly", "地区別 30分ごとの電力使用量 / electricity per district and half "
                        "hour", tr, items)
         return api.respond(fmt, doc, items, ["district", "district_name_ja", "district_name_en", "start", "end",
@@ -222,8 +282,8 @@ def router(api: Api) -> APIRouter:
         households; at most 400 days."""
         d = district_filter(district)
         tr = settled(time_range(frm, to, DAILY, int(api.clock() * 1000)), DAY_MS)
-        items = [{**api.places.named(dist), "date": iso(day)[:10], **cell}
-                 for (dist, day), cell in rollup(fetch_district_days, ENERGY_1D, tr, d).items()]
+        items = frozen_rows(days_kept, fetch_district_days, ENERGY_1D, tr, d, lambda dist, day, cell: {
+            **api.places.named(dist), "date": iso(day)[:10], **cell})
         doc = envelope("energy-district-daily", "地区別 日別の電力使用量 / electricity per district and day", tr, items)
         return api.respond(fmt, doc, items, ["district", "district_name_ja", "district_name_en", "date", "kwh",
                                              "households", "kwh_suppressed"],
