@@ -1,12 +1,12 @@
 """A real gateway agent on a simulated bus (issue 5's "must show"): privacy, GPS loss, BLE loss, restart.
 
-One module-scoped run plays the default bus day (``firmware_sim.bus.sim``, seed 0) live at ``RATE``× from 07:55
-JST, a few minutes before the 08:00 trip (the morning peak), through the session's Mosquitto to a real
+One module-scoped run plays the default bus day (``firmware_sim.bus.sim``, seed 0) live at ``RATE``× from 07:58
+JST, two minutes before the 08:00 trip (the morning peak), through the session's Mosquitto to a real
 ``python3 -m cityos_cli gateway run`` process, with this fault schedule in simulated time (derived from the
 simulator's truth, so every fault hits the part of the trip it is meant to):
 
-* a GPS dropout (RMC status V, 60 s) over the 8th call: the bus arrives and leaves unseen;
-* the Bluetooth adapter unplugged (``BusSimLive.ble_outage``, 60 s) on the 11 → 12 drive;
+* a GPS dropout (RMC status V, ``FAULT_S`` = 96 s) over the 8th call: the bus arrives and leaves unseen;
+* the Bluetooth adapter unplugged (``BusSimLive.ble_outage``, 96 s) on the 11 → 12 drive;
 * the agent SIGKILLed as the bus leaves the 14th call, and started again at once;
 * a SIGTERM once a complete stop visit came after the restart.
 
@@ -16,7 +16,7 @@ InfluxDB with what the gateway published.
 Every MQTT payload (telemetry and status) is kept as received, and every file in the gateway's directory
 (outbox and its WAL/SHM, config, the agent's log) is read while the agent runs, right after the SIGKILL (the WAL
 as a crash leaves it) and after the SIGTERM. Each test then checks what a user would notice. The whole module
-takes about 100 s.
+takes about 60 s.
 """
 
 from __future__ import annotations
@@ -55,20 +55,24 @@ from ingest.service import HEALTH_FILE
 
 pytestmark = pytest.mark.timeout(420)
 
-RATE = 25.0  # simulated seconds per real second
+RATE = 40.0  # simulated seconds per real second
+START = (7, 58)  # (local hour, minute) the run starts at: the bus waits at the 1st call until 08:00
 VEHICLE = "bus-01"
 SOURCE = "bus"  # the source's name = the device id of its source_health readings
-GPS_DROPOUT = ("08:13", 60.0)  # (local HH:MM, simulated s): over the 8th call of the 08:00 trip
+# The agent's own timers are in real seconds (see DURING_S), so the faults last as many real seconds whatever
+# RATE is: 2.4 real s, 96 simulated s at 40x (60 s at the 25x this test once ran at).
+FAULT_S = 2.4 * RATE
+GPS_DROPOUT = ("08:13", FAULT_S)  # (local HH:MM, simulated s): over the 8th call of the 08:00 trip
 DROPOUT_SEQ = 8
 BLE_AFTER_SEQ = 11  # the adapter goes 20 s after the bus leaves this call ...
-BLE_OUTAGE_S = 60.0  # ... for this long (simulated s)
+BLE_OUTAGE_S = FAULT_S  # ... for this long (simulated s)
 KILL_AT_SEQ = 14  # SIGKILL 25 s after the bus arrives here
 JST = dt.timezone(dt.timedelta(hours=9))
-# Health is sampled every real second from a snapshot the source refreshes every 0.5 real s (25 simulated s
-# and 12.5 s at RATE), and the scanner reconnects up to 2 real s after the adapter is back: "during" windows
-# start DURING_S after a fault begins, "after" windows MARGIN_S after it ends.
-DURING_S = 25.0
-MARGIN_S = 60.0
+# Health is sampled every real second from a snapshot the source refreshes every 0.5 real s, and the scanner
+# reconnects up to 2 real s after the adapter is back: "during" windows start DURING_S (1 real s) after a fault
+# begins, "after" windows MARGIN_S (2.5 real s) after it ends.
+DURING_S = 1.0 * RATE
+MARGIN_S = 2.5 * RATE
 
 
 # --- searching bytes for identifiers -----------------------------------------------------------------------
@@ -342,9 +346,9 @@ def write_config(
     """A bus gateway's TOML, on the run's scaled clock (as ``citylab.city`` writes them)."""
     source = {
         "type": "bus", "name": SOURCE, "vehicle_id": VEHICLE, "gps_port": gps_port,
-        # Loss of fix is still immediate on RMC status V; 30 s of silence tolerates a loaded machine
-        # at RATE (5 simulated s would be 0.2 real s).
-        "gps_timeout_s": 30.0,
+        # Loss of fix is still immediate on RMC status V; 1.2 real s of silence tolerates a loaded machine
+        # at RATE (5 simulated s would be 0.125 real s).
+        "gps_timeout_s": 1.2 * RATE,
         "feed": DEFAULT_FEED,
         "ble": {"backend": "sim", "sim_socket": ble_socket},
         "ridership": {"city_uuid": str(city_uuid), "capacity": 36},
@@ -418,7 +422,7 @@ def bus_run(
     deadline = tv[max(tv)]["arrival_ms"] / 1000
 
     gateway_id = f"gw-bus-{uuid.uuid4().hex[:6]}"
-    clock = ScaledClock(sim_start=day.day0 + 7 * 3600 + 55 * 60, real_anchor=time.time(), rate=RATE)
+    clock = ScaledClock(sim_start=day.day0 + START[0] * 3600 + START[1] * 60, real_anchor=time.time(), rate=RATE)
     config = gw_dir / "gateway.toml"
     write_config(
         config,
