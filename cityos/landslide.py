@@ -144,3 +144,74 @@ def influxql_at_caution() -> str:
                        for f in TILT_RATE_FIELDS)
     return (f'(("soil_moisture_pct" >= {SOIL_MOISTURE_WARNING_PCT:g} AND "rain_intensity_mm_h" >= '
             f'{RAIN_INTENSE_MM_H:g}) OR {tilt})')
+
+
+@dataclass(frozen=True)
+class AlertSpan:
+    """A station's readings at caution or above that lie less than a window apart: the first and the last one's
+    time, how many, and every criterion met. The rollups keep one per station and 10 minutes (any two readings in
+    10 minutes are less than the 20-minute window apart, so nothing is lost); joined (:func:`join_spans`) they are
+    the episodes, exactly as joining the readings themselves would give."""
+
+    station: str
+    first_ms: int
+    last_ms: int
+    readings: int
+    criteria: tuple[str, ...]
+
+    @property
+    def level(self) -> str:
+        return _level(self.criteria)
+
+
+def criteria_bits(criteria: Iterable[str]) -> int:
+    """Criteria as a bitmask (bit i: the i-th of :data:`CRITERIA`), as the rollups store them."""
+    names = list(CRITERIA)
+    return sum(1 << names.index(c) for c in set(criteria))
+
+
+def criteria_of(bits: int) -> tuple[str, ...]:
+    """The criteria of a bitmask, in :data:`CRITERIA`'s order (unknown bits ignored)."""
+    return tuple(c for i, c in enumerate(CRITERIA) if bits >> i & 1)
+
+
+def _merge(a: AlertSpan, b: AlertSpan) -> AlertSpan:
+    met = set(a.criteria) | set(b.criteria)
+    return AlertSpan(a.station, min(a.first_ms, b.first_ms), max(a.last_ms, b.last_ms), a.readings + b.readings,
+                     tuple(c for c in CRITERIA if c in met))
+
+
+def alert_spans(points: Iterable[tuple[str, int, Assessment]], step_ms: int) -> list[AlertSpan]:
+    """(station, time, assessment) of readings → a span per station and ``step_ms`` bucket of those at caution or
+    above (the others are left out); sorted by station and time."""
+    acc: dict[tuple[str, int], AlertSpan] = {}
+    for st, t, a in points:
+        if a.level == NONE:
+            continue
+        span = AlertSpan(st, t, t, 1, a.criteria)
+        key = (st, t // step_ms)
+        acc[key] = _merge(acc[key], span) if key in acc else span
+    return [acc[k] for k in sorted(acc)]
+
+
+def join_spans(spans: Iterable[AlertSpan], window_ms: int) -> list[AlertSpan]:
+    """Spans of the same station joined while the next one's first reading is less than ``window_ms`` after the
+    current one's last: the episodes (as a rule stays firing while such a reading is in its window); sorted by
+    start, then station."""
+    per: dict[str, list[AlertSpan]] = {}
+    for s in spans:
+        per.setdefault(s.station, []).append(s)
+    out: list[AlertSpan] = []
+    for items in per.values():
+        items.sort(key=lambda s: (s.first_ms, s.last_ms))
+        cur: AlertSpan | None = None
+        for s in items:
+            if cur is not None and s.first_ms - cur.last_ms < window_ms:
+                cur = _merge(cur, s)
+            else:
+                if cur is not None:
+                    out.append(cur)
+                cur = s
+        if cur is not None:
+            out.append(cur)
+    return sorted(out, key=lambda s: (s.first_ms, s.station))

@@ -254,7 +254,7 @@ def district_sums(slots: Iterable[Slot]) -> dict[tuple[str, int], tuple[float, i
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Forest: per station (tag ``device``) and 10 minutes, hour and JST day; and the readings at caution or above.
+# Forest: per station (tag ``device``) and 10 minutes, hour and JST day; and its readings at caution or above.
 #
 # A row holds ``readings`` (the points with ``status``: every reading has it) and, for each field of
 # :data:`FOREST_ROLLED` with at least one value in the period, ``<field>_sum``, ``<field>_min``, ``<field>_max``
@@ -268,8 +268,9 @@ FOREST = "forest"
 FOREST_10M = "forest_station_10m"
 FOREST_1H = "forest_station_1h"
 FOREST_1D = "forest_station_1d"
-#: Readings at caution or above (:mod:`cityos.landslide`), copied with the fields their level is assessed on.
-FOREST_ALERTS = "forest_alert_reading"
+#: The readings at caution or above per station and 10 minutes (:class:`cityos.landslide.AlertSpan`): fields
+#: ``first_ms``, ``last_ms``, ``readings`` and ``criteria`` (:func:`cityos.landslide.criteria_bits`).
+FOREST_ALERTS = "forest_alert_10m"
 FOREST_STEP_MS = 600_000
 HOUR_MS = 3_600_000
 #: Bucket length → the rollup's measurement (the 1 d buckets are JST days).

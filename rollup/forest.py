@@ -4,12 +4,13 @@
 
 * **New data**: each pass rolls up the 10-minute buckets that have ended since the job's progress point (one JST
   day per batch), then every hour and day those complete (their earlier part read back from the target), and
-  copies the new readings at caution or above (:func:`cityos.landslide.influxql_at_caution`). The progress
+  keeps the new readings at caution or above as spans per station and 10 minutes
+  (:class:`cityos.landslide.AlertSpan`). The progress
   point is the end of the last complete bucket: a reader takes rows before it and raw points after it.
 * **Late data** (a station's gateway sends its backlog after an outage, as backfill): on every pass the number of
   readings per station and 10 minutes of the last ``recompute_days`` is compared with the rows'; each station
   day that differs is rolled up again from its raw points (rows of the same station and period overwrite the
-  previous ones; alert readings are rewritten with their own timestamps, so nothing is doubled). Older late
+  previous ones, alert spans too, so nothing is doubled). Older late
   data is not looked for: ``cityos rollup`` would need to be run with a larger ``recompute_days`` once.
 * A field InfluxDB stores only as something else than a number (a string written by a broken gateway) is left
   out of the rollup (its ``sum()`` would fail the whole query); its values are counted as skipped.
@@ -21,7 +22,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
-from cityos.landslide import ASSESSED_FIELDS, influxql_at_caution
+from cityos.landslide import ASSESSED_FIELDS, alert_spans, assess, criteria_bits, influxql_at_caution
 from cityos.rollups import (
     DAY_MS,
     FOREST,
@@ -68,20 +69,18 @@ def _complete(rows: dict[tuple[str, int], dict[str, float | int]], step: int, st
 
 
 def _alert_lines(store: Store, start: int, end: int, devices: Iterable[str] | None) -> list[str]:
-    dev = devices_clause(devices)
+    """The spans of readings at caution or above per station and 10 minutes of ``[start, end)``."""
     fields = ", ".join(f'"{f}"' for f in ASSESSED_FIELDS)
-    out = []
+    points = []
     for s in store.rows(store.source, f'SELECT {fields} FROM "{FOREST}" WHERE time >= {start}ms AND time < '
-                                      f'{end}ms{dev} AND {influxql_at_caution()} GROUP BY "device"'):
+                                      f'{end}ms{devices_clause(devices)} AND {influxql_at_caution()} GROUP BY "device"'):
         d = s["tags"].get("device") or ""
-        if not _ok(d):
-            continue
-        for r in s["rows"]:
-            vals = {f: float(v) for f in ASSESSED_FIELDS
-                    if isinstance(v := r.get(f), int | float) and not isinstance(v, bool)}
-            if vals:
-                out.append(line(FOREST_ALERTS, {"device": d}, vals, int(r["time"])))
-    return out
+        if _ok(d):
+            points += [(d, int(r["time"]), assess(r)) for r in s["rows"]]
+    return [line(FOREST_ALERTS, {"device": sp.station}, {
+        "first_ms": sp.first_ms, "last_ms": sp.last_ms, "readings": sp.readings,
+        "criteria": criteria_bits(sp.criteria)}, bucket_start(sp.first_ms, FOREST_STEP_MS))
+        for sp in alert_spans(points, FOREST_STEP_MS)]
 
 
 def _roll(store: Store, fields: list[str], start: int, end: int, progress: int, devices: Iterable[str] | None

@@ -30,7 +30,7 @@ from cityos import landslide as ls
 from cityos.wire import Reading, TelemetryBatch, checked
 from cityos_api.app import create_app
 from cityos_api.auth import FLEET, TokenStore, parse_expiry
-from cityos_api.families.forest import AGGREGATES, FIELDS, episodes
+from cityos_api.families.forest import AGGREGATES, FIELDS, episode, episodes
 from cityos_api.opendata import JST
 from cityos_api.settings import ApiSettings, InfluxSettings
 from ingest.lineproto import batch_to_lines
@@ -188,9 +188,10 @@ def test_episodes_join_readings_less_than_the_window_apart():
     eps = episodes([("s", 0, caution), ("s", w - 1, warning), ("s", 2 * w - 2, caution),  # joined
                     ("s", 3 * w - 2, caution),  # exactly the window after: a new episode
                     ("s", 3 * w + 5, none), ("r", 10, caution)])
-    assert [(e.station, e.start_ms, e.last_ms, len(e.readings)) for e in eps] == [
+    assert [(e.station, e.first_ms, e.last_ms, e.readings) for e in eps] == [
         ("s", 0, 2 * w - 2, 3), ("r", 10, 10, 1), ("s", 3 * w - 2, 3 * w - 2, 1)]
-    assert eps[0].public(2 * w - 2 + w)["end"] is not None and eps[0].public(2 * w - 3 + w)["end"] is None
+    assert episode(eps[0], 2 * w - 2 + w)["end"] is not None and episode(eps[0], 2 * w - 3 + w)["end"] is None
+    assert eps[0].level == "warning" and eps[2].level == "caution"
 
 
 # ---- stations

@@ -22,7 +22,7 @@ from helpers import influx_query, influx_write
 
 from citylab.stack import influx_settings
 from cityos.influx import InfluxClient
-from cityos.landslide import assess
+from cityos.landslide import FOREST_ALERT_WINDOW_MIN, alert_spans, assess, criteria_of, join_spans
 from cityos.rollups import (
     DAY_MS,
     FOREST_1D,
@@ -198,18 +198,26 @@ def test_late_readings_are_rolled_up_again_within_recompute_days_only(stack_info
     assert days[("forest-02-01", DAY0 - 4 * DAY_MS)]["readings"] == 144 - 6  # older than 3 days: not looked for
 
 
-def test_readings_at_caution_or_above_are_copied_once(stack_info, influx_db):
-    pts = _points(DAY0, DAY0 + 6 * HOUR_MS)
+def test_readings_at_caution_or_above_are_kept_as_spans_per_10_minutes(stack_info, influx_db):
+    pts = _points(DAY0, DAY0 + 6 * HOUR_MS, every_ms=4 * MIN)  # a reading at caution about every other one
     _write(stack_info, influx_db, pts)
     cfg = _config(stack_info, influx_db)
-    run_once(cfg, DAY0 + 3 * HOUR_MS)
+    run_once(cfg, DAY0 + 3 * HOUR_MS + 4 * MIN)
     run_once(cfg, DAY0 + 7 * HOUR_MS)
     got = _stored(stack_info, influx_db, FOREST_ALERTS)
-    want = {(d, t) for d, t, v in pts if assess(v).level != "none"}
-    assert want and set(got) == want
-    for (d, t), rec in got.items():
-        v = next(v for dd, tt, v in pts if (dd, tt) == (d, t))
-        assert assess(rec) == assess(v)
+    want = alert_spans([(d, t, assess(v)) for d, t, v in pts], FOREST_STEP_MS)
+    assert len(want) > 20 and any(s.readings > 1 for s in want)
+    assert sorted((d, t) for d, t in got) == sorted((s.station, bucket_start(s.first_ms, FOREST_STEP_MS)) for s in want)
+    for s in want:
+        rec = got[(s.station, bucket_start(s.first_ms, FOREST_STEP_MS))]
+        assert (rec["first_ms"], rec["last_ms"], rec["readings"], criteria_of(rec["criteria"])) == (
+            s.first_ms, s.last_ms, s.readings, s.criteria)
+    # joined, the spans are the episodes the readings give joined one by one (a span of each reading alone)
+    w = FOREST_ALERT_WINDOW_MIN * MIN
+    readings = [(d, t, assess(v)) for d, t, v in pts]
+    episodes = join_spans(want, w)
+    assert episodes == join_spans(alert_spans(readings, 1), w)
+    assert len(episodes) > 6
 
 
 def test_a_field_stored_as_a_string_is_skipped_and_counted(stack_info, influx_db):

@@ -23,7 +23,6 @@ the query); points whose field has another type are counted as skipped.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -37,15 +36,19 @@ from cityos.landslide import (
     ASSESSED_FIELDS,
     CRITERIA,
     FOREST_ALERT_WINDOW_MIN,
-    NONE,
+    AlertSpan,
     Assessment,
+    alert_spans,
     assess,
+    criteria_of,
     highest,
     influxql_at_caution,
+    join_spans,
 )
 from cityos.rollups import (
     FOREST_ALERTS,
     FOREST_ROLLED,
+    FOREST_STEP_MS,
     bucket_start,
     forest_n,
     forest_progress,
@@ -69,7 +72,7 @@ from cityos_api.params import (
     time_range,
 )
 
-__all__ = ["AGGREGATES", "FIELDS", "INTERVALS", "UNITS", "Episode", "clean_point", "episodes", "router"]
+__all__ = ["AGGREGATES", "FIELDS", "INTERVALS", "UNITS", "clean_point", "episode", "episodes", "router"]
 
 MEASUREMENT = "forest"
 MINUTE_MS = 60_000
@@ -310,66 +313,50 @@ def fetch_buckets(query: QueryFn, db: str, rollup_db: str, station: str, start: 
 # Alert episodes
 
 
-@dataclass
-class Episode:
-    station: str
-    start_ms: int
-    last_ms: int
-    readings: list[Assessment]
-
-    def public(self, now_ms: int) -> dict[str, Any]:
-        a = highest(self.readings)
-        end = self.last_ms + WINDOW_MS
-        return {"station": self.station, "level": a.level, "start": iso(self.start_ms),
-                "end": None if end > now_ms else iso(end), "last_reading": iso(self.last_ms),
-                "ongoing": end > now_ms, "criteria": list(a.criteria), "readings": len(self.readings)}
+def episode(span: AlertSpan, now_ms: int) -> dict[str, Any]:
+    """An episode as served: ``end`` is the last reading plus the window (when the rules resolve), null while that
+    is ahead."""
+    end = span.last_ms + WINDOW_MS
+    return {"station": span.station, "level": span.level, "start": iso(span.first_ms),
+            "end": None if end > now_ms else iso(end), "last_reading": iso(span.last_ms), "ongoing": end > now_ms,
+            "criteria": list(span.criteria), "readings": span.readings}
 
 
-def episodes(points: Iterable[tuple[str, int, Assessment]]) -> list[Episode]:
+def episodes(points: Iterable[tuple[str, int, Assessment]]) -> list[AlertSpan]:
     """(station, time, assessment) of readings → episodes: a station's readings at caution or above joined while
     less than the alert window apart; sorted by start, then station."""
-    per: dict[str, list[tuple[int, Assessment]]] = defaultdict(list)
-    for st, t, a in points:
-        if a.level != NONE:
-            per[st].append((t, a))
-    out: list[Episode] = []
-    for st, pts in per.items():
-        pts.sort(key=lambda p: p[0])
-        cur: Episode | None = None
-        for t, a in pts:
-            if cur is not None and t - cur.last_ms < WINDOW_MS:
-                cur.last_ms = t
-                cur.readings.append(a)
-            else:
-                cur = Episode(st, t, t, [a])
-                out.append(cur)
-    return sorted(out, key=lambda e: (e.start_ms, e.station))
+    return join_spans(alert_spans(points, FOREST_STEP_MS), WINDOW_MS)
 
 
-def fetch_alert_points(query: QueryFn, db: str, rollup_db: str, start: int, end: int, station: str | None
-                       ) -> tuple[list[tuple[str, int, Assessment]], int]:
-    """(station, time, assessment) of the readings at caution or above in ``[start, end)``, and the number whose
-    assessed values were not numbers: the rollups' copies up to their progress point, raw points after it."""
+def fetch_alert_spans(query: QueryFn, db: str, rollup_db: str, start: int, end: int, station: str | None
+                      ) -> tuple[list[AlertSpan], int]:
+    """The spans of readings at caution or above in ``[start, end)`` per station and 10 minutes, and the number
+    of readings whose assessed values were not numbers: the rollups' spans up to their progress point, spans of
+    the raw points after it (the same either way: :class:`cityos.landslide.AlertSpan`)."""
     progress = forest_progress(query, rollup_db)
-    fields = ", ".join(f'"{f}"' for f in ASSESSED_FIELDS)
-    out: list[tuple[str, int, Assessment]] = []
+    spans: list[AlertSpan] = []
     skipped = 0
     cut = start if progress is None else max(start, min(end, progress))
     if cut > start:
-        q = (f'SELECT {fields} FROM "{FOREST_ALERTS}" '
+        q = (f'SELECT "first_ms", "last_ms", "readings", "criteria" FROM "{FOREST_ALERTS}" '
              f'{_where(_device([f"time >= {start}ms", f"time < {cut}ms"], station))} GROUP BY "device"')
         for tags, rec in _rows(target_results(query, rollup_db, q)[0]):
-            out.append((tags.get("device", ""), int(rec["time"]), assess(rec)))
+            vals = [rec.get(k) for k in ("first_ms", "last_ms", "readings", "criteria")]
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+                spans.append(AlertSpan(tags.get("device", ""), vals[0], vals[1], vals[2], criteria_of(vals[3])))
     if cut < end:
+        fields = ", ".join(f'"{f}"' for f in ASSESSED_FIELDS)
         q = (f'SELECT {fields} FROM "{MEASUREMENT}" '
              f'{_where(_device([f"time >= {cut}ms", f"time < {end}ms", influxql_at_caution()], station))} '
              f'GROUP BY "device"')
+        points = []
         for tags, rec in _rows(query_results(*query(db, q))[0]):
             if clean_point(rec, ASSESSED_FIELDS) is None:
                 skipped += 1
                 continue
-            out.append((tags.get("device", ""), int(rec["time"]), assess(rec)))
-    return out, skipped
+            points.append((tags.get("device", ""), int(rec["time"]), assess(rec)))
+        spans += alert_spans(points, FOREST_STEP_MS)
+    return spans, skipped
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -532,16 +519,17 @@ def router(api: Api) -> APIRouter:
         now = now_ms()
         tr = time_range(frm, to, ALERTS_SPAN, now)
         key = decode_cursor(cursor, {"t": int, "station": str})
-        points, skipped = api.read(fetch_alert_points, api.settings.rollup_db, tr.start_ms - ALERT_CONTEXT_MS,
-                                   tr.end_ms + ALERT_CONTEXT_MS, sid)
+        spans, skipped = api.read(fetch_alert_spans, api.settings.rollup_db, tr.start_ms - ALERT_CONTEXT_MS,
+                                  tr.end_ms + ALERT_CONTEXT_MS, sid)
         api.skipped(MEASUREMENT, skipped)
-        found = [e for e in episodes(points) if e.start_ms < tr.end_ms and e.last_ms + WINDOW_MS > tr.start_ms]
+        found = [e for e in join_spans(spans, WINDOW_MS)
+                 if e.first_ms < tr.end_ms and e.last_ms + WINDOW_MS > tr.start_ms]
         if key is not None:
-            found = [e for e in found if (e.start_ms, e.station) > (key["t"], key["station"])]
+            found = [e for e in found if (e.first_ms, e.station) > (key["t"], key["station"])]
         more = len(found) > limit
         found = found[:limit]
-        nxt = encode_cursor({"t": found[-1].start_ms, "station": found[-1].station}) if more else None
-        items = [e.public(now) for e in found]
+        nxt = encode_cursor({"t": found[-1].first_ms, "station": found[-1].station}) if more else None
+        items = [episode(e, now) for e in found]
         headers = {}
         if nxt:
             headers = next_link(request, {"from": iso(tr.start_ms), "to": iso(tr.end_ms), "station_id": sid,
