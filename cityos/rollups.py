@@ -308,17 +308,21 @@ def _num(v: Any) -> float | None:
 
 def forest_row(rec: Mapping[str, Any]) -> dict[str, float | int]:
     """A stored or raw-aggregated record (columns as :func:`forest_raw_select` names them; others ignored) as a
-    row: ``readings`` and, per field with values, ``_sum``/``_min``/``_max`` and ``_n`` where it differs from
-    ``readings``. A field whose aggregates are not all finite numbers is left out of the row."""
+    row: ``readings`` and, per field with values, ``_sum`` (and of ``_min``/``_max`` those read) and ``_n`` where
+    it differs from ``readings``. A field whose aggregates read are not all finite numbers is left out."""
     readings = int(_num(rec.get("readings")) or 0)
     row: dict[str, float | int] = {"readings": readings}
     for f in FOREST_ROLLED:
-        s, lo, hi = _num(rec.get(f + "_sum")), _num(rec.get(f + "_min")), _num(rec.get(f + "_max"))
+        s = _num(rec.get(f + "_sum"))
         n_raw = _num(rec.get(f + "_n"))
         n = readings if n_raw is None else int(n_raw)
-        if s is None or lo is None or hi is None or n <= 0:
+        if s is None or n <= 0:
             continue
-        row[f + "_sum"], row[f + "_min"], row[f + "_max"] = s, lo, hi
+        extremes = {k: _num(rec[k]) for k in (f + "_min", f + "_max") if rec.get(k) is not None}
+        if None in extremes.values():
+            continue
+        row[f + "_sum"] = s
+        row.update(extremes)  # type: ignore[arg-type]
         if n != readings:
             row[f + "_n"] = n
     return row
@@ -343,8 +347,9 @@ def forest_merge(rows: Iterable[Mapping[str, float | int]]) -> dict[str, float |
             continue
         n = sum(forest_n(r, f) for r in have)
         out[f + "_sum"] = math.fsum(float(r[f + "_sum"]) for r in have)
-        out[f + "_min"] = min(float(r[f + "_min"]) for r in have)
-        out[f + "_max"] = max(float(r[f + "_max"]) for r in have)
+        for k, pick in ((f + "_min", min), (f + "_max", max)):
+            if all(k in r for r in have):
+                out[k] = pick(float(r[k]) for r in have)
         if n != readings:
             out[f + "_n"] = n
     return out
@@ -412,13 +417,17 @@ def forest_progress(query: QueryFn, rollup_db: str) -> int | None:
 
 
 def forest_stored(query: QueryFn, rollup_db: str, start: int, end: int, step: int, progress: int | None,
-                  devices: Iterable[str] | None = None) -> tuple[list[tuple[str, int, dict[str, float | int]]], int]:
+                  devices: Iterable[str] | None = None, columns: Iterable[str] | None = None
+                  ) -> tuple[list[tuple[str, int, dict[str, float | int]]], int]:
     """The rollup's rows covering ``[start, min(end, progress))`` as far as whole rows do (``start`` a ``step``
     bucket start), each part from the coarsest level that divides ``step`` and is complete there (days before the
     progress' day, then hours, then 10 minutes; never a row reaching past ``end``): (device, period start, row),
-    and where they stop (the raw points' part starts there: :func:`forest_raw`)."""
+    and where they stop (the raw points' part starts there: :func:`forest_raw`). ``columns``: those to read (a
+    field's ``_sum`` and ``_n`` go together; ``readings`` is always read); None: all (a wide row costs InfluxDB
+    1.x per column: read only what the answer needs)."""
     if progress is None:
         return [], start
+    sel = "*" if columns is None else ", ".join(f'"{c}"' for c in sorted({"readings", *columns}))
     pos = start
     stmts = []
     for level in (DAY_MS, HOUR_MS, FOREST_STEP_MS):
@@ -426,7 +435,7 @@ def forest_stored(query: QueryFn, rollup_db: str, start: int, end: int, step: in
             continue
         lim = min(bucket_start(end, level), bucket_start(progress, level))
         if lim > pos:
-            stmts.append(f'SELECT * FROM "{FOREST_LEVELS[level]}" WHERE time >= {pos}ms AND time < {lim}ms'
+            stmts.append(f'SELECT {sel} FROM "{FOREST_LEVELS[level]}" WHERE time >= {pos}ms AND time < {lim}ms'
                          f'{devices_clause(devices)} GROUP BY "device"')
             pos = lim
     if not stmts:

@@ -831,8 +831,8 @@ def test_forest_aggregates_from_the_rollups_equal_the_raw_ones(forest, stack_inf
 
     h0 = t_end - 3 * 3_600_000
     cases = [{"aggrPeriodDuration": "PT1H", "timeAt": iso(h0 - h0 % 3_600_000)},
-             {"aggrPeriodDuration": "PT20M", "timeAt": iso(h0)},
-             {"timeAt": iso(h0)}]  # one period, the whole range
+             {"aggrPeriodDuration": "PT20M", "timeAt": iso(h0), "aggrMethods": "avg,max"},
+             {"timeAt": iso(h0), "aggrMethods": "sum"}]  # one period, the whole range
     wanted = []
     for case in cases:
         params = {"timerel": "between", "endTimeAt": iso(t_end + 600_000), "attrs": "rainfall,precipitation",

@@ -279,6 +279,10 @@ def fetch_raw(query: QueryFn, db: str, station: str, start: int, end: int, limit
     return [(int(rec["time"]), clean_point(rec)) for _, rec in _rows(query_results(*query(db, q))[0])]
 
 
+#: The rollup columns the aggregated history is made of.
+_STORED_COLUMNS = sorted({c for _, fn, f in AGGREGATES for c in (f + "_sum", f + "_n", *((f + "_max",) if fn == "max" else ()))})
+
+
 def fetch_buckets(query: QueryFn, db: str, rollup_db: str, station: str, start: int, end: int, step: int
                   ) -> tuple[list[dict[str, Any]], int]:
     """The non-empty ``step`` buckets of ``[start, end)`` (``start`` a bucket start), oldest first: (start ms,
@@ -288,7 +292,7 @@ def fetch_buckets(query: QueryFn, db: str, rollup_db: str, station: str, start: 
     the same sums, counts and extremes either way), so the answer does not depend on when the rollup last ran; a
     database without rollups is read raw (slower, the same answer)."""
     progress = forest_progress(query, rollup_db)
-    rows, cut = forest_stored(query, rollup_db, start, end, step, progress, [station])
+    rows, cut = forest_stored(query, rollup_db, start, end, step, progress, [station], _STORED_COLUMNS)
     skipped = 0
     if cut < end:
         numbers, others = numeric_fields(query, db, MEASUREMENT)

@@ -211,11 +211,14 @@ def rolled_up(api: Api, targets: dict[str, Target], attrs: Sequence[str], method
     devices = sorted({t.tag_value for t in targets.values()})
     if not devices:
         return {}
+    fields = {f for t in targets.values() for a in attrs if (f := t.fields.get(a))}
+    extremes = [k for k in ("min", "max") if k in methods]
+    columns = [f"{f}_{k}" for f in fields for k in ("sum", "n", *extremes)]
 
     def fetch(query: QueryFn, db: str) -> list[tuple[str, int, dict[str, float | int]]]:
         rollup_db = api.settings.rollup_db
         rows, cut = forest_stored(query, rollup_db, start_ms, end_ms, level, forest_progress(query, rollup_db),
-                                  devices)
+                                  devices, columns)
         if cut < end_ms:
             numbers, _ = numeric_fields(query, db, MEASUREMENT)
             rows += forest_raw(query, db, cut, end_ms, [f for f in FOREST_ROLLED if f in numbers], devices, level)
@@ -238,10 +241,9 @@ def rolled_up(api: Api, targets: dict[str, Target], attrs: Sequence[str], method
                 if dev != target.tag_value or not n:
                     continue
                 t1 = min(t0 + period_ms, end_ms) if period_ms else end_ms
-                value = {"totalCount": n, "sum": row[f + "_sum"], "avg": float(row[f + "_sum"]) / n,
-                         "min": row[f + "_min"], "max": row[f + "_max"]}
+                value = {"totalCount": n, "sum": row[f + "_sum"], "avg": float(row[f + "_sum"]) / n}
                 for m in methods:
-                    per.setdefault(m, []).append((value[m], t0, t1))
+                    per.setdefault(m, []).append((value[m] if m in value else row[f"{f}_{m}"], t0, t1))
             if per:
                 out.setdefault(eid, {})[a] = per
     return out
