@@ -306,25 +306,34 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+#: Per rolled-up field: its name and its columns' (sum, count, minimum, maximum).
+_FOREST_COLUMNS = tuple((f, f + "_sum", f + "_n", f + "_min", f + "_max") for f in FOREST_ROLLED)
+
+
 def forest_row(rec: Mapping[str, Any]) -> dict[str, float | int]:
     """A stored or raw-aggregated record (columns as :func:`forest_raw_select` names them; others ignored) as a
     row: ``readings`` and, per field with values, ``_sum`` (and of ``_min``/``_max`` those read) and ``_n`` where
     it differs from ``readings``. A field whose aggregates read are not all finite numbers is left out."""
     readings = int(_num(rec.get("readings")) or 0)
     row: dict[str, float | int] = {"readings": readings}
-    for f in FOREST_ROLLED:
-        s = _num(rec.get(f + "_sum"))
-        n_raw = _num(rec.get(f + "_n"))
-        n = readings if n_raw is None else int(n_raw)
-        if s is None or n <= 0:
+    for _f, k_sum, k_n, k_min, k_max in _FOREST_COLUMNS:
+        s = rec.get(k_sum)
+        if s is None or (s := _num(s)) is None:
             continue
-        extremes = {k: _num(rec[k]) for k in (f + "_min", f + "_max") if rec.get(k) is not None}
-        if None in extremes.values():
+        n_raw = rec.get(k_n)
+        n = readings if n_raw is None else int(n_raw) if _num(n_raw) is not None else 0
+        if n <= 0:
             continue
-        row[f + "_sum"] = s
-        row.update(extremes)  # type: ignore[arg-type]
+        lo, hi = rec.get(k_min), rec.get(k_max)
+        if (lo is not None and _num(lo) is None) or (hi is not None and _num(hi) is None):
+            continue
+        row[k_sum] = s
+        if lo is not None:
+            row[k_min] = float(lo)
+        if hi is not None:
+            row[k_max] = float(hi)
         if n != readings:
-            row[f + "_n"] = n
+            row[k_n] = n
     return row
 
 
@@ -362,7 +371,7 @@ def forest_regroup(rows: Iterable[tuple[str, int, Mapping[str, float | int]]], s
     acc: dict[tuple[str, int], list[Mapping[str, float | int]]] = defaultdict(list)
     for dev, t, row in rows:
         acc[(dev, bucket_start(t, step))].append(row)
-    return {k: forest_merge(v) for k, v in sorted(acc.items())}
+    return {k: v[0] if len(v) == 1 else forest_merge(v) for k, v in sorted(acc.items())}
 
 
 def numeric_fields(query: QueryFn, db: str, measurement: str) -> tuple[set[str], set[str]]:
