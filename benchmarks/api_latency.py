@@ -645,9 +645,9 @@ def cases_for(paths: list[str], now_ms: int, start_ms: int, types: list[str]) ->
     c: dict[str, list[tuple[str, dict[str, str], str]]] = {
         "/v1/forest/stations/{station_id}/readings": [
             ("default: raw, 1 day, limit 1000", {}, ""),
-            ("raw, 7 days (longest), limit 10000", {**last(7), "limit": "10000"}, ""),
-            ("10m, 31 days (longest), limit 10000", {"interval": "10m", **last(31), "limit": "10000"}, ""),
-            ("1h, 92 days (longest)", {"interval": "1h", **last(92)}, ""),
+            ("raw, 7 days (longest), limit 2000 (the largest page)", {**last(7), "limit": "2000"}, ""),
+            ("10m, 7 days (longest)", {"interval": "10m", **last(7)}, ""),
+            ("1h, 31 days (longest)", {"interval": "1h", **last(31)}, ""),
             ("1d, 400 days (longest)", {"interval": "1d", **last(400)}, ""),
         ],
         "/v1/forest/alerts": [

@@ -383,6 +383,8 @@ def test_alert_episodes(api):
     (f"/v1/forest/stations/{A}/readings", {"from": "yesterday"}, "from"),
     (f"/v1/forest/stations/{A}/readings", {"limit": 0}, "limit"),
     (f"/v1/forest/stations/{A}/readings", {"limit": 100_001}, "limit"),
+    (f"/v1/forest/stations/{A}/readings", {"limit": 2_001}, "limit"),  # raw: 2,000 a page
+    (f"/v1/forest/stations/{A}/readings", {"interval": "10m", "from": "2025-06-01", "to": "2025-06-09"}, "to"),
     (f"/v1/forest/stations/{A}/readings", {"cursor": "bm9wZQ"}, "cursor"),
     ("/v1/forest/alerts", {"station_id": "A;DROP"}, "station_id"),
     ("/v1/forest/alerts", {"from": "2025-01-01", "to": "2025-06-01"}, "to"),
