@@ -36,7 +36,7 @@ from cityos_api.core import MAX_AGE_TTLS, Api
 from cityos_api.families import forest_ngsi
 from cityos_api.families.forest_ngsi import ForestProvider
 from cityos_api.ngsi_ld import Attr, AttrInfo, Entity, TypeInfo
-from cityos_api.ngsi_ld.facade import MAX_INSTANCES, WORLD_TTL_S
+from cityos_api.ngsi_ld.facade import MAX_ANSWER_INSTANCES, MAX_INSTANCES, WORLD_TTL_S, per_series_limit
 from cityos_api.ngsi_ld.query import haversine_m
 from cityos_api.settings import ApiSettings, InfluxSettings
 from ingest.lineproto import batch_to_lines
@@ -546,7 +546,7 @@ def test_temporal_normalized_and_values_follow_the_oas(fixed):
     assert one["weight"][1] == {"type": "Property", "value": 1.0, "observedAt": "2026-05-01T00:01:00Z",
                                 "unitCode": "KGM"}
     assert provider.calls[-1] == ("history", ("urn:ngsi-ld:Station:S1",), ("level", "weight"), MAY1,
-                                  MAY1 + 86_400_000, None, MAX_INSTANCES + 1)
+                                  MAY1 + 86_400_000, None, MAX_ANSWER_INSTANCES // 2 + 1)  # two attributes
 
     many = check_json(_get(client, "/temporal/entities", {"type": "Station", "q": "weight>100", "count": "true",
                                                           "lastN": "2", **BETWEEN}),
@@ -661,9 +661,10 @@ def test_temporal_defaults_bounds_and_partial_content(fixed, token):
     c2 = TestClient(app, headers={"Authorization": f"Bearer {tok}"})
     resp = _get(c2, "/temporal/entities/urn:ngsi-ld:Station:S1", {**BETWEEN, "attrs": "weight",
                                                                    "options": "temporalValues"})
-    assert resp.status_code == 206
-    assert resp.headers["content-range"] == "date-time 2026-05-01T00:00:00Z-2026-05-07T22:39:00Z/*"
-    assert len(resp.json()["weight"]["values"]) == MAX_INSTANCES
+    assert resp.status_code == 206  # one attribute of one entity: the whole answer's share
+    assert resp.headers["content-range"] == "date-time 2026-05-01T00:00:00Z-2026-05-04T11:19:00Z/*"
+    assert len(resp.json()["weight"]["values"]) == MAX_ANSWER_INSTANCES == 5_000
+    assert per_series_limit(1) == 5_000 and per_series_limit(60) == 83 and per_series_limit(10**6) == 10
 
     # the provider's InfluxDB failing: 503 ProblemDetails, nothing internal (once the kept entities are too old)
     api.clock = lambda: time.time() + MAX_AGE_TTLS * WORLD_TTL_S + 1
