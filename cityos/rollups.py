@@ -20,11 +20,16 @@ measurement            tags        fields
 ``waste_cell_1d``        district, ``kg``, ``pickups`` (int), ``lat``/``lon`` (the cell's centre; none for ``none``);
                          cell      the JST day; ``cell`` is :func:`cell_tag` of :func:`cell_of`, ``none`` the
                                    pickups without a position (the collection points, docs/trucks.md)
+``forest_station_10m``   device    ``readings`` and per field of :data:`FOREST_ROLLED` ``_sum``, ``_min``, ``_max``,
+``forest_station_1h``              ``_n`` (see "Forest" below); the 10 minutes, the hour (merged from them), the
+``forest_station_1d``              JST day (merged from its hours)
+``forest_alert_10m``     device    ``first_ms``, ``last_ms``, ``readings``, ``criteria``: the readings at caution or
+                                   above (:class:`cityos.landslide.AlertSpan`)
 ``rollup_progress``      job       ``until_ms`` (int): where the job stopped (its next period's start)
 =====================  ==========  ===========================================================================
 
 Every group is stored, even one below k: the k rule is the readers' (the API, dashboards), at read time.
-Pure: the InfluxDB calls go through the ``query`` function a caller passes (``query(db, influxql) -> (status,
+Pure (but :func:`target_results`' warning): the InfluxDB calls go through the ``query`` function a caller passes (``query(db, influxql) -> (status,
 body)``, as the API's :data:`~cityos_api.gtfs_rt.QueryFn`).
 """
 
