@@ -20,6 +20,9 @@ measurement            tags        fields
 ``waste_cell_1d``        district, ``kg``, ``pickups`` (int), ``lat``/``lon`` (the cell's centre; none for ``none``);
                          cell      the JST day; ``cell`` is :func:`cell_tag` of :func:`cell_of`, ``none`` the
                                    pickups without a position (the collection points, docs/trucks.md)
+``waste_trip_district_1d``          ``trip_no``, ``kg``, ``pickups`` (int), ``first_ms``/``last_ms``: a truck's
+                         device,   pickups per trip number, district and JST day, stamped at the day's start +
+                         district  ``trip_no`` ms (:class:`TripPart`, "Waste trips" below)
 ``forest_station_10m``   device    ``readings`` and per field of :data:`FOREST_ROLLED` ``_sum``, ``_min``, ``_max``,
 ``forest_station_1h``              ``_n`` (see "Forest" below); the 10 minutes, the hour (merged from them), the
 ``forest_station_1d``              JST day (merged from its hours)
@@ -45,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cityos.influx import InfluxQueryError, QueryFn, query_results, quote_literal
+from cityos.wire import ID_PATTERN
 
 __all__ = [
     "CELL_DEG",
@@ -75,8 +79,11 @@ __all__ = [
     "WASTE_1D",
     "WASTE_CELL_1D",
     "WASTE_COLLECTION",
+    "WASTE_TRIPS",
+    "WASTE_TRIP_1D",
     "QueryFn",
     "Slot",
+    "TripPart",
     "bucket_start",
     "cell_centre",
     "cell_from_tag",
@@ -96,9 +103,12 @@ __all__ = [
     "job_progress",
     "jst_day",
     "numeric_fields",
+    "stored_trip_parts",
     "target_db",
     "target_missing",
     "target_results",
+    "trip_part_time",
+    "trip_parts",
 ]
 
 SLOT_MS = 30 * 60_000
@@ -193,6 +203,98 @@ def cell_from_tag(tag: str) -> tuple[int, int] | None:
 def jst_day(ms: int) -> int:
     """The start (epoch ms) of the JST day holding ``ms``."""
     return (ms + JST_OFFSET_MS) // DAY_MS * DAY_MS - JST_OFFSET_MS
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Waste trips: a truck's pickups per trip number, district and JST day (``waste_trip_district_1d``), so a day's
+# trips need no raw pickups of the days before (docs/trucks.md "City OS API"). Which pickups a trip holds (its
+# truck and ``trip_no``, within its span) is the API's rule; a part here carries ``first_ms``/``last_ms`` so the
+# API can tell a part wholly in a span from one only partly in it (then it attaches that truck's pickups one by
+# one). :func:`trip_parts` is the one grouping of the rollup's rows and of the API's raw pickups: the same
+# pickups give the same parts, whichever side read them.
+
+#: The rows (tags ``device``, ``district``; fields ``trip_no``, ``kg``, ``pickups``, ``first_ms``, ``last_ms``),
+#: stamped at :func:`trip_part_time` (the JST day's start + ``trip_no`` ms: one row per trip and day in a series
+#: of a truck and district, rewritten in place when the day is recomputed).
+WASTE_TRIP_1D = "waste_trip_district_1d"
+#: The trip rows' job (``rollup_progress``): the JST days before its point were rolled up after they ended.
+WASTE_TRIPS = "waste_trips"
+_ID = re.compile(ID_PATTERN)
+
+
+@dataclass(frozen=True)
+class TripPart:
+    """The usable pickups of one truck's trip number in one district on one JST day."""
+
+    device: str
+    trip_no: int
+    district: str
+    day_ms: int
+    kg: float
+    pickups: int
+    first_ms: int
+    last_ms: int
+
+
+def trip_part_time(day_ms: int, trip_no: int) -> int | None:
+    """A row's timestamp; None for a trip number that cannot be one (outside 0 to a day's milliseconds: not
+    stored, the API reads such a trip's pickups raw)."""
+    return day_ms + trip_no if 0 <= trip_no < DAY_MS else None
+
+
+def trip_parts(series: Iterable[Mapping[str, Any]], *, single: bool = False) -> tuple[list[TripPart], int]:
+    """The parts of InfluxDB's series of ``SELECT "kg", "trip_no" FROM "waste_collection" ... GROUP BY "device",
+    "district"``, sorted, and the number of pickups that cannot be used (``kg`` missing, not a number or outside
+    0 to :data:`MAX_PICKUP_KG`, a ``device`` or ``district`` tag not an id). A pickup without a number in
+    ``trip_no`` belongs to no trip: in no part, not counted. ``kg`` summed exactly (:func:`math.fsum`); with
+    ``single``, each pickup is a part of its own."""
+    acc: dict[tuple[str, int, str, int, int], list[tuple[int, float]]] = defaultdict(list)
+    bad = 0
+    for s in series:
+        tags = s.get("tags") or {}
+        dev, dist = tags.get("device") or "", tags.get("district") or ""
+        ok = bool(_ID.fullmatch(dev) and _ID.fullmatch(dist))
+        cols = list(s["columns"])
+        i_kg, i_no = cols.index("kg"), cols.index("trip_no")
+        for v in s.get("values", []):
+            kg = _num(v[i_kg])
+            if not ok or kg is None or not 0 <= kg <= MAX_PICKUP_KG:
+                bad += 1
+                continue
+            no = _num(v[i_no])
+            if no is None:
+                continue
+            t = int(v[0])
+            acc[(dev, int(no), dist, jst_day(t), t if single else 0)].append((t, kg))
+    parts = [TripPart(dev, no, dist, day, math.fsum(kg for _, kg in xs), len(xs), min(t for t, _ in xs),
+                      max(t for t, _ in xs)) for (dev, no, dist, day, _), xs in sorted(acc.items())]
+    return parts, bad
+
+
+def stored_trip_parts(series: Iterable[Mapping[str, Any]]) -> tuple[list[TripPart], list[str]]:
+    """The parts of the rows of ``SELECT * FROM "waste_trip_district_1d" ... GROUP BY "device", "district"``,
+    and the truck of each row that cannot be used (a tag not an id, a field missing or inconsistent): a reader
+    reads those trucks' pickups raw."""
+    out: list[TripPart] = []
+    broken: list[str] = []
+    for s in series:
+        tags = s.get("tags") or {}
+        dev, dist = tags.get("device") or "", tags.get("district") or ""
+        for v in s.get("values", []):
+            rec = dict(zip(s["columns"], v, strict=True))
+            nums = [_num(rec.get(k)) for k in ("trip_no", "kg", "pickups", "first_ms", "last_ms")]
+            t = int(rec["time"])
+            day = jst_day(t)
+            if not (_ID.fullmatch(dev) and _ID.fullmatch(dist)) or None in nums:
+                broken.append(dev)
+                continue
+            no, kg, n, first, last = (float(x or 0) for x in nums)
+            if trip_part_time(day, int(no)) != t or no != int(no) or kg < 0 or n < 1 or n != int(n) \
+                    or not day <= first <= last < day + DAY_MS:
+                broken.append(dev)
+                continue
+            out.append(TripPart(dev, int(no), dist, day, kg, int(n), int(first), int(last)))
+    return out, broken
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Waste per district and JST day, and per collection-point cell: ``waste_district_1d``, ``waste_cell_1d`` (docs/api.md "Pre-aggregation", docs/trucks.md).
+"""Waste per district and JST day, per collection-point cell, and per trip: ``waste_district_1d``, ``waste_cell_1d``,
+``waste_trip_district_1d`` (docs/api.md "Pre-aggregation", docs/trucks.md).
 
 * A row per (JST day, district tag) with pickups: ``kg`` the sum of the pickups' ``kg``, ``pickups`` their number,
   summed by InfluxDB itself (``GROUP BY time(1d), "district" ... tz('Asia/Tokyo')``), stamped at the day's start.
@@ -12,6 +13,12 @@
   only one of ``lat``/``lon``) is skipped and counted too, so each unusable pickup is counted once. The cells have
   a progress point of their own (job ``waste_cells``): on a deployment whose districts are rolled up already,
   their first pass fills every day since the oldest pickup, then recomputes like the districts.
+* A row per (truck, trip number, district, JST day) in ``waste_trip_district_1d``: the pickups a trip can hold
+  (:func:`~cityos.rollups.trip_parts`, the API's grouping of raw pickups too), with their first and last time. A
+  trip across JST midnight is two rows; the API attaches rows to trips. Whole days only, read after they ended:
+  the progress point (job ``waste_trips``) is the start of the first day not rolled up, which the API reads raw
+  from; each pass resumes at the earlier of it and the first day still recomputed (so every day is rolled up at
+  least once after it ended). It counts no skipped pickup: those it cannot use are counted above.
 * **Late data**: a day is recomputed on every pass until ``recompute_days`` days after it ended (a row of the
   same day and district overwrites the previous one), then left as it is. The job's progress point is the first
   day still recomputed; the first pass starts at the JST day of the oldest pickup. Waste per district is not
@@ -26,6 +33,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from cityos.influx import query_results
 from cityos.rollups import (
     DAY_MS,
     MAX_PICKUP_KG,
@@ -33,20 +41,26 @@ from cityos.rollups import (
     WASTE_1D,
     WASTE_CELL_1D,
     WASTE_COLLECTION,
+    WASTE_TRIP_1D,
+    WASTE_TRIPS,
     cell_centre,
     cell_of,
     cell_tag,
     jst_day,
+    trip_part_time,
+    trip_parts,
 )
 from cityos.wire import ID_PATTERN
 from rollup.report import JobReport
 from rollup.store import Store, line
 
-__all__ = ["CELLS_JOB", "JOB", "cell_lines", "waste_pass"]
+__all__ = ["CELLS_JOB", "JOB", "TRIPS_JOB", "cell_lines", "trip_lines", "waste_pass"]
 
 JOB = "waste"
 #: The cells' progress point (``rollup_progress``, tag ``job``).
 CELLS_JOB = "waste_cells"
+#: The trip rows' progress point: the API reads the days before it from the rows.
+TRIPS_JOB = WASTE_TRIPS
 #: Days read per query (and written per request) when catching up.
 BATCH_DAYS = 31
 _ID_RE = re.compile(ID_PATTERN)
@@ -98,6 +112,24 @@ def cell_lines(store: Store, start_ms: int, end_ms: int) -> tuple[list[str], int
     return lines, skipped
 
 
+def trip_lines(store: Store, start_ms: int, end_ms: int) -> list[str]:
+    """``waste_trip_district_1d`` rows of the JST days in ``[start_ms, end_ms)`` (day-aligned), one day read at a
+    time. A part whose trip number cannot be a timestamp's offset is not written (the API reads it raw)."""
+    lines: list[str] = []
+    for day in range(start_ms, end_ms, DAY_MS):
+        q = (f'SELECT "kg", "trip_no" FROM "{WASTE_COLLECTION}" WHERE time >= {day}ms AND time < '
+             f'{day + DAY_MS}ms GROUP BY "device", "district"')
+        (result,) = query_results(*store.query(store.source, q))
+        parts, _ = trip_parts(result.get("series", []))  # the unusable pickups: counted by the districts, cells
+        for p in parts:
+            ts = trip_part_time(p.day_ms, p.trip_no)
+            if ts is not None:
+                lines.append(line(WASTE_TRIP_1D, {"device": p.device, "district": p.district},
+                                  {"trip_no": p.trip_no, "kg": p.kg, "pickups": p.pickups, "first_ms": p.first_ms,
+                                   "last_ms": p.last_ms}, ts))
+    return sorted(lines, key=lambda x: int(x.rsplit(" ", 1)[1]))
+
+
 def _start(store: Store, job: str, settled: int) -> int:
     """Where ``job`` resumes: its progress point, or on its first pass the JST day of the oldest pickup."""
     cursor = store.progress(job)
@@ -111,7 +143,7 @@ def waste_pass(store: Store, recompute_days: int, now_ms: int, stop: Callable[[]
                after_batch: Callable[[str, int], None]) -> JobReport:
     """(Re)compute every day from the first one still recomputed up to today (so far): the districts, then the
     cells (their own progress point, job :data:`CELLS_JOB`: added after the districts' rollup, their first pass
-    fills every day since the oldest pickup)."""
+    fills every day since the oldest pickup), then the trips' parts (job :data:`TRIPS_JOB`, up to yesterday)."""
     rep = JobReport(JOB)
     end_all = jst_day(now_ms) + DAY_MS
     settled = jst_day(now_ms - recompute_days * DAY_MS)  # days before it ended recompute_days ago or more
@@ -151,4 +183,12 @@ def waste_pass(store: Store, recompute_days: int, now_ms: int, stop: Callable[[]
         rep.batches += 1
         cursor = end
         after_batch(CELLS_JOB, end)
+    today = jst_day(now_ms)
+    cursor = min(_start(store, TRIPS_JOB, settled), settled)
+    while cursor < today and not stop():
+        end = min(today, cursor + BATCH_DAYS * DAY_MS)
+        store.write(trip_lines(store, cursor, end), TRIPS_JOB, end)
+        rep.batches += 1
+        cursor = end
+        after_batch(TRIPS_JOB, end)
     return rep

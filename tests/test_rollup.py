@@ -27,7 +27,18 @@ from helpers import influx_query, influx_write
 from citylab.stack import INFLUX_ROLLUP, StackInfo, influx_settings
 from cityos.config import ConfigError
 from cityos.influx import InfluxClient, InfluxError
-from cityos.rollups import DAY_MS, ENERGY_1D, ENERGY_30M, SLOT_MS, WASTE_1D, WASTE_CELL_1D, cell_of, target_db
+from cityos.rollups import (
+    DAY_MS,
+    ENERGY_1D,
+    ENERGY_30M,
+    SLOT_MS,
+    WASTE_1D,
+    WASTE_CELL_1D,
+    WASTE_TRIP_1D,
+    cell_of,
+    jst_day,
+    target_db,
+)
 from cityos_api.opendata import JST
 from rollup import RollupConfig, load_config, run_once
 
@@ -309,6 +320,62 @@ def test_waste_cells_sum_every_pickup_exactly_and_are_recomputed_like_the_distri
     again = cells(info, influx_db)
     assert again[("none", "chuo", d[4])][:2] == (12.5, 3)
     assert {k: v for k, v in again.items() if k[2] == d[0]} == {k: v for k, v in got.items() if k[2] == d[0]}
+
+
+def trip_rows(info: StackInfo, db: str) -> dict[tuple[str, int, str, int], tuple[float, int, int, int]]:
+    """``waste_trip_district_1d``: (truck, trip_no, district, day) → (kg, pickups, first_ms, last_ms); each row
+    stamped at its day's start + trip_no ms."""
+    out = {}
+    for s in influx_query(info, target_db(db), f'SELECT "trip_no", "kg", "pickups", "first_ms", "last_ms" FROM '
+                                               f'"{WASTE_TRIP_1D}" GROUP BY "device", "district"'):
+        for t, no, kg, n, first, last in s["values"]:
+            assert t == jst_day(t) + no
+            out[(s["tags"]["device"], no, s["tags"]["district"], jst_day(t))] = (kg, n, first, last)
+    return out
+
+
+def test_waste_trip_rows_per_trip_district_and_day_recomputed_like_the_districts(stack, influx_db):
+    info = stack.info()
+    d = [_day(2026, 11, 20 + i) for i in range(7)]  # the 20th .. the 26th
+    rng = random.Random(5)
+    lines = []
+    truth: dict[tuple[str, int, str, int], list[tuple[int, float]]] = defaultdict(list)
+    for k in range(600):  # 0.1 kg steps: fsum keeps a row's kg exact; trip 7 of truck-01 crosses midnight
+        truck, no = f"truck-0{k % 3}", 3 + k % 5
+        ts = d[no - 3] + 22 * 3_600_000 + k * 17_000  # 22:00 on, up to ~2:50 the next day
+        kg, dist = rng.randint(1, 900) / 10, ("chuo", "innosho", "unknown")[k % 7 % 3]
+        lines.append(f"waste_collection,device={truck},district={dist} kg={kg},trip_no={float(no)} {ts}")
+        truth[(truck, no, dist, jst_day(ts))].append((ts, kg))
+    # unusable: a negative kg, no district, a device tag not an id (counted once, by the districts and the cells);
+    # no trip number: in no trip, not counted
+    lines += [f"waste_collection,device=truck-01,district=chuo kg=-5,trip_no=3 {d[1] + 10}",
+              f"waste_collection,device=truck-01 kg=5,trip_no=3 {d[1] + 11}",
+              rf"waste_collection,device=Truck\ 1,district=chuo kg=5,trip_no=3 {d[1] + 12}",
+              f"waste_collection,device=truck-01,district=chuo kg=5 {d[1] + 13}"]
+    influx_write(info, influx_db, lines)
+    now = d[5] + 12 * 3_600_000  # the 25th, noon: the 22nd .. the 24th recomputed, the 25th not over yet
+    rep = run_once(_config(info, influx_db), now)
+    assert rep.waste.skipped == 3, rep.summary()
+    want = {k: (math.fsum(kg for _, kg in v), len(v), min(t for t, _ in v), max(t for t, _ in v))
+            for k, v in truth.items() if k[3] < d[5]}
+    got = trip_rows(info, influx_db)
+    assert got == want, "every whole day before today, exact; today's pickups are read raw by the API"
+    assert {k[3] for k in got if k[:2] == ("truck-01", 7)} == {d[4]}, "trip 7 crosses into the 25th: not yet"
+
+    # late pickups: for the 20th (past recompute_days: left as it is) and the 24th (recomputed); the next day
+    # the 25th is rolled up whole
+    influx_write(info, influx_db, [f"waste_collection,device=truck-00,district=chuo kg=1000,trip_no=3 {d[0] + 5}",
+                                   f"waste_collection,device=truck-01,district=chuo kg=2.5,trip_no=7 {d[4] + 5}"])
+    run_once(_config(info, influx_db), now + DAY_MS)
+    again = trip_rows(info, influx_db)
+    assert {k: v for k, v in again.items() if k[3] == d[0]} == {k: v for k, v in want.items() if k[3] == d[0]}
+    late = [*truth[("truck-01", 7, "chuo", d[4])], (d[4] + 5, 2.5)]
+    assert again[("truck-01", 7, "chuo", d[4])] == (math.fsum(kg for _, kg in late), len(late), d[4] + 5,
+                                                    max(t for t, _ in late))
+    assert {k[3] for k in again if k[:2] == ("truck-01", 7)} == {d[4], d[5]}, "a trip across midnight: two rows"
+    assert {k: v for k, v in again.items() if k[3] == d[5]} == {
+        k: (math.fsum(kg for _, kg in v), len(v), min(t for t, _ in v), max(t for t, _ in v))
+        for k, v in truth.items() if k[3] == d[5]}, "the 25th, once it ended"
 
 
 def test_influxdb_down_exits_1_with_one_line(tmp_path: Path):
