@@ -346,3 +346,52 @@ def test_influxdb_down_is_503(tmp_path, service):
                     "/v1/waste/collection-points"):
             resp = c.get(url, headers=service)
             assert resp.status_code == 503 and resp.json()["detail"].startswith("InfluxDB unavailable"), url
+
+
+#: (date, truck, trip_no) → (first pickup, last pickup, {district: (kg, pickups)}): the fixture's pickups per trip
+TRIPS = {
+    (D1, "truck-01", 1): ("2026-11-30T10:00:00+09:00", "2026-11-30T10:30:00+09:00",
+                          {"chuo": (200.75, 2), "ichinomiya": (200.0, 1)}),
+    (D2, "truck-01", 2): ("2026-11-30T23:59:00+09:00", "2026-12-01T00:20:00+09:00",
+                          {"chuo": (50.0, 1), "ichinomiya": (60.0, 1), "unknown": (10.0, 1)}),
+    (D2, "truck-02", 1): ("2026-12-01T09:00:00+09:00", "2026-12-01T09:40:00+09:00",
+                          {"chuo": (5.0, 1), "innosho": (525.5, 3)}),
+}
+
+
+def _trip_view(c: TestClient, headers: dict[str, str]) -> dict[tuple[str, str, int], tuple]:
+    out = {}
+    for day in (D1, D2):
+        resp = c.get(f"/v1/waste/trips?date={day}&limit=2000", headers=headers)
+        assert resp.status_code == 200, resp.text
+        for t in resp.json()["items"]:
+            out[(day, t["truck"], t["trip_no"])] = (t["first_pickup"], t["last_pickup"], {
+                d["district"]: (d["kg"], d["pickups"]) for d in t["districts"]})
+    return out
+
+
+def test_trips_are_the_raw_truth_whatever_the_rollup_has_done(stack_info, waste, service, tmp_path):
+    # trip 1's number on a pickup after trip 1 ended (in trip 2's span): in no trip, and its day's row for trip 1
+    # only partly in trip 1's span (the API then attaches truck-01's pickups one by one)
+    _write(stack_info, waste, "gw-truck-01", [_pickup("truck-01", _ms(D1, 12, 0), "chuo", 7.0, 1, 4, CHUO_A)])
+    settings = ApiSettings.model_validate({
+        "influx": influx_settings(stack_info, "reader", waste), "places": {"districts_file": DISTRICTS},
+        "auth": {"tokens_file": tmp_path / "tokens.json"}})
+    cfg = RollupConfig.model_validate({"influx": influx_settings(stack_info, "rollup", waste)})
+    with TestClient(create_app(settings)) as c:
+        assert _trip_view(c, service) == TRIPS, "no rollup pass yet: every pickup read raw"
+        before = _skipped(c, "waste_collection")
+        # as of the 1st, 06:00: the 30th from the rollup's rows, the 1st raw (trip 2 crosses the cut at midnight)
+        run_once(cfg, _ms(D2, 6, 0))
+        assert _trip_view(c, service) == TRIPS
+        run_once(cfg, _ms("2026-12-02", 6, 0))  # both days rolled up
+        assert _trip_view(c, service) == TRIPS
+        assert _skipped(c, "waste_collection") - before == 1, \
+            "the negative kg, read raw once (on the 1st, before it was rolled up): the rollup counts it after"
+        assert _skipped(c, "waste_trip_district_1d") == 0
+        # a late pickup of trip 2 lands in the answer at the rollup's next pass, as it would read raw
+        _write(stack_info, waste, "gw-truck-01", [_pickup("truck-01", _ms(D2, 0, 30), "chuo", 2.5, 2, 4, None)])
+        run_once(cfg, _ms("2026-12-02", 6, 10))
+        first, _, districts = TRIPS[(D2, "truck-01", 2)]
+        assert _trip_view(c, service)[(D2, "truck-01", 2)] == (
+            first, "2026-12-01T00:30:00+09:00", {**districts, "chuo": (52.5, 2)})

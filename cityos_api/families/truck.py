@@ -12,7 +12,8 @@ disposal site (``kg_collected``, ``kg_unloaded``, ``pickups``, ``distance_km``, 
   in one request). Days and districts without a pickup are left out, never listed as 0. Waste totals of a
   district are not personal: a district holds thousands of households and its collection points are shared.
 * **Trips** (``service``): a truck's trips of a JST day (the day the trip ended, i.e. unloaded), with the
-  districts its pickups were in.
+  districts its pickups were in: the rollup's ``waste_trip_district_1d`` rows for the days it has rolled up, raw
+  pickups after (:func:`fetch_trip_districts`; the same answer either way).
 * **Collection points** (``service``): pickups grouped by a cell of 0.001° of latitude and longitude (about
   110 m x 90 m here) and district: the data carries no stop id, and a pickup is at a shared collection point
   (ごみステーション), so a cell is one or more stations, never a household's bin by design. Whole JST days, read
@@ -47,10 +48,17 @@ from cityos.rollups import (
     NO_CELL,
     WASTE_1D,
     WASTE_CELL_1D,
+    WASTE_TRIP_1D,
+    WASTE_TRIPS,
+    TripPart,
     cell_centre,
     cell_from_tag,
+    job_progress,
     jst_day,
+    stored_trip_parts,
     target_results,
+    trip_part_time,
+    trip_parts,
 )
 from cityos.wire import ID_PATTERN
 from cityos_api.auth import OPEN, SERVICE
@@ -75,13 +83,14 @@ __all__ = [
     "Pickup",
     "Trip",
     "TruckLoad",
+    "attach_parts",
     "fetch_cells",
     "fetch_district_days",
     "fetch_district_months",
     "fetch_last_loads",
     "fetch_loads",
     "fetch_pickups",
-    "fetch_trip_pickups",
+    "fetch_trip_districts",
     "fetch_trips",
     "link_next",
     "page",
@@ -258,22 +267,6 @@ def fetch_pickups(query: QueryFn, db: str, tr: TimeRange, truck: str | None = No
     return _pickups(series, located)
 
 
-def fetch_trip_pickups(query: QueryFn, db: str, trips: Sequence[Trip], lookback_from_ms: int
-                       ) -> tuple[list[Pickup], int]:
-    """The servable pickups within the trips' own spans (per truck, from its first trip's start, not before
-    ``lookback_from_ms``, to its last trip's end), without positions (a trip's districts need none); and the
-    number skipped, as :func:`fetch_pickups`. One statement per truck, in one request."""
-    spans: dict[str, tuple[int, int]] = {}
-    for t in trips:
-        a, b = spans.get(t.truck, (t.start_ms, t.end_ms))
-        spans[t.truck] = (min(a, t.start_ms), max(b, t.end_ms))
-    if not spans:
-        return [], 0
-    stmts = [f'SELECT "kg", "trip_no" FROM "{COLLECTION}" WHERE time >= {max(a, lookback_from_ms)}ms AND time <= '
-             f'{b}ms AND "device" = {literal(dev)} GROUP BY "device", "district"' for dev, (a, b) in sorted(spans.items())]
-    return _pickups([s for series in _series(*query(db, "; ".join(stmts))) for s in series], False)
-
-
 def _pickups(series: Sequence[dict[str, Any]], located: bool) -> tuple[list[Pickup], int]:
     out: list[Pickup] = []
     skipped = 0
@@ -414,22 +407,100 @@ def fetch_trips(query: QueryFn, db: str, tr: TimeRange, truck: str | None = None
     return out, skipped
 
 
-def attach_pickups(trips: Sequence[Trip], pickups: Sequence[Pickup]) -> None:
-    """Each pickup to the trip of its truck and trip number whose time span holds it."""
+def _trip_days(trips: Sequence[Trip], lookback_from_ms: int) -> dict[str, tuple[int, int]]:
+    """Per truck, the whole JST days its trips' spans touch (from its first trip's start, not before
+    ``lookback_from_ms``, a day's start, to its last trip's end): whole days, so the pickups read raw group into
+    the same parts as the rollup's rows of those days."""
+    days: dict[str, tuple[int, int]] = {}
+    for t in trips:
+        a, b = days.get(t.truck, (jst_day(t.start_ms), jst_day(t.end_ms) + DAY_MS))
+        days[t.truck] = (min(a, jst_day(t.start_ms)), max(b, jst_day(t.end_ms) + DAY_MS))
+    return {dev: (max(a, lookback_from_ms), b) for dev, (a, b) in days.items()}
+
+
+def _raw_parts(query: QueryFn, db: str, spans: Mapping[str, tuple[int, int]], *, single: bool = False
+               ) -> tuple[list[TripPart], int]:
+    """:func:`~cityos.rollups.trip_parts` of each truck's pickups in its ``[start, end)`` (``kg`` and ``trip_no``
+    only; one statement per truck, in one request)."""
+    stmts = [f'SELECT "kg", "trip_no" FROM "{COLLECTION}" WHERE time >= {a}ms AND time < {b}ms AND "device" = '
+             f'{literal(dev)} GROUP BY "device", "district"' for dev, (a, b) in sorted(spans.items()) if a < b]
+    if not stmts:
+        return [], 0
+    return trip_parts([s for series in _series(*query(db, "; ".join(stmts))) for s in series], single=single)
+
+
+def fetch_trip_districts(query: QueryFn, db: str, rollup_db: str, trips: Sequence[Trip], lookback_from_ms: int
+                         ) -> tuple[int, int]:
+    """Each trip's districts and first and last pickup, from the pickups of its truck and ``trip_no`` within its
+    span (:func:`attach_parts`), looked for per truck over :func:`_trip_days`. The days before the rollup's
+    progress point (job ``waste_trips``) come from its ``waste_trip_district_1d`` rows, the rest (today) from the
+    raw pickups, grouped the same way (:func:`~cityos.rollups.trip_parts`): the answer does not depend on where
+    the rollup stands. Without the rollups' database (or before its first pass) every day is read raw: slower,
+    the same answer (a trip is an operations view; it was served before the rollup existed). The trucks with a
+    part only partly in a span, a rollup row that cannot be used, or a trip number that cannot be a row's are
+    read raw and attached pickup by pickup. Returns (pickups skipped in the raw part, rollup rows unusable)."""
+    days = _trip_days(trips, lookback_from_ms)
+    if not days:
+        return 0, 0
+    progress = job_progress(query, rollup_db, WASTE_TRIPS)
+    cut = {dev: a if progress is None else min(max(a, progress), b) for dev, (a, b) in days.items()}
+    stored: list[TripPart] = []
+    broken: list[str] = []
+    stmts = [f'SELECT "trip_no", "kg", "pickups", "first_ms", "last_ms" FROM "{WASTE_TRIP_1D}" WHERE time >= '
+             f'{a}ms AND time < {cut[dev]}ms AND "device" = {literal(dev)} GROUP BY "device", "district"'
+             for dev, (a, _) in sorted(days.items()) if a < cut[dev]]
+    if stmts:
+        stored, broken = stored_trip_parts(s for r in target_results(query, rollup_db, "; ".join(stmts))
+                                           for s in r.get("series", []))
+    parts, skipped = _raw_parts(query, db, {dev: (cut[dev], b) for dev, (_, b) in days.items()})
+    unsure = set(broken) | {t.truck for t in trips if trip_part_time(0, t.trip_no) is None}
+    unsure |= attach_parts(trips, [p for p in [*stored, *parts] if p.device not in unsure])
+    if unsure:
+        singles, _ = _raw_parts(query, db, {dev: days[dev] for dev in unsure if dev in days}, single=True)
+        attach_parts(trips, singles)
+    return skipped, len(broken)
+
+
+def _place(candidates: Sequence[Trip], p: TripPart) -> tuple[Trip | None, bool]:
+    """(The trip holding every pickup of ``p``, or None: none holds any; True) or (None, False): some are in a
+    trip's span and some not. A pickup goes to the first trip of its truck and number whose span holds it."""
+    for t in candidates:
+        if p.last_ms < t.start_ms or p.first_ms > t.end_ms:
+            continue
+        if t.start_ms <= p.first_ms and p.last_ms <= t.end_ms:
+            return t, True
+        return None, False
+    return None, True
+
+
+def attach_parts(trips: Sequence[Trip], parts: Sequence[TripPart]) -> set[str]:
+    """Each part to the trip of its truck and trip number whose span holds its pickups: the trips' districts (kg
+    summed exactly, pickups) and first and last pickup. A truck with a part only partly in a span gets none of
+    its parts attached: returned, for its pickups to be attached one by one (single parts)."""
     by_key: dict[tuple[str, int], list[Trip]] = defaultdict(list)
     for t in trips:
         by_key[(t.truck, t.trip_no)].append(t)
-    for p in sorted(pickups, key=lambda p: p.ts_ms):
-        if p.trip_no is None:
-            continue
-        for t in by_key.get((p.truck, p.trip_no), ()):
-            if t.start_ms <= p.ts_ms <= t.end_ms:
-                acc = t.districts.setdefault(p.district, [0.0, 0])
-                acc[0] += p.kg
-                acc[1] += 1
-                t.first_pickup_ms = p.ts_ms if t.first_pickup_ms is None else t.first_pickup_ms
-                t.last_pickup_ms = p.ts_ms
-                break
+    placed: list[tuple[Trip, TripPart]] = []
+    unsure: set[str] = set()
+    for p in parts:
+        trip, sure = _place(by_key.get((p.device, p.trip_no), ()), p)
+        if not sure:
+            unsure.add(p.device)
+        elif trip is not None:
+            placed.append((trip, p))
+    per_trip: dict[int, tuple[Trip, list[TripPart]]] = {}
+    for trip, p in placed:
+        if trip.truck not in unsure:
+            per_trip.setdefault(id(trip), (trip, []))[1].append(p)
+    for trip, ps in per_trip.values():
+        by_district: dict[str, list[TripPart]] = defaultdict(list)
+        for p in ps:
+            by_district[p.district].append(p)
+        trip.districts = {d: [math.fsum(p.kg for p in xs), sum(p.pickups for p in xs)]
+                          for d, xs in sorted(by_district.items())}
+        trip.first_pickup_ms = min(p.first_ms for p in ps)
+        trip.last_pickup_ms = max(p.last_ms for p in ps)
+    return unsure
 
 
 def _month_bounds(y: int, m: int) -> tuple[int, int]:
@@ -603,9 +674,10 @@ def router(api: Api) -> APIRouter:
         api.skipped(TRIP, skipped)
         if trips:
             lo = tr.start_ms - int(TRIP_LOOKBACK.total_seconds() * 1000)
-            pickups, bad_pickups = api.read(lambda q, db: fetch_trip_pickups(q, db, trips, lo))
+            bad_pickups, bad_rows = api.read(lambda q, db: fetch_trip_districts(q, db, api.settings.rollup_db,
+                                                                                 trips, lo))
             api.skipped(COLLECTION, bad_pickups)
-            attach_pickups(trips, pickups)
+            api.skipped(WASTE_TRIP_1D, bad_rows)
         return day, tr, trips
 
     def trip_row(t: Trip) -> dict[str, Any]:
