@@ -221,14 +221,17 @@ def rolled_up(api: Api, targets: dict[str, Target], attrs: Sequence[str], method
                                   devices, columns)
         if cut < end_ms:
             numbers, _ = numeric_fields(query, db, MEASUREMENT)
-            rows += forest_raw(query, db, cut, end_ms, [f for f in FOREST_ROLLED if f in numbers], devices, level)
+            rows += forest_raw(query, db, cut, end_ms, [f for f in FOREST_ROLLED if f in numbers and f in fields],
+                               devices, level)
         return rows
 
     periods: dict[tuple[str, int], list[dict[str, float | int]]] = defaultdict(list)
     for dev, t, row in api.read(fetch):
         k = (t - start_ms) // period_ms if period_ms else 0
         periods[(dev, start_ms + k * period_ms)].append(row)
-    merged = {key: forest_merge(rows) for key, rows in sorted(periods.items())}
+    by_device: dict[str, list[tuple[int, dict[str, float | int]]]] = defaultdict(list)
+    for (dev, t0), rows in sorted(periods.items()):
+        by_device[dev].append((t0, rows[0] if len(rows) == 1 else forest_merge(rows)))
     out: Aggregates = {}
     for eid, target in targets.items():
         for a in attrs:
@@ -236,9 +239,9 @@ def rolled_up(api: Api, targets: dict[str, Target], attrs: Sequence[str], method
             if f is None:
                 continue
             per: dict[str, list[tuple[Any, int, int]]] = {}
-            for (dev, t0), row in merged.items():
+            for t0, row in by_device.get(target.tag_value, ()):
                 n = forest_n(row, f)
-                if dev != target.tag_value or not n:
+                if not n:
                     continue
                 t1 = min(t0 + period_ms, end_ms) if period_ms else end_ms
                 value = {"totalCount": n, "sum": row[f + "_sum"], "avg": float(row[f + "_sum"]) / n}

@@ -10,6 +10,7 @@ provider that has its instances in hand (the InfluxDB helper has InfluxDB aggreg
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -31,8 +32,10 @@ DEFAULT_HOURS = 24
 _DURATION = re.compile(r"P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def utc(ms: int) -> str:
-    """ISO 8601 in UTC with ``Z`` (milliseconds when the time has them), as NGSI-LD brokers write times."""
+    """ISO 8601 in UTC with ``Z`` (milliseconds when the time has them), as NGSI-LD brokers write times. Kept for
+    the last 65,536 times: aggregates repeat their periods' starts and ends for every entity."""
     t = datetime.fromtimestamp(ms / 1000, UTC)
     text = t.isoformat(timespec="milliseconds" if ms % 1000 else "seconds")
     return text.replace("+00:00", "Z")
