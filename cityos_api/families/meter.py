@@ -25,6 +25,7 @@ Privacy (the kernel's k, :data:`cityos.privacy.MIN_HOUSEHOLDS`):
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -179,6 +180,62 @@ class FrozenDays:
                 self._days.popitem(last=False)
 
 
+_KEPT: weakref.WeakKeyDictionary[Api, dict[str, FrozenDays]] = weakref.WeakKeyDictionary()
+_KEPT_LOCK = threading.Lock()
+Row = tuple[str, int, dict[str, Any]]
+
+
+def _half_hour(api: Api, district: str, start: int, cell: dict[str, Any]) -> dict[str, Any]:
+    return {**api.places.named(district), "start": iso(start), "end": iso(start + SLOT_MS), **cell}
+
+
+def _day(api: Api, district: str, day: int, cell: dict[str, Any]) -> dict[str, Any]:
+    return {**api.places.named(district), "date": iso(day)[:10], **cell}
+
+
+#: measurement → (its cells' reader, how a route renders a cell).
+_DISTRICT_TABLES: dict[str, tuple[Any, Callable[[Api, str, int, dict[str, Any]], dict[str, Any]]]] = {
+    ENERGY_30M: (fetch_district_half_hours, _half_hour),
+    ENERGY_1D: (fetch_district_days, _day),
+}
+
+
+def district_cells(api: Api, measurement: str, tr: TimeRange, district: str | None) -> list[Row]:
+    """The district cells of ``measurement`` (``energy_district_30m`` or ``_1d``) in ``tr``, rendered as the open
+    routes serve them (the k rule applied), as (district, period start, row) sorted by district then time: the
+    JST days the rollup has frozen from the API's :class:`FrozenDays` (read once, whole; shared by the routes and
+    the NGSI-LD provider), the rest from the rollups at each request."""
+    fetch, render = _DISTRICT_TABLES[measurement]
+    k = api.settings.open_data.min_households
+    with _KEPT_LOCK:
+        cache = _KEPT.setdefault(api, {}).setdefault(measurement, FrozenDays())
+
+    def cells(r: TimeRange, only: str | None) -> dict[tuple[str, int], Any]:
+        found, bad_rows = api.read(lambda query, _db: fetch(query, api.settings.rollup_db, r, k, only))
+        api.skipped(measurement, bad_rows)
+        return found  # type: ignore[no-any-return]
+
+    progress = api.read(lambda query, _db: job_progress(query, api.settings.rollup_db, ENERGY_JOB))
+    cut = max(tr.start_ms, min(tr.end_ms, jst_day(progress))) if progress is not None else tr.start_ms
+    days = range(jst_day(tr.start_ms), cut, DAY_MS)
+    kept = {d: cache.get(d) for d in days}
+    missing = [d for d, rows in kept.items() if rows is None]
+    if missing:
+        loaded: dict[int, list[Row]] = {d: [] for d in missing}
+        for (dist, t), cell in cells(TimeRange(missing[0], missing[-1] + DAY_MS), None).items():
+            if jst_day(t) in loaded:
+                loaded[jst_day(t)].append((dist, t, render(api, dist, t, cell)))
+        for d, rows in loaded.items():
+            cache.put(d, rows)
+        kept.update(loaded)
+    out = [row for rows in kept.values() for row in rows or ()
+           if tr.start_ms <= row[1] < tr.end_ms and (district is None or row[0] == district)]
+    if cut < tr.end_ms:
+        out += [(dist, t, render(api, dist, t, cell))
+                for (dist, t), cell in cells(TimeRange(cut, tr.end_ms), district).items()]
+    return sorted(out, key=lambda x: (x[0], x[1]))
+
+
 def router(api: Api) -> APIRouter:
     r = APIRouter(tags=["energy"])
     od = api.settings.open_data
@@ -216,39 +273,6 @@ def router(api: Api) -> APIRouter:
         api.skipped(MEASUREMENT, bad_points)
         return found
 
-    def rollup(fetch: Any, measurement: str, tr: TimeRange, district: str | None) -> dict[tuple[str, int], Any]:
-        """A district route's cells from the rollups' database (``[rollup] db``)."""
-        found, bad_rows = api.read(lambda query, _db: fetch(query, api.settings.rollup_db, tr, k, district))
-        api.skipped(measurement, bad_rows)
-        return found
-
-    def frozen_rows(cache: FrozenDays, fetch: Any, measurement: str, tr: TimeRange, district: str | None,
-                    render: Callable[[str, int, dict[str, Any]], dict[str, Any]]) -> list[dict[str, Any]]:
-        """A district route's rendered rows, sorted by district then time: the JST days the rollup has frozen
-        from ``cache`` (read once, whole), the rest from the rollups at each request."""
-        progress = api.read(lambda query, _db: job_progress(query, api.settings.rollup_db, ENERGY_JOB))
-        cut = max(tr.start_ms, min(tr.end_ms, jst_day(progress))) if progress is not None else tr.start_ms
-        days = range(jst_day(tr.start_ms), cut, DAY_MS)
-        kept = {d: cache.get(d) for d in days}
-        missing = [d for d, rows in kept.items() if rows is None]
-        if missing:
-            whole = rollup(fetch, measurement, TimeRange(missing[0], missing[-1] + DAY_MS), None)
-            loaded: dict[int, list[tuple[str, int, dict[str, Any]]]] = {d: [] for d in missing}
-            for (dist, t), cell in whole.items():
-                if jst_day(t) in loaded:
-                    loaded[jst_day(t)].append((dist, t, render(dist, t, cell)))
-            for d, rows in loaded.items():
-                cache.put(d, rows)
-            kept.update(loaded)
-        out = [row for rows in kept.values() for row in rows or ()
-               if tr.start_ms <= row[1] < tr.end_ms and (district is None or row[0] == district)]
-        if cut < tr.end_ms:
-            out += [(dist, t, render(dist, t, cell))
-                    for (dist, t), cell in rollup(fetch, measurement, TimeRange(cut, tr.end_ms), district).items()]
-        return [row for _, _, row in sorted(out, key=lambda x: (x[0], x[1]))]
-
-    half_hours_kept, days_kept = FrozenDays(), FrozenDays()
-
     @api.route(r, "/v1/energy/districts/half-hourly", scope=OPEN, response_class=Response,
                responses=read_responses)
     def districts_half_hourly(
@@ -262,8 +286,7 @@ def router(api: Api) -> APIRouter:
         households report; at most 31 days."""
         d = district_filter(district)
         tr = settled(time_range(frm, to, HALF_HOURLY, int(api.clock() * 1000)), SLOT_MS)
-        items = frozen_rows(half_hours_kept, fetch_district_half_hours, ENERGY_30M, tr, d, lambda dist, start, cell: {
-            **api.places.named(dist), "start": iso(start), "end": iso(start + SLOT_MS), **cell})
+        items = [row for _, _, row in district_cells(api, ENERGY_30M, tr, d)]
         doc = envelope("energy-district-half-hourly", "地区別 30分ごとの電力使用量 / electricity per district and half "
                        "hour", tr, items)
         return api.respond(fmt, doc, items, ["district", "district_name_ja", "district_name_en", "start", "end",
@@ -282,8 +305,7 @@ def router(api: Api) -> APIRouter:
         households; at most 400 days."""
         d = district_filter(district)
         tr = settled(time_range(frm, to, DAILY, int(api.clock() * 1000)), DAY_MS)
-        items = frozen_rows(days_kept, fetch_district_days, ENERGY_1D, tr, d, lambda dist, day, cell: {
-            **api.places.named(dist), "date": iso(day)[:10], **cell})
+        items = [row for _, _, row in district_cells(api, ENERGY_1D, tr, d)]
         doc = envelope("energy-district-daily", "地区別 日別の電力使用量 / electricity per district and day", tr, items)
         return api.respond(fmt, doc, items, ["district", "district_name_ja", "district_name_en", "date", "kwh",
                                              "households", "kwh_suppressed"],

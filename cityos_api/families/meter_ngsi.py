@@ -1,7 +1,7 @@
 """Energy per district as NGSI-LD entities (the facade: ``cityos_api/ngsi_ld``; the mapping and why it is an
 extension type: docs/ngsi-ld.md, "Energy per district"). Every read goes through ``meter.py``'s
-:func:`~cityos_api.families.meter.fetch_district_half_hours`: the frozen half hours of the rollups with the open
-data's k rule already applied, the same cells ``/v1/energy/districts/half-hourly`` serves.
+:func:`~cityos_api.families.meter.district_cells`: the frozen half hours of the rollups with the open data's k
+rule already applied, the same cells ``/v1/energy/districts/half-hourly`` serves (and the same days kept).
 
 * ``urn:ngsi-ld:DistrictEnergyConsumption:<district>``: ``consumption`` (KWH), the kWh the district's households
   used in a half hour, one instance per **published** half hour (at least k households reported in it), stamped
@@ -22,7 +22,7 @@ from typing import Any
 
 from cityos.rollups import DAY_MS, ENERGY_30M, SLOT_MS
 from cityos_api.core import Api
-from cityos_api.families.meter import fetch_district_half_hours
+from cityos_api.families.meter import district_cells
 from cityos_api.families.truck_ngsi import CITY
 from cityos_api.ngsi_ld import Aggregates, Attr, AttrInfo, Entity, History, TypeInfo, aggregate, urn
 from cityos_api.ngsi_ld.temporal import utc
@@ -70,11 +70,8 @@ class EnergyProvider:
                    ) -> dict[str, list[tuple[int, float, int]]]:
         """district → (half hour start, kWh, households) of its published half hours starting in the range."""
         first = start_ms - start_ms % SLOT_MS
-        cells, bad = api.read(lambda query, _db: fetch_district_half_hours(
-            query, api.settings.rollup_db, TimeRange(first, max(first, end_ms)), self.k, district))
-        api.skipped(ENERGY_30M, bad)
         out: dict[str, list[tuple[int, float, int]]] = {}
-        for (d, t), cell in cells.items():
+        for d, t, cell in district_cells(api, ENERGY_30M, TimeRange(first, max(first, end_ms)), district):
             if not cell["kwh_suppressed"] and cell["kwh"] is not None and start_ms <= t < end_ms:
                 out.setdefault(d, []).append((t, cell["kwh"], cell["households"]))
         return out
