@@ -23,8 +23,17 @@ from typing import Any
 from cityos.rollups import DAY_MS, ENERGY_30M, SLOT_MS
 from cityos_api.core import Api
 from cityos_api.families.meter import district_cells
-from cityos_api.families.truck_ngsi import CITY
-from cityos_api.ngsi_ld import Aggregates, Attr, AttrInfo, Entity, History, TypeInfo, aggregate, urn
+from cityos_api.ngsi_ld import (
+    Aggregates,
+    Attr,
+    AttrInfo,
+    Entity,
+    History,
+    TypeInfo,
+    aggregate,
+    district_address,
+    urn,
+)
 from cityos_api.ngsi_ld.temporal import utc
 from cityos_api.params import TimeRange
 
@@ -84,7 +93,7 @@ class EnergyProvider:
             place = self.places.district(d)
             attrs = {"consumption": Attr(kwh, t, "KWH"), "householdCount": Attr(n, t),
                      "dateObserved": Attr(utc(t)), "districtId": Attr(d), "districtNameEn": Attr(place.name_en),
-                     "address": Attr({**CITY, "district": place.name_ja})}
+                     "address": Attr(district_address(place.name_ja))}
             if place.geometry:
                 attrs["location"] = Attr(place.geometry)
             out.append(Entity(urn(TYPE, d), TYPE, attrs))

@@ -26,7 +26,17 @@ from typing import Any
 from cityos.rollups import cell_centre, cell_of
 from cityos_api.core import Api
 from cityos_api.families import truck
-from cityos_api.ngsi_ld import Aggregates, Attr, AttrInfo, Entity, History, TypeInfo, aggregate, urn
+from cityos_api.ngsi_ld import (
+    Aggregates,
+    Attr,
+    AttrInfo,
+    Entity,
+    History,
+    TypeInfo,
+    aggregate,
+    district_address,
+    urn,
+)
 from cityos_api.ngsi_ld.influx import InfluxFields, Target
 from cityos_api.ngsi_ld.temporal import utc
 from cityos_api.params import TimeRange
@@ -41,7 +51,6 @@ SDM = "https://smartdatamodels.org/"
 SDM_TRANSPORT = SDM + "dataModel.Transportation/"
 SDM_WASTE = SDM + "dataModel.WasteManagement/"
 UNKNOWN_NAMES = ("不明（位置なし・地区外）", "unknown (no position or outside every district)")
-CITY = {"addressCountry": "JP", "addressRegion": "岡山県", "addressLocality": "津山市"}
 
 _LOCATION = AttrInfo("GeoProperty", iri="https://uri.etsi.org/ngsi-ld/location", temporal=True,
                      description="a GeoJSON geometry (lon, lat)")
@@ -187,7 +196,7 @@ class TruckProvider:
             ja, en = self._names(district)
             attrs = {"weight": Attr(round(kg, 3), day_ms), "pickupCount": Attr(n, day_ms),
                      "dateObserved": Attr(utc(day_ms)), "districtId": Attr(district), "districtNameEn": Attr(en),
-                     "address": Attr({**CITY, "district": ja})}
+                     "address": Attr(district_address(ja))}
             geom = self.places.districts[district].geometry if district in self.places.districts else None
             if geom:
                 attrs["location"] = Attr(geom)

@@ -28,6 +28,7 @@ from cityos_api.ngsi_ld.provider import (
     EntityProvider,
     History,
     TypeInfo,
+    district_address,
     urn,
 )
 from cityos_api.ngsi_ld.temporal import aggregate
@@ -47,6 +48,7 @@ __all__ = [
     "Target",
     "TypeInfo",
     "aggregate",
+    "district_address",
     "family_providers",
     "install",
     "router",

@@ -37,6 +37,7 @@ __all__ = [
     "EntityProvider",
     "History",
     "TypeInfo",
+    "district_address",
     "urn",
 ]
 
@@ -50,6 +51,15 @@ AGGR_METHODS = ("totalCount", "distinctCount", "sum", "avg", "min", "max", "stdd
 History = dict[str, dict[str, list[tuple[Any, int]]]]
 #: entity id → attribute → method → ``(value, period_start_ms, period_end_ms)``, oldest first.
 Aggregates = dict[str, dict[str, dict[str, list[tuple[Any, int, int]]]]]
+
+
+#: The city's part of a PostalAddress (schema.org), for the entities located by district (waste, energy).
+CITY_ADDRESS = {"addressCountry": "JP", "addressRegion": "岡山県", "addressLocality": "津山市"}
+
+
+def district_address(name_ja: str) -> dict[str, str]:
+    """A district's ``address`` value: the city's address with the district's Japanese name."""
+    return {**CITY_ADDRESS, "district": name_ja}
 
 
 def urn(type_name: str, local_id: str) -> str:
