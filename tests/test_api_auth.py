@@ -93,7 +93,7 @@ def test_a_token_without_the_scope_is_403_on_every_internal_route(tmp_path, toke
     logged = caplog.text
     assert "denied 403" in logged
     for tok in toks.values():
-        assert tok not in logged and tok.split("_")[2] not in logged  # the id is logged, never the secret
+        assert tok not in logged and tok.split("_", 2)[2] not in logged  # the id is logged, never the secret
 
 
 def test_expired_revoked_unknown_and_malformed_tokens_are_401(tmp_path, tokens):
