@@ -30,7 +30,7 @@ from cityos_api.ngsi_ld import (
     Entity,
     History,
     TypeInfo,
-    aggregate,
+    aggregate_history,
     district_address,
     urn,
 )
@@ -118,12 +118,8 @@ class EnergyProvider:
     def aggregated(self, api: Api, ids: Sequence[str], attrs: Sequence[str], methods: Sequence[str],
                    period_ms: int, start_ms: int, end_ms: int) -> Aggregates:
         """In Python over the published half hours (at most 48 a day per district)."""
-        out: Aggregates = {}
-        for i, per in self.history(api, ids, attrs, start_ms, end_ms, None, 10**9).items():
-            agg = {a: r for a, inst in per.items() if (r := aggregate(inst, methods, period_ms, start_ms, end_ms))}
-            if agg:
-                out[i] = agg
-        return out
+        return aggregate_history(self.history(api, ids, attrs, start_ms, end_ms, None, 10**9), methods, period_ms,
+                                 start_ms, end_ms)
 
 
 def provider(api: Api) -> EnergyProvider:

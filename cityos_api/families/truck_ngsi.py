@@ -33,7 +33,7 @@ from cityos_api.ngsi_ld import (
     Entity,
     History,
     TypeInfo,
-    aggregate,
+    aggregate_history,
     district_address,
     urn,
 )
@@ -269,11 +269,8 @@ class TruckProvider:
         if trucks and "cargoWeight" in numeric and "distinctCount" not in methods:
             out.update(self._cargo_aggregates(api, trucks, methods, period_ms, start_ms, end_ms))
             ids = [i for i in ids if _local(i, "Vehicle") is None]
-        hist = self.history(api, ids, numeric, start_ms, end_ms, None, 10**9)
-        for i, per in hist.items():
-            agg = {a: r for a, inst in per.items() if (r := aggregate(inst, methods, period_ms, start_ms, end_ms))}
-            if agg:
-                out[i] = agg
+        out.update(aggregate_history(self.history(api, ids, numeric, start_ms, end_ms, None, 10**9), methods,
+                                     period_ms, start_ms, end_ms))
         return out
 
     def _cargo_aggregates(self, api: Api, trucks: dict[str, str], methods: Sequence[str], period_ms: int,

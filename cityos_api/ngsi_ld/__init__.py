@@ -31,7 +31,7 @@ from cityos_api.ngsi_ld.provider import (
     district_address,
     urn,
 )
-from cityos_api.ngsi_ld.temporal import aggregate
+from cityos_api.ngsi_ld.temporal import aggregate, aggregate_history
 
 __all__ = [
     "AGGR_METHODS",
@@ -48,6 +48,7 @@ __all__ = [
     "Target",
     "TypeInfo",
     "aggregate",
+    "aggregate_history",
     "district_address",
     "family_providers",
     "install",

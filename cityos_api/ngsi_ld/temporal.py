@@ -13,16 +13,17 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import HTTPException
 
 from cityos_api.ngsi_ld.errors import NgsiError, bad_request
 from cityos_api.params import parse_time
 
-__all__ = ["TimeRange", "aggregate", "parse_duration_ms", "time_range", "utc"]
+__all__ = ["TimeRange", "aggregate", "aggregate_history", "parse_duration_ms", "time_range", "utc"]
 
 DAY_MS = 86_400_000
 MAX_RAW_DAYS = 31
@@ -150,4 +151,16 @@ def aggregate(instances: Iterable[tuple[float, int]], methods: Sequence[str], pe
             r = _reduce(m, groups[k])
             if r is not None:
                 out.setdefault(m, []).append((r, t0, t1))
+    return out
+
+
+def aggregate_history(history: Mapping[str, Mapping[str, Sequence[tuple[Any, int]]]], methods: Sequence[str],
+                      period_ms: int, start_ms: int, end_ms: int) -> dict[str, dict[str, Any]]:
+    """:func:`aggregate` over a provider's history (entity → attribute → instances): the ``Aggregates`` of a
+    provider that has its instances in hand; attributes and entities without a value are left out."""
+    out: dict[str, dict[str, Any]] = {}
+    for eid, per in history.items():
+        agg = {a: r for a, inst in per.items() if (r := aggregate(inst, methods, period_ms, start_ms, end_ms))}
+        if agg:
+            out[eid] = agg
     return out
