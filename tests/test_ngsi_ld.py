@@ -601,6 +601,22 @@ def test_temporal_aggregated_values(fixed):
                 ).status_code == 200
     check_error(_get(client, "/temporal/entities/urn:ngsi-ld:Station:S1", year), 400, "BadRequestData",
                 "31 days")
+    # more values than one answer holds (entities x attributes x methods x periods): the first whole periods
+    # that fit, 206 with the range they cover; asked from its end, the next page
+    five = "totalCount,sum,avg,min,max"
+    hours = {"options": "aggregatedValues", "aggrMethods": five, "aggrPeriodDuration": "PT1H", "attrs": "weight",
+             **year}
+    resp = _get(client, "/temporal/entities/urn:ngsi-ld:Station:S1", hours)
+    y0 = 1_748_736_000_000  # 2025-06-01T00:00:00Z
+    assert resp.status_code == 206  # 5 series: 1,000 periods of the 8,760
+    assert resp.headers["content-range"] == "date-time 2025-06-01T00:00:00Z-2025-07-12T16:00:00Z/*"
+    assert provider.calls[-1][4:] == (3_600_000, y0, y0 + 1_000 * 3_600_000)
+    resp = _get(client, "/temporal/entities/urn:ngsi-ld:Station:S1",
+                {**hours, "timeAt": "2025-07-12T16:00:00Z"})
+    assert resp.status_code == 206 and provider.calls[-1][5:] == (y0 + 1_000 * 3_600_000, y0 + 2_000 * 3_600_000)
+    resp = _get(client, "/temporal/entities/urn:ngsi-ld:Station:S1", {**hours, "aggrPeriodDuration": "P1D"})
+    assert resp.status_code == 200 and "content-range" not in resp.headers  # 365 x 5 values fit
+    assert provider.calls[-1][5:] == (y0, y0 + 365 * 86_400_000)
 
 
 @pytest.mark.parametrize(("path", "params", "kind", "word"), [

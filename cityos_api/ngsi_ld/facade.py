@@ -37,7 +37,8 @@ MAX_INSTANCES = 10_000
 #: Raw instances in one answer over all its entities and attributes (each attribute of each entity gets an equal
 #: share, at least :data:`MIN_PER_SERIES`): beyond, 206 Partial Content, every attribute cut at the same time. An
 #: answer of 86,000 instances (20 stations' three rain attributes over a day) took a second to read and render;
-#: paged by time, each page is a few milliseconds.
+#: paged by time, each page is a few milliseconds. Aggregated values too (a value per entity, attribute, method
+#: and period): beyond, the answer holds the first whole periods that fit (at least one), 206 with the range.
 MAX_ANSWER_INSTANCES = 5_000
 MIN_PER_SERIES = 10
 
@@ -506,12 +507,22 @@ class _TemporalQuery:
         headers: dict[str, str] = {}
         results: dict[str, Any] = {}
         if self.rep == "aggregatedValues":
+            series = len(self.methods) * sum(len(_temporal_attrs(p, ents, only)) * len(ents)
+                                             for p, ents in by_provider.values())
+            end = self.end_ms
+            status = 200
+            if self.period_ms:  # at most MAX_ANSWER_INSTANCES values: whole periods, cut before anything is read
+                periods = max(1, MAX_ANSWER_INSTANCES // max(1, series))
+                if self.start_ms + periods * self.period_ms < end:
+                    end = self.start_ms + periods * self.period_ms
+                    status = 206
+                    headers["Content-Range"] = f"date-time {utc(self.start_ms)}-{utc(end)}/*"
             for p, ents in by_provider.values():
                 results.update(f.call(p.aggregated, [e.id for e in ents], _temporal_attrs(p, ents, only),
-                                      list(self.methods), self.period_ms, self.start_ms, self.end_ms))
+                                      list(self.methods), self.period_ms, self.start_ms, end))
             return [render.temporal_entity(e, f.types[e.type], self.rep,
                                            aggregates=_known(results.get(e.id, {}), f.types[e.type]))
-                    for e in entities], headers, 200
+                    for e in entities], headers, status
         series = sum(len(_temporal_attrs(p, ents, only)) * len(ents) for p, ents in by_provider.values())
         per_series = per_series_limit(series)
         for p, ents in by_provider.values():
