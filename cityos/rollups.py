@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cityos.influx import InfluxQueryError, QueryFn, query_results, quote_literal
+from cityos.landslide import AlertSpan, criteria_bits, criteria_of
 from cityos.wire import ID_PATTERN
 
 __all__ = [
@@ -62,6 +63,8 @@ __all__ = [
     "FOREST_1H",
     "FOREST_10M",
     "FOREST_ALERTS",
+    "FOREST_ALERTS_1D",
+    "FOREST_ALERT_DAYS",
     "FOREST_COUNTED",
     "FOREST_LEVELS",
     "FOREST_ROLLED",
@@ -84,6 +87,7 @@ __all__ = [
     "QueryFn",
     "Slot",
     "TripPart",
+    "alert_span_fields",
     "bucket_start",
     "cell_centre",
     "cell_from_tag",
@@ -103,6 +107,7 @@ __all__ = [
     "job_progress",
     "jst_day",
     "numeric_fields",
+    "stored_alert_spans",
     "stored_trip_parts",
     "target_db",
     "target_missing",
@@ -378,6 +383,13 @@ FOREST_1D = "forest_station_1d"
 #: The readings at caution or above per station and 10 minutes (:class:`cityos.landslide.AlertSpan`): fields
 #: ``first_ms``, ``last_ms``, ``readings`` and ``criteria`` (:func:`cityos.landslide.criteria_bits`).
 FOREST_ALERTS = "forest_alert_10m"
+#: The same spans joined within each JST day (:func:`cityos.landslide.join_spans`, the alert window): a station's
+#: episodes cut at midnight, a few rows a day where a storm has hundreds of 10-minute ones. Rows are stamped at the
+#: day's start + their index (ms) with the day's span count ``of`` on each, so a recomputed day that has fewer
+#: spans (late readings joined two) leaves no stale row a reader takes (those past the newest ``of``). Their own
+#: progress point (job :data:`FOREST_ALERT_DAYS`): the JST day the rows stop.
+FOREST_ALERTS_1D = "forest_alert_1d"
+FOREST_ALERT_DAYS = "forest_alert_days"
 FOREST_STEP_MS = 600_000
 HOUR_MS = 3_600_000
 #: Bucket length → the rollup's measurement (the 1 d buckets are JST days).
@@ -557,6 +569,67 @@ def forest_stored(query: QueryFn, rollup_db: str, start: int, end: int, step: in
     if not stmts:
         return [], pos
     return _forest_rows(target_results(query, rollup_db, "; ".join(stmts))), pos
+
+
+def alert_span_fields(span: AlertSpan) -> dict[str, int]:
+    """A span as the rollups store it (``criteria`` a bitmask: :func:`cityos.landslide.criteria_bits`)."""
+    return {"first_ms": span.first_ms, "last_ms": span.last_ms, "readings": span.readings,
+            "criteria": criteria_bits(span.criteria)}
+
+
+def _alert_rows(results: Iterable[Mapping[str, Any]]) -> list[tuple[str, int, dict[str, Any]]]:
+    out = []
+    for result in results:
+        for s in result.get("series", []):
+            dev = (s.get("tags") or {}).get("device") or ""
+            cols = s["columns"]
+            out += [(dev, int(v[0]), dict(zip(cols, v, strict=True))) for v in s.get("values", [])]
+    return out
+
+
+def _span(dev: str, rec: Mapping[str, Any]) -> AlertSpan | None:
+    vals = [rec.get(k) for k in ("first_ms", "last_ms", "readings", "criteria")]
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        return AlertSpan(dev, vals[0], vals[1], vals[2], criteria_of(vals[3]))
+    return None
+
+
+def stored_alert_spans(query: QueryFn, rollup_db: str, start: int, end: int, progress: int | None,
+                       day_progress: int | None, devices: Iterable[str] | None = None
+                       ) -> tuple[list[AlertSpan], int]:
+    """The stored spans of readings at caution or above covering ``[start, min(end, progress))``: the JST days
+    wholly inside it and before ``day_progress`` joined within the day (:data:`FOREST_ALERTS_1D`), the rest per
+    10 minutes (``start`` 10-minute aligned); and where they stop (the raw points' part starts there). Joined
+    (:func:`cityos.landslide.join_spans`), they are the episodes the readings give."""
+    if progress is None:
+        return [], start
+    stop = max(start, min(end, progress))
+    d0 = min(jst_day(start - 1) + DAY_MS, stop)  # the first whole day
+    d1 = max(d0, min(jst_day(stop), day_progress if day_progress is not None else d0))
+    parts = [(start, d0), (d1, stop)] if d1 > d0 else [(start, stop)]
+    stmts = [f'SELECT "first_ms", "last_ms", "readings", "criteria" FROM "{FOREST_ALERTS}" WHERE time >= {a}ms '
+             f'AND time < {b}ms{devices_clause(devices)} GROUP BY "device"' for a, b in parts if b > a]
+    if d1 > d0:
+        stmts.append(f'SELECT "first_ms", "last_ms", "readings", "criteria", "of" FROM "{FOREST_ALERTS_1D}" WHERE '
+                     f'time >= {d0}ms AND time < {d1}ms{devices_clause(devices)} GROUP BY "device"')
+    results = target_results(query, rollup_db, "; ".join(stmts)) if stmts else []
+    spans: list[AlertSpan] = []
+    for i, result in enumerate(results):
+        rows = _alert_rows([result])
+        if i == len(results) - 1 and d1 > d0:
+            rows = _newest_day_rows(rows)
+        spans += [sp for dev, _t, rec in rows if (sp := _span(dev, rec)) is not None]
+    return spans, stop
+
+
+def _newest_day_rows(rows: list[tuple[str, int, dict[str, Any]]]) -> list[tuple[str, int, dict[str, Any]]]:
+    """The day rows of each station's day written by the newest computation of it: index (ms after the day's
+    start) below the ``of`` of its first row (always rewritten)."""
+    first: dict[tuple[str, int], int] = {}
+    for dev, t, rec in rows:
+        if t == jst_day(t) and isinstance(rec.get("of"), int):
+            first[(dev, t)] = rec["of"]
+    return [(dev, t, rec) for dev, t, rec in rows if t - jst_day(t) < first.get((dev, jst_day(t)), 0)]
 
 
 def forest_raw(query: QueryFn, db: str, start: int, end: int, fields: Iterable[str],

@@ -1,12 +1,14 @@
 """The forest stations per 10 minutes, hour and JST day, and their readings at caution or above
-(``forest_station_10m``/``_1h``/``_1d``, ``forest_alert_reading``: :mod:`cityos.rollups`, docs/api.md
-"Pre-aggregation").
+(``forest_station_10m``/``_1h``/``_1d``, ``forest_alert_10m`` and, joined per JST day, ``forest_alert_1d``:
+:mod:`cityos.rollups`, docs/api.md "Pre-aggregation").
 
 * **New data**: each pass rolls up the 10-minute buckets that have ended since the job's progress point (one JST
   day per batch), then every hour and day those complete (their earlier part read back from the target), and
   keeps the new readings at caution or above as spans per station and 10 minutes
   (:class:`cityos.landslide.AlertSpan`). The progress
-  point is the end of the last complete bucket: a reader takes rows before it and raw points after it.
+  point is the end of the last complete bucket: a reader takes rows before it and raw points after it. Then each
+  JST day the spans cover wholly gets its spans joined (job ``forest_alert_days``, from its own progress point or
+  the first day still recomputed: a deployment rolled up before these rows gets them on its next pass).
 * **Late data** (a station's gateway sends its backlog after an outage, as backfill): on every pass the number of
   readings per station and 10 minutes of the last ``recompute_days`` is compared with the rows'; each station
   day that differs is rolled up again from its raw points (rows of the same station and period overwrite the
@@ -22,18 +24,29 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
-from cityos.landslide import ASSESSED_FIELDS, alert_spans, assess, criteria_bits, influxql_at_caution
+from cityos.landslide import (
+    ASSESSED_FIELDS,
+    FOREST_ALERT_WINDOW_MIN,
+    AlertSpan,
+    alert_spans,
+    assess,
+    influxql_at_caution,
+    join_spans,
+)
 from cityos.rollups import (
     DAY_MS,
     FOREST,
     FOREST_1D,
     FOREST_1H,
     FOREST_10M,
+    FOREST_ALERT_DAYS,
     FOREST_ALERTS,
+    FOREST_ALERTS_1D,
     FOREST_COUNTED,
     FOREST_ROLLED,
     FOREST_STEP_MS,
     HOUR_MS,
+    alert_span_fields,
     bucket_start,
     devices_clause,
     forest_raw,
@@ -41,6 +54,7 @@ from cityos.rollups import (
     forest_stored,
     jst_day,
     numeric_fields,
+    stored_alert_spans,
 )
 from cityos.wire import ID_PATTERN
 from rollup.report import JobReport
@@ -77,10 +91,45 @@ def _alert_lines(store: Store, start: int, end: int, devices: Iterable[str] | No
         d = s["tags"].get("device") or ""
         if _ok(d):
             points += [(d, int(r["time"]), assess(r)) for r in s["rows"]]
-    return [line(FOREST_ALERTS, {"device": sp.station}, {
-        "first_ms": sp.first_ms, "last_ms": sp.last_ms, "readings": sp.readings,
-        "criteria": criteria_bits(sp.criteria)}, bucket_start(sp.first_ms, FOREST_STEP_MS))
-        for sp in alert_spans(points, FOREST_STEP_MS)]
+    return [line(FOREST_ALERTS, {"device": sp.station}, alert_span_fields(sp), bucket_start(sp.first_ms,
+                                                                                          FOREST_STEP_MS))
+            for sp in alert_spans(points, FOREST_STEP_MS)]
+
+
+def _alert_day_lines(store: Store, start: int, end: int) -> list[str]:
+    """The JST days of ``[start, end)`` (day-aligned, complete in the 10-minute spans): each station's spans
+    joined within the day, at the day's start + their index, each with the day's count ``of``."""
+    spans, _ = stored_alert_spans(store.query, store.target, start, end, end, None)
+    per_day: dict[int, list[AlertSpan]] = defaultdict(list)
+    for sp in spans:
+        per_day[jst_day(sp.first_ms)].append(sp)
+    lines = []
+    for day, items in sorted(per_day.items()):
+        joined: dict[str, list[AlertSpan]] = defaultdict(list)
+        for sp in join_spans(items, FOREST_ALERT_WINDOW_MIN * 60_000):
+            joined[sp.station].append(sp)
+        for dev, day_spans in sorted(joined.items()):
+            lines += [line(FOREST_ALERTS_1D, {"device": dev}, {**alert_span_fields(sp), "of": len(day_spans)},
+                           day + i) for i, sp in enumerate(day_spans) if _ok(dev)]
+    return lines
+
+
+def _alert_days(store: Store, rep: JobReport, recompute_days: int, now_ms: int, until: int,
+                stop: Callable[[], bool]) -> None:
+    """The day rows of every JST day the 10-minute spans cover wholly (before ``until``), from the first day
+    without them or still recomputed (late readings: the days :func:`forest_pass` may have rolled up again)."""
+    cursor = store.progress(FOREST_ALERT_DAYS)
+    if cursor is None:
+        oldest = store.oldest(store.target, FOREST_ALERTS, "readings")
+        cursor = until if oldest is None else jst_day(oldest)
+    cursor = min(cursor, jst_day(max(0, now_ms - recompute_days * DAY_MS)))
+    while cursor < until and not stop():
+        end = min(until, cursor + 31 * DAY_MS)
+        lines = _alert_day_lines(store, cursor, end)
+        store.write(lines, FOREST_ALERT_DAYS, end)
+        rep.rows += len(lines)
+        rep.batches += 1
+        cursor = end
 
 
 def _roll(store: Store, fields: list[str], start: int, end: int, progress: int, devices: Iterable[str] | None
@@ -160,4 +209,6 @@ def forest_pass(store: Store, recompute_days: int, now_ms: int, stop: Callable[[
         rep.days += end == jst_day(cursor) + DAY_MS
         rep.until_ms = cursor = end
         after_batch(JOB, end)
+    if not stop():
+        _alert_days(store, rep, recompute_days, now_ms, jst_day(rep.until_ms), stop)
     return rep

@@ -28,7 +28,9 @@ from cityos.rollups import (
     FOREST_1D,
     FOREST_1H,
     FOREST_10M,
+    FOREST_ALERT_DAYS,
     FOREST_ALERTS,
+    FOREST_ALERTS_1D,
     FOREST_ROLLED,
     FOREST_STEP_MS,
     HOUR_MS,
@@ -39,6 +41,8 @@ from cityos.rollups import (
     forest_raw,
     forest_regroup,
     forest_stored,
+    job_progress,
+    stored_alert_spans,
     target_db,
 )
 from cityos_api.opendata import JST
@@ -239,3 +243,59 @@ def test_merge_is_exact_for_rows_with_and_without_a_field():
     assert m == {"readings": 9, "battery_v_sum": 36.0, "battery_v_min": 11.5, "battery_v_max": 12.5,
                  "battery_v_n": 3}
     assert forest_n(m, "battery_v") == 3 and forest_n(m, "rain_mm") == 0
+
+
+def test_alert_spans_joined_per_jst_day_read_with_the_rest_are_the_episodes(stack_info, influx_db):
+    """The day rows (``forest_alert_1d``): each station's spans joined within a JST day, read for the whole days
+    with 10-minute spans and raw points around them, give the episodes of the readings; a late reading that joins
+    two of a day's episodes leaves the day fewer rows, and the older computation's extra row is not read."""
+    pts = _points(DAY0 - DAY_MS, DAY0 + 6 * HOUR_MS, every_ms=4 * MIN)
+    _write(stack_info, influx_db, pts)
+    cfg = _config(stack_info, influx_db, recompute_days=3)
+    now = DAY0 + 7 * HOUR_MS
+    run_once(cfg, now)
+    w = FOREST_ALERT_WINDOW_MIN * MIN
+
+    def episodes_read(start: int, end: int) -> list[Any]:
+        client, query = _query(stack_info)
+        with client:
+            progress = forest_progress(query, target_db(influx_db))
+            day_progress = job_progress(query, target_db(influx_db), FOREST_ALERT_DAYS)
+            assert day_progress == DAY0  # the whole days before the progress point's
+            spans, cut = stored_alert_spans(query, target_db(influx_db), start, end, progress, day_progress)
+            assert cut == min(end, progress)
+        raw = [(d, t, assess(v)) for d, t, v in all_pts if cut <= t < end]
+        return join_spans(spans + alert_spans(raw, FOREST_STEP_MS), w)
+
+    all_pts = list(pts)
+    truth = join_spans(alert_spans([(d, t, assess(v)) for d, t, v in all_pts], 1), w)
+    day_rows = _stored(stack_info, influx_db, FOREST_ALERTS_1D)
+    assert all(DAY0 - DAY_MS <= t < DAY0 for _, t in day_rows)  # the one whole day
+    ten = [k for k in _stored(stack_info, influx_db, FOREST_ALERTS) if k[1] < DAY0]
+    assert 0 < len(day_rows) < len(ten) / 3
+    assert episodes_read(DAY0 - DAY_MS - 30 * MIN, now) == truth
+    start = DAY0 - DAY_MS + 7 * HOUR_MS  # a part day, then a whole one
+    assert episodes_read(start, now) == join_spans(alert_spans(
+        [(d, t, assess(v)) for d, t, v in all_pts if t >= start], 1), w)
+    assert episodes_read(DAY0 - 2 * HOUR_MS, now) == join_spans(alert_spans(  # no whole day
+        [(d, t, assess(v)) for d, t, v in all_pts if t >= DAY0 - 2 * HOUR_MS], 1), w)
+
+    # the day before: two of a station's episodes with a gap; late readings at warning fill it
+    dev = STATIONS[0]
+    eps = [e for e in truth if e.station == dev and e.last_ms < DAY0 - HOUR_MS]
+    a, b = next((x, y) for x, y in itertools.pairwise(eps) if y.first_ms - x.last_ms >= 2 * w)
+    warn = {"status": 0.0, "tilt_rate_x_deg_h": 0.5, "tilt_rate_y_deg_h": 0.0, "lat": 35.1, "lon": 133.9}
+    late = [(dev, t, dict(warn)) for t in range(a.last_ms + 10 * MIN, b.first_ms, 10 * MIN)]
+    _write(stack_info, influx_db, late, backfill=True)
+    all_pts += late
+    before = {k: v for k, v in _stored(stack_info, influx_db, FOREST_ALERTS_1D).items() if k[0] == dev}
+    run_once(cfg, now + 5 * MIN)
+    after = {k: v for k, v in _stored(stack_info, influx_db, FOREST_ALERTS_1D).items() if k[0] == dev}
+    day = DAY0 - DAY_MS
+    n_before, n_after = before[(dev, day)]["of"], after[(dev, day)]["of"]
+    assert n_after == n_before - 1  # two episodes joined into one
+    assert (dev, day + n_before - 1) in after  # the older computation's last row is still stored...
+    truth = join_spans(alert_spans([(d, t, assess(v)) for d, t, v in all_pts], 1), w)
+    assert episodes_read(day - 30 * MIN, now) == truth  # ...and not read
+    joined = [e for e in truth if e.station == dev and e.first_ms == a.first_ms]
+    assert joined and joined[0].last_ms >= b.first_ms

@@ -40,13 +40,12 @@ from cityos.landslide import (
     Assessment,
     alert_spans,
     assess,
-    criteria_of,
     highest,
     influxql_at_caution,
     join_spans,
 )
 from cityos.rollups import (
-    FOREST_ALERTS,
+    FOREST_ALERT_DAYS,
     FOREST_ROLLED,
     FOREST_STEP_MS,
     bucket_start,
@@ -55,8 +54,9 @@ from cityos.rollups import (
     forest_raw,
     forest_regroup,
     forest_stored,
+    job_progress,
     numeric_fields,
-    target_results,
+    stored_alert_spans,
 )
 from cityos_api.auth import OPEN
 from cityos_api.core import Api
@@ -340,18 +340,13 @@ def fetch_alert_spans(query: QueryFn, db: str, rollup_db: str, start: int, end: 
                       ) -> tuple[list[AlertSpan], int]:
     """The spans of readings at caution or above in ``[start, end)`` per station and 10 minutes, and the number
     of readings whose assessed values were not numbers: the rollups' spans up to their progress point, spans of
-    the raw points after it (the same either way: :class:`cityos.landslide.AlertSpan`)."""
+    the raw points after it (the same either way: :class:`cityos.landslide.AlertSpan`); the whole JST days the
+    rollup has joined (``forest_alert_1d``), a few rows a day, where a storm has hundreds of 10 minutes."""
     progress = forest_progress(query, rollup_db)
-    spans: list[AlertSpan] = []
+    day_progress = None if progress is None else job_progress(query, rollup_db, FOREST_ALERT_DAYS)
     skipped = 0
-    cut = start if progress is None else max(start, min(end, progress))
-    if cut > start:
-        q = (f'SELECT "first_ms", "last_ms", "readings", "criteria" FROM "{FOREST_ALERTS}" '
-             f'{_where(_device([f"time >= {start}ms", f"time < {cut}ms"], station))} GROUP BY "device"')
-        for tags, rec in _rows(target_results(query, rollup_db, q)[0]):
-            vals = [rec.get(k) for k in ("first_ms", "last_ms", "readings", "criteria")]
-            if all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
-                spans.append(AlertSpan(tags.get("device", ""), vals[0], vals[1], vals[2], criteria_of(vals[3])))
+    spans, cut = stored_alert_spans(query, rollup_db, start, end, progress, day_progress,
+                                    None if station is None else [station])
     if cut < end:
         fields = ", ".join(f'"{f}"' for f in ASSESSED_FIELDS)
         q = (f'SELECT {fields} FROM "{MEASUREMENT}" '
