@@ -39,8 +39,8 @@ from cityos_api.gtfs_rt import query_fn
 from cityos_api.opendata import to_csv
 from cityos_api.settings import ApiSettings
 
-__all__ = ["CSV", "JSON", "MAX_AGE_TTLS", "Api", "Caller", "District", "Metrics", "Places", "RateLimiter", "Snapshot",
-           "family_parts", "problem", "safe_filename"]
+__all__ = ["CSV", "JSON", "MAX_AGE_TTLS", "Api", "Caller", "District", "FrozenDays", "Metrics", "Places",
+           "RateLimiter", "Snapshot", "family_parts", "problem", "safe_filename"]
 
 log = logging.getLogger("cityos_api")
 CSV = "text/csv; charset=utf-8"
@@ -276,6 +276,33 @@ class Snapshot(Generic[T]):
             log.error("%s: refresh failed", self.name, exc_info=exc)
 
 
+class FrozenDays:
+    """Rows of whole JST days that will never change again, read once and kept (the :data:`MAX_DAYS` used
+    last): the energy half hours the rollup has frozen, the waste days it no longer recomputes. The district and
+    collection-point routes are mostly such days (a month is 31 of them), so only the part after them is read at
+    each request. The rows are whatever the owner keeps (rendered cells, sums per cell). Thread-safe."""
+
+    MAX_DAYS = 120
+
+    def __init__(self) -> None:
+        self._days: OrderedDict[int, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, day: int) -> Any:
+        with self._lock:
+            rows = self._days.get(day)
+            if rows is not None:
+                self._days.move_to_end(day)
+            return rows
+
+    def put(self, day: int, rows: Any) -> None:
+        with self._lock:
+            self._days[day] = rows
+            self._days.move_to_end(day)
+            while len(self._days) > self.MAX_DAYS:
+                self._days.popitem(last=False)
+
+
 class Api:
     """The shared part of every route (see the module's docstring)."""
 
@@ -291,6 +318,8 @@ class Api:
         self.metrics = Metrics()
         self.places = Places(settings.places.districts_file)
         self.clock = clock
+        self._frozen: dict[str, FrozenDays] = {}
+        self._frozen_lock = threading.Lock()
 
     # ---- scopes
     def caller(self, scope: str) -> Callable[[Request], Caller]:
@@ -352,6 +381,11 @@ class Api:
     def snapshot(self, name: str, fn: Callable[[], T], ttl_s: float) -> Snapshot[T]:
         """A :class:`Snapshot` of ``fn()`` on this API's clock (looked up at each call: a test may set it)."""
         return Snapshot(name, fn, ttl_s, lambda: self.clock())
+
+    def frozen_days(self, name: str) -> FrozenDays:
+        """This API's :class:`FrozenDays` of ``name`` (one per measurement or table, shared by its readers)."""
+        with self._frozen_lock:
+            return self._frozen.setdefault(name, FrozenDays())
 
     # ---- answering
     @staticmethod

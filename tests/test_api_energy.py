@@ -24,6 +24,7 @@ from cityos.privacy import MIN_HOUSEHOLDS
 from cityos.wire import Reading, TelemetryBatch, checked
 from cityos_api.app import create_app
 from cityos_api.auth import HOUSEHOLDS, SERVICE, TokenStore, parse_expiry
+from cityos_api.core import FrozenDays
 from cityos_api.opendata import JST
 from cityos_api.settings import ApiSettings
 from ingest.lineproto import batch_to_lines
@@ -259,7 +260,6 @@ def test_ngsi_ld_energy_per_district_shows_published_half_hours_only(stack_info,
 def test_frozen_days_kept_by_the_api_answer_as_a_fresh_read(stack_info, city, tmp_path, monkeypatch):
     """Frozen days are kept rendered by the API: any sub-range and district filter, asked after a long range filled
     the memory (and past its size), answers exactly as an API that keeps nothing."""
-    from cityos_api.families import meter
 
     kept, _ = _client(stack_info, city, tmp_path / "kept")
     day = city["day"]
@@ -276,7 +276,7 @@ def test_frozen_days_kept_by_the_api_answer_as_a_fresh_read(stack_info, city, tm
             resp = kept.get(f"/v1/energy/districts/{route}", params=params)
             assert resp.status_code == 200, resp.text
             answers.append(resp.json()["items"])
-    monkeypatch.setattr(meter.FrozenDays, "MAX_DAYS", 0)  # an API that keeps nothing
+    monkeypatch.setattr(FrozenDays, "MAX_DAYS", 0)  # an API that keeps nothing
     fresh, _ = _client(stack_info, city, tmp_path / "fresh")
     for i, (route, params) in enumerate(queries):
         want = fresh.get(f"/v1/energy/districts/{route}", params=params).json()["items"]

@@ -24,9 +24,7 @@ Privacy (the kernel's k, :data:`cityos.privacy.MIN_HOUSEHOLDS`):
 
 from __future__ import annotations
 
-import threading
-import weakref
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Annotated, Any
@@ -153,35 +151,6 @@ def fetch_district_days(query: QueryFn, db: str, r: TimeRange, k: int, district:
 ENERGY_JOB = "energy"
 
 
-class FrozenDays:
-    """Rendered rows of whole JST days whose every half hour the rollup has frozen (its energy job is past the
-    day's end: a frozen half hour is never rewritten, so a day read once is the answer for good). The district
-    routes are mostly such days (a month is 31 of them and the part of today after the settle time), so they are
-    kept here, the :data:`MAX_DAYS` used last; the rest is read at each request. Thread-safe."""
-
-    MAX_DAYS = 120
-
-    def __init__(self) -> None:
-        self._days: OrderedDict[int, list[tuple[str, int, dict[str, Any]]]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, day: int) -> list[tuple[str, int, dict[str, Any]]] | None:
-        with self._lock:
-            rows = self._days.get(day)
-            if rows is not None:
-                self._days.move_to_end(day)
-            return rows
-
-    def put(self, day: int, rows: list[tuple[str, int, dict[str, Any]]]) -> None:
-        with self._lock:
-            self._days[day] = rows
-            self._days.move_to_end(day)
-            while len(self._days) > self.MAX_DAYS:
-                self._days.popitem(last=False)
-
-
-_KEPT: weakref.WeakKeyDictionary[Api, dict[str, FrozenDays]] = weakref.WeakKeyDictionary()
-_KEPT_LOCK = threading.Lock()
 Row = tuple[str, int, dict[str, Any]]
 
 
@@ -203,12 +172,11 @@ _DISTRICT_TABLES: dict[str, tuple[Any, Callable[[Api, str, int, dict[str, Any]],
 def district_cells(api: Api, measurement: str, tr: TimeRange, district: str | None) -> list[Row]:
     """The district cells of ``measurement`` (``energy_district_30m`` or ``_1d``) in ``tr``, rendered as the open
     routes serve them (the k rule applied), as (district, period start, row) sorted by district then time: the
-    JST days the rollup has frozen from the API's :class:`FrozenDays` (read once, whole; shared by the routes and
-    the NGSI-LD provider), the rest from the rollups at each request."""
+    JST days the rollup has frozen from the API's :class:`~cityos_api.core.FrozenDays` (read once, whole; shared by
+    the routes and the NGSI-LD provider), the rest from the rollups at each request."""
     fetch, render = _DISTRICT_TABLES[measurement]
     k = api.settings.open_data.min_households
-    with _KEPT_LOCK:
-        cache = _KEPT.setdefault(api, {}).setdefault(measurement, FrozenDays())
+    cache = api.frozen_days(measurement)
 
     def cells(r: TimeRange, only: str | None) -> dict[tuple[str, int], Any]:
         found, bad_rows = api.read(lambda query, _db: fetch(query, api.settings.rollup_db, r, k, only))
