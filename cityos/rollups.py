@@ -80,6 +80,7 @@ __all__ = [
     "TARGET_SUFFIX",
     "UNKNOWN_DISTRICT",
     "WASTE_1D",
+    "WASTE_CELLS",
     "WASTE_CELL_1D",
     "WASTE_COLLECTION",
     "WASTE_TRIPS",
@@ -224,6 +225,9 @@ def jst_day(ms: int) -> int:
 WASTE_TRIP_1D = "waste_trip_district_1d"
 #: The trip rows' job (``rollup_progress``): the JST days before its point were rolled up after they ended.
 WASTE_TRIPS = "waste_trips"
+#: The collection-point cells' job (``waste_cell_1d``): the JST days before its point are no longer recomputed
+#: (they ended ``recompute_days`` ago), so a reader may keep them.
+WASTE_CELLS = "waste_cells"
 _ID = re.compile(ID_PATTERN)
 
 

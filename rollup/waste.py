@@ -40,6 +40,7 @@ from cityos.rollups import (
     NO_CELL,
     WASTE_1D,
     WASTE_CELL_1D,
+    WASTE_CELLS,
     WASTE_COLLECTION,
     WASTE_TRIP_1D,
     WASTE_TRIPS,
@@ -58,7 +59,7 @@ __all__ = ["CELLS_JOB", "JOB", "TRIPS_JOB", "cell_lines", "trip_lines", "waste_p
 
 JOB = "waste"
 #: The cells' progress point (``rollup_progress``, tag ``job``).
-CELLS_JOB = "waste_cells"
+CELLS_JOB = WASTE_CELLS
 #: The trip rows' progress point: the API reads the days before it from the rows.
 TRIPS_JOB = WASTE_TRIPS
 #: Days read per query (and written per request) when catching up.

@@ -27,6 +27,7 @@ from citylab.stack import influx_settings
 from cityos.wire import Reading, TelemetryBatch, checked
 from cityos_api.app import create_app
 from cityos_api.auth import SERVICE, TokenStore, parse_expiry
+from cityos_api.core import FrozenDays
 from cityos_api.opendata import JST
 from cityos_api.settings import ApiSettings
 from ingest.lineproto import batch_to_lines
@@ -276,6 +277,35 @@ def test_collection_points_are_whole_jst_days_of_the_rollup(client, service, sta
     again = {(r["lat"], r["lon"], r["district"]): (r["kg"], r["pickups"])
              for r in client.get(url, headers=service).json()["items"]}
     assert again == {**got, (35.06, 133.96, "innosho"): (475.0, 3)}
+
+
+def test_collection_points_of_settled_days_are_kept_and_answer_as_a_fresh_read(stack_info, waste, service, tmp_path,
+                                                                               monkeypatch):
+    """With ``recompute_days`` 0 both days are settled (before the cells job's progress point): the API reads them
+    once and keeps them; every range and district filter answers as an API that keeps nothing. A pickup landing
+    in a settled day is, as documented, in neither (the rollup no longer looks at the day)."""
+    cfg = RollupConfig.model_validate({"influx": influx_settings(stack_info, "rollup", waste),
+                                       "rollup": {"recompute_days": 0}})
+    run_once(cfg, _ms("2026-12-02", 6, 0))
+    settings = ApiSettings.model_validate({
+        "influx": influx_settings(stack_info, "reader", waste), "places": {"districts_file": DISTRICTS},
+        "auth": {"tokens_file": tmp_path / "tokens.json"}})
+    urls = [f"/v1/waste/collection-points?from={D1}&to=2026-12-02", f"/v1/waste/collection-points?from={D2}",
+            f"/v1/waste/collection-points?from={D1}&to={D2}", f"/v1/waste/collection-points?from={D1}&district=innosho",
+            f"/v1/waste/collection-points?from={D1}&to=2026-12-02&limit=2"]
+    with TestClient(create_app(settings)) as kept:
+        answers = [kept.get(u, headers=service).json() for u in urls + urls]
+        assert len(kept.app.state.api.frozen_days("waste_cell_1d")._days) == 2
+    monkeypatch.setattr(FrozenDays, "MAX_DAYS", 0)  # an API that keeps nothing
+    with TestClient(create_app(settings)) as fresh:
+        for i, u in enumerate(urls):
+            want = fresh.get(u, headers=service).json()
+            for got in (answers[i], answers[i + len(urls)]):
+                assert {k: v for k, v in got.items() if k != "generated_at"} == \
+                    {k: v for k, v in want.items() if k != "generated_at"}, u
+    got = {(r["lat"], r["lon"], r["district"]): (r["kg"], r["pickups"]) for r in answers[0]["items"]}
+    assert got[(35.06, 134.005, "chuo")] == (250.75, 3) and answers[0]["pickups_without_position"] == 1
+    assert [r["district"] for r in answers[3]["items"]] == ["innosho", "innosho"]
 
 
 def test_csv(client, service):
