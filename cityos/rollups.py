@@ -38,6 +38,7 @@ body)``, as the API's :data:`~cityos_api.gtfs_rt.QueryFn`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -73,16 +74,25 @@ __all__ = [
     "JST_OFFSET_MS",
     "MAX_HALF_HOUR_KWH",
     "MAX_PICKUP_KG",
+    "MAX_TRIP_KG",
     "NO_CELL",
     "PROGRESS",
+    "ROLLUP_METHODS",
     "SLOTS_PER_DAY",
     "SLOT_MS",
     "TARGET_SUFFIX",
+    "TRIP_LOOKBACK_MS",
+    "TRUCK_CARGO",
+    "TRUCK_CARGO_1D",
+    "TRUCK_CARGO_1H",
+    "TRUCK_LEVELS",
+    "TRUCK_ROLLED",
     "UNKNOWN_DISTRICT",
     "WASTE_1D",
     "WASTE_CELLS",
     "WASTE_CELL_1D",
     "WASTE_COLLECTION",
+    "WASTE_TRIP",
     "WASTE_TRIPS",
     "WASTE_TRIP_1D",
     "QueryFn",
@@ -90,6 +100,9 @@ __all__ = [
     "TripPart",
     "alert_span_fields",
     "bucket_start",
+    "cargo_left",
+    "cargo_rows",
+    "cargo_series",
     "cell_centre",
     "cell_from_tag",
     "cell_of",
@@ -108,6 +121,8 @@ __all__ = [
     "job_progress",
     "jst_day",
     "numeric_fields",
+    "rollup_level",
+    "servable_trip",
     "stored_alert_spans",
     "stored_trip_parts",
     "target_db",
@@ -115,6 +130,7 @@ __all__ = [
     "target_results",
     "trip_part_time",
     "trip_parts",
+    "truck_progress",
 ]
 
 SLOT_MS = 30 * 60_000
@@ -429,17 +445,20 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-#: Per rolled-up field: its name and its columns' (sum, count, minimum, maximum).
-_FOREST_COLUMNS = tuple((f, f + "_sum", f + "_n", f + "_min", f + "_max") for f in FOREST_ROLLED)
+@functools.lru_cache(maxsize=8)
+def _columns(fields: tuple[str, ...]) -> tuple[tuple[str, str, str, str, str], ...]:
+    """Per rolled-up field: its name and its columns' (sum, count, minimum, maximum)."""
+    return tuple((f, f + "_sum", f + "_n", f + "_min", f + "_max") for f in fields)
 
 
-def forest_row(rec: Mapping[str, Any]) -> dict[str, float | int]:
+def forest_row(rec: Mapping[str, Any], fields: tuple[str, ...] = FOREST_ROLLED) -> dict[str, float | int]:
     """A stored or raw-aggregated record (columns as :func:`forest_raw_select` names them; others ignored) as a
     row: ``readings`` and, per field with values, ``_sum`` (and of ``_min``/``_max`` those read) and ``_n`` where
-    it differs from ``readings``. A field whose aggregates read are not all finite numbers is left out."""
+    it differs from ``readings``. A field whose aggregates read are not all finite numbers is left out.
+    ``fields``: the rolled-up fields of the row's family (the forest's, or :data:`TRUCK_ROLLED`)."""
     readings = int(_num(rec.get("readings")) or 0)
     row: dict[str, float | int] = {"readings": readings}
-    for _f, k_sum, k_n, k_min, k_max in _FOREST_COLUMNS:
+    for _f, k_sum, k_n, k_min, k_max in _columns(fields):
         s = rec.get(k_sum)
         if s is None or (s := _num(s)) is None:
             continue
@@ -467,13 +486,14 @@ def forest_n(row: Mapping[str, float | int], f: str) -> int:
     return int(row.get(f + "_n", row["readings"]))
 
 
-def forest_merge(rows: Iterable[Mapping[str, float | int]]) -> dict[str, float | int]:
+def forest_merge(rows: Iterable[Mapping[str, float | int]], fields: tuple[str, ...] = FOREST_ROLLED
+                 ) -> dict[str, float | int]:
     """Rows of consecutive periods as one row of the period they make up: exact (sums and counts add up, the
-    extremes of the extremes)."""
+    extremes of the extremes). ``fields``: as :func:`forest_row`."""
     rows = list(rows)
     readings = sum(int(r["readings"]) for r in rows)
     out: dict[str, float | int] = {"readings": readings}
-    for f in FOREST_ROLLED:
+    for f in fields:
         have = [r for r in rows if f + "_sum" in r]
         if not have:
             continue
@@ -487,14 +507,14 @@ def forest_merge(rows: Iterable[Mapping[str, float | int]]) -> dict[str, float |
     return out
 
 
-def forest_regroup(rows: Iterable[tuple[str, int, Mapping[str, float | int]]], step: int
-                   ) -> dict[tuple[str, int], dict[str, float | int]]:
+def forest_regroup(rows: Iterable[tuple[str, int, Mapping[str, float | int]]], step: int,
+                   fields: tuple[str, ...] = FOREST_ROLLED) -> dict[tuple[str, int], dict[str, float | int]]:
     """(device, period start, row) of any finer periods → (device, ``step`` bucket start) → the merged row,
-    sorted by device then time."""
+    sorted by device then time. ``fields``: as :func:`forest_row`."""
     acc: dict[tuple[str, int], list[Mapping[str, float | int]]] = defaultdict(list)
     for dev, t, row in rows:
         acc[(dev, bucket_start(t, step))].append(row)
-    return {k: v[0] if len(v) == 1 else forest_merge(v) for k, v in sorted(acc.items())}
+    return {k: v[0] if len(v) == 1 else forest_merge(v, fields) for k, v in sorted(acc.items())}
 
 
 def numeric_fields(query: QueryFn, db: str, measurement: str) -> tuple[set[str], set[str]]:
@@ -516,7 +536,8 @@ def devices_clause(devices: Iterable[str] | None) -> str:
     return " AND (" + " OR ".join(f'"device" = {quote_literal(d)}' for d in ds) + ")" if ds else " AND \"device\" = ''"
 
 
-def _forest_rows(results: Iterable[Mapping[str, Any]]) -> list[tuple[str, int, dict[str, float | int]]]:
+def _forest_rows(results: Iterable[Mapping[str, Any]], fields: tuple[str, ...] = FOREST_ROLLED
+                 ) -> list[tuple[str, int, dict[str, float | int]]]:
     out = []
     for result in results:
         for s in result.get("series", []):
@@ -524,7 +545,7 @@ def _forest_rows(results: Iterable[Mapping[str, Any]]) -> list[tuple[str, int, d
             cols = s["columns"]
             for v in s.get("values", []):
                 rec = dict(zip(cols, v, strict=True))
-                out.append((dev, int(rec["time"]), forest_row(rec)))
+                out.append((dev, int(rec["time"]), forest_row(rec, fields)))
     return out
 
 
@@ -549,30 +570,32 @@ def forest_progress(query: QueryFn, rollup_db: str) -> int | None:
 
 
 def forest_stored(query: QueryFn, rollup_db: str, start: int, end: int, step: int, progress: int | None,
-                  devices: Iterable[str] | None = None, columns: Iterable[str] | None = None
+                  devices: Iterable[str] | None = None, columns: Iterable[str] | None = None, *,
+                  levels: Mapping[int, str] = FOREST_LEVELS, fields: tuple[str, ...] = FOREST_ROLLED
                   ) -> tuple[list[tuple[str, int, dict[str, float | int]]], int]:
     """The rollup's rows covering ``[start, min(end, progress))`` as far as whole rows do (``start`` a ``step``
     bucket start), each part from the coarsest level that divides ``step`` and is complete there (days before the
     progress' day, then hours, then 10 minutes; never a row reaching past ``end``): (device, period start, row),
     and where they stop (the raw points' part starts there: :func:`forest_raw`). ``columns``: those to read (a
     field's ``_sum`` and ``_n`` go together; ``readings`` is always read); None: all (a wide row costs InfluxDB
-    1.x per column: read only what the answer needs)."""
+    1.x per column: read only what the answer needs). ``levels`` and ``fields``: the family's (the forest's by
+    default; the trucks': :data:`TRUCK_LEVELS`, :data:`TRUCK_ROLLED`)."""
     if progress is None:
         return [], start
     sel = "*" if columns is None else ", ".join(f'"{c}"' for c in sorted({"readings", *columns}))
     pos = start
     stmts = []
-    for level in (DAY_MS, HOUR_MS, FOREST_STEP_MS):
+    for level in sorted(levels, reverse=True):
         if level > step or step % level:
             continue
         lim = min(bucket_start(end, level), bucket_start(progress, level))
         if lim > pos:
-            stmts.append(f'SELECT {sel} FROM "{FOREST_LEVELS[level]}" WHERE time >= {pos}ms AND time < {lim}ms'
+            stmts.append(f'SELECT {sel} FROM "{levels[level]}" WHERE time >= {pos}ms AND time < {lim}ms'
                          f'{devices_clause(devices)} GROUP BY "device"')
             pos = lim
     if not stmts:
         return [], pos
-    return _forest_rows(target_results(query, rollup_db, "; ".join(stmts))), pos
+    return _forest_rows(target_results(query, rollup_db, "; ".join(stmts)), fields), pos
 
 
 def alert_span_fields(span: AlertSpan) -> dict[str, int]:
@@ -647,3 +670,90 @@ def forest_raw(query: QueryFn, db: str, start: int, end: int, fields: Iterable[s
     q = (f'SELECT {forest_raw_select(fields)} FROM "{FOREST}" WHERE time >= {start}ms AND time < {end}ms'
          f'{devices_clause(devices)} GROUP BY time({step}ms), "device" fill(none){tz}')
     return _forest_rows(query_results(*query(db, q)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Trucks: the NGSI-LD Vehicle's ``cargoWeight`` (docs/ngsi-ld.md "Garbage trucks") per truck (tag ``device``) and
+# hour, and per truck and JST day, in rows of the forest's shape (``readings``: the instances; ``cargo_kg_sum``,
+# ``_min``, ``_max``; :func:`forest_row`, :func:`forest_merge`, :func:`forest_regroup` and :func:`forest_stored`
+# with :data:`TRUCK_ROLLED` and :data:`TRUCK_LEVELS`). The instances are each pickup's ``load_kg`` (the load after
+# it) and, after each unload (a trip's end, ``waste_trip``), the trip's newest load less ``kg_unloaded``
+# (:func:`cargo_left`): :func:`cargo_series` is the one computation of the rollup and of the API's history.
+
+TRUCK_CARGO = "truck_cargo"
+TRUCK_CARGO_1H = "truck_cargo_1h"
+TRUCK_CARGO_1D = "truck_cargo_1d"
+#: Bucket length → the trucks' rollup measurement (the 1 d buckets are JST days).
+TRUCK_LEVELS: dict[int, str] = {HOUR_MS: TRUCK_CARGO_1H, DAY_MS: TRUCK_CARGO_1D}
+#: The rows' one rolled-up field (its ``_n`` is always ``readings``: never stored).
+TRUCK_ROLLED = ("cargo_kg",)
+WASTE_TRIP = "waste_trip"
+#: A trip's load; larger is a broken point.
+MAX_TRIP_KG = 100_000.0
+#: An unload's cargo left is computed from its trip's newest load at most this long before the day (the API: the
+#: range) it is read from.
+TRIP_LOOKBACK_MS = DAY_MS
+#: NGSI-LD aggregation methods a row answers (``distinctCount``, ``stddev``, ``sumsq`` need the instances).
+ROLLUP_METHODS = ("totalCount", "sum", "avg", "min", "max")
+
+
+def rollup_level(period_ms: int, start_ms: int, end_ms: int, levels: Iterable[int]) -> int | None:
+    """The coarsest of ``levels`` whose rows make up every period starting at ``start_ms`` (``period_ms`` 0: one
+    period, the whole range), or None (the forest's rule, ``cityos_api/families/forest_ngsi.py``)."""
+    length = period_ms or end_ms - start_ms
+    for level in sorted(levels, reverse=True):
+        if bucket_start(start_ms, level) == start_ms and length % level == 0:
+            return level
+    return None
+
+
+def servable_trip(rec: Mapping[str, Any]) -> bool:
+    """A ``waste_trip`` point the API serves (a trip: ``kg_collected`` 0 to :data:`MAX_TRIP_KG`, ``pickups`` and
+    ``trip_no`` numbers, ``duration_s`` 0 to 400 days); its truck's tag is checked apart."""
+    kg, n, dur = _num(rec.get("kg_collected")), _num(rec.get("pickups")), _num(rec.get("duration_s"))
+    return kg is not None and 0 <= kg <= MAX_TRIP_KG and n is not None and n >= 0 and dur is not None and \
+        0 <= dur < 400 * 86400 and _num(rec.get("trip_no")) is not None
+
+
+def cargo_left(load_kg: float, kg_unloaded: float) -> float:
+    """What a truck carries after unloading ``kg_unloaded`` from ``load_kg`` (never below 0), as served."""
+    return round(max(0.0, load_kg - kg_unloaded), 3)
+
+
+def cargo_series(loads: Iterable[tuple[str, int, int | None, float]], unloads: Iterable[tuple[str, int, int, float]],
+                 last: dict[tuple[str, int | None], float] | None = None, digits: int | None = None
+                 ) -> dict[str, list[tuple[float, int]]]:
+    """truck → its cargo over time, oldest first: each load ``(truck, ms, trip_no, load_kg)`` (rounded to
+    ``digits`` when given: the history serves 3, InfluxDB's aggregates of the loads use them as stored), and after
+    each unload ``(truck, end_ms, trip_no, kg_unloaded)`` the :func:`cargo_left` of the newest load of its truck
+    and trip number at or before it (a load at the unload's millisecond is before it; none without one). ``last``:
+    (truck, trip_no) → the newest load before the first of ``loads`` (updated in place)."""
+    events = sorted([(ms, 0, dev, no, kg) for dev, ms, no, kg in loads] +
+                    [(ms, 1, dev, no, kg) for dev, ms, no, kg in unloads], key=lambda e: (e[0], e[1]))
+    last = {} if last is None else last
+    out: dict[str, list[tuple[float, int]]] = {}
+    for ms, kind, dev, no, kg in events:
+        if kind == 0:
+            last[(dev, no)] = kg
+            out.setdefault(dev, []).append((kg if digits is None else round(kg, digits), ms))
+        elif (before := last.get((dev, no))) is not None:
+            out.setdefault(dev, []).append((cargo_left(before, kg), ms))
+    return out
+
+
+def cargo_rows(series: Mapping[str, Iterable[tuple[float, int]]], step: int
+               ) -> list[tuple[str, int, dict[str, float | int]]]:
+    """:func:`cargo_series` as rows per truck and ``step`` bucket (:func:`bucket_start`): (device, bucket start,
+    row), sorted; the sum exact (:func:`math.fsum`)."""
+    acc: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for dev, inst in series.items():
+        for v, ms in inst:
+            acc[(dev, bucket_start(ms, step))].append(float(v))
+    return [(dev, t, {"readings": len(vs), "cargo_kg_sum": math.fsum(vs), "cargo_kg_min": min(vs),
+                      "cargo_kg_max": max(vs)}) for (dev, t), vs in sorted(acc.items())]
+
+
+def truck_progress(query: QueryFn, rollup_db: str) -> int | None:
+    """The trucks' cargo job's :func:`job_progress`: None (nothing rolled up, no rollups' database) means a reader
+    aggregates the raw points, as it did before the rollup."""
+    return job_progress(query, rollup_db, TRUCK_CARGO)
