@@ -278,6 +278,20 @@ def test_stop_hourly_publishes_exact_counts_and_hides_small_ones(stack_info, day
     assert before - timedelta(seconds=1) <= generated <= datetime.now(JST) + timedelta(seconds=1)
 
 
+def test_a_published_day_answers_as_first_computed(stack_info, influx_db, day):
+    """Once published, a day's table is what the API first computed: a visit backfilled later (a gateway offline
+    for days) does not change that API's answer (a difference would reveal it); an API started later counts it."""
+    with _client(stack_info, day) as client:
+        first = _get(client, f"/open/v1/bus/stop-hourly?date={DAY}")
+        _write(stack_info, influx_db, "gw-bus-01", _trip("bus-01", "loop-e", "wd-late", [
+            ("1001", _ms(DAY, 7, 30), 12.0, 0.0), ("1003", _ms(DAY, 7, 40), 0.0, 12.0)]))
+        again = _get(client, f"/open/v1/bus/stop-hourly?date={DAY}")
+    assert again["cells"] == first["cells"] == EXPECTED_DAY and again["visits"] == first["visits"]
+    with _client(stack_info, day) as restarted:
+        later = _get(restarted, f"/open/v1/bus/stop-hourly?date={DAY}")
+    assert later["visits"]["counted"] == first["visits"]["counted"] + 2 and later["cells"] != first["cells"]
+
+
 def test_no_hidden_cell_follows_from_the_balance_a_reader_knows(stack_info, day):
     """A reader who knows that trips run within the hour (the timetable) knows that in each route and hour
     boardings and alightings balance. From the published numbers no hidden cell may follow."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 import csv
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
@@ -41,6 +42,10 @@ from cityos_api.params import FormatQuery
 __all__ = ["router"]
 
 PROTOBUF = "application/x-protobuf"
+#: The published tables kept by the API (``Api.frozen_days`` names).
+STOP_HOURLY = "bus_stop_hourly"
+OD_MONTHLY = "bus_od_monthly"
+T = TypeVar("T")
 _ROUTE_RE = re.compile(ID_PATTERN)
 
 
@@ -138,6 +143,17 @@ def router(api: Api) -> APIRouter:
                 f"{what} is not published yet: from {iso_jst(ready)} ({od.publish_after_h:g} h after it ends, "
                 "when late data from the buses has arrived)"))
 
+    def kept(table: str, start_ms: int, compute: Callable[[], T]) -> T:
+        """A published period's table as first computed by this API (:class:`~cityos_api.core.FrozenDays`,
+        keyed by the period's start): read once, the same answer for good, which is what publishing means here
+        (above); a restart reads it again."""
+        days = api.frozen_days(table)
+        found = days.get(start_ms)
+        if found is None:
+            found = compute()
+            days.put(start_ms, found)
+        return found  # type: ignore[no-any-return]
+
     data_responses: dict[int | str, dict[str, Any]] = {
         200: {"content": {"application/json": {}, "text/csv": {}}},
         404: {"description": "the period is not published yet"},
@@ -160,7 +176,7 @@ def router(api: Api) -> APIRouter:
                 f"got {route[:40]!r}"))
         start, end = day_bounds_ms(d)
         published(end, d.isoformat())
-        table = stop_hourly(api.read(fetch_visits, start, end), d, od.min_count)
+        table = kept(STOP_HOURLY, start, lambda: stop_hourly(api.read(fetch_visits, start, end), d, od.min_count))
         cells = [c for c in table.cells if route is None or c["route"] == route]
         doc = pub.envelope(
             "bus-stop-hourly", "路線バス 停留所別・時間帯別 乗降者数（推計） / bus boardings and alightings per stop "
@@ -188,7 +204,7 @@ def router(api: Api) -> APIRouter:
         label = f"{y:04d}-{m:02d}"
         start, end = month_bounds_ms(y, m)
         published(end, label)
-        cells = od_monthly(api.read(fetch_od_counts, start, end), od.min_count)
+        cells = kept(OD_MONTHLY, start, lambda: od_monthly(api.read(fetch_od_counts, start, end), od.min_count))
         doc = pub.envelope(
             "bus-od-monthly", "路線バス 乗車停留所・降車停留所別 利用者数（市アプリ利用者）/ bus origin-destination "
             "pairs of city app riders",
