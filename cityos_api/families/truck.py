@@ -45,6 +45,7 @@ from cityos.rollups import (
     CELL_DEG,
     DAY_MS,
     MAX_PICKUP_KG,
+    MAX_TRIP_KG,
     NO_CELL,
     WASTE_1D,
     WASTE_CELL_1D,
@@ -54,8 +55,10 @@ from cityos.rollups import (
     TripPart,
     cell_centre,
     cell_from_tag,
+    devices_clause,
     job_progress,
     jst_day,
+    servable_trip,
     stored_trip_parts,
     target_results,
     trip_part_time,
@@ -89,6 +92,7 @@ __all__ = [
     "fetch_district_days",
     "fetch_district_months",
     "fetch_last_loads",
+    "fetch_load_series",
     "fetch_loads",
     "fetch_pickups",
     "fetch_trip_districts",
@@ -101,8 +105,6 @@ __all__ = [
 COLLECTION = "waste_collection"
 TRIP = "waste_trip"
 UNKNOWN = "unknown"
-#: A trip's load; larger is a broken point.
-MAX_TRIP_KG = 100_000.0
 #: Pickups of a trip are looked for at most this long before the day the trip ended.
 TRIP_LOOKBACK = timedelta(days=3)
 DAILY = Span(default=timedelta(days=30), longest=timedelta(days=400))
@@ -391,6 +393,42 @@ def fetch_loads(query: QueryFn, db: str, tr: TimeRange, truck: str | None = None
     return sorted(out, key=lambda x: (x.ts_ms, x.truck)), skipped
 
 
+def fetch_load_series(query: QueryFn, db: str, tr: TimeRange, trucks: Sequence[str], *, loads: bool = True,
+                      positions: bool = True, limit: int | None = None, newest: bool = False
+                      ) -> tuple[list[TruckLoad], list[TruckLoad]]:
+    """The servable loads (``load_kg`` 0 to :data:`MAX_TRIP_KG`, with ``trip_no``) and positions (``lat``/``lon``
+    in range) of ``trucks`` in ``tr``, each oldest first: per truck at most ``limit`` of each, its oldest (or with
+    ``newest`` its newest), as :func:`fetch_loads` then a cut per truck would give without reading the rest (the
+    NGSI-LD Vehicle's history: one statement each, ``GROUP BY "device" ... LIMIT``)."""
+    where = f'{tr.where()}{devices_clause(trucks)}'
+    tail = f' GROUP BY "device" ORDER BY time {"DESC" if newest else "ASC"}' + \
+        ("" if limit is None else f" LIMIT {int(limit)}")
+    stmts = []
+    if loads:
+        stmts.append(f'SELECT "load_kg", "trip_no" FROM "{COLLECTION}" WHERE {where} AND "load_kg" >= 0 AND '
+                     f'"load_kg" <= {MAX_TRIP_KG:g}{tail}')
+    if positions:
+        stmts.append(f'SELECT "lat", "lon" FROM "{COLLECTION}" WHERE {where} AND "lat" >= -90 AND "lat" <= 90 AND '
+                     f'"lon" >= -180 AND "lon" <= 180{tail}')
+    found: list[list[TruckLoad]] = []
+    for series in _series(*query(db, "; ".join(stmts))) if stmts else []:
+        got: list[TruckLoad] = []
+        for s in series:
+            dev = (s.get("tags") or {}).get("device") or ""
+            if not _ID_RE.fullmatch(dev):
+                continue
+            for row in _rows(s):
+                load = _kg(row.get("load_kg"), MAX_TRIP_KG)
+                lat, lon = _num(row.get("lat")), _num(row.get("lon"))
+                trip_no = _num(row.get("trip_no"))
+                if load is not None or (lat is not None and lon is not None):
+                    got.append(TruckLoad(dev, int(row["time"]), None if trip_no is None else int(trip_no), load,
+                                         lat, lon))
+        found.append(sorted(got, key=lambda x: (x.ts_ms, x.truck)))
+    out_loads = found.pop(0) if loads else []
+    return out_loads, (found.pop(0) if positions else [])
+
+
 def fetch_last_loads(query: QueryFn, db: str, trips: Sequence[Trip], from_ms: int
                      ) -> tuple[dict[tuple[str, int, int], float], int]:
     """(truck, trip_no, end) → the load (``load_kg``) of the newest pickup of the trip's truck and number from
@@ -449,14 +487,10 @@ def fetch_trips(query: QueryFn, db: str, tr: TimeRange, truck: str | None = None
     for s in series:
         dev = (s.get("tags") or {}).get("device") or ""
         for row in _rows(s):
-            kg = _kg(row.get("kg_collected"), MAX_TRIP_KG)
-            n = _num(row.get("pickups"))
-            dur = _num(row.get("duration_s"))
-            no = _num(row.get("trip_no"))
-            if kg is None or n is None or n < 0 or dur is None or not 0 <= dur < 400 * 86400 or no is None \
-                    or not _ID_RE.fullmatch(dev):
+            if not servable_trip(row) or not _ID_RE.fullmatch(dev):
                 skipped += 1
                 continue
+            kg, n, dur, no = (float(row[k]) for k in ("kg_collected", "pickups", "duration_s", "trip_no"))
             end = int(row["time"])
             unloaded = _kg(row.get("kg_unloaded"), MAX_TRIP_KG)
             dist = _num(row.get("distance_km"))

@@ -23,7 +23,22 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from cityos.rollups import cell_centre, cell_of
+from cityos.rollups import (
+    HOUR_MS,
+    ROLLUP_METHODS,
+    TRIP_LOOKBACK_MS,
+    TRUCK_LEVELS,
+    TRUCK_ROLLED,
+    cargo_left,
+    cargo_series,
+    cell_centre,
+    cell_of,
+    forest_merge,
+    forest_n,
+    forest_stored,
+    rollup_level,
+    truck_progress,
+)
 from cityos_api.core import Api
 from cityos_api.families import truck
 from cityos_api.ngsi_ld import (
@@ -45,8 +60,6 @@ __all__ = ["TRUCK_TYPES", "TruckProvider", "provider"]
 
 LOOKBACK_DAYS = 30
 DAY_MS = 86_400_000
-#: A trip's unload is matched to the loads of its trip read from this long before the range.
-TRIP_LOOKBACK_MS = DAY_MS
 SDM = "https://smartdatamodels.org/"
 SDM_TRANSPORT = SDM + "dataModel.Transportation/"
 SDM_WASTE = SDM + "dataModel.WasteManagement/"
@@ -99,24 +112,12 @@ def _point(lat: float, lon: float) -> dict[str, Any]:
 
 
 def _cargo(loads: Sequence[truck.TruckLoad], trips: Sequence[truck.Trip]) -> dict[str, list[tuple[float, int]]]:
-    """truck → its load over time, oldest first: each pickup's load after it, and after each unload (the end of a
-    trip) the load of the trip's last pickup less the kg unloaded (never below 0; none when the trip's pickups are
-    not in ``loads``)."""
-    events = sorted([(x.ts_ms, 0, x) for x in loads if x.load_kg is not None] +
-                    [(t.end_ms, 1, t) for t in trips if t.kg_unloaded is not None], key=lambda e: (e[0], e[1]))
-    last: dict[tuple[str, int | None], float] = {}
-    out: dict[str, list[tuple[float, int]]] = {}
-    for ms, kind, x in events:
-        if kind == 0:
-            assert isinstance(x, truck.TruckLoad) and x.load_kg is not None
-            last[(x.truck, x.trip_no)] = x.load_kg
-            out.setdefault(x.truck, []).append((round(x.load_kg, 3), ms))
-        else:
-            assert isinstance(x, truck.Trip) and x.kg_unloaded is not None
-            before = last.get((x.truck, x.trip_no))
-            if before is not None:
-                out.setdefault(x.truck, []).append((round(max(0.0, before - x.kg_unloaded), 3), ms))
-    return out
+    """truck → its load over time, oldest first (:func:`cityos.rollups.cargo_series`, as served: rounded to
+    3 decimals): each pickup's load after it, and after each unload (the end of a trip) the load of the trip's last
+    pickup less the kg unloaded (never below 0; none when the trip's pickups are not in ``loads``)."""
+    return cargo_series([(x.truck, x.ts_ms, x.trip_no, x.load_kg) for x in loads if x.load_kg is not None],
+                        [(t.truck, t.end_ms, t.trip_no, t.kg_unloaded) for t in trips if t.kg_unloaded is not None],
+                        digits=3)
 
 
 def _cut(inst: list[tuple[Any, int]], start_ms: int, end_ms: int, last_n: int | None, max_n: int
@@ -209,7 +210,8 @@ class TruckProvider:
         out: History = {}
         trucks = {t: i for i in ids if (t := _local(i, "Vehicle")) is not None}
         if trucks and {"location", "cargoWeight"} & set(attrs):
-            for dev, per in self._truck_history(api, sorted(trucks), attrs, start_ms, end_ms).items():
+            for dev, per in self._truck_history(api, sorted(trucks), attrs, start_ms, end_ms, last_n,
+                                                max_n).items():
                 got = {a: _cut(inst, start_ms, end_ms, last_n, max_n) for a, inst in per.items()}
                 got = {a: inst for a, inst in got.items() if inst}
                 if got:
@@ -221,24 +223,54 @@ class TruckProvider:
                 out[districts[d]] = {a: inst for a, inst in got.items() if inst}
         return {i: per for i, per in out.items() if per}
 
-    def _truck_history(self, api: Api, devices: Sequence[str], attrs: Sequence[str], start_ms: int, end_ms: int
+    def _truck_history(self, api: Api, devices: Sequence[str], attrs: Sequence[str], start_ms: int, end_ms: int,
+                       last_n: int | None = None, max_n: int | None = None
                        ) -> dict[str, dict[str, list[tuple[Any, int]]]]:
-        one = devices[0] if len(devices) == 1 else None
-        loads, bad = api.read(lambda q, db: truck.fetch_loads(q, db, TimeRange(start_ms - TRIP_LOOKBACK_MS, end_ms),
-                                                              one))
-        api.skipped(truck.COLLECTION, bad)
-        wanted = set(devices)
-        loads = [x for x in loads if x.truck in wanted]
+        """truck → ``location`` and ``cargoWeight`` instances in ``[start_ms, end_ms)``: per truck only the loads
+        and positions that can be answered (its oldest ``max_n``, or newest ``last_n``: InfluxDB's ``LIMIT`` per
+        truck), and each unload's cargo left (its trip's newest load, :func:`truck.fetch_last_loads`, looked up from
+        :data:`TRIP_LOOKBACK_MS` before ``start_ms``) for the trips that end in the range where the answer can
+        still hold them: as :func:`_cargo` over every load from the look-back, then :func:`_cut`."""
+        limit = last_n or max_n
+        tr = TimeRange(start_ms, end_ms)
+        loads, positions = api.read(lambda q, db: truck.fetch_load_series(
+            q, db, tr, devices, loads="cargoWeight" in attrs, positions="location" in attrs, limit=limit,
+            newest=bool(last_n)))
         out: dict[str, dict[str, list[tuple[Any, int]]]] = {}
-        if "location" in attrs:
-            for x in loads:
-                if x.lat is not None and x.lon is not None and start_ms <= x.ts_ms < end_ms:
-                    out.setdefault(x.truck, {}).setdefault("location", []).append((_point(x.lat, x.lon), x.ts_ms))
-        if "cargoWeight" in attrs:
-            trips, bad_trips = api.read(truck.fetch_trips, TimeRange(start_ms, end_ms), one)
-            api.skipped(truck.TRIP, bad_trips)
-            for dev, inst in _cargo(loads, [t for t in trips if t.truck in wanted]).items():
-                out.setdefault(dev, {})["cargoWeight"] = inst
+        for x in positions:
+            assert x.lat is not None and x.lon is not None
+            out.setdefault(x.truck, {}).setdefault("location", []).append((_point(x.lat, x.lon), x.ts_ms))
+        if "cargoWeight" not in attrs:
+            return out
+        one = devices[0] if len(devices) == 1 else None
+        trips, bad_trips = api.read(truck.fetch_trips, tr, one)
+        api.skipped(truck.TRIP, bad_trips)
+        per_truck: dict[str, list[truck.TruckLoad]] = {}
+        for x in loads:
+            per_truck.setdefault(x.truck, []).append(x)
+        wanted = set(devices)
+
+        def answerable(t: truck.Trip) -> bool:
+            """Whether the unload can be in the answer: the loads read are all of the truck's in the range, or
+            it is among them (oldest first: before the newest read; newest first: at or after the oldest read; a
+            load at the unload's millisecond is before it)."""
+            mine = per_truck.get(t.truck, [])
+            if limit is None or len(mine) < limit:
+                return True
+            return t.end_ms >= mine[0].ts_ms if last_n else t.end_ms < mine[-1].ts_ms
+
+        trips = [t for t in trips if t.truck in wanted and t.kg_unloaded is not None and answerable(t)]
+        last, _ = api.read(lambda q, db: truck.fetch_last_loads(q, db, trips, start_ms - TRIP_LOOKBACK_MS))
+        events: dict[str, list[tuple[int, int, float]]] = {}
+        for x in loads:
+            assert x.load_kg is not None
+            events.setdefault(x.truck, []).append((x.ts_ms, 0, round(x.load_kg, 3)))
+        for t in trips:
+            before = last.get((t.truck, t.trip_no, t.end_ms))
+            if before is not None and t.kg_unloaded is not None:
+                events.setdefault(t.truck, []).append((t.end_ms, 1, cargo_left(before, t.kg_unloaded)))
+        for dev, evs in events.items():
+            out.setdefault(dev, {})["cargoWeight"] = [(v, ms) for ms, _, v in sorted(evs, key=lambda e: e[:2])]
         return out
 
     def _district_days(self, api: Api, districts: Sequence[str], attrs: Sequence[str], start_ms: int, end_ms: int
@@ -259,36 +291,91 @@ class TruckProvider:
     # ---- aggregates
     def aggregated(self, api: Api, ids: Sequence[str], attrs: Sequence[str], methods: Sequence[str],
                    period_ms: int, start_ms: int, end_ms: int) -> Aggregates:
-        """``location`` is a geometry, not aggregated. A truck's ``cargoWeight``: its pickups' loads aggregated
-        by InfluxDB, merged exactly with its unloads' few instances (:meth:`_cargo_aggregates`); with
-        ``distinctCount`` (a set, not mergeable from counts) and for the districts (a day each, from the rollup),
-        in Python over the instances."""
+        """``location`` is a geometry, not aggregated. A truck's ``cargoWeight``: from the rollup's rows
+        (:meth:`_rolled_cargo`) when the periods are whole rows (hours from a whole hour, JST days from a JST
+        midnight) and the methods are theirs, else its pickups' loads aggregated by InfluxDB, merged exactly with
+        its unloads' few instances (:meth:`_cargo_aggregates`); with ``distinctCount`` (a set, not mergeable from
+        counts) and for the districts (a day each, from the rollup), in Python over the instances."""
         numeric = [a for a in attrs if a != "location"]
         out: Aggregates = {}
         trucks = {t: i for i in ids if (t := _local(i, "Vehicle")) is not None}
         if trucks and "cargoWeight" in numeric and "distinctCount" not in methods:
-            out.update(self._cargo_aggregates(api, trucks, methods, period_ms, start_ms, end_ms))
+            level = rollup_level(period_ms, start_ms, end_ms, TRUCK_LEVELS)
+            rolled = None
+            if level is not None and set(methods) <= set(ROLLUP_METHODS):
+                rolled = self._rolled_cargo(api, trucks, methods, level, period_ms, start_ms, end_ms)
+            out.update(rolled if rolled is not None else
+                       self._cargo_aggregates(api, trucks, methods, period_ms, start_ms, end_ms))
             ids = [i for i in ids if _local(i, "Vehicle") is None]
         out.update(aggregate_history(self.history(api, ids, numeric, start_ms, end_ms, None, 10**9), methods,
                                      period_ms, start_ms, end_ms))
         return out
 
-    def _cargo_aggregates(self, api: Api, trucks: dict[str, str], methods: Sequence[str], period_ms: int,
-                          start_ms: int, end_ms: int) -> Aggregates:
-        """The instances of :meth:`history`'s ``cargoWeight`` aggregated as :func:`aggregate` does (periods from
-        ``start_ms``, none without an instance): the loads' count, sum, extremes (and mean and sample deviation for
-        ``stddev``) per truck and period from InfluxDB (``GROUP BY time``), the unloads' values (the trips that
-        ended in the range, each from its trip's last load, :func:`truck.fetch_last_loads`) added to them."""
-        need = {"totalCount", "sum"} | ({"min", "max"} & set(methods)) | ({"avg", "stddev"} if "stddev" in methods
-                                                                          else set())
+    def _rolled_cargo(self, api: Api, trucks: dict[str, str], methods: Sequence[str], level: int, period_ms: int,
+                      start_ms: int, end_ms: int) -> Aggregates | None:
+        """``cargoWeight``'s ``methods`` per period from the rollup's rows (``truck_cargo_1d``/``_1h``, written by
+        ``cityos rollup``: docs/api.md "Pre-aggregation") before the job's progress point, and after it from the
+        raw path (:meth:`_cargo_groups` per hour), merged per period (:func:`cityos.rollups.forest_merge`): the
+        numbers of :meth:`_cargo_aggregates`. None when nothing is rolled up (or no rollups' database): the caller
+        takes the raw path for the whole range."""
+        rollup_db = getattr(api.settings, "rollup_db", None)
+        if not rollup_db:
+            return None
+        devices = sorted(trucks)
+        columns = ["cargo_kg_sum", *(f"cargo_kg_{m}" for m in ("min", "max") if m in methods)]
+
+        def fetch(query: Any, _db: str) -> tuple[list[tuple[str, int, dict[str, float | int]]], int] | None:
+            progress = truck_progress(query, rollup_db)
+            if progress is None:
+                return None
+            return forest_stored(query, rollup_db, start_ms, end_ms, level, progress, devices, columns,
+                                 levels=TRUCK_LEVELS, fields=TRUCK_ROLLED)
+
+        got = api.read(fetch)
+        if got is None:
+            return None
+        rows, cut = got
+        if cut < end_ms:  # the hours after the progress point: raw, in rows of the same shape
+            for dev, per in self._cargo_groups(api, trucks, {"totalCount", "sum", "min", "max"}, HOUR_MS, cut,
+                                               end_ms, start_ms - TRIP_LOOKBACK_MS).items():
+                for t0, (agg, extra) in per.items():
+                    n_loads = int(agg.get("totalCount", 0))
+                    values = [*((agg["min"], agg["max"]) if n_loads else ()), *extra]
+                    if values:
+                        rows.append((dev, t0, {"readings": n_loads + len(extra),
+                                               "cargo_kg_sum": agg.get("sum", 0.0) + math.fsum(extra),
+                                               "cargo_kg_min": min(values), "cargo_kg_max": max(values)}))
+        periods: dict[tuple[str, int], list[dict[str, float | int]]] = {}
+        for dev, t, row in rows:
+            k = (t - start_ms) // period_ms if period_ms else 0
+            periods.setdefault((dev, start_ms + k * period_ms), []).append(row)
+        out: Aggregates = {}
+        for (dev, t0), per_rows in sorted(periods.items()):
+            row = per_rows[0] if len(per_rows) == 1 else forest_merge(per_rows, TRUCK_ROLLED)
+            n = forest_n(row, "cargo_kg")
+            if not n or dev not in trucks:
+                continue
+            t1 = min(t0 + period_ms, end_ms) if period_ms else end_ms
+            total = float(row["cargo_kg_sum"])
+            value = {"totalCount": n, "sum": total, "avg": total / n, "min": row.get("cargo_kg_min"),
+                     "max": row.get("cargo_kg_max")}
+            res = out.setdefault(trucks[dev], {}).setdefault("cargoWeight", {})
+            for m in methods:
+                res.setdefault(m, []).append((value[m], t0, t1))
+        return out
+
+    def _cargo_groups(self, api: Api, trucks: dict[str, str], need: set[str], period_ms: int, start_ms: int,
+                      end_ms: int, lookback_from_ms: int) -> dict[str, dict[int, tuple[dict[str, float], list[float]]]]:
+        """truck → period start → (InfluxDB's ``need`` over the period's loads (none: no load), the values of the
+        period's unloads): the trips that ended in the range, each from its trip's last load from
+        ``lookback_from_ms`` on (:func:`truck.fetch_last_loads`). Periods from ``start_ms``."""
         loads = _LOADS.aggregated(api, {eid: Target(dev, {"cargoWeight": "load_kg"}) for dev, eid in trucks.items()},
                                   ["cargoWeight"], sorted(need), period_ms, start_ms, end_ms)
         one = next(iter(trucks)) if len(trucks) == 1 else None
         trips, bad_trips = api.read(truck.fetch_trips, TimeRange(start_ms, end_ms), one)
         api.skipped(truck.TRIP, bad_trips)
         trips = [t for t in trips if t.truck in trucks and t.kg_unloaded is not None]
-        last, _ = api.read(lambda q, db: truck.fetch_last_loads(q, db, trips, start_ms - TRIP_LOOKBACK_MS))
-        # truck → period start → [count, sum, min, max, mean, stddev] of the loads, then the unloads' values
+        last, _ = api.read(lambda q, db: truck.fetch_last_loads(q, db, trips, lookback_from_ms))
         groups: dict[str, dict[int, tuple[dict[str, float], list[float]]]] = {}
         for dev, eid in trucks.items():
             per = (loads.get(eid) or {}).get("cargoWeight") or {}
@@ -300,8 +387,18 @@ class TruckProvider:
             if before is None or t.kg_unloaded is None or not start_ms <= t.end_ms < end_ms:
                 continue
             t0 = start_ms + (t.end_ms - start_ms) // period_ms * period_ms if period_ms else start_ms
-            groups.setdefault(t.truck, {}).setdefault(t0, ({}, []))[1].append(round(max(0.0, before -
-                                                                                         t.kg_unloaded), 3))
+            groups.setdefault(t.truck, {}).setdefault(t0, ({}, []))[1].append(cargo_left(before, t.kg_unloaded))
+        return groups
+
+    def _cargo_aggregates(self, api: Api, trucks: dict[str, str], methods: Sequence[str], period_ms: int,
+                          start_ms: int, end_ms: int) -> Aggregates:
+        """The instances of :meth:`history`'s ``cargoWeight`` aggregated as :func:`aggregate` does (periods from
+        ``start_ms``, none without an instance): the loads' count, sum, extremes (and mean and sample deviation for
+        ``stddev``) per truck and period from InfluxDB (``GROUP BY time``), the unloads' values added to them
+        (:meth:`_cargo_groups`)."""
+        need = {"totalCount", "sum"} | ({"min", "max"} & set(methods)) | ({"avg", "stddev"} if "stddev" in methods
+                                                                          else set())
+        groups = self._cargo_groups(api, trucks, need, period_ms, start_ms, end_ms, start_ms - TRIP_LOOKBACK_MS)
         out: Aggregates = {}
         for dev, per_period in groups.items():
             res: dict[str, list[tuple[float | int, int, int]]] = {}
