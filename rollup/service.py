@@ -1,5 +1,6 @@
 """``cityos rollup``: a pass every ``interval_s`` (or one, ``--once``): energy (frozen half hours and days), then
-waste (district days, the last ``recompute_days`` recomputed), then the forest stations (10 minutes, hours, days
+waste (district days, the last ``recompute_days`` recomputed), then the trucks' cargo per hour and day (the same
+days recomputed), then the forest stations (10 minutes, hours, days
 and alert readings; late readings of the last ``recompute_days`` rolled up again).
 
 **InfluxDB failing** (unreachable, a query refused, a write not taken): the pass stops at once (every batch before
@@ -26,6 +27,7 @@ from rollup.energy import energy_pass
 from rollup.forest import forest_pass
 from rollup.report import Report
 from rollup.store import Store
+from rollup.truck import truck_pass
 from rollup.waste import waste_pass
 
 __all__ = ["main", "open_client", "run_once"]
@@ -44,8 +46,8 @@ def _never() -> bool:
 
 def run_once(config: RollupConfig, now_ms: int | None = None, *, client: InfluxClient | None = None,
              stop: Callable[[], bool] = _never, after_batch: Callable[[str, int], None] | None = None) -> Report:
-    """One pass as of ``now_ms`` (default: now): energy, waste, forest. Raises :class:`~cityos.influx.InfluxError`
-    when InfluxDB fails (what was written before stays: the next pass resumes after it). ``client`` defaults to
+    """One pass as of ``now_ms`` (default: now): energy, waste, trucks' cargo, forest. Raises
+    :class:`~cityos.influx.InfluxError` when InfluxDB fails (what was written before stays: the next pass resumes after it). ``client`` defaults to
     :func:`open_client` (closed after); ``stop`` is asked between batches; ``after_batch(job, until_ms)`` is
     called after each batch is stored (tests inject a crash there)."""
     now = int(time.time() * 1000) if now_ms is None else int(now_ms)
@@ -59,6 +61,8 @@ def run_once(config: RollupConfig, now_ms: int | None = None, *, client: InfluxC
         rep.energy = energy_pass(store, round(config.rollup.energy_settle_h * 3_600_000), now, stop, hook)
         if not stop():
             rep.waste = waste_pass(store, config.rollup.recompute_days, now, stop, hook)
+        if not stop():  # the trucks' cargo (the NGSI-LD Vehicle's aggregates): logged here, not in the Report
+            log.info("%s", truck_pass(store, config.rollup.recompute_days, now, stop, hook).summary())
         if not stop():
             rep.forest = forest_pass(store, config.rollup.recompute_days, now, stop, hook)
         rep.seconds = time.monotonic() - t0
