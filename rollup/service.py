@@ -1,7 +1,7 @@
 """``cityos rollup``: a pass every ``interval_s`` (or one, ``--once``): energy (frozen half hours and days), then
-waste (district days, the last ``recompute_days`` recomputed), then the trucks' cargo per hour and day (the same
-days recomputed), then the forest stations (10 minutes, hours, days
-and alert readings; late readings of the last ``recompute_days`` rolled up again).
+waste (district days, the last ``recompute_days`` recomputed), then the trucks' cargo per hour and JST day (the
+same days recomputed), then the forest stations (10 minutes, hours, days and alert readings; late readings of the
+last ``recompute_days`` rolled up again).
 
 **InfluxDB failing** (unreachable, a query refused, a write not taken): the pass stops at once (every batch before
 it is stored, with its progress point), ``cityos rollup`` prints one line naming InfluxDB's answer to stderr and
@@ -47,9 +47,9 @@ def _never() -> bool:
 def run_once(config: RollupConfig, now_ms: int | None = None, *, client: InfluxClient | None = None,
              stop: Callable[[], bool] = _never, after_batch: Callable[[str, int], None] | None = None) -> Report:
     """One pass as of ``now_ms`` (default: now): energy, waste, trucks' cargo, forest. Raises
-    :class:`~cityos.influx.InfluxError` when InfluxDB fails (what was written before stays: the next pass resumes after it). ``client`` defaults to
-    :func:`open_client` (closed after); ``stop`` is asked between batches; ``after_batch(job, until_ms)`` is
-    called after each batch is stored (tests inject a crash there)."""
+    :class:`~cityos.influx.InfluxError` when InfluxDB fails (what was written before stays: the next pass resumes
+    after it). ``client`` defaults to :func:`open_client` (closed after); ``stop`` is asked between batches;
+    ``after_batch(job, until_ms)`` is called after each batch is stored (tests inject a crash there)."""
     now = int(time.time() * 1000) if now_ms is None else int(now_ms)
     own = client is None
     c = open_client(config) if client is None else client
