@@ -86,17 +86,18 @@ __all__ = [
     "MAX_PICKUP_KG",
     "Pickup",
     "Trip",
+    "TruckHistory",
     "TruckLoad",
     "attach_parts",
     "fetch_cells",
     "fetch_district_days",
     "fetch_district_months",
     "fetch_last_loads",
-    "fetch_load_series",
     "fetch_loads",
     "fetch_pickups",
     "fetch_trip_districts",
     "fetch_trips",
+    "fetch_truck_history",
     "link_next",
     "page",
     "router",
@@ -393,25 +394,37 @@ def fetch_loads(query: QueryFn, db: str, tr: TimeRange, truck: str | None = None
     return sorted(out, key=lambda x: (x.ts_ms, x.truck)), skipped
 
 
-def fetch_load_series(query: QueryFn, db: str, tr: TimeRange, trucks: Sequence[str], *, loads: bool = True,
-                      positions: bool = True, limit: int | None = None, newest: bool = False
-                      ) -> tuple[list[TruckLoad], list[TruckLoad]]:
+@dataclass
+class TruckHistory:
+    """What :func:`fetch_truck_history` read: loads and positions (each oldest first), the trips that ended in the
+    range, and the number of trip points skipped (as :func:`fetch_trips`)."""
+
+    loads: list[TruckLoad]
+    positions: list[TruckLoad]
+    trips: list[Trip]
+    skipped_trips: int
+
+
+def fetch_truck_history(query: QueryFn, db: str, tr: TimeRange, trucks: Sequence[str], *, loads: bool = True,
+                        positions: bool = True, limit: int | None = None, newest: bool = False) -> TruckHistory:
     """The servable loads (``load_kg`` 0 to :data:`MAX_TRIP_KG`, with ``trip_no``) and positions (``lat``/``lon``
-    in range) of ``trucks`` in ``tr``, each oldest first: per truck at most ``limit`` of each, its oldest (or with
-    ``newest`` its newest), as :func:`fetch_loads` then a cut per truck would give without reading the rest (the
-    NGSI-LD Vehicle's history: one statement each, ``GROUP BY "device" ... LIMIT``)."""
+    in range) of ``trucks`` in ``tr``: per truck at most ``limit`` of each, its oldest (or with ``newest`` its
+    newest), as :func:`fetch_loads` then a cut per truck would give without reading the rest (``GROUP BY "device"
+    ... LIMIT``); and with ``loads`` their trips that ended in ``tr`` (:func:`fetch_trips`). One request: the
+    NGSI-LD Vehicle's history."""
     where = f'{tr.where()}{devices_clause(trucks)}'
     tail = f' GROUP BY "device" ORDER BY time {"DESC" if newest else "ASC"}' + \
         ("" if limit is None else f" LIMIT {int(limit)}")
     stmts = []
     if loads:
-        stmts.append(f'SELECT "load_kg", "trip_no" FROM "{COLLECTION}" WHERE {where} AND "load_kg" >= 0 AND '
-                     f'"load_kg" <= {MAX_TRIP_KG:g}{tail}')
+        stmts += [f'SELECT "load_kg", "trip_no" FROM "{COLLECTION}" WHERE {where} AND "load_kg" >= 0 AND '
+                  f'"load_kg" <= {MAX_TRIP_KG:g}{tail}', _trips_statement(where)]
     if positions:
         stmts.append(f'SELECT "lat", "lon" FROM "{COLLECTION}" WHERE {where} AND "lat" >= -90 AND "lat" <= 90 AND '
                      f'"lon" >= -180 AND "lon" <= 180{tail}')
+    results = _series(*query(db, "; ".join(stmts))) if stmts else []
     found: list[list[TruckLoad]] = []
-    for series in _series(*query(db, "; ".join(stmts))) if stmts else []:
+    for series in (results[0], results[-1]) if loads and positions else results[:1]:
         got: list[TruckLoad] = []
         for s in series:
             dev = (s.get("tags") or {}).get("device") or ""
@@ -425,8 +438,8 @@ def fetch_load_series(query: QueryFn, db: str, tr: TimeRange, trucks: Sequence[s
                     got.append(TruckLoad(dev, int(row["time"]), None if trip_no is None else int(trip_no), load,
                                          lat, lon))
         found.append(sorted(got, key=lambda x: (x.ts_ms, x.truck)))
-    out_loads = found.pop(0) if loads else []
-    return out_loads, (found.pop(0) if positions else [])
+    trips, skipped = _trips(results[1]) if loads else ([], 0)
+    return TruckHistory(found[0] if loads else [], found[-1] if positions else [], trips, skipped)
 
 
 def fetch_last_loads(query: QueryFn, db: str, trips: Sequence[Trip], from_ms: int
@@ -475,13 +488,21 @@ class Trip:
     last_pickup_ms: int | None = None
 
 
+def _trips_statement(where: str) -> str:
+    return (f'SELECT "trip_no", "kg_collected", "kg_unloaded", "pickups", "pickups_unknown_district", '
+            f'"distance_km", "duration_s" FROM "{TRIP}" WHERE {where} GROUP BY "device"')
+
+
 def fetch_trips(query: QueryFn, db: str, tr: TimeRange, truck: str | None = None) -> tuple[list[Trip], int]:
     """The trips that ended in ``tr`` (of one truck), and the number of trip points skipped (kg_collected,
     pickups or duration_s missing or out of range)."""
     where = tr.where() + (f' AND "device" = {literal(truck)}' if truck else "")
-    (series,) = _series(*query(db, f'SELECT "trip_no", "kg_collected", "kg_unloaded", "pickups", '
-                                   f'"pickups_unknown_district", "distance_km", "duration_s" FROM "{TRIP}" '
-                                   f'WHERE {where} GROUP BY "device"'))
+    (series,) = _series(*query(db, _trips_statement(where)))
+    return _trips(series)
+
+
+def _trips(series: Sequence[dict[str, Any]]) -> tuple[list[Trip], int]:
+    """The servable trips of :func:`_trips_statement`'s series, and the number skipped."""
     out: list[Trip] = []
     skipped = 0
     for s in series:

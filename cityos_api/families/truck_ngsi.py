@@ -228,47 +228,56 @@ class TruckProvider:
                        ) -> dict[str, dict[str, list[tuple[Any, int]]]]:
         """truck → ``location`` and ``cargoWeight`` instances in ``[start_ms, end_ms)``: per truck only the loads
         and positions that can be answered (its oldest ``max_n``, or newest ``last_n``: InfluxDB's ``LIMIT`` per
-        truck), and each unload's cargo left (its trip's newest load, :func:`truck.fetch_last_loads`, looked up from
-        :data:`TRIP_LOOKBACK_MS` before ``start_ms``) for the trips that end in the range where the answer can
-        still hold them: as :func:`_cargo` over every load from the look-back, then :func:`_cut`."""
+        truck, :func:`truck.fetch_truck_history`), and the cargo left after the unloads of the trips that end in the
+        range where the answer can still hold them: as :func:`_cargo` over every load from
+        :data:`TRIP_LOOKBACK_MS` before ``start_ms``, then :func:`_cut`, without reading them."""
         limit = last_n or max_n
-        tr = TimeRange(start_ms, end_ms)
-        loads, positions = api.read(lambda q, db: truck.fetch_load_series(
-            q, db, tr, devices, loads="cargoWeight" in attrs, positions="location" in attrs, limit=limit,
-            newest=bool(last_n)))
+        h = api.read(lambda q, db: truck.fetch_truck_history(
+            q, db, TimeRange(start_ms, end_ms), devices, loads="cargoWeight" in attrs,
+            positions="location" in attrs, limit=limit, newest=bool(last_n)))
+        api.skipped(truck.TRIP, h.skipped_trips)
         out: dict[str, dict[str, list[tuple[Any, int]]]] = {}
-        for x in positions:
+        for x in h.positions:
             assert x.lat is not None and x.lon is not None
             out.setdefault(x.truck, {}).setdefault("location", []).append((_point(x.lat, x.lon), x.ts_ms))
         if "cargoWeight" not in attrs:
             return out
-        one = devices[0] if len(devices) == 1 else None
-        trips, bad_trips = api.read(truck.fetch_trips, tr, one)
-        api.skipped(truck.TRIP, bad_trips)
         per_truck: dict[str, list[truck.TruckLoad]] = {}
-        for x in loads:
+        for x in h.loads:
             per_truck.setdefault(x.truck, []).append(x)
-        wanted = set(devices)
+        # the loads read are all of a truck's in [start_ms, end_ms), or in [start_ms, its newest read] (oldest
+        # first), or in (its oldest read, end_ms) (newest first: the oldest's millisecond may hold more)
+        cut = {dev: (mine[0].ts_ms if last_n else mine[-1].ts_ms) for dev, mine in per_truck.items()
+               if limit is not None and len(mine) >= limit}
 
         def answerable(t: truck.Trip) -> bool:
-            """Whether the unload can be in the answer: the loads read are all of the truck's in the range, or
-            it is among them (oldest first: before the newest read; newest first: at or after the oldest read; a
-            load at the unload's millisecond is before it)."""
-            mine = per_truck.get(t.truck, [])
-            if limit is None or len(mine) < limit:
+            """The unload can be in the answer: before the newest load read (oldest first; a load at the unload's
+            millisecond is before it), at or after the oldest read (newest first), or every load was read."""
+            if t.truck not in cut:
                 return True
-            return t.end_ms >= mine[0].ts_ms if last_n else t.end_ms < mine[-1].ts_ms
+            return t.end_ms >= cut[t.truck] if last_n else t.end_ms < cut[t.truck]
 
-        trips = [t for t in trips if t.truck in wanted and t.kg_unloaded is not None and answerable(t)]
-        last, _ = api.read(lambda q, db: truck.fetch_last_loads(q, db, trips, start_ms - TRIP_LOOKBACK_MS))
+        trips = [t for t in h.trips if t.kg_unloaded is not None and answerable(t)]
+        # the trip's newest load at or before its end: from the loads read when they hold the whole of its span
+        # in the range, else looked up (from the look-back day: the trip across start_ms, or none read)
+        before: dict[tuple[str, int, int], float] = {}
+        for t in trips:
+            mine = [x for x in per_truck.get(t.truck, ()) if x.trip_no == t.trip_no and x.ts_ms <= t.end_ms]
+            if mine and not (last_n and t.truck in cut and mine[-1].ts_ms <= cut[t.truck]):
+                assert mine[-1].load_kg is not None
+                before[(t.truck, t.trip_no, t.end_ms)] = mine[-1].load_kg
+        missing = [t for t in trips if (t.truck, t.trip_no, t.end_ms) not in before]
+        if missing:
+            found, _ = api.read(lambda q, db: truck.fetch_last_loads(q, db, missing, start_ms - TRIP_LOOKBACK_MS))
+            before.update(found)
         events: dict[str, list[tuple[int, int, float]]] = {}
-        for x in loads:
+        for x in h.loads:
             assert x.load_kg is not None
             events.setdefault(x.truck, []).append((x.ts_ms, 0, round(x.load_kg, 3)))
         for t in trips:
-            before = last.get((t.truck, t.trip_no, t.end_ms))
-            if before is not None and t.kg_unloaded is not None:
-                events.setdefault(t.truck, []).append((t.end_ms, 1, cargo_left(before, t.kg_unloaded)))
+            load = before.get((t.truck, t.trip_no, t.end_ms))
+            if load is not None and t.kg_unloaded is not None:
+                events.setdefault(t.truck, []).append((t.end_ms, 1, cargo_left(load, t.kg_unloaded)))
         for dev, evs in events.items():
             out.setdefault(dev, {})["cargoWeight"] = [(v, ms) for ms, _, v in sorted(evs, key=lambda e: e[:2])]
         return out
