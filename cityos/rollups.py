@@ -28,6 +28,8 @@ measurement            tags        fields
 ``forest_station_1d``              JST day (merged from its hours)
 ``forest_alert_10m``     device    ``first_ms``, ``last_ms``, ``readings``, ``criteria``: the readings at caution or
                                    above (:class:`cityos.landslide.AlertSpan`)
+``truck_cargo_1h``       device    ``readings``, ``cargo_kg_sum``, ``cargo_kg_min``, ``cargo_kg_max``: the NGSI-LD
+``truck_cargo_1d``                 Vehicle's ``cargoWeight`` instances per truck and hour, JST day (see "Trucks")
 ``rollup_progress``      job       ``until_ms`` (int): where the job stopped (its next period's start)
 =====================  ==========  ===========================================================================
 
