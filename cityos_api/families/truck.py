@@ -423,23 +423,25 @@ def fetch_truck_history(query: QueryFn, db: str, tr: TimeRange, trucks: Sequence
         stmts.append(f'SELECT "lat", "lon" FROM "{COLLECTION}" WHERE {where} AND "lat" >= -90 AND "lat" <= 90 AND '
                      f'"lon" >= -180 AND "lon" <= 180{tail}')
     results = _series(*query(db, "; ".join(stmts))) if stmts else []
-    found: list[list[TruckLoad]] = []
-    for series in (results[0], results[-1]) if loads and positions else results[:1]:
-        got: list[TruckLoad] = []
-        for s in series:
+    got_loads: list[TruckLoad] = []
+    got_positions: list[TruckLoad] = []
+    for series, is_load in ([(results[0], True)] if loads else []) + ([(results[-1], False)] if positions else []):
+        out = got_loads if is_load else got_positions
+        for s in series:  # the columns are those selected: time, then the two fields (a hot loop: 5,000 rows)
             dev = (s.get("tags") or {}).get("device") or ""
             if not _ID_RE.fullmatch(dev):
                 continue
-            for row in _rows(s):
-                load = _kg(row.get("load_kg"), MAX_TRIP_KG)
-                lat, lon = _num(row.get("lat")), _num(row.get("lon"))
-                trip_no = _num(row.get("trip_no"))
-                if load is not None or (lat is not None and lon is not None):
-                    got.append(TruckLoad(dev, int(row["time"]), None if trip_no is None else int(trip_no), load,
-                                         lat, lon))
-        found.append(sorted(got, key=lambda x: (x.ts_ms, x.truck)))
+            for t, a, b in s.get("values", []):
+                if is_load:
+                    load, no = _kg(a, MAX_TRIP_KG), _num(b)
+                    if load is not None:
+                        out.append(TruckLoad(dev, int(t), None if no is None else int(no), load, None, None))
+                elif (lat := _num(a)) is not None and (lon := _num(b)) is not None:
+                    out.append(TruckLoad(dev, int(t), None, None, lat, lon))
+    got_loads.sort(key=lambda x: (x.ts_ms, x.truck))
+    got_positions.sort(key=lambda x: (x.ts_ms, x.truck))
     trips, skipped = _trips(results[1]) if loads else ([], 0)
-    return TruckHistory(found[0] if loads else [], found[-1] if positions else [], trips, skipped)
+    return TruckHistory(got_loads, got_positions, trips, skipped)
 
 
 def fetch_last_loads(query: QueryFn, db: str, trips: Sequence[Trip], from_ms: int
