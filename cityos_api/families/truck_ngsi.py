@@ -60,6 +60,8 @@ __all__ = ["TRUCK_TYPES", "TruckProvider", "provider"]
 
 LOOKBACK_DAYS = 30
 DAY_MS = 86_400_000
+#: Seconds the cargo rollup's progress point is kept (the rollup passes every 5 minutes).
+PROGRESS_TTL_S = 10.0
 SDM = "https://smartdatamodels.org/"
 SDM_TRANSPORT = SDM + "dataModel.Transportation/"
 SDM_WASTE = SDM + "dataModel.WasteManagement/"
@@ -134,6 +136,11 @@ class TruckProvider:
     def __init__(self, api: Api, clock: Any = time.time) -> None:
         self.places = api.places
         self.clock = clock
+        rollup_db = getattr(api.settings, "rollup_db", None)
+        #: Where the cargo rollup stands, kept :data:`PROGRESS_TTL_S`: an older point is as right (its rows are
+        #: complete before it; the raw path answers after it), one request less per aggregate.
+        self._progress = api.snapshot("truck cargo progress", lambda: None if not rollup_db else api.read(
+            lambda q, _db: truck_progress(q, rollup_db)), PROGRESS_TTL_S)
 
     def _names(self, district: str) -> tuple[str, str]:
         if district == truck.UNKNOWN and truck.UNKNOWN not in self.places.districts:
@@ -327,23 +334,14 @@ class TruckProvider:
         raw path (:meth:`_cargo_groups` per hour), merged per period (:func:`cityos.rollups.forest_merge`): the
         numbers of :meth:`_cargo_aggregates`. None when nothing is rolled up (or no rollups' database): the caller
         takes the raw path for the whole range."""
-        rollup_db = getattr(api.settings, "rollup_db", None)
-        if not rollup_db:
+        progress = self._progress.get()
+        if progress is None:
             return None
         devices = sorted(trucks)
         columns = ["cargo_kg_sum", *(f"cargo_kg_{m}" for m in ("min", "max") if m in methods)]
-
-        def fetch(query: Any, _db: str) -> tuple[list[tuple[str, int, dict[str, float | int]]], int] | None:
-            progress = truck_progress(query, rollup_db)
-            if progress is None:
-                return None
-            return forest_stored(query, rollup_db, start_ms, end_ms, level, progress, devices, columns,
-                                 levels=TRUCK_LEVELS, fields=TRUCK_ROLLED)
-
-        got = api.read(fetch)
-        if got is None:
-            return None
-        rows, cut = got
+        rows, cut = api.read(lambda query, _db: forest_stored(
+            query, api.settings.rollup_db, start_ms, end_ms, level, progress, devices, columns, levels=TRUCK_LEVELS,
+            fields=TRUCK_ROLLED))
         if cut < end_ms:  # the hours after the progress point: raw, in rows of the same shape
             for dev, per in self._cargo_groups(api, trucks, {"totalCount", "sum", "min", "max"}, HOUR_MS, cut,
                                                end_ms, start_ms - TRIP_LOOKBACK_MS).items():
