@@ -18,7 +18,6 @@ too, as both rules fire then).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -94,9 +93,14 @@ class Assessment:
 
 
 def _number(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        return None
-    return float(v)
+    """A finite number as a float, else None (exact types: a ``bool`` is not a reading; every reading of a page
+    of history is assessed, so this is kept cheap)."""
+    t = type(v)
+    if t is float:
+        return v if v - v == 0.0 else None  # type: ignore[no-any-return]
+    if t is int:
+        return float(v)
+    return None
 
 
 def _at_least(v: Any, limit: float) -> bool:
