@@ -546,6 +546,35 @@ def run_rollup(info: StackInfo) -> dict[str, Any]:
                                         f"{time.monotonic() - t0:.1f} s ({summary})"}
 
 
+def wait_quiet(info: StackInfo, quiet_s: float = 20.0, most_s: float = 900.0) -> dict[str, Any]:
+    """Wait until InfluxDB has compacted what the run just wrote (the top-up, the rollup pass): no cache or TSM
+    compaction active (its ``/debug/vars``) for ``quiet_s`` in a row, at most ``most_s``. The timed requests then
+    meet the steady state a deployment lives in (the live feeder's writes), not the minutes after a bulk load."""
+    t0 = time.monotonic()
+    quiet_since: float | None = None
+    last: dict[str, int] = {}
+    while time.monotonic() - t0 < most_s:
+        try:
+            doc = httpx.get(info.influx_url + "/debug/vars", timeout=10).json()  # loopback: http
+        except (httpx.HTTPError, ValueError):
+            return {"waited_s": round(time.monotonic() - t0, 1), "quiet": None, "note": "/debug/vars unreadable"}
+        last = {}
+        for key, v in doc.items():
+            if key.startswith("tsm1_engine"):
+                for f, n in (v.get("values") or {}).items():
+                    if f.endswith("CompactionsActive") and n:
+                        last[f] = last.get(f, 0) + int(n)
+        now = time.monotonic()
+        if last:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since >= quiet_s:
+            return {"waited_s": round(now - t0, 1), "quiet": True}
+        time.sleep(1.0)
+    return {"waited_s": round(time.monotonic() - t0, 1), "quiet": False, "active": last}
+
+
 # ------------------------------------------------------------------------------------------------------------
 # the API as deployed
 
@@ -953,6 +982,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rollup: {out['rollup']['note']}", file=sys.stderr)
         if args.write_only:
             return 0
+        out["influx_quiet"] = wait_quiet(info)
+        print(f"InfluxDB compactions: {out['influx_quiet']}", file=sys.stderr)
         cfg, token = api_config(info, work)
         api = ApiProcess(cfg, work)
         if not args.no_live:
