@@ -1,6 +1,8 @@
 """The garbage trucks and the waste per district as NGSI-LD entities (the facade: ``cityos_api/ngsi_ld``; the mapping
 and its extensions: docs/ngsi-ld.md, "Garbage trucks"). Every read goes through ``cityos_api/families/truck.py``'s
-data functions (``fetch_loads``, ``fetch_trips``, ``fetch_district_days``): this module has no InfluxQL.
+data functions (``fetch_loads``, ``fetch_truck_history``, ``fetch_last_loads``, ``fetch_trips``,
+``fetch_district_days``) and the rollups' readers of ``cityos.rollups`` (``truck_progress``, ``forest_stored``):
+this module has no InfluxQL.
 
 * ``urn:ngsi-ld:Vehicle:<truck>`` (dataModel.Transportation ``Vehicle``): ``vehicleType`` ``lorry``, ``category``
   ``[municipalServices]``, ``serviceProvided`` ``[garbageCollection]``, ``fleetVehicleId``; ``location`` where the
@@ -244,17 +246,14 @@ class TruckProvider:
             positions="location" in attrs, limit=limit, newest=bool(last_n)))
         api.skipped(truck.TRIP, h.skipped_trips)
         out: dict[str, dict[str, list[tuple[Any, int]]]] = {}
-        for x in h.positions:
-            assert x.lat is not None and x.lon is not None
-            out.setdefault(x.truck, {}).setdefault("location", []).append((_point(x.lat, x.lon), x.ts_ms))
+        for dev, pos in h.positions.items():
+            if pos:
+                out.setdefault(dev, {})["location"] = [(_point(lat, lon), ms) for ms, lat, lon in pos]
         if "cargoWeight" not in attrs:
             return out
-        per_truck: dict[str, list[truck.TruckLoad]] = {}
-        for x in h.loads:
-            per_truck.setdefault(x.truck, []).append(x)
         # the loads read are all of a truck's in [start_ms, end_ms), or in [start_ms, its newest read] (oldest
         # first), or in (its oldest read, end_ms) (newest first: the oldest's millisecond may hold more)
-        cut = {dev: (mine[0].ts_ms if last_n else mine[-1].ts_ms) for dev, mine in per_truck.items()
+        cut = {dev: (mine[0][0] if last_n else mine[-1][0]) for dev, mine in h.loads.items()
                if limit is not None and len(mine) >= limit}
 
         def answerable(t: truck.Trip) -> bool:
@@ -269,24 +268,24 @@ class TruckProvider:
         # in the range, else looked up (from the look-back day: the trip across start_ms, or none read)
         before: dict[tuple[str, int, int], float] = {}
         for t in trips:
-            mine = [x for x in per_truck.get(t.truck, ()) if x.trip_no == t.trip_no and x.ts_ms <= t.end_ms]
-            if mine and not (last_n and t.truck in cut and mine[-1].ts_ms <= cut[t.truck]):
-                assert mine[-1].load_kg is not None
-                before[(t.truck, t.trip_no, t.end_ms)] = mine[-1].load_kg
+            mine = [x for x in h.loads.get(t.truck, ()) if x[1] == t.trip_no and x[0] <= t.end_ms]
+            if mine and not (last_n and t.truck in cut and mine[-1][0] <= cut[t.truck]):
+                before[(t.truck, t.trip_no, t.end_ms)] = mine[-1][2]
         missing = [t for t in trips if (t.truck, t.trip_no, t.end_ms) not in before]
         if missing:
             found, _ = api.read(lambda q, db: truck.fetch_last_loads(q, db, missing, start_ms - TRIP_LOOKBACK_MS))
             before.update(found)
-        events: dict[str, list[tuple[int, int, float]]] = {}
-        for x in h.loads:
-            assert x.load_kg is not None
-            events.setdefault(x.truck, []).append((x.ts_ms, 0, round(x.load_kg, 3)))
+        unloads: dict[str, list[tuple[int, int, float]]] = {}
         for t in trips:
             load = before.get((t.truck, t.trip_no, t.end_ms))
             if load is not None and t.kg_unloaded is not None:
-                events.setdefault(t.truck, []).append((t.end_ms, 1, cargo_left(load, t.kg_unloaded)))
-        for dev, evs in events.items():
-            out.setdefault(dev, {})["cargoWeight"] = [(v, ms) for ms, _, v in sorted(evs, key=lambda e: e[:2])]
+                unloads.setdefault(t.truck, []).append((t.end_ms, 1, cargo_left(load, t.kg_unloaded)))
+        for dev in h.loads.keys() | unloads.keys():
+            evs = [(ms, 0, round(kg, 3)) for ms, _, kg in h.loads.get(dev, ())]
+            if dev in unloads:  # a load at an unload's millisecond is before it
+                evs = sorted(evs + unloads[dev], key=lambda e: e[:2])
+            if evs:
+                out.setdefault(dev, {})["cargoWeight"] = [(v, ms) for ms, _, v in evs]
         return out
 
     def _district_days(self, api: Api, districts: Sequence[str], attrs: Sequence[str], start_ms: int, end_ms: int
