@@ -6,6 +6,9 @@ answer's formats and its errors (docs/api.md).
   document as the operation's ``security`` and ``x-scope``), ``api.read(...)`` runs a query function against
   InfluxDB (an unreachable or failing InfluxDB is 503 "InfluxDB unavailable", never its error text), and
   ``api.respond(...)`` answers JSON or CSV (JSON encoded by msgspec: :meth:`Api.json`).
+* A JSON answer's body is typed in the OpenAPI document: its model (a :class:`Body`, next to the family's routes)
+  is declared by ``responses={..., **json_body(Model)}`` (:func:`json_body`: the JSON schema, and the CSV of
+  ``format=csv``), never used to build the answer.
 * ``api.snapshot(name, fn, ttl_s)`` keeps "current state" (every gateway's newest point, the NGSI-LD world) fresh
   for routes polled far more often than it changes: :class:`Snapshot`, whose docstring bounds how old it may be.
 * Errors are RFC 7807 problem details (``application/problem+json``: ``type``, ``title``, ``status``,
@@ -32,6 +35,7 @@ import msgspec
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from pydantic import BaseModel, ConfigDict
 
 from cityos.influx import InfluxClient, InfluxError, QueryFn
 from cityos_api.auth import OPEN, Denied, TokenRecord, TokenStore
@@ -39,8 +43,8 @@ from cityos_api.gtfs_rt import query_fn
 from cityos_api.opendata import to_csv
 from cityos_api.settings import ApiSettings
 
-__all__ = ["CSV", "JSON", "MAX_AGE_TTLS", "Api", "Caller", "District", "FrozenDays", "Metrics", "Places",
-           "RateLimiter", "Snapshot", "family_parts", "problem", "safe_filename"]
+__all__ = ["CSV", "JSON", "MAX_AGE_TTLS", "Api", "Body", "Caller", "District", "FrozenDays", "Metrics", "Places",
+           "RateLimiter", "Snapshot", "family_parts", "json_body", "problem", "safe_filename"]
 
 log = logging.getLogger("cityos_api")
 CSV = "text/csv; charset=utf-8"
@@ -62,6 +66,23 @@ def safe_filename(name: str) -> str:
     """A ``Content-Disposition`` filename from already validated parts: anything but ``[A-Za-z0-9._-]`` becomes
     ``_``, so no parameter can reach a header as anything else (a newline once did)."""
     return _FILENAME_RE.sub("_", name)[:120] or "data"
+
+
+class Body(BaseModel):
+    """The schema of a JSON answer in the OpenAPI document (the routes build dicts and msgspec encodes them: a
+    model is never used to build or check an answer at run time). ``extra="forbid"``: a field the model does not
+    name fails the schema (``additionalProperties: false``), so schemathesis' conformance check catches drift."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def json_body(model: type[BaseModel], *, csv: bool = True) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entry of a route's 200: the JSON body typed by ``model`` and, with ``csv``, the same rows as
+    CSV (``format=csv``: :meth:`Api.respond`). Spread last: ``responses={**errors, **json_body(Model)}``."""
+    if not csv:
+        return {200: {"model": model, "description": "JSON"}}
+    return {200: {"model": model, "content": {"application/json": {}, "text/csv": {}},
+                  "description": "JSON (the default), or with `format=csv` the rows as CSV (UTF-8 with a BOM)"}}
 
 
 class Metrics:

@@ -58,7 +58,8 @@ from cityos.rollups import (
     stored_alert_spans,
 )
 from cityos_api.auth import OPEN
-from cityos_api.core import Api
+from cityos_api.core import Api, json_body
+from cityos_api.families.forest_models import ForestAlerts, ForestReadings, ForestStationBody, ForestStations
 from cityos_api.params import (
     FormatQuery,
     Span,
@@ -415,13 +416,13 @@ def router(api: Api) -> APIRouter:
         return {"Link": f'<{request.url.path}?{q}>; rel="next"'}
 
     responses: dict[int | str, dict[str, Any]] = {
-        200: {"content": {"application/json": {}, "text/csv": {}}},
         422: {"description": "a parameter is not valid (the message says which and why)"},
         503: {"description": "InfluxDB unavailable"},
     }
     with_404 = {**responses, 404: {"description": "no such station"}}
 
-    @api.route(r, "/v1/forest/stations", scope=OPEN, response_class=Response, responses=responses)
+    @api.route(r, "/v1/forest/stations", scope=OPEN, response_class=Response,
+               responses={**responses, **json_body(ForestStations)})
     def forest_stations(fmt: FormatQuery = "json") -> Response:
         """Every forest station: its position, its newest reading, whether it is stale and its current landslide
         alert level (the alert rules' criteria over its live readings of the last window). The list is read at most
@@ -431,7 +432,8 @@ def router(api: Api) -> APIRouter:
         return api.respond(fmt, doc, [_station_row(s) for s in items], STATION_COLUMNS, "forest-stations",
                            {"Cache-Control": "no-store"})
 
-    @api.route(r, "/v1/forest/stations/{station_id}", scope=OPEN, response_class=Response, responses=with_404)
+    @api.route(r, "/v1/forest/stations/{station_id}", scope=OPEN, response_class=Response,
+               responses={**with_404, **json_body(ForestStationBody)})
     def forest_station(station_id: StationId, fmt: FormatQuery = "json") -> Response:
         """One forest station, as in the list."""
         sid = station_param(station_id)
@@ -443,7 +445,7 @@ def router(api: Api) -> APIRouter:
                            {"Cache-Control": "no-store"})
 
     @api.route(r, "/v1/forest/stations/{station_id}/readings", scope=OPEN, response_class=Response,
-               responses=with_404)
+               responses={**with_404, **json_body(ForestReadings)})
     def forest_readings(
         request: Request,
         station_id: StationId,
@@ -503,7 +505,8 @@ def router(api: Api) -> APIRouter:
         return api.respond(fmt, doc, csv_rows, columns, f"forest-readings_{sid}_{interval}_{iso(tr.start_ms)[:10]}",
                            headers)
 
-    @api.route(r, "/v1/forest/alerts", scope=OPEN, response_class=Response, responses=responses)
+    @api.route(r, "/v1/forest/alerts", scope=OPEN, response_class=Response,
+               responses={**responses, **json_body(ForestAlerts)})
     def forest_alerts(
         request: Request,
         frm: From = None,
