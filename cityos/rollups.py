@@ -237,11 +237,14 @@ def jst_day(ms: int) -> int:
 # one). :func:`trip_parts` is the one grouping of the rollup's rows and of the API's raw pickups: the same
 # pickups give the same parts, whichever side read them.
 
-#: The rows (tags ``device``, ``district``; fields ``trip_no``, ``kg``, ``pickups``, ``first_ms``, ``last_ms``),
-#: stamped at :func:`trip_part_time` (the JST day's start + ``trip_no`` ms: one row per trip and day in a series
-#: of a truck and district, rewritten in place when the day is recomputed).
+#: The rows (tags ``device``, ``district``; fields ``trip_no``, ``kg``, ``pickups``, ``first_ms``, ``last_ms``,
+#: ``until_ms``), stamped at :func:`trip_part_time` (the JST day's start + ``trip_no`` ms: one row per trip and day
+#: in a series of a truck and district, rewritten in place when the day is recomputed). ``until_ms``: where the
+#: pickups read for the row stop: the day's end, or for today the pass's progress point (today's rows grow with
+#: every pass; a reader that read another point than the rows were written with reads that truck raw).
 WASTE_TRIP_1D = "waste_trip_district_1d"
-#: The trip rows' job (``rollup_progress``): the JST days before its point were rolled up after they ended.
+#: The trip rows' job (``rollup_progress``): the pickups before its point are in the rows (whole days, and
+#: today up to the last pass).
 WASTE_TRIPS = "waste_trips"
 #: The collection-point cells' job (``waste_cell_1d``): the JST days before its point are no longer recomputed
 #: (they ended ``recompute_days`` ago), so a reader may keep them.
@@ -298,12 +301,16 @@ def trip_parts(series: Iterable[Mapping[str, Any]], *, single: bool = False) -> 
     return parts, bad
 
 
-def stored_trip_parts(series: Iterable[Mapping[str, Any]]) -> tuple[list[TripPart], list[str]]:
+def stored_trip_parts(series: Iterable[Mapping[str, Any]], progress: int | None = None
+                      ) -> tuple[list[TripPart], list[str], set[str]]:
     """The parts of the rows of ``SELECT * FROM "waste_trip_district_1d" ... GROUP BY "device", "district"``,
-    and the truck of each row that cannot be used (a tag not an id, a field missing or inconsistent): a reader
-    reads those trucks' pickups raw."""
+    the truck of each row that cannot be used (a tag not an id, a field missing or inconsistent), and (with
+    ``progress``, the job's point the reader read) the trucks with a row whose ``until_ms`` is not
+    ``min(its day's end, progress)``: today's rows of another pass than that point's, a pass that landed while
+    the reader read. A reader reads the pickups of both kinds of trucks raw."""
     out: list[TripPart] = []
     broken: list[str] = []
+    other_pass: set[str] = set()
     for s in series:
         tags = s.get("tags") or {}
         dev, dist = tags.get("device") or "", tags.get("district") or ""
@@ -315,13 +322,17 @@ def stored_trip_parts(series: Iterable[Mapping[str, Any]]) -> tuple[list[TripPar
             if not (_ID.fullmatch(dev) and _ID.fullmatch(dist)) or None in nums:
                 broken.append(dev)
                 continue
+            until = rec.get("until_ms")  # rows written before it existed: whole days
+            if progress is not None and (day + DAY_MS if until is None else until) != min(day + DAY_MS, progress):
+                other_pass.add(dev)
+                continue
             no, kg, n, first, last = (float(x or 0) for x in nums)
             if trip_part_time(day, int(no)) != t or no != int(no) or kg < 0 or n < 1 or n != int(n) \
                     or not day <= first <= last < day + DAY_MS:
                 broken.append(dev)
                 continue
             out.append(TripPart(dev, int(no), dist, day, kg, int(n), int(first), int(last)))
-    return out, broken
+    return out, broken, other_pass
 
 
 @dataclass(frozen=True)

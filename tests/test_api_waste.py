@@ -28,6 +28,7 @@ from cityos.wire import Reading, TelemetryBatch, checked
 from cityos_api.app import create_app
 from cityos_api.auth import SERVICE, TokenStore, parse_expiry
 from cityos_api.core import FrozenDays
+from cityos_api.families import truck as truck_api
 from cityos_api.opendata import JST
 from cityos_api.settings import ApiSettings
 from ingest.lineproto import batch_to_lines
@@ -400,7 +401,7 @@ def _trip_view(c: TestClient, headers: dict[str, str]) -> dict[tuple[str, str, i
     return out
 
 
-def test_trips_are_the_raw_truth_whatever_the_rollup_has_done(stack_info, waste, service, tmp_path):
+def test_trips_are_the_raw_truth_whatever_the_rollup_has_done(stack_info, waste, service, tmp_path, monkeypatch):
     # trip 1's number on a pickup after trip 1 ended (in trip 2's span): in no trip, and its day's row for trip 1
     # only partly in trip 1's span (the API then attaches truck-01's pickups one by one)
     _write(stack_info, waste, "gw-truck-01", [_pickup("truck-01", _ms(D1, 12, 0), "chuo", 7.0, 1, 4, CHUO_A)])
@@ -411,13 +412,26 @@ def test_trips_are_the_raw_truth_whatever_the_rollup_has_done(stack_info, waste,
     with TestClient(create_app(settings)) as c:
         assert _trip_view(c, service) == TRIPS, "no rollup pass yet: every pickup read raw"
         before = _skipped(c, "waste_collection")
-        # as of the 1st, 06:00: the 30th from the rollup's rows, the 1st raw (trip 2 crosses the cut at midnight)
+        # as of the 1st, 06:00: the 30th from the rollup's rows, the 1st too up to 06:00, then raw (trip 2 crosses
+        # midnight)
         run_once(cfg, _ms(D2, 6, 0))
         assert _trip_view(c, service) == TRIPS
+        # 09:35, in the middle of truck-02's trip: its pickups up to then from today's rows, the rest raw
+        run_once(cfg, _ms(D2, 9, 35))
+        assert _trip_view(c, service) == TRIPS
+        # a reader that read the progress point of the pass before (06:00) meets today's rows of the 09:35 pass:
+        # those trucks are read raw, not counted twice
+        real = truck_api.job_progress
+        monkeypatch.setattr(truck_api, "job_progress", lambda q, db, job: _ms(D2, 6, 0) if job == "waste_trips"
+                            else real(q, db, job))
+        assert _trip_view(c, service) == TRIPS
+        monkeypatch.setattr(truck_api, "job_progress", real)
+        assert _skipped(c, "waste_collection") - before >= 2, "the negative kg, read raw at 06:00 and just now"
+        before = _skipped(c, "waste_collection")
         run_once(cfg, _ms("2026-12-02", 6, 0))  # both days rolled up
         assert _trip_view(c, service) == TRIPS
-        assert _skipped(c, "waste_collection") - before == 1, \
-            "the negative kg, read raw once (on the 1st, before it was rolled up): the rollup counts it after"
+        assert _skipped(c, "waste_collection") - before == 0, \
+            "the negative kg, rolled up at 09:35: the rollup counts it, the readers no longer meet it"
         assert _skipped(c, "waste_trip_district_1d") == 0
         # a late pickup of trip 2 lands in the answer at the rollup's next pass, as it would read raw
         _write(stack_info, waste, "gw-truck-01", [_pickup("truck-01", _ms(D2, 0, 30), "chuo", 2.5, 2, 4, None)])

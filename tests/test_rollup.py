@@ -356,11 +356,19 @@ def test_waste_trip_rows_per_trip_district_and_day_recomputed_like_the_districts
     now = d[5] + 12 * 3_600_000  # the 25th, noon: the 22nd .. the 24th recomputed, the 25th not over yet
     rep = run_once(_config(info, influx_db), now)
     assert rep.waste.skipped == 3, rep.summary()
-    want = {k: (math.fsum(kg for _, kg in v), len(v), min(t for t, _ in v), max(t for t, _ in v))
-            for k, v in truth.items() if k[3] < d[5]}
+    def rows_of(pickups: list[tuple[int, float]]) -> tuple[float, int, int, int]:
+        return math.fsum(kg for _, kg in pickups), len(pickups), min(t for t, _ in pickups), max(t for t, _ in pickups)
+
+    want = {k: rows_of([p for p in v if p[0] < now]) for k, v in truth.items() if any(t < now for t, _ in v)}
     got = trip_rows(info, influx_db)
-    assert got == want, "every whole day before today, exact; today's pickups are read raw by the API"
-    assert {k[3] for k in got if k[:2] == ("truck-01", 7)} == {d[4]}, "trip 7 crosses into the 25th: not yet"
+    assert got == want, "every whole day before today, exact, and today up to the pass"
+    assert {k[3] for k in got if k[:2] == ("truck-01", 7)} == {d[4], d[5]}, \
+        "trip 7 crosses into the 25th: its pickups there up to noon too"
+    untils = {(s["tags"]["device"], jst_day(t)): u for s in influx_query(
+        info, target_db(influx_db), f'SELECT "until_ms" FROM "{WASTE_TRIP_1D}" GROUP BY "device", "district"')
+        for t, u in s["values"]}
+    assert untils and all(u == min(day + DAY_MS, now) for (_, day), u in untils.items()), \
+        "each row says where its pickups were read to: its day's end, or today's pass"
 
     # late pickups: for the 20th (past recompute_days: left as it is) and the 24th (recomputed); the next day
     # the 25th is rolled up whole
@@ -374,8 +382,7 @@ def test_waste_trip_rows_per_trip_district_and_day_recomputed_like_the_districts
                                                     max(t for t, _ in late))
     assert {k[3] for k in again if k[:2] == ("truck-01", 7)} == {d[4], d[5]}, "a trip across midnight: two rows"
     assert {k: v for k, v in again.items() if k[3] == d[5]} == {
-        k: (math.fsum(kg for _, kg in v), len(v), min(t for t, _ in v), max(t for t, _ in v))
-        for k, v in truth.items() if k[3] == d[5]}, "the 25th, once it ended"
+        k: rows_of(v) for k, v in truth.items() if k[3] == d[5]}, "the 25th, once it ended"
 
 
 def test_influxdb_down_exits_1_with_one_line(tmp_path: Path):

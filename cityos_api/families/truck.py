@@ -563,14 +563,15 @@ def fetch_trip_districts(query: QueryFn, db: str, rollup_db: str, trips: Sequenc
     cut = {dev: a if progress is None else min(max(a, progress), b) for dev, (a, b) in days.items()}
     stored: list[TripPart] = []
     broken: list[str] = []
-    stmts = [f'SELECT "trip_no", "kg", "pickups", "first_ms", "last_ms" FROM "{WASTE_TRIP_1D}" WHERE time >= '
-             f'{a}ms AND time < {cut[dev]}ms AND "device" = {literal(dev)} GROUP BY "device", "district"'
+    other_pass: set[str] = set()
+    stmts = [f'SELECT "trip_no", "kg", "pickups", "first_ms", "last_ms", "until_ms" FROM "{WASTE_TRIP_1D}" WHERE '
+             f'time >= {a}ms AND time < {cut[dev]}ms AND "device" = {literal(dev)} GROUP BY "device", "district"'
              for dev, (a, _) in sorted(days.items()) if a < cut[dev]]
     if stmts:
-        stored, broken = stored_trip_parts(s for r in target_results(query, rollup_db, "; ".join(stmts))
-                                           for s in r.get("series", []))
+        stored, broken, other_pass = stored_trip_parts((s for r in target_results(query, rollup_db, "; ".join(stmts))
+                                                        for s in r.get("series", [])), progress)
     parts, skipped = _raw_parts(query, db, {dev: (cut[dev], b) for dev, (_, b) in days.items()})
-    unsure = set(broken) | {t.truck for t in trips if trip_part_time(0, t.trip_no) is None}
+    unsure = set(broken) | other_pass | {t.truck for t in trips if trip_part_time(0, t.trip_no) is None}
     unsure |= attach_parts(trips, [p for p in [*stored, *parts] if p.device not in unsure])
     if unsure:
         singles, _ = _raw_parts(query, db, {dev: days[dev] for dev in unsure if dev in days}, single=True)
