@@ -46,7 +46,12 @@ from cityos.rollups import (
     target_results,
 )
 from cityos_api.auth import HOUSEHOLDS, OPEN
-from cityos_api.core import Api
+from cityos_api.core import Api, json_body
+from cityos_api.families.meter_models import (
+    EnergyDistrictDaily,
+    EnergyDistrictHalfHourly,
+    EnergyHouseholdHalfHourly,
+)
 from cityos_api.params import FormatQuery, Span, TimeRange, bad, check_id, iso, literal, time_range
 
 __all__ = ["SLOT_MS", "Slot", "district_days", "district_slots", "fetch_district_days", "fetch_district_half_hours",
@@ -231,7 +236,6 @@ def router(api: Api) -> APIRouter:
                 "items": items}
 
     read_responses: dict[int | str, dict[str, Any]] = {
-        200: {"content": {"application/json": {}, "text/csv": {}}},
         422: {"description": "a parameter is not valid (the message says which and why)"},
         503: {"description": "InfluxDB unavailable"},
     }
@@ -242,7 +246,7 @@ def router(api: Api) -> APIRouter:
         return found
 
     @api.route(r, "/v1/energy/districts/half-hourly", scope=OPEN, response_class=Response,
-               responses=read_responses)
+               responses={**read_responses, **json_body(EnergyDistrictHalfHourly)})
     def districts_half_hourly(
         frm: Annotated[str | None, Query(alias="from", description="start (ISO 8601 with offset, or a JST date)")]
         = None,
@@ -261,7 +265,8 @@ def router(api: Api) -> APIRouter:
                                              "kwh", "households", "kwh_suppressed"],
                            f"energy-district-half-hourly_{iso(tr.start_ms)[:10]}")
 
-    @api.route(r, "/v1/energy/districts/daily", scope=OPEN, response_class=Response, responses=read_responses)
+    @api.route(r, "/v1/energy/districts/daily", scope=OPEN, response_class=Response,
+               responses={**read_responses, **json_body(EnergyDistrictDaily)})
     def districts_daily(
         frm: Annotated[str | None, Query(alias="from", description="first day (a JST date, or a time in it)")]
         = None,
@@ -280,7 +285,8 @@ def router(api: Api) -> APIRouter:
                            f"energy-district-daily_{iso(tr.start_ms)[:10]}")
 
     @api.route(r, "/v1/energy/households/{household_id}/half-hourly", scope=HOUSEHOLDS, response_class=Response,
-               responses={**read_responses, 404: {"description": "no such household in the range"}})
+               responses={**read_responses, 404: {"description": "no such household in the range"},
+                          **json_body(EnergyHouseholdHalfHourly)})
     def household_half_hourly(
         household_id: str,
         frm: Annotated[str | None, Query(alias="from")] = None,
