@@ -35,7 +35,7 @@ import msgspec
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from cityos.influx import InfluxClient, InfluxError, QueryFn
 from cityos_api.auth import OPEN, Denied, TokenRecord, TokenStore
@@ -44,7 +44,7 @@ from cityos_api.opendata import to_csv
 from cityos_api.settings import ApiSettings
 
 __all__ = ["CSV", "JSON", "MAX_AGE_TTLS", "Api", "Body", "Caller", "District", "FrozenDays", "Metrics", "Places",
-           "RateLimiter", "Snapshot", "family_parts", "json_body", "problem", "safe_filename"]
+           "RateLimiter", "Snapshot", "absent", "family_parts", "json_body", "problem", "safe_filename"]
 
 log = logging.getLogger("cityos_api")
 CSV = "text/csv; charset=utf-8"
@@ -74,6 +74,21 @@ class Body(BaseModel):
     name fails the schema (``additionalProperties: false``), so schemathesis' conformance check catches drift."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def _absent_not_null(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+    kept = [s for s in schema.pop("anyOf", []) if s != {"type": "null"}]
+    if len(kept) == 1:
+        schema.update(kept[0])
+    elif kept:
+        schema["anyOf"] = kept
+
+
+def absent(description: str, **constraints: Any) -> Any:
+    """A :class:`Body` field that is left out of the answer when it has no value, never null (annotate it
+    ``X | None``): not required, and not nullable in the schema."""
+    return Field(default=None, description=description, json_schema_extra=_absent_not_null, **constraints)
 
 
 def json_body(model: type[BaseModel], *, csv: bool = True) -> dict[int | str, dict[str, Any]]:

@@ -21,7 +21,8 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from cityos.config import ConfigError
 from cityos.wire import ID_PATTERN
 from cityos_api.auth import OPEN
-from cityos_api.core import Api
+from cityos_api.core import Api, json_body
+from cityos_api.families.bus_models import BusOdMonthly, BusStopHourly, BusStops, GtfsRtFeed
 from cityos_api.gtfs_rt import build_feed, feed_json, read_positions
 from cityos_api.opendata import (
     Publication,
@@ -107,13 +108,12 @@ def router(api: Api) -> APIRouter:
         return Response(feed_now().SerializeToString(), media_type=PROTOBUF)
 
     @api.route(r, "/v1/bus/vehicle-positions.json", scope=OPEN, response_class=Response,
-               responses={200: {"content": {"application/json": {}}}})
+               responses=json_body(GtfsRtFeed, csv=False))
     def vehicle_positions_json() -> Response:
         """The same feed as JSON (protobuf's JSON mapping), for people."""
         return Response(feed_json(feed_now()), media_type="application/json")
 
-    @api.route(r, "/v1/bus/stops", scope=OPEN, response_class=Response,
-               responses={200: {"content": {"application/json": {}, "text/csv": {}}}})
+    @api.route(r, "/v1/bus/stops", scope=OPEN, response_class=Response, responses=json_body(BusStops))
     def bus_stops(fmt: FormatQuery = "json") -> Response:
         """The buses' stops from the GTFS-JP feed (``[places] gtfs_dir``): id, Japanese, English and kana names,
         position. The ids are the ``stop_id`` of the ridership data."""
@@ -155,13 +155,13 @@ def router(api: Api) -> APIRouter:
         return found  # type: ignore[no-any-return]
 
     data_responses: dict[int | str, dict[str, Any]] = {
-        200: {"content": {"application/json": {}, "text/csv": {}}},
         404: {"description": "the period is not published yet"},
         422: {"description": "a parameter is not valid (the message says which and why)"},
         503: {"description": "InfluxDB unavailable"},
     }
 
-    @api.route(r, "/v1/bus/stop-hourly", scope=OPEN, response_class=Response, responses=data_responses)
+    @api.route(r, "/v1/bus/stop-hourly", scope=OPEN, response_class=Response,
+               responses={**data_responses, **json_body(BusStopHourly)})
     def bus_stop_hourly(
         day: Annotated[str, Query(alias="date", description="calendar day in Japan (JST), YYYY-MM-DD")],
         route: Annotated[str | None, Query(description="only this route (as in the `route` column)")] = None,
@@ -193,7 +193,8 @@ def router(api: Api) -> APIRouter:
                                              "boardings_suppressed", "alightings", "alightings_suppressed"],
                            name, license_link, date=d.isoformat())
 
-    @api.route(r, "/v1/bus/od-monthly", scope=OPEN, response_class=Response, responses=data_responses)
+    @api.route(r, "/v1/bus/od-monthly", scope=OPEN, response_class=Response,
+               responses={**data_responses, **json_body(BusOdMonthly)})
     def bus_od_monthly(
         month: Annotated[str, Query(description="calendar month in Japan (JST), YYYY-MM")],
         fmt: FormatQuery = "json",
