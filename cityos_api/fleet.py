@@ -14,15 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Response
+from pydantic import Field
 
 from cityos.families import FAMILIES
 from cityos.influx import QueryFn, query_results
 from cityos_api.auth import FLEET
-from cityos_api.core import Api
+from cityos_api.core import Api, Body, absent, json_body
 from cityos_api.params import FormatQuery, check_id, iso
 
 __all__ = ["router"]
@@ -120,10 +121,62 @@ class Devices:
         return cls(newest_per_device(seen), {gw: newest_per_device(s) for gw, s in per_gateway.items()})
 
 
+# ---- the JSON bodies as the OpenAPI document types them (schemas only: :class:`cityos_api.core.Body`) -----------
+_WHEN = "(JST, with offset); null when it sent none in 7 days"
+_HEALTH = "; absent when its newest health reading has none"
+
+
+class FleetGateway(Body):
+    gateway: str = Field(description="the gateway's id")
+    state: Literal["online", "offline", "registered"] | None = Field(description=(
+        "its last status (offline: its MQTT last will; registered: known to the fleet registry, not heard yet); "
+        "null without a status in 7 days"))
+    status_at: datetime | None = Field(description=f"time of its last status {_WHEN}")
+    agent_version: str | None = Field(description="its agent's version, from its last status; null if unknown")
+    config_hash: str | None = Field(description="hash of its configuration, from its last status; null if unknown")
+    backlog_depth: float | None = Field(description="readings waiting in its outbox; null if unknown")
+    backlog_age_s: float | None = Field(description="age of the oldest of them, s; null if unknown")
+    boot_id: str | None = Field(description="its agent's boot id; null if unknown")
+    health_at: datetime | None = Field(description=f"time of its last health reading {_WHEN}")
+    health_cpu_pct: float | None = absent(f"CPU use, %{_HEALTH}")
+    health_mem_used_pct: float | None = absent(f"memory used, %{_HEALTH}")
+    health_disk_free_mb: float | None = absent(f"free disk, MiB{_HEALTH}")
+    health_disk_used_pct: float | None = absent(f"disk used, %{_HEALTH}")
+    health_cpu_temp_c: float | None = absent(f"CPU temperature, °C{_HEALTH}")
+    health_backlog_depth: float | None = absent(f"readings waiting in its outbox{_HEALTH}")
+    health_backlog_age_s: float | None = absent(f"age of the oldest of them, s{_HEALTH}")
+    health_outbox_disk_full: float | None = absent(f"1 while its outbox cannot store readings (disk full), else 0"
+                                                   f"{_HEALTH}")
+
+
+class FleetDevice(Body):
+    device: str = Field(description="the device's id (a pseudonym of its family's shape)")
+    family: str = Field(description="its family (forest, meter, truck, bus)")
+    measurement: str = Field(description="the measurement of its newest reading")
+    gateway: str = Field(description="the gateway that sent it")
+    last_reading_at: datetime = Field(description="time of its newest reading (JST, with offset)")
+
+
+class FleetGateways(Body):
+    dataset: Literal["fleet-gateways"]
+    time_zone: Literal["Asia/Tokyo"]
+    items: list[FleetGateway] = Field(description="every gateway heard from in 7 days, by id")
+
+
+class FleetGatewayBody(FleetGateway):
+    devices: list[FleetDevice] = Field(description="the devices it sent readings for in 7 days, by family and id")
+
+
+class FleetDevices(Body):
+    dataset: Literal["fleet-devices"]
+    time_zone: Literal["Asia/Tokyo"]
+    items: list[FleetDevice] = Field(description="every device that sent a reading in 7 days (its newest), by "
+                                                 "family and id")
+
+
 def router(api: Api) -> APIRouter:
     r = APIRouter(tags=["fleet"])
     responses: dict[int | str, dict[str, Any]] = {
-        200: {"content": {"application/json": {}, "text/csv": {}}},
         503: {"description": "InfluxDB unavailable"},
     }
 
@@ -135,7 +188,8 @@ def router(api: Api) -> APIRouter:
     gateway_columns = ["gateway", "state", "status_at", *[f for f in STATUS_FIELDS if f != "state"], "health_at",
                        *[f"health_{f}" for f in HEALTH_FIELDS]]
 
-    @api.route(r, "/v1/fleet/gateways", scope=FLEET, response_class=Response, responses=responses)
+    @api.route(r, "/v1/fleet/gateways", scope=FLEET, response_class=Response,
+               responses={**responses, **json_body(FleetGateways)})
     def gateways(fmt: FormatQuery = "json") -> Response:
         """Every gateway heard from in the last 7 days: its last status (online/offline, version, config hash,
         backlog) and its last health reading (CPU, memory, disk, temperature). Kept for 30 s (never older than
@@ -145,8 +199,9 @@ def router(api: Api) -> APIRouter:
         return api.respond(fmt, {"dataset": "fleet-gateways", "time_zone": "Asia/Tokyo", "items": items}, rows,
                            gateway_columns, "fleet-gateways")
 
-    @api.route(r, "/v1/fleet/gateways/{gateway_id}", scope=FLEET, responses={
-        **responses, 404: {"description": "no such gateway in the last 7 days"}, 422: {"description": "bad id"}})
+    @api.route(r, "/v1/fleet/gateways/{gateway_id}", scope=FLEET, response_model=None, responses={
+        **responses, 404: {"description": "no such gateway in the last 7 days"}, 422: {"description": "bad id"},
+        **json_body(FleetGatewayBody, csv=False)})
     def gateway(gateway_id: str) -> dict[str, Any]:
         """One gateway: its status, health and the devices it reported readings for in the last 7 days. Kept for
         30 s (never older than 90 s)."""
@@ -156,7 +211,8 @@ def router(api: Api) -> APIRouter:
             raise HTTPException(status_code=404, detail=f"gateway {gw}: not heard from in the last 7 days")
         return {**found, "devices": devices_now.get().by_gateway.get(gw, [])}
 
-    @api.route(r, "/v1/fleet/devices", scope=FLEET, response_class=Response, responses=responses)
+    @api.route(r, "/v1/fleet/devices", scope=FLEET, response_class=Response,
+               responses={**responses, **json_body(FleetDevices)})
     def devices(fmt: FormatQuery = "json") -> Response:
         """Every device that sent a reading in the last 7 days: family, gateway, last reading time. Kept for 30 s
         (never older than 90 s)."""
