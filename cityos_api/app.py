@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -27,12 +27,13 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cityos.influx import InfluxError, query_results
 from cityos_api import fleet, ngsi_ld
 from cityos_api.auth import FLEET, OPEN, SCOPES, Denied
-from cityos_api.core import Api, family_parts, problem
+from cityos_api.core import Api, Body, family_parts, json_body, problem
 from cityos_api.settings import ApiSettings, InfluxSettings, load_settings
 
 __all__ = ["ApiSettings", "InfluxSettings", "create_app", "load_settings"]
@@ -100,10 +101,33 @@ _ERROR_TEXT = {400: "bad request", 401: "no valid token", 403: "the token lacks 
                429: "rate limit", 500: "internal error", 503: "InfluxDB unavailable"}
 
 
+class HealthData(Body):
+    fresh: bool = Field(description="an ingest reported within fresh_within_s and its count of points written grew")
+    newest_ingest_report_age_s: float | None = Field(description="age of the newest ingest report, s (0.1 s); null "
+                                                                 "when none came within fresh_within_s")
+    points_written_in_window: bool = Field(description="an ingest's count of points written grew in the window")
+    fresh_within_s: float = Field(description="the window, s (`[health] fresh_within_s`)")
+
+
+class Health(Body):
+    """``/healthz``'s body, 200 and 503 alike."""
+
+    status: Literal["ok", "degraded", "down"] = Field(description=(
+        "ok: InfluxDB reachable and data fresh; degraded: reachable, data stale (200); down: unreachable (503)"))
+    influxdb: Literal["reachable", "unreachable"]
+    data: HealthData
+
+
+def _own_body(response: dict[str, Any]) -> bool:
+    """An error response that declares its own JSON body (``/healthz``'s 503), not FastAPI's validation error."""
+    ref = response.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref", "")
+    return bool(ref) and not ref.endswith("/HTTPValidationError")
+
+
 def _problem_responses(doc: dict[str, Any]) -> None:
     """Every error of our routes as it is answered: ``application/problem+json`` (FastAPI documents its own
-    validation error shape, which we do not send). NGSI-LD routes document their own errors (ProblemDetails as
-    its spec has them)."""
+    validation error shape, which we do not send), but for an error that declares its own JSON body (``/healthz``'s
+    503: its status body). NGSI-LD routes document their own errors (ProblemDetails as its spec has them)."""
     doc.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
     for path, item in doc.get("paths", {}).items():
         if path.startswith("/ngsi-ld/"):
@@ -113,7 +137,7 @@ def _problem_responses(doc: dict[str, Any]) -> None:
             for code in (422, 500, 503):
                 responses.setdefault(str(code), {"description": _ERROR_TEXT[code]})
             for code, r in responses.items():
-                if code.isdigit() and int(code) >= 400:
+                if code.isdigit() and int(code) >= 400 and not _own_body(r):
                     r["content"] = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
                     r.setdefault("description", _ERROR_TEXT.get(int(code), "error"))
     for name in ("HTTPValidationError", "ValidationError"):
@@ -176,7 +200,8 @@ def create_app(settings: ApiSettings, *, transport: Any = None) -> FastAPI:
 
     ops = APIRouter(tags=["operations"])
 
-    @api.route(ops, "/healthz", scope=OPEN, responses={503: {"description": "InfluxDB unreachable"}})
+    @api.route(ops, "/healthz", scope=OPEN, responses={
+        503: {"model": Health, "description": "InfluxDB unreachable (status down)"}, **json_body(Health, csv=False)})
     def healthz() -> JSONResponse:
         """Whether the API can answer: InfluxDB reachable, and the data fresh: within ``[health] fresh_within_s``
         an ingest reported (its ``ingest_health`` points) and its count of points written grew. 200 when InfluxDB
