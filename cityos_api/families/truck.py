@@ -66,7 +66,14 @@ from cityos.rollups import (
 )
 from cityos.wire import ID_PATTERN
 from cityos_api.auth import OPEN, SERVICE
-from cityos_api.core import Api
+from cityos_api.core import Api, json_body
+from cityos_api.families.truck_models import (
+    WasteCollectionPoints,
+    WasteDistrictDaily,
+    WasteDistrictMonthly,
+    WasteTrips,
+    WasteTruckTrips,
+)
 from cityos_api.opendata import JST, parse_day, parse_month
 from cityos_api.params import (
     FormatQuery,
@@ -688,7 +695,8 @@ def router(api: Api) -> APIRouter:
     district_columns = ["district", "district_name_ja", "district_name_en", "kg", "pickups"]
     omitted = "days (months) and districts without a pickup are not listed: a missing row is 0 kg"
 
-    @api.route(r, "/v1/waste/districts/daily", scope=OPEN, response_class=Response, responses=responses)
+    @api.route(r, "/v1/waste/districts/daily", scope=OPEN, response_class=Response,
+               responses={**responses, **json_body(WasteDistrictDaily)})
     def districts_daily(
         frm: Annotated[str | None, Query(alias="from", description="first day: a JST date, or a time in it "
                                          "(default: 30 days before `to`)")] = None,
@@ -728,7 +736,8 @@ def router(api: Api) -> APIRouter:
                      {"from": iso(tr.start_ms)[:10], "to": iso(tr.end_ms)[:10], "district": d, "limit": limit,
                       "format": fmt if fmt != "json" else None}, ["date", *district_columns], name)
 
-    @api.route(r, "/v1/waste/districts/monthly", scope=OPEN, response_class=Response, responses=responses)
+    @api.route(r, "/v1/waste/districts/monthly", scope=OPEN, response_class=Response,
+               responses={**responses, **json_body(WasteDistrictMonthly)})
     def districts_monthly(
         month: Annotated[str | None, Query(description="one JST calendar month, YYYY-MM")] = None,
         frm: Annotated[str | None, Query(alias="from", description="first month, YYYY-MM (instead of `month`)")]
@@ -818,7 +827,7 @@ def router(api: Api) -> APIRouter:
         return [{**t, "districts": " ".join(x["district"] for x in t["districts"])} for t in items]
 
     @api.route(r, "/v1/waste/trucks/{truck_id}/trips", scope=SERVICE, response_class=Response,
-               responses=responses)
+               responses={**responses, **json_body(WasteTruckTrips)})
     def truck_trips(
         truck_id: str,
         day_raw: Annotated[str | None, Query(alias="date", description="JST calendar day, YYYY-MM-DD (default: "
@@ -833,7 +842,8 @@ def router(api: Api) -> APIRouter:
         doc = trips_doc(day, tr, items, truck=truck)
         return api.respond(fmt, doc, csv_trips(items), trip_columns, f"waste-trips_{truck}_{day.isoformat()}")
 
-    @api.route(r, "/v1/waste/trips", scope=SERVICE, response_class=Response, responses=responses)
+    @api.route(r, "/v1/waste/trips", scope=SERVICE, response_class=Response,
+               responses={**responses, **json_body(WasteTrips)})
     def all_trips(
         day_raw: Annotated[str | None, Query(alias="date", description="JST calendar day, YYYY-MM-DD (default: "
                                              "today)")] = None,
@@ -855,7 +865,7 @@ def router(api: Api) -> APIRouter:
                      trip_columns, f"waste-trips_{day.isoformat()}")
 
     @api.route(r, "/v1/waste/collection-points", scope=SERVICE, response_class=Response,
-               responses=responses)
+               responses={**responses, **json_body(WasteCollectionPoints)})
     def collection_points(
         frm: Annotated[str | None, Query(alias="from", description="start (ISO 8601 with offset, or a JST date; "
                                          "default: 7 days before `to`)")] = None,
