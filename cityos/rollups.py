@@ -55,6 +55,13 @@ from cityos.landslide import AlertSpan, criteria_bits, criteria_of
 from cityos.wire import ID_PATTERN
 
 __all__ = [
+    "BUS_LEVELS",
+    "BUS_POSITION",
+    "BUS_ROLLED",
+    "BUS_VALID",
+    "BUS_VEHICLE",
+    "BUS_VEHICLE_1D",
+    "BUS_VEHICLE_1H",
     "CELL_DEG",
     "DAY_MS",
     "ENERGY",
@@ -102,6 +109,7 @@ __all__ = [
     "TripPart",
     "alert_span_fields",
     "bucket_start",
+    "bus_progress",
     "cargo_left",
     "cargo_rows",
     "cargo_series",
@@ -111,6 +119,7 @@ __all__ = [
     "cell_tag",
     "devices_clause",
     "district_sums",
+    "field_rows",
     "forest_merge",
     "forest_n",
     "forest_progress",
@@ -777,3 +786,60 @@ def truck_progress(query: QueryFn, rollup_db: str) -> int | None:
     """The trucks' cargo job's :func:`job_progress`: None (nothing rolled up, no rollups' database) means a reader
     aggregates the raw points, as it did before the rollup."""
     return job_progress(query, rollup_db, TRUCK_CARGO)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Buses: the NGSI-LD Vehicle's speed, heading and occupancy per bus and hour and per bus and JST day, in the
+# forest's row shape (``readings``; per field ``_sum``, ``_n``, ``_min``, ``_max``), each field over its servable
+# values only (as the API's raw aggregates: a point outside a field's range leaves that field out, not the point).
+
+BUS_POSITION = "bus_position"
+BUS_VEHICLE = "bus_vehicle"
+BUS_VEHICLE_1H = "bus_vehicle_1h"
+BUS_VEHICLE_1D = "bus_vehicle_1d"
+#: Bucket length → the buses' rollup measurement (the 1 d buckets are JST days).
+BUS_LEVELS: dict[int, str] = {HOUR_MS: BUS_VEHICLE_1H, DAY_MS: BUS_VEHICLE_1D}
+#: The rolled-up fields and their servable ranges (``cityos_api.gtfs_rt.Position``'s; the NGSI-LD Vehicle's).
+BUS_VALID: dict[str, tuple[float, float]] = {"speed_kmh": (0.0, 1000.0), "bearing_deg": (0.0, 360.0),
+                                             "occupancy_pct": (0.0, 10_000.0)}
+BUS_ROLLED = tuple(BUS_VALID)
+
+
+def field_rows(query: QueryFn, db: str, measurement: str, valid: Mapping[str, tuple[float, float]], start: int,
+               end: int, step: int, devices: Iterable[str] | None = None
+               ) -> list[tuple[str, int, dict[str, float | int]]]:
+    """Raw points of ``measurement`` in ``[start, end)`` aggregated per device and ``step`` bucket (JST days for a
+    day) into rows of the forest's shape, each field of ``valid`` over its values within its range (one statement
+    per field, one request); ``readings``: the most values of any field (a field's ``_n`` kept where it differs)."""
+    if end <= start:
+        return []
+    fields = list(valid)
+    tz = " tz('Asia/Tokyo')" if step == DAY_MS else ""
+    stmts = [f'SELECT count("{f}") AS "n", sum("{f}") AS "sum", min("{f}") AS "min", max("{f}") AS "max" FROM '
+             f'"{measurement}" WHERE time >= {start}ms AND time < {end}ms AND "{f}" >= {lo!r} AND "{f}" <= {hi!r}'
+             f'{devices_clause(devices)} GROUP BY time({step}ms), "device" fill(none){tz}'
+             for f, (lo, hi) in valid.items()]
+    acc: dict[tuple[str, int], dict[str, float | int]] = {}
+    for f, result in zip(fields, query_results(*query(db, "; ".join(stmts))), strict=True):
+        for s in result.get("series", []):
+            dev = (s.get("tags") or {}).get("device") or ""
+            for v in s.get("values", []):
+                t, n, total, lo, hi = v
+                n, total = _num(n), _num(total)
+                if not n or total is None or _num(lo) is None or _num(hi) is None:
+                    continue
+                acc.setdefault((dev, int(t)), {}).update(
+                    {f + "_sum": total, f + "_n": int(n), f + "_min": float(lo), f + "_max": float(hi)})
+    out = []
+    for (dev, t), row in sorted(acc.items()):
+        readings = max(int(row[f + "_n"]) for f in fields if f + "_n" in row)
+        for f in fields:
+            if row.get(f + "_n") == readings:
+                del row[f + "_n"]
+        out.append((dev, t, {"readings": readings, **row}))
+    return out
+
+
+def bus_progress(query: QueryFn, rollup_db: str) -> int | None:
+    """The buses' job's :func:`job_progress` (None: the API aggregates raw points, as before the rollup)."""
+    return job_progress(query, rollup_db, BUS_VEHICLE)

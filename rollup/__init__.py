@@ -6,6 +6,7 @@ database of their own (docs/api.md "Pre-aggregation", docs/operations.md "Rollup
 * ``waste``: waste per district and JST day, recomputed while late pickups may land;
 * ``truck``: the trucks' cargo (the NGSI-LD Vehicle's ``cargoWeight``) per truck and hour and JST day, recomputed
   as the waste days are;
+* ``bus``: the buses' speed, heading and occupancy (the NGSI-LD Vehicle's) per bus and hour and JST day, likewise;
 * ``store``: the source and target through the kernel's client, a batch and its progress point per request;
 * ``config``: ``RollupConfig``, ``load_config`` (``[influx]`` the source, ``[rollup]`` the target and timings);
 * ``service``: ``run_once`` (one pass, from Python: tests, the demo, benchmarks) and ``main``

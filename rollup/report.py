@@ -32,7 +32,10 @@ class Report:
     energy: JobReport = field(default_factory=lambda: JobReport("energy"))
     waste: JobReport = field(default_factory=lambda: JobReport("waste"))
     forest: JobReport = field(default_factory=lambda: JobReport("forest"))
+    truck: JobReport = field(default_factory=lambda: JobReport("truck_cargo"))
+    bus: JobReport = field(default_factory=lambda: JobReport("bus_vehicle"))
     seconds: float = 0.0
 
     def summary(self) -> str:
-        return f"{self.energy.summary()}; {self.waste.summary()}; {self.forest.summary()}; {self.seconds:.2f} s"
+        return (f"{self.energy.summary()}; {self.waste.summary()}; {self.truck.summary()}; {self.bus.summary()}; "
+                f"{self.forest.summary()}; {self.seconds:.2f} s")

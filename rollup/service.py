@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from cityos.influx import InfluxClient, InfluxError
+from rollup.bus import bus_pass
 from rollup.config import RollupConfig, load_config
 from rollup.energy import energy_pass
 from rollup.forest import forest_pass
@@ -46,7 +47,7 @@ def _never() -> bool:
 
 def run_once(config: RollupConfig, now_ms: int | None = None, *, client: InfluxClient | None = None,
              stop: Callable[[], bool] = _never, after_batch: Callable[[str, int], None] | None = None) -> Report:
-    """One pass as of ``now_ms`` (default: now): energy, waste, trucks' cargo, forest. Raises
+    """One pass as of ``now_ms`` (default: now): energy, waste, trucks' cargo, buses, forest. Raises
     :class:`~cityos.influx.InfluxError` when InfluxDB fails (what was written before stays: the next pass resumes
     after it). ``client`` defaults to :func:`open_client` (closed after); ``stop`` is asked between batches;
     ``after_batch(job, until_ms)`` is called after each batch is stored (tests inject a crash there)."""
@@ -61,8 +62,10 @@ def run_once(config: RollupConfig, now_ms: int | None = None, *, client: InfluxC
         rep.energy = energy_pass(store, round(config.rollup.energy_settle_h * 3_600_000), now, stop, hook)
         if not stop():
             rep.waste = waste_pass(store, config.rollup.recompute_days, now, stop, hook)
-        if not stop():  # the trucks' cargo (the NGSI-LD Vehicle's aggregates): logged here, not in the Report
-            log.info("%s", truck_pass(store, config.rollup.recompute_days, now, stop, hook).summary())
+        if not stop():  # the trucks' cargo and the buses (the NGSI-LD Vehicle's aggregates)
+            rep.truck = truck_pass(store, config.rollup.recompute_days, now, stop, hook)
+        if not stop():
+            rep.bus = bus_pass(store, config.rollup.recompute_days, now, stop, hook)
         if not stop():
             rep.forest = forest_pass(store, config.rollup.recompute_days, now, stop, hook)
         rep.seconds = time.monotonic() - t0

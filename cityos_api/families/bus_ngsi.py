@@ -26,9 +26,21 @@ from urllib.parse import quote, unquote
 
 from google.transit import gtfs_realtime_pb2 as rt
 
+from cityos.influx import QueryFn
+from cityos.rollups import (
+    BUS_LEVELS,
+    BUS_POSITION,
+    BUS_ROLLED,
+    BUS_VALID,
+    ROLLUP_METHODS,
+    bus_progress,
+    field_rows,
+    forest_stored,
+    rollup_level,
+)
 from cityos_api.core import Api
 from cityos_api.families.bus import Stop, load_stops
-from cityos_api.families.truck_ngsi import SDM_TRANSPORT, VEHICLE_COMMON
+from cityos_api.families.truck_ngsi import PROGRESS_TTL_S, SDM_TRANSPORT, VEHICLE_COMMON
 from cityos_api.gtfs_rt import MEASUREMENT, Position, occupancy_status, read_positions
 from cityos_api.ngsi_ld import (
     Aggregates,
@@ -39,6 +51,7 @@ from cityos_api.ngsi_ld import (
     InfluxFields,
     Target,
     TypeInfo,
+    aggregate_rows,
     urn,
 )
 
@@ -78,9 +91,8 @@ _STATIC = {"vehicleType": "bus", "category": ["public"], "serviceProvided": ["ur
 #: Vehicle attribute → bus_position field (location: lat and lon, read as two).
 _FIELDS = {"speed": "speed_kmh", "heading": "bearing_deg", "occupancyPercentage": "occupancy_pct",
            "_lat": "lat", "_lon": "lon"}
-#: The servable ranges of the fields (as gtfs_rt.Position's).
-_VALID = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0), "speed_kmh": (0.0, 1000.0), "bearing_deg": (0.0, 360.0),
-          "occupancy_pct": (0.0, 10_000.0)}
+#: The servable ranges of the fields (as gtfs_rt.Position's; the rolled-up ones the rollup's own).
+_VALID = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0), **BUS_VALID}
 
 
 def stop_urn(stop_id: str) -> str:
@@ -124,11 +136,16 @@ class BusProvider:
 
     types = BUS_TYPES
 
-    def __init__(self, stops: dict[str, Stop], max_age_s: float, clock: Any = time.time) -> None:
+    def __init__(self, stops: dict[str, Stop], max_age_s: float, clock: Any = time.time,
+                 api: Api | None = None) -> None:
         self.stops = [_stop(s) for s in stops.values()]
         self.max_age_s = max_age_s
         self.clock = clock
         self.influx = InfluxFields(MEASUREMENT, valid=_VALID)
+        rollup_db = getattr(api.settings, "rollup_db", None) if api is not None else None
+        #: Where the buses' rollup stands (kept :data:`PROGRESS_TTL_S`: an older point is as right).
+        self._progress = None if api is None or not rollup_db else api.snapshot(
+            "bus rollup progress", lambda: api.read(lambda q, _db: bus_progress(q, rollup_db)), PROGRESS_TTL_S)
 
     def entities(self, api: Api) -> list[Entity]:
         positions, bad = api.read(read_positions, self.max_age_s, int(self.clock() * 1000))
@@ -160,10 +177,32 @@ class BusProvider:
 
     def aggregated(self, api: Api, ids: Sequence[str], attrs: Sequence[str], methods: Sequence[str],
                    period_ms: int, start_ms: int, end_ms: int) -> Aggregates:
-        """By InfluxDB, points outside the servable ranges left out; ``location`` is a geometry, not aggregated."""
+        """Points outside the servable ranges left out; ``location`` is a geometry, not aggregated. From the buses'
+        rollup (``bus_vehicle_1h``/``_1d``, docs/api.md "Pre-aggregation") before its progress point and the raw
+        points after it when the periods are whole rows (hours from a whole hour, JST days from a JST midnight) and
+        the methods are the rows' (:func:`~cityos_api.ngsi_ld.aggregate_rows`); else InfluxDB's aggregation of
+        the raw points: the same numbers either way."""
         numeric = [a for a in attrs if a in _FIELDS and not a.startswith("_")]
-        return self.influx.aggregated(api, self._targets(ids), numeric, methods, period_ms, start_ms, end_ms)
+        targets = self._targets(ids)
+        level = rollup_level(period_ms, start_ms, end_ms, BUS_LEVELS)
+        progress = self._progress.get() if self._progress is not None and level is not None and \
+            set(methods) <= set(ROLLUP_METHODS) else None
+        if level is None or progress is None:
+            return self.influx.aggregated(api, targets, numeric, methods, period_ms, start_ms, end_ms)
+        fields = sorted({_FIELDS[a] for a in numeric})
+        devices = sorted({t.tag_value for t in targets.values()})
+        columns = [f"{f}_{k}" for f in fields for k in ("sum", "n", *(m for m in ("min", "max") if m in methods))]
+        rollup_db = api.settings.rollup_db
+
+        def fetch(query: QueryFn, db: str) -> list[tuple[str, int, dict[str, float | int]]]:
+            rows, cut = forest_stored(query, rollup_db, start_ms, end_ms, level, progress, devices, columns,
+                                      levels=BUS_LEVELS, fields=BUS_ROLLED)
+            return rows + field_rows(query, db, BUS_POSITION, {f: BUS_VALID[f] for f in fields}, cut, end_ms, level,
+                                     devices)
+
+        return aggregate_rows(api.read(fetch) if fields and devices else [], targets, numeric, methods, period_ms,
+                              start_ms, end_ms, BUS_ROLLED)
 
 
 def provider(api: Api) -> BusProvider:
-    return BusProvider(load_stops(api.settings.places.gtfs_dir), api.settings.gtfs_rt.max_age_s, api.clock)
+    return BusProvider(load_stops(api.settings.places.gtfs_dir), api.settings.gtfs_rt.max_age_s, api.clock, api)

@@ -22,7 +22,6 @@ Every entity has ``location`` (GeoProperty, a Point from the station's configure
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,8 +32,6 @@ from cityos.rollups import (
     FOREST_STEP_MS,
     HOUR_MS,
     bucket_start,
-    forest_merge,
-    forest_n,
     forest_progress,
     forest_raw,
     forest_stored,
@@ -50,6 +47,7 @@ from cityos_api.ngsi_ld import (
     InfluxFields,
     Target,
     TypeInfo,
+    aggregate_rows,
     urn,
 )
 from cityos_api.ngsi_ld.temporal import utc
@@ -225,31 +223,7 @@ def rolled_up(api: Api, targets: dict[str, Target], attrs: Sequence[str], method
                                devices, level)
         return rows
 
-    periods: dict[tuple[str, int], list[dict[str, float | int]]] = defaultdict(list)
-    for dev, t, row in api.read(fetch):
-        k = (t - start_ms) // period_ms if period_ms else 0
-        periods[(dev, start_ms + k * period_ms)].append(row)
-    by_device: dict[str, list[tuple[int, dict[str, float | int]]]] = defaultdict(list)
-    for (dev, t0), rows in sorted(periods.items()):
-        by_device[dev].append((t0, rows[0] if len(rows) == 1 else forest_merge(rows)))
-    out: Aggregates = {}
-    for eid, target in targets.items():
-        for a in attrs:
-            f = target.fields.get(a)
-            if f is None:
-                continue
-            per: dict[str, list[tuple[Any, int, int]]] = {}
-            for t0, row in by_device.get(target.tag_value, ()):
-                n = forest_n(row, f)
-                if not n:
-                    continue
-                t1 = min(t0 + period_ms, end_ms) if period_ms else end_ms
-                value = {"totalCount": n, "sum": row[f + "_sum"], "avg": float(row[f + "_sum"]) / n}
-                for m in methods:
-                    per.setdefault(m, []).append((value[m] if m in value else row[f"{f}_{m}"], t0, t1))
-            if per:
-                out.setdefault(eid, {})[a] = per
-    return out
+    return aggregate_rows(api.read(fetch), targets, attrs, methods, period_ms, start_ms, end_ms)
 
 
 def provider(api: Api) -> ForestProvider:

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from cityos_api.core import Api, family_parts
 from cityos_api.ngsi_ld.errors import NgsiError, handle
 from cityos_api.ngsi_ld.facade import BASE, CONTEXT_PATH, router
-from cityos_api.ngsi_ld.influx import InfluxFields, Target
+from cityos_api.ngsi_ld.influx import InfluxFields, Target, aggregate_rows
 from cityos_api.ngsi_ld.provider import (
     AGGR_METHODS,
     Aggregates,
@@ -49,6 +49,7 @@ __all__ = [
     "TypeInfo",
     "aggregate",
     "aggregate_history",
+    "aggregate_rows",
     "district_address",
     "family_providers",
     "install",

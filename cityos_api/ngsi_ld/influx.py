@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cityos.influx import QueryFn, query_results
+from cityos.rollups import FOREST_ROLLED, forest_merge, forest_n
 from cityos.wire import ID_PATTERN
 from cityos_api.core import Api
 from cityos_api.ngsi_ld.provider import Aggregates, History
 from cityos_api.params import literal
 
-__all__ = ["InfluxFields", "Target"]
+__all__ = ["InfluxFields", "Target", "aggregate_rows"]
 
 _ID_RE = re.compile(ID_PATTERN)
 _FIELD_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -152,3 +153,39 @@ class InfluxFields:
                 if by_tag.get(tag):
                     out.setdefault(eid, {})[a] = by_tag[tag]
         return out
+
+
+def aggregate_rows(rows: Sequence[tuple[str, int, Mapping[str, float | int]]], targets: Mapping[str, Target],
+                   attrs: Sequence[str], methods: Sequence[str], period_ms: int, start_ms: int, end_ms: int,
+                   fields: tuple[str, ...] = FOREST_ROLLED) -> Aggregates:
+    """``methods`` (``totalCount``, ``sum``, ``avg``, ``min``, ``max``) per period from rollup-shaped rows
+    ``(device, bucket start, row)`` (each wholly inside one period: stored rows and raw points aggregated alike,
+    :mod:`cityos.rollups`), merged per period exactly (:func:`~cityos.rollups.forest_merge`); periods start at
+    ``start_ms`` (``period_ms`` 0: one, the whole range), the last ends with the range, a period without a value is
+    left out (as :meth:`InfluxFields.aggregated`)."""
+    periods: dict[tuple[str, int], list[Mapping[str, float | int]]] = {}
+    for dev, t, row in rows:
+        k = (t - start_ms) // period_ms if period_ms else 0
+        periods.setdefault((dev, start_ms + k * period_ms), []).append(row)
+    by_device: dict[str, list[tuple[int, Mapping[str, float | int]]]] = {}
+    for (dev, t0), per_rows in sorted(periods.items()):
+        by_device.setdefault(dev, []).append((t0, per_rows[0] if len(per_rows) == 1 else
+                                              forest_merge(per_rows, fields)))
+    out: Aggregates = {}
+    for eid, target in targets.items():
+        for a in attrs:
+            f = target.fields.get(a)
+            if f is None:
+                continue
+            per: dict[str, list[tuple[Any, int, int]]] = {}
+            for t0, row in by_device.get(target.tag_value, ()):
+                n = forest_n(row, f)
+                if not n:
+                    continue
+                t1 = min(t0 + period_ms, end_ms) if period_ms else end_ms
+                value = {"totalCount": n, "sum": row[f + "_sum"], "avg": float(row[f + "_sum"]) / n}
+                for m in methods:
+                    per.setdefault(m, []).append((value[m] if m in value else row[f"{f}_{m}"], t0, t1))
+            if per:
+                out.setdefault(eid, {})[a] = per
+    return out
