@@ -27,15 +27,14 @@ from typing import Any
 
 from cityos.influx import QueryFn
 from cityos.rollups import (
-    DAY_MS,
+    FOREST_LEVELS,
     FOREST_ROLLED,
-    FOREST_STEP_MS,
-    HOUR_MS,
-    bucket_start,
+    ROLLUP_METHODS,
     forest_progress,
     forest_raw,
     forest_stored,
     numeric_fields,
+    rollup_level,
 )
 from cityos_api.core import Api
 from cityos_api.ngsi_ld import (
@@ -181,24 +180,10 @@ class ForestProvider:
         """From the rollups (:func:`rolled_up`) when the periods are made of whole rows and the methods are theirs,
         else InfluxDB's aggregation of the raw points: the same numbers either way."""
         targets = self._targets(ids)
-        level = _rollup_level(period_ms, start_ms, end_ms)
-        if level is None or not set(methods) <= set(_ROLLED_METHODS):
+        level = rollup_level(period_ms, start_ms, end_ms, FOREST_LEVELS)
+        if level is None or not set(methods) <= set(ROLLUP_METHODS):
             return self.influx.aggregated(api, targets, attrs, methods, period_ms, start_ms, end_ms)
         return rolled_up(api, targets, attrs, methods, level, period_ms, start_ms, end_ms)
-
-
-#: NGSI-LD aggregation methods a rollup row answers (``distinctCount``, ``stddev`` and ``sumsq`` need the points).
-_ROLLED_METHODS = ("totalCount", "sum", "avg", "min", "max")
-
-
-def _rollup_level(period_ms: int, start_ms: int, end_ms: int) -> int | None:
-    """The coarsest rollup level whose rows make up every period starting at ``start_ms`` (``period_ms`` 0: one
-    period, the whole range), or None."""
-    length = period_ms or end_ms - start_ms
-    for level in (DAY_MS, HOUR_MS, FOREST_STEP_MS):
-        if bucket_start(start_ms, level) == start_ms and length % level == 0:
-            return level
-    return None
 
 
 def rolled_up(api: Api, targets: dict[str, Target], attrs: Sequence[str], methods: Sequence[str], level: int,
