@@ -107,7 +107,7 @@ class OpenDataSuppression(Body):
 class _Publication(Body):
     title: str = Field(description="the dataset's title (Japanese / English)")
     time_zone: Literal["Asia/Tokyo"]
-    publisher: str
+    publisher: str = Field(description="who publishes the data")
     license: OpenDataLicense
     source: str = Field(description="where the counts come from, for people")
     generated_at: datetime = Field(description="when the answer was made (JST, with offset)")
@@ -117,7 +117,7 @@ class _Publication(Body):
 class BusVisits(Body):
     counted: int = Field(description="complete stop visits counted")
     left_out: int = Field(description="incomplete visits left out")
-    left_out_reason: str
+    left_out_reason: str = Field(description="why they are left out, for people")
 
 
 class BusStopHour(Body):
@@ -126,10 +126,10 @@ class BusStopHour(Body):
     stop_id: str = Field(description="GTFS-JP stop_id")
     visits: int = Field(description="complete stop visits in the cell")
     boardings: int | None = Field(description="passengers boarding (estimate, whole passengers); null when hidden")
-    boardings_suppressed: bool
+    boardings_suppressed: bool = Field(description="true: boardings hidden (1 to k - 1, or complementary)")
     alightings: int | None = Field(description="passengers alighting (estimate, whole passengers); null when "
                                                "hidden")
-    alightings_suppressed: bool
+    alightings_suppressed: bool = Field(description="true: alightings hidden (1 to k - 1, or complementary)")
 
 
 class BusStopHourly(_Publication):
@@ -145,7 +145,7 @@ class BusOdPair(Body):
     origin_stop_id: str = Field(description="GTFS-JP stop_id boarded at")
     destination_stop_id: str = Field(description="GTFS-JP stop_id alighted at")
     riders: int | None = Field(description="app riders (who opted in); null when hidden")
-    riders_suppressed: bool
+    riders_suppressed: bool = Field(description="true: riders hidden (1 to k - 1)")
 
 
 class BusOdMonthly(_Publication):
