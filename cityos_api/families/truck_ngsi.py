@@ -35,8 +35,6 @@ from cityos.rollups import (
     cargo_series,
     cell_centre,
     cell_of,
-    forest_merge,
-    forest_n,
     forest_stored,
     rollup_level,
     truck_progress,
@@ -51,6 +49,7 @@ from cityos_api.ngsi_ld import (
     History,
     TypeInfo,
     aggregate_history,
+    aggregate_rows,
     district_address,
     urn,
 )
@@ -351,24 +350,8 @@ class TruckProvider:
                         rows.append((dev, t0, {"readings": n_loads + len(extra),
                                                "cargo_kg_sum": agg.get("sum", 0.0) + math.fsum(extra),
                                                "cargo_kg_min": min(values), "cargo_kg_max": max(values)}))
-        periods: dict[tuple[str, int], list[dict[str, float | int]]] = {}
-        for dev, t, row in rows:
-            k = (t - start_ms) // period_ms if period_ms else 0
-            periods.setdefault((dev, start_ms + k * period_ms), []).append(row)
-        out: Aggregates = {}
-        for (dev, t0), per_rows in sorted(periods.items()):
-            row = per_rows[0] if len(per_rows) == 1 else forest_merge(per_rows, TRUCK_ROLLED)
-            n = forest_n(row, "cargo_kg")
-            if not n or dev not in trucks:
-                continue
-            t1 = min(t0 + period_ms, end_ms) if period_ms else end_ms
-            total = float(row["cargo_kg_sum"])
-            value = {"totalCount": n, "sum": total, "avg": total / n, "min": row.get("cargo_kg_min"),
-                     "max": row.get("cargo_kg_max")}
-            res = out.setdefault(trucks[dev], {}).setdefault("cargoWeight", {})
-            for m in methods:
-                res.setdefault(m, []).append((value[m], t0, t1))
-        return out
+        targets = {eid: Target(dev, {"cargoWeight": TRUCK_ROLLED[0]}) for dev, eid in trucks.items()}
+        return aggregate_rows(rows, targets, ["cargoWeight"], methods, period_ms, start_ms, end_ms, TRUCK_ROLLED)
 
     def _cargo_groups(self, api: Api, trucks: dict[str, str], need: set[str], period_ms: int, start_ms: int,
                       end_ms: int, lookback_from_ms: int) -> dict[str, dict[int, tuple[dict[str, float], list[float]]]]:
