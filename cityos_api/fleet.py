@@ -71,7 +71,7 @@ def fetch_gateways(query: QueryFn, db: str, since_ms: int) -> dict[str, dict[str
             "status_at": iso(st["time"]) if "time" in st else None,
             **{f: st.get(f) for f in STATUS_FIELDS if f != "state"},
             "health_at": iso(h["time"]) if "time" in h else None,
-            **{f"health_{f}": h.get(f) for f in HEALTH_FIELDS if isinstance(h.get(f), int | float)},
+            **{f"health_{f}": h.get(f) for f in HEALTH_FIELDS if type(h.get(f)) in (int, float)},  # not a bool
         }
     return out
 

@@ -168,7 +168,7 @@ def test_daily_kg_per_district_and_jst_day(client, rollup_report):
     assert resp.status_code == 200, resp.text
     doc = resp.json()
     assert doc["from"] == "2026-11-30T00:00:00+09:00" and doc["to"] == "2026-12-02T00:00:00+09:00"
-    assert doc["units"] == {"kg": "kg"} and doc["time_zone"] == "Asia/Tokyo" and "next_cursor" not in doc
+    assert doc["units"] == {"kg": "kg"} and doc["time_zone"] == "Asia/Tokyo" and doc["next_cursor"] is None
     got = {(r["date"], r["district"]): (r["kg"], r["pickups"]) for r in doc["items"]}
     assert got == DAILY, "23:59 JST counts on the 30th, 00:01 JST on the 1st; the bad points nowhere"
     assert [(r["date"], r["district"]) for r in doc["items"]] == sorted(DAILY)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,7 +182,7 @@ def router(api: Api) -> APIRouter:
             "and hour (estimates)",
             "bus_stop: per stop visit, passengers estimated from the Bluetooth devices aboard by the bus "
             "gateways (docs/bus.md); whole passengers, rounded half up after summing",
-            stop_hourly_rule(od.min_count), time.time() * 1000, date=d.isoformat(), route=route)
+            stop_hourly_rule(od.min_count), api.clock() * 1000, date=d.isoformat(), route=route)
         doc["visits"] = {"counted": table.visits_counted, "left_out": table.visits_left_out,
                          "left_out_reason": "incomplete visit (complete = false): its boardings and alightings "
                                             "are unknown, never guessed"}
@@ -210,7 +209,7 @@ def router(api: Api) -> APIRouter:
             "bus-od-monthly", "路線バス 乗車停留所・降車停留所別 利用者数（市アプリ利用者）/ bus origin-destination "
             "pairs of city app riders",
             "bus_od: riders of the city app who opted in, one pair per ride, counted in the month the ride "
-            "ended; not all passengers", od_rule(od.min_count), time.time() * 1000, month=label)
+            "ended; not all passengers", od_rule(od.min_count), api.clock() * 1000, month=label)
         doc["cells"] = cells
         return api.respond(fmt, doc, cells, ["route", "origin_stop_id", "destination_stop_id", "riders",
                                              "riders_suppressed"], f"bus-od-monthly_{label}", license_link,

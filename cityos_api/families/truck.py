@@ -681,6 +681,7 @@ def router(api: Api) -> APIRouter:
               names: Sequence[str], path: str, params: Mapping[str, Any], columns: Sequence[str], filename: str
               ) -> Response:
         headers: dict[str, str] = {}
+        doc["next_cursor"] = None  # as every paged list: null on the last page
         if nxt is not None:
             cur = encode_cursor(dict(zip(names, nxt, strict=True)))
             doc["next_cursor"] = cur

@@ -1,7 +1,6 @@
 """The JSON bodies of the waste routes (``cityos_api/families/truck.py``) as the OpenAPI document types them:
 schemas only (:class:`cityos_api.core.Body`), the routes build the answers. Times are ISO 8601 in Japan time with
-their offset; days and months are JST's. A paged list's ``next_cursor`` is there only when a next page is (it is
-absent on the last page, never null).
+their offset; days and months are JST's. A paged list's ``next_cursor`` is null on the last page (as the forest's).
 """
 
 from __future__ import annotations
@@ -12,11 +11,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from cityos_api.core import Body, absent
+from cityos_api.core import Body
 
 __all__ = ["WasteCollectionPoints", "WasteDistrictDaily", "WasteDistrictMonthly", "WasteTrips", "WasteTruckTrips"]
 
-_NEXT = "the `cursor` of the next page; absent on the last page"
+_NEXT = "the `cursor` of the next page; null on the last page"
 
 
 class WasteUnits(Body):
@@ -55,7 +54,7 @@ class WasteDistrictDaily(_Range):
     units: WasteUnits
     note: str = Field(description="what a missing row means (0 kg)")
     items: list[WasteDistrictDay] = Field(description="days and districts with a pickup, by date then district")
-    next_cursor: str | None = absent(_NEXT)
+    next_cursor: str | None = Field(description=_NEXT)
 
 
 class WasteDistrictMonthly(_Range):
@@ -99,7 +98,7 @@ class _Trips(Body):
 
 class WasteTrips(_Trips):
     items: list[WasteTrip] = Field(description="every truck's trips that ended on the day, by truck then end")
-    next_cursor: str | None = absent(_NEXT)
+    next_cursor: str | None = Field(description=_NEXT)
 
 
 class WasteTruckTrips(_Trips):
@@ -132,4 +131,4 @@ class WasteCollectionPoints(_Range):
     pickups_without_position: int = Field(description="pickups in the range without a position (in no cell)")
     items: list[WasteCollectionPoint] = Field(description="per cell and district with a pickup, by cell then "
                                                           "district")
-    next_cursor: str | None = absent(_NEXT)
+    next_cursor: str | None = Field(description=_NEXT)
