@@ -20,6 +20,7 @@ An entity exists when its data has something in the last :data:`LOOKBACK_DAYS` d
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -110,7 +111,14 @@ def _local(entity_id: str, type_name: str) -> str | None:
 
 def _point(lat: float, lon: float) -> dict[str, Any]:
     """The centre of the collection-point cell (~110 m x 90 m) holding (lat, lon)."""
-    c_lat, c_lon = cell_centre(cell_of(lat, lon))
+    return _cell_point(cell_of(lat, lon))
+
+
+@functools.lru_cache(maxsize=65_536)
+def _cell_point(cell: tuple[int, int]) -> dict[str, Any]:
+    """A cell's centre as a GeoJSON Point, built once per cell (a truck's history page holds thousands of
+    positions at a few hundred collection points); shared, so never modified (the answers only serialize it)."""
+    c_lat, c_lon = cell_centre(cell)
     return {"type": "Point", "coordinates": [c_lon, c_lat]}
 
 
