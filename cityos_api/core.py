@@ -355,6 +355,7 @@ class Api:
         self.places = Places(settings.places.districts_file)
         self.clock = clock
         self._frozen: dict[str, FrozenDays] = {}
+        self._snapshots: dict[str, Snapshot[Any]] = {}
         self._frozen_lock = threading.Lock()
 
     # ---- scopes
@@ -417,6 +418,15 @@ class Api:
     def snapshot(self, name: str, fn: Callable[[], T], ttl_s: float) -> Snapshot[T]:
         """A :class:`Snapshot` of ``fn()`` on this API's clock (looked up at each call: a test may set it)."""
         return Snapshot(name, fn, ttl_s, lambda: self.clock())
+
+    def kept(self, name: str, fn: Callable[[], T], ttl_s: float) -> Snapshot[T]:
+        """This API's one :class:`Snapshot` named ``name``, made by the first caller and shared by every reader
+        of it (several routes and providers needing the same small state)."""
+        with self._frozen_lock:
+            snap = self._snapshots.get(name)
+            if snap is None:
+                snap = self._snapshots[name] = self.snapshot(name, fn, ttl_s)
+            return snap  # type: ignore[return-value]
 
     def frozen_days(self, name: str) -> FrozenDays:
         """This API's :class:`FrozenDays` of ``name`` (one per measurement or table, shared by its readers)."""

@@ -282,19 +282,49 @@ def fetch_raw(query: QueryFn, db: str, station: str, start: int, end: int, limit
 _STORED_COLUMNS = sorted({c for _, fn, f in AGGREGATES for c in (f + "_sum", f + "_n", *((f + "_max",) if fn == "max" else ()))})
 
 
-def fetch_buckets(query: QueryFn, db: str, rollup_db: str, station: str, start: int, end: int, step: int
-                  ) -> tuple[list[dict[str, Any]], int]:
+@dataclass(frozen=True)
+class ForestState:
+    """Where the forest's rollup stands and how InfluxDB stores the forest's fields: what every history and
+    alert read needs first (three small queries), kept by the API for :data:`STATE_TTL_S` (:func:`kept_state`).
+    An older progress point is as right (rows are complete before it, the raw points after it answer the rest);
+    a field's type changes only with a new shard."""
+
+    progress: int | None
+    alert_days: int | None
+    numbers: frozenset[str]
+    others: frozenset[str]
+
+
+#: How long the API keeps the :class:`ForestState` (the rollup passes every 5 minutes).
+STATE_TTL_S = 10.0
+
+
+def fetch_state(query: QueryFn, db: str, rollup_db: str) -> ForestState:
+    progress = forest_progress(query, rollup_db)
+    days = None if progress is None else job_progress(query, rollup_db, FOREST_ALERT_DAYS)
+    numbers, others = numeric_fields(query, db, MEASUREMENT)
+    return ForestState(progress, days, frozenset(numbers), frozenset(others))
+
+
+def kept_state(api: Api) -> ForestState:
+    """This API's :class:`ForestState`, read at most every :data:`STATE_TTL_S` (shared by the open routes and the
+    NGSI-LD provider: :meth:`Api.kept`)."""
+    return api.kept("forest state", lambda: api.read(fetch_state, api.settings.rollup_db),  # type: ignore[no-any-return]
+                    STATE_TTL_S).get()
+
+
+def fetch_buckets(query: QueryFn, db: str, rollup_db: str, station: str, start: int, end: int, step: int,
+                  state: ForestState) -> tuple[list[dict[str, Any]], int]:
     """The non-empty ``step`` buckets of ``[start, end)`` (``start`` a bucket start), oldest first: (start ms,
     readings, aggregates); and the points whose fields could not be aggregated (stored with another type).
 
     Read from the rollups up to their progress point and from the raw points after it (:mod:`cityos.rollups`:
     the same sums, counts and extremes either way), so the answer does not depend on when the rollup last ran; a
     database without rollups is read raw (slower, the same answer)."""
-    progress = forest_progress(query, rollup_db)
-    rows, cut = forest_stored(query, rollup_db, start, end, step, progress, [station], _STORED_COLUMNS)
+    rows, cut = forest_stored(query, rollup_db, start, end, step, state.progress, [station], _STORED_COLUMNS)
     skipped = 0
     if cut < end:
-        numbers, others = numeric_fields(query, db, MEASUREMENT)
+        numbers, others = state.numbers, state.others
         rows += forest_raw(query, db, cut, end, [f for f in FOREST_ROLLED if f in numbers], [station], step)
         unaggregated = sorted(others & set(FOREST_ROLLED))
         if unaggregated:
@@ -331,16 +361,14 @@ def episodes(points: Iterable[tuple[str, int, Assessment]]) -> list[AlertSpan]:
     return join_spans(alert_spans(points, FOREST_STEP_MS), WINDOW_MS)
 
 
-def fetch_alert_spans(query: QueryFn, db: str, rollup_db: str, start: int, end: int, station: str | None
-                      ) -> tuple[list[AlertSpan], int]:
+def fetch_alert_spans(query: QueryFn, db: str, rollup_db: str, start: int, end: int, station: str | None,
+                      state: ForestState) -> tuple[list[AlertSpan], int]:
     """The spans of readings at caution or above in ``[start, end)`` per station and 10 minutes, and the number
     of readings whose assessed values were not numbers: the rollups' spans up to their progress point, spans of
     the raw points after it (the same either way: :class:`cityos.landslide.AlertSpan`); the whole JST days the
     rollup has joined (``forest_alert_1d``), a few rows a day, where a storm has hundreds of 10 minutes."""
-    progress = forest_progress(query, rollup_db)
-    day_progress = None if progress is None else job_progress(query, rollup_db, FOREST_ALERT_DAYS)
     skipped = 0
-    spans, cut = stored_alert_spans(query, rollup_db, start, end, progress, day_progress,
+    spans, cut = stored_alert_spans(query, rollup_db, start, end, state.progress, state.alert_days,
                                     None if station is None else [station])
     if cut < end:
         fields = ", ".join(f'"{f}"' for f in ASSESSED_FIELDS)
@@ -485,7 +513,8 @@ def router(api: Api) -> APIRouter:
             columns = ["time", "backfill", *FIELDS, "alert_level", "alert_criteria"]
         else:
             start = first if key is None else key["t"] + step
-            buckets, skipped = api.read(fetch_buckets, api.settings.rollup_db, sid, start, tr.end_ms, step)
+            buckets, skipped = api.read(fetch_buckets, api.settings.rollup_db, sid, start, tr.end_ms, step,
+                                        kept_state(api))
             more = len(buckets) > limit
             buckets = buckets[:limit]
             last = buckets[-1]["t"] if buckets else None
@@ -523,7 +552,7 @@ def router(api: Api) -> APIRouter:
         tr = time_range(frm, to, ALERTS_SPAN, now)
         key = decode_cursor(cursor, {"t": int, "station": str})
         spans, skipped = api.read(fetch_alert_spans, api.settings.rollup_db, tr.start_ms - ALERT_CONTEXT_MS,
-                                  tr.end_ms + ALERT_CONTEXT_MS, sid)
+                                  tr.end_ms + ALERT_CONTEXT_MS, sid, kept_state(api))
         api.skipped(MEASUREMENT, skipped)
         found = [e for e in join_spans(spans, WINDOW_MS)
                  if e.first_ms < tr.end_ms and e.last_ms + WINDOW_MS > tr.start_ms]

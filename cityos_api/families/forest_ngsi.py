@@ -30,13 +30,12 @@ from cityos.rollups import (
     FOREST_LEVELS,
     FOREST_ROLLED,
     ROLLUP_METHODS,
-    forest_progress,
     forest_raw,
     forest_stored,
-    numeric_fields,
     rollup_level,
 )
 from cityos_api.core import Api
+from cityos_api.families.forest import kept_state
 from cityos_api.ngsi_ld import (
     Aggregates,
     Attr,
@@ -198,14 +197,14 @@ def rolled_up(api: Api, targets: dict[str, Target], attrs: Sequence[str], method
     extremes = [k for k in ("min", "max") if k in methods]
     columns = [f"{f}_{k}" for f in fields for k in ("sum", "n", *extremes)]
 
+    state = kept_state(api)
+
     def fetch(query: QueryFn, db: str) -> list[tuple[str, int, dict[str, float | int]]]:
-        rollup_db = api.settings.rollup_db
-        rows, cut = forest_stored(query, rollup_db, start_ms, end_ms, level, forest_progress(query, rollup_db),
-                                  devices, columns)
+        rows, cut = forest_stored(query, api.settings.rollup_db, start_ms, end_ms, level, state.progress, devices,
+                                  columns)
         if cut < end_ms:
-            numbers, _ = numeric_fields(query, db, MEASUREMENT)
-            rows += forest_raw(query, db, cut, end_ms, [f for f in FOREST_ROLLED if f in numbers and f in fields],
-                               devices, level)
+            rows += forest_raw(query, db, cut, end_ms, [f for f in FOREST_ROLLED if f in state.numbers and
+                                                         f in fields], devices, level)
         return rows
 
     return aggregate_rows(api.read(fetch), targets, attrs, methods, period_ms, start_ms, end_ms)
