@@ -108,30 +108,36 @@ def _at_least(v: Any, limit: float) -> bool:
     return x is not None and x >= limit
 
 
-def _tilt_at_least(values: Mapping[str, Any], limit: float) -> bool:
-    """Either axis, either direction (InfluxQL: ``f >= limit OR f <= -limit``)."""
-    for f in TILT_RATE_FIELDS:
-        x = _number(values.get(f))
-        if x is not None and (x >= limit or x <= -limit):
-            return True
-    return False
+def _tilt_rate(values: Mapping[str, Any]) -> float | None:
+    """The larger tilting rate of the two axes, either direction (``|x| >= limit`` is InfluxQL's ``f >= limit OR
+    f <= -limit``), or None when neither is a number."""
+    x, y = _number(values.get(TILT_RATE_FIELDS[0])), _number(values.get(TILT_RATE_FIELDS[1]))
+    if x is None:
+        return None if y is None else abs(y)
+    return abs(x) if y is None else max(abs(x), abs(y))
 
 
 def _level(criteria: Iterable[str]) -> str:
     return max((CRITERIA[c][0] for c in criteria), key=LEVELS.index, default=NONE)
 
 
+#: The assessment of a reading that meets no criterion (most of them: one shared value).
+_QUIET = Assessment(NONE)
+
+
 def assess(values: Mapping[str, Any]) -> Assessment:
-    """One reading's level and the criteria it meets (see the module's docstring)."""
+    """One reading's level and the criteria it meets (see the module's docstring). Every reading of a page of
+    history is assessed: each field is read once."""
     met = []
     if _at_least(values.get("soil_moisture_pct"), SOIL_MOISTURE_WARNING_PCT) and _at_least(
             values.get("rain_intensity_mm_h"), RAIN_INTENSE_MM_H):
         met.append(SOIL_AND_RAIN)
-    if _tilt_at_least(values, TILT_RATE_WARNING_DEG_H):
+    tilt = _tilt_rate(values)
+    if tilt is not None and tilt >= TILT_RATE_WARNING_DEG_H:
         met.append(TILT_RATE_WARNING)
-    if _tilt_at_least(values, TILT_RATE_CAUTION_DEG_H):
+    if tilt is not None and tilt >= TILT_RATE_CAUTION_DEG_H:
         met.append(TILT_RATE_CAUTION)
-    return Assessment(_level(met), tuple(met))
+    return Assessment(_level(met), tuple(met)) if met else _QUIET
 
 
 def highest(assessments: Iterable[Assessment]) -> Assessment:
