@@ -42,10 +42,16 @@ __all__ = [
     "TILT_RATE_WARNING",
     "TILT_RATE_WARNING_DEG_H",
     "WARNING",
+    "AlertSpan",
     "Assessment",
+    "alert_spans",
     "assess",
+    "criteria_bits",
+    "criteria_of",
+    "finite_number",
     "highest",
     "influxql_at_caution",
+    "join_spans",
 ]
 
 #: Hourly rain (60-minute rainfall), JMA's terms for rain intensity (雨の強さと降り方): 30–50 mm/h 激しい雨,
@@ -92,9 +98,10 @@ class Assessment:
     criteria: tuple[str, ...] = ()
 
 
-def _number(v: Any) -> float | None:
-    """A finite number as a float, else None (exact types: a ``bool`` is not a reading; every reading of a page
-    of history is assessed, so this is kept cheap)."""
+def finite_number(v: Any) -> float | None:
+    """A finite number as a float, else None (exact types: a ``bool`` is not a number here). Cheap: every
+    reading of a page of history is assessed, every column of every rollup row read checked
+    (:mod:`cityos.rollups`)."""
     t = type(v)
     if t is float:
         return v if v - v == 0.0 else None  # type: ignore[no-any-return]
@@ -104,14 +111,14 @@ def _number(v: Any) -> float | None:
 
 
 def _at_least(v: Any, limit: float) -> bool:
-    x = _number(v)
+    x = finite_number(v)
     return x is not None and x >= limit
 
 
 def _tilt_rate(values: Mapping[str, Any]) -> float | None:
     """The larger tilting rate of the two axes, either direction (``|x| >= limit`` is InfluxQL's ``f >= limit OR
     f <= -limit``), or None when neither is a number."""
-    x, y = _number(values.get(TILT_RATE_FIELDS[0])), _number(values.get(TILT_RATE_FIELDS[1]))
+    x, y = finite_number(values.get(TILT_RATE_FIELDS[0])), finite_number(values.get(TILT_RATE_FIELDS[1]))
     if x is None:
         return None if y is None else abs(y)
     return abs(x) if y is None else max(abs(x), abs(y))

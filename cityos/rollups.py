@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cityos.influx import InfluxQueryError, QueryFn, query_results, quote_literal
-from cityos.landslide import AlertSpan, criteria_bits, criteria_of
+from cityos.landslide import AlertSpan, criteria_bits, criteria_of, finite_number
 from cityos.wire import ID_PATTERN
 
 __all__ = [
@@ -463,15 +463,8 @@ def forest_raw_select(fields: Iterable[str]) -> str:
     return ", ".join(sel)
 
 
-def _num(v: Any) -> float | None:
-    """A finite number as a float, else None (exact types: a ``bool`` is not a number here; cheap, as every
-    column of every row read passes here)."""
-    t = type(v)
-    if t is float:
-        return v if v - v == 0.0 else None  # type: ignore[no-any-return]
-    if t is int:
-        return float(v)
-    return None
+#: A finite number as a float, else None (the kernel's one check: :func:`cityos.landslide.finite_number`).
+_num = finite_number
 
 
 @functools.lru_cache(maxsize=8)

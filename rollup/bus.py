@@ -60,14 +60,10 @@ def bus_pass(store: Store, recompute_days: int, now_ms: int, stop: Callable[[], 
     oldest position's on the first pass) up to the last hour that ended, :data:`BATCH_DAYS` days per write."""
     rep = JobReport(JOB)
     done = now_ms // HOUR_MS * HOUR_MS  # the hours that have ended
-    progress = store.progress(JOB)
-    if progress is None:
-        oldest = store.oldest(store.source, BUS_POSITION, "speed_kmh")
-        if oldest is None:
-            return rep
-        progress = cursor = jst_day(oldest)
-    else:
-        cursor = min(jst_day(progress), jst_day(now_ms - recompute_days * DAY_MS))
+    start = store.resume(JOB, BUS_POSITION, "speed_kmh", recompute_days, now_ms)
+    if start is None:
+        return rep
+    progress, cursor = start
     rep.until_ms = progress
     while cursor < done and not stop():
         end = min(cursor + BATCH_DAYS * DAY_MS, done)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cityos.influx import InfluxClient, InfluxError, QueryFn, query_results
-from cityos.rollups import PROGRESS, job_progress
+from cityos.rollups import DAY_MS, PROGRESS, job_progress, jst_day
 
 __all__ = ["RollupError", "Store", "line"]
 
@@ -83,6 +83,17 @@ class Store:
     def progress(self, job: str) -> int | None:
         """Where ``job`` stopped (its next period's start), from the target; None before its first batch."""
         return job_progress(self.query, self.target, job)
+
+    def resume(self, job: str, measurement: str, field: str, recompute_days: int, now_ms: int
+               ) -> tuple[int, int] | None:
+        """(progress, cursor) of a job that rolls up whole JST days again while they are recomputed: its progress
+        point and the earlier of that point's day and the first day still recomputed; on its first pass the JST
+        day of ``measurement``'s oldest ``field`` for both. None: nothing to roll up yet."""
+        progress = self.progress(job)
+        if progress is None:
+            oldest = self.oldest(self.source, measurement, field)
+            return None if oldest is None else (jst_day(oldest), jst_day(oldest))
+        return progress, min(jst_day(progress), jst_day(now_ms - recompute_days * DAY_MS))
 
     def write(self, lines: Iterable[str], job: str, until_ms: int) -> None:
         """One request: ``lines``, then the job's progress point. :class:`RollupError` unless all was stored."""

@@ -37,7 +37,6 @@ from cityos.rollups import (
     cargo_rows,
     cargo_series,
     forest_regroup,
-    jst_day,
     servable_trip,
 )
 from cityos.wire import ID_PATTERN
@@ -115,14 +114,10 @@ def truck_pass(store: Store, recompute_days: int, now_ms: int, stop: Callable[[]
     hour that ended, a JST day per batch."""
     rep = JobReport(JOB)
     done = now_ms // HOUR_MS * HOUR_MS  # the hours that have ended
-    progress = store.progress(JOB)
-    if progress is None:
-        oldest = store.oldest(store.source, WASTE_COLLECTION, "load_kg")
-        if oldest is None:
-            return rep
-        progress = cursor = jst_day(oldest)
-    else:
-        cursor = min(jst_day(progress), jst_day(now_ms - recompute_days * DAY_MS))
+    start = store.resume(JOB, WASTE_COLLECTION, "load_kg", recompute_days, now_ms)
+    if start is None:
+        return rep
+    progress, cursor = start
     before = None
     while cursor < done and not stop():
         end = min(cursor + DAY_MS, done)
