@@ -42,15 +42,15 @@ BATCH_DAYS = 7
 
 
 def _lines(store: Store, start: int, end: int) -> list[str]:
-    """The hour rows of ``[start, end)`` (whole hours) and the day rows of the JST days it ends."""
+    """The hour rows of ``[start, end)`` (``start`` a JST midnight, ``end`` a whole hour) and the day rows of the
+    JST days it holds whole."""
     out = [line(BUS_VEHICLE_1H, {"device": dev}, row, t)
            for dev, t, row in field_rows(store.query, store.source, BUS_POSITION, BUS_VALID, start, end, HOUR_MS)
            if _ID_RE.fullmatch(dev)]
-    days_from, days_to = jst_day(start - 1) + DAY_MS if start != jst_day(start) else start, jst_day(end)
-    if days_to > days_from:
+    if jst_day(end) > start:
         out += [line(BUS_VEHICLE_1D, {"device": dev}, row, t)
-                for dev, t, row in field_rows(store.query, store.source, BUS_POSITION, BUS_VALID, days_from,
-                                              days_to, DAY_MS) if _ID_RE.fullmatch(dev)]
+                for dev, t, row in field_rows(store.query, store.source, BUS_POSITION, BUS_VALID, start,
+                                              jst_day(end), DAY_MS) if _ID_RE.fullmatch(dev)]
     return out
 
 
