@@ -334,6 +334,18 @@ def test_aggregated_pages_cover_every_bucket_once(api):
             break
     assert [r["start"] for r in rows] == [_iso(START + k * 10 * MIN) for k in range(N // 2)]
     assert sum(r["readings"] for r in rows) == N
+    # a page reads ahead only as far as it can hold, then on past buckets without a reading (two days before the
+    # storm here): pages of 2 hours give every bucket of one page of 1,000
+    wide = {"from": _iso(START - 2 * 86_400_000), "to": _iso(NOW), "interval": "1h"}
+    whole = _get(api, f"/v1/forest/stations/{B}/readings", **wide, limit=1000)["items"]
+    paged, cursor = [], None
+    for _ in range(20):
+        doc = _get(api, f"/v1/forest/stations/{B}/readings", **wide, limit=2, **({"cursor": cursor} if cursor else {}))
+        paged += doc["items"]
+        cursor = doc["next_cursor"]
+        if cursor is None:
+            break
+    assert paged == whole and len(whole) >= 4 and whole[0]["start"] >= _iso(START - 3_600_000)
     csv_resp = api.get(f"/v1/forest/stations/{B}/readings", params={**params, "format": "csv"})
     header = csv_resp.content.decode("utf-8-sig").split("\r\n")[0].split(",")
     assert header[:3] == ["start", "end", "readings"] and "rain_intensity_mm_h_max" in header

@@ -521,8 +521,15 @@ def router(api: Api) -> APIRouter:
             columns = ["time", "backfill", *FIELDS, "alert_level", "alert_criteria"]
         else:
             start = first if key is None else key["t"] + step
-            buckets, skipped = api.read(fetch_buckets, api.settings.rollup_db, sid, start, tr.end_ms, step,
-                                        kept_state(api))
+            # a page is at most limit + 1 buckets of a fixed length (a JST day is 24 h): read that far first, the
+            # rest of the range only when buckets without a reading left the page short
+            state = kept_state(api)
+            end = min(tr.end_ms, start + (limit + 1) * step)
+            buckets, skipped = api.read(fetch_buckets, api.settings.rollup_db, sid, start, end, step, state)
+            if len(buckets) <= limit and end < tr.end_ms:
+                rest, skipped_rest = api.read(fetch_buckets, api.settings.rollup_db, sid, end, tr.end_ms, step, state)
+                buckets += rest
+                skipped += skipped_rest
             more = len(buckets) > limit
             buckets = buckets[:limit]
             last = buckets[-1][0] if buckets else None
