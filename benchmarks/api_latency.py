@@ -674,9 +674,10 @@ def cases_for(paths: list[str], now_ms: int, start_ms: int, types: list[str]) ->
     c: dict[str, list[tuple[str, dict[str, str], str]]] = {
         "/v1/forest/stations/{station_id}/readings": [
             ("default: raw, 1 day, limit 1000", {}, ""),
-            ("raw, 7 days (longest), limit 2000 (the largest page)", {**last(7), "limit": "2000"}, ""),
-            ("10m, 7 days (longest)", {"interval": "10m", **last(7)}, ""),
-            ("1h, 31 days (longest)", {"interval": "1h", **last(31)}, ""),
+            ("raw, 7 days (longest), limit 1000 (the largest page)", {**last(7), "limit": "1000"}, ""),
+            ("10m, 7 days (longest), 500 buckets (the default and largest page)", {"interval": "10m", **last(7)},
+             ""),
+            ("1h, 31 days (longest), 500 buckets", {"interval": "1h", **last(31)}, ""),
             ("1d, 400 days (longest)", {"interval": "1d", **last(400)}, ""),
         ],
         "/v1/forest/alerts": [

@@ -335,9 +335,9 @@ def test_aggregated_pages_cover_every_bucket_once(api):
     assert [r["start"] for r in rows] == [_iso(START + k * 10 * MIN) for k in range(N // 2)]
     assert sum(r["readings"] for r in rows) == N
     # a page reads ahead only as far as it can hold, then on past buckets without a reading (two days before the
-    # storm here): pages of 2 hours give every bucket of one page of 1,000
+    # storm here): pages of 2 hours give every bucket of one page of 500
     wide = {"from": _iso(START - 2 * 86_400_000), "to": _iso(NOW), "interval": "1h"}
-    whole = _get(api, f"/v1/forest/stations/{B}/readings", **wide, limit=1000)["items"]
+    whole = _get(api, f"/v1/forest/stations/{B}/readings", **wide, limit=500)["items"]
     paged, cursor = [], None
     for _ in range(20):
         doc = _get(api, f"/v1/forest/stations/{B}/readings", **wide, limit=2, **({"cursor": cursor} if cursor else {}))
@@ -395,7 +395,8 @@ def test_alert_episodes(api):
     (f"/v1/forest/stations/{A}/readings", {"from": "yesterday"}, "from"),
     (f"/v1/forest/stations/{A}/readings", {"limit": 0}, "limit"),
     (f"/v1/forest/stations/{A}/readings", {"limit": 100_001}, "limit"),
-    (f"/v1/forest/stations/{A}/readings", {"limit": 2_001}, "limit"),  # raw: 2,000 a page
+    (f"/v1/forest/stations/{A}/readings", {"limit": 1_001}, "limit"),  # raw: 1,000 a page
+    (f"/v1/forest/stations/{A}/readings", {"interval": "1h", "limit": 501}, "limit"),  # buckets: 500 a page
     (f"/v1/forest/stations/{A}/readings", {"interval": "10m", "from": "2025-06-01", "to": "2025-06-09"}, "to"),
     (f"/v1/forest/stations/{A}/readings", {"cursor": "bm9wZQ"}, "cursor"),
     ("/v1/forest/alerts", {"station_id": "A;DROP"}, "station_id"),

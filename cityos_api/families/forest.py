@@ -123,9 +123,14 @@ ALERTS_SPAN = Span(timedelta(days=7), timedelta(days=92))
 #: Readings this far either side of an ``/alerts`` range are read too, so an episode crossing an end of the range
 #: has its true start and end (unless it runs on longer than that beyond the range).
 ALERT_CONTEXT_MS = 86_400_000
+#: Episodes per page of ``/alerts``.
 MAX_LIMIT = 10_000
-#: Readings per page of raw history (the next page follows ``next_cursor``).
-MAX_RAW_LIMIT = 2_000
+#: Rows per page of history, the default and the most (the next page follows ``next_cursor``): raw readings (a
+#: JST day at 60 s is two pages) and buckets (a week of 10 minutes is three). A page of 2,000 readings or 1,000
+#: buckets (800 and 400 KB of JSON) took 25-30 ms at the median and over 50 ms at p99 on the city-scale benchmark
+#: (docs/benchmarks.md, issue 14): the page size bounds what one request costs the API and InfluxDB.
+MAX_RAW_LIMIT = 1_000
+MAX_BUCKET_LIMIT = 500
 
 def clean_point(rec: Mapping[str, Any], fields: Iterable[str] = FIELDS) -> dict[str, Any] | None:
     """The servable ``fields`` of a stored point (null where absent) and ``backfill``, or None when the point
@@ -398,8 +403,9 @@ def fetch_alert_spans(query: QueryFn, db: str, rollup_db: str, start: int, end: 
 
 # the routes' parameters (module level: FastAPI resolves the annotations by name)
 StationId = Annotated[str, Path(description="the station's device id, e.g. forest-01-01", max_length=64)]
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=(
-    f"rows per page (at most {MAX_RAW_LIMIT} raw readings, {MAX_LIMIT} buckets)"))]
+Limit = Annotated[int | None, Query(ge=1, le=max(MAX_RAW_LIMIT, MAX_BUCKET_LIMIT), description=(
+    f"rows per page: raw readings 1-{MAX_RAW_LIMIT} (default {MAX_RAW_LIMIT}), buckets 1-{MAX_BUCKET_LIMIT} "
+    f"(default {MAX_BUCKET_LIMIT})"))]
 Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
 From = Annotated[str | None, Query(alias="from", description="start (ISO 8601 with offset, or a JST date)")]
 To = Annotated[str | None, Query(description="end, exclusive (default: now)")]
@@ -488,7 +494,7 @@ def router(api: Api) -> APIRouter:
         frm: From = None,
         to: To = None,
         interval: IntervalParam = "raw",
-        limit: Limit = 1000,
+        limit: Limit = None,
         cursor: Cursor = None,
         fmt: FormatQuery = "json",
     ) -> Response:
@@ -497,8 +503,12 @@ def router(api: Api) -> APIRouter:
         sid = station_param(station_id)
         step, span = INTERVALS[interval]
         tr = time_range(frm, to, span, now_ms())
-        if step == 0 and limit > MAX_RAW_LIMIT:
-            raise bad("limit", f"at most {MAX_RAW_LIMIT} raw readings a page (follow next_cursor for more)", str(limit))
+        most = MAX_RAW_LIMIT if step == 0 else MAX_BUCKET_LIMIT
+        if limit is None:
+            limit = most
+        elif limit > most:
+            what = "raw readings" if step == 0 else "buckets"
+            raise bad("limit", f"at most {most} {what} a page (follow next_cursor for more)", str(limit))
         key = decode_cursor(cursor, {"t": int})
         first = tr.start_ms if step == 0 else bucket_start(tr.start_ms, step)
         if key is not None and not first <= key["t"] < tr.end_ms:
