@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from datetime import datetime
 from typing import Any
 
@@ -380,6 +381,40 @@ def test_alert_episodes(api):
     # an episode overlapping the range's start is served whole
     late = _get(api, "/v1/forest/alerts", **{"from": _iso(t(12) + 5 * MIN), "to": _iso(t(35))})
     assert [(e["station"], e["start"]) for e in late["items"]] == [(A, _iso(t(10))), (C, _iso(t(30)))]
+
+
+
+def test_alert_episodes_after_the_rollup_are_at_most_ten_seconds_behind(stack_info, influx_db, tmp_path):
+    """The raw readings after the rollup's progress point are read for every station at most every 10 s
+    (``ALERT_TAIL_TTL_S``, as the station list): a reading at warning is an episode within that, never later."""
+    st = "forest-tail-01"
+
+    def reading(at: int, rate: float) -> str:
+        return (f"forest,device={st},gateway=gw-tail-01 soil_moisture_pct=20,rain_intensity_mm_h=0,"
+                f"tilt_rate_x_deg_h={rate},tilt_rate_y_deg_h=0,status=0,backfill=false {at}")
+
+    influx_write(stack_info, influx_db, [reading(NOW - k * 5 * MIN, 0.0) for k in range(1, 30)])
+    rep = run_once(RollupConfig.model_validate({"influx": influx_settings(stack_info, "rollup", influx_db)}),
+                   NOW - 60 * MIN)
+    assert rep.forest.until_ms == NOW - 60 * MIN
+    clock = [NOW / 1000]
+    with TestClient(create_app(_settings(stack_info, influx_db, tmp_path))) as client:
+        client.app.state.api.clock = lambda: clock[0]
+        assert _get(client, "/v1/forest/alerts")["items"] == []
+        influx_write(stack_info, influx_db, [reading(NOW - 3000, 0.6)])
+        clock[0] += 5
+        assert _get(client, "/v1/forest/alerts")["items"] == []  # kept: read 5 s ago
+        # the range ends before the kept read: read itself, exactly
+        early = _get(client, "/v1/forest/alerts", to=_iso(NOW - 1000))["items"]
+        assert [(e["station"], e["level"], e["readings"]) for e in early] == [(st, "warning", 1)]
+        clock[0] += 6  # 11 s: the first request after it refreshes behind itself, the next one sees it
+        _get(client, "/v1/forest/alerts")
+        for _ in range(100):
+            items = _get(client, "/v1/forest/alerts")["items"]
+            if items:
+                break
+            time.sleep(0.02)
+        assert [(e["station"], e["level"], e["start"]) for e in items] == [(st, "warning", _iso(NOW - 3000))]
 
 
 # ---- errors

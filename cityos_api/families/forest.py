@@ -22,6 +22,7 @@ the query); points whose field has another type are counted as skipped.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -374,28 +375,79 @@ def episodes(points: Iterable[tuple[str, int, Assessment]]) -> list[AlertSpan]:
     return join_spans(alert_spans(points, FOREST_STEP_MS), WINDOW_MS)
 
 
+def _raw_alert_spans(query: QueryFn, db: str, start: int, end: int, station: str | None
+                     ) -> tuple[list[AlertSpan], Counter[str]]:
+    """The spans of the raw points at caution or above in ``[start, end)`` per station and 10 minutes, and per
+    station the points whose assessed values were not numbers."""
+    fields = ", ".join(f'"{f}"' for f in ASSESSED_FIELDS)
+    q = (f'SELECT {fields} FROM "{MEASUREMENT}" '
+         f'{_where(_device([f"time >= {start}ms", f"time < {end}ms", influxql_at_caution()], station))} '
+         f'GROUP BY "device"')
+    points = []
+    skipped: Counter[str] = Counter()
+    for tags, rec in _rows(query_results(*query(db, q))[0]):
+        dev = tags.get("device", "")
+        if clean_point(rec, ASSESSED_FIELDS) is None:
+            skipped[dev] += 1
+            continue
+        points.append((dev, int(rec["time"]), assess(rec)))
+    return alert_spans(points, FOREST_STEP_MS), skipped
+
+
+@dataclass(frozen=True)
+class AlertTail:
+    """The spans of every station's raw points at caution or above after the rollup's progress point, up to a
+    day past the read (:data:`ALERT_CONTEXT_MS`, as a range ending now reads): kept by the API for
+    :data:`ALERT_TAIL_TTL_S` (:func:`kept_alert_tail`). Reading them costs InfluxDB ~25 ms at city scale
+    whatever the range (200 stations' four assessed fields: per series and field, not per point), so every
+    ``/alerts`` request reading them itself took 30-35 ms of its 50."""
+
+    start: int  # the progress point read from (10-minute aligned, as the spans)
+    read_at: int
+    spans: tuple[AlertSpan, ...]
+    skipped: Mapping[str, int]
+
+    @property
+    def until(self) -> int:
+        return self.read_at + ALERT_CONTEXT_MS
+
+
+#: How long the API keeps the :class:`AlertTail` (as the station list: the episodes a request sees may miss the
+#: last seconds' readings, never a reading the rollup has).
+ALERT_TAIL_TTL_S = 10.0
+
+
+def kept_alert_tail(api: Api) -> AlertTail | None:
+    """This API's :class:`AlertTail` (None without rollups: a request reads its whole range itself)."""
+    def read() -> AlertTail | None:
+        state = kept_state(api)
+        if state.progress is None:
+            return None
+        now = int(api.clock() * 1000)
+        spans, skipped = api.read(_raw_alert_spans, state.progress, now + ALERT_CONTEXT_MS, None)
+        return AlertTail(state.progress, now, tuple(spans), dict(skipped))
+
+    return api.kept("forest alert tail", read, ALERT_TAIL_TTL_S).get()  # type: ignore[no-any-return]
+
+
 def fetch_alert_spans(query: QueryFn, db: str, rollup_db: str, start: int, end: int, station: str | None,
-                      state: ForestState) -> tuple[list[AlertSpan], int]:
+                      state: ForestState, tail: AlertTail | None = None) -> tuple[list[AlertSpan], int]:
     """The spans of readings at caution or above in ``[start, end)`` per station and 10 minutes, and the number
     of readings whose assessed values were not numbers: the rollups' spans up to their progress point, spans of
     the raw points after it (the same either way: :class:`cityos.landslide.AlertSpan`); the whole JST days the
-    rollup has joined (``forest_alert_1d``), a few rows a day, where a storm has hundreds of 10 minutes."""
-    skipped = 0
-    spans, cut = stored_alert_spans(query, rollup_db, start, end, state.progress, state.alert_days,
-                                    None if station is None else [station])
-    if cut < end:
-        fields = ", ".join(f'"{f}"' for f in ASSESSED_FIELDS)
-        q = (f'SELECT {fields} FROM "{MEASUREMENT}" '
-             f'{_where(_device([f"time >= {cut}ms", f"time < {end}ms", influxql_at_caution()], station))} '
-             f'GROUP BY "device"')
-        points = []
-        for tags, rec in _rows(query_results(*query(db, q))[0]):
-            if clean_point(rec, ASSESSED_FIELDS) is None:
-                skipped += 1
-                continue
-            points.append((tags.get("device", ""), int(rec["time"]), assess(rec)))
-        spans += alert_spans(points, FOREST_STEP_MS)
-    return spans, skipped
+    rollup has joined (``forest_alert_1d``), a few rows a day, where a storm has hundreds of 10 minutes. The raw
+    points' spans from ``tail`` when it covers them (it starts at or before that progress point and the range
+    reaches past its read: a range ending now), else read."""
+    spans, cut = stored_alert_spans(query, rollup_db, start, end, state.progress,
+                                    state.alert_days, None if station is None else [station])
+    if cut >= end:
+        return spans, 0
+    if tail is not None and tail.start <= cut <= tail.read_at <= tail.until <= end:
+        spans += [sp for sp in tail.spans if bucket_start(sp.first_ms, FOREST_STEP_MS) >= cut
+                  and (station is None or sp.station == station)]
+        return spans, sum(n for dev, n in tail.skipped.items() if station is None or dev == station)
+    raw, skipped = _raw_alert_spans(query, db, cut, end, station)
+    return spans + raw, sum(skipped.values())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -577,7 +629,7 @@ def router(api: Api) -> APIRouter:
         tr = time_range(frm, to, ALERTS_SPAN, now)
         key = decode_cursor(cursor, {"t": int, "station": str})
         spans, skipped = api.read(fetch_alert_spans, api.settings.rollup_db, tr.start_ms - ALERT_CONTEXT_MS,
-                                  tr.end_ms + ALERT_CONTEXT_MS, sid, kept_state(api))
+                                  tr.end_ms + ALERT_CONTEXT_MS, sid, kept_state(api), kept_alert_tail(api))
         api.skipped(MEASUREMENT, skipped)
         found = [e for e in join_spans(spans, WINDOW_MS)
                  if e.first_ms < tr.end_ms and e.last_ms + WINDOW_MS > tr.start_ms]
