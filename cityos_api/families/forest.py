@@ -335,7 +335,8 @@ def fetch_buckets(query: QueryFn, db: str, rollup_db: str, station: str, start: 
     skipped = 0
     if cut < end:
         numbers, others = state.numbers, state.others
-        rows += forest_raw(query, db, cut, end, [f for f in FOREST_ROLLED if f in numbers], [station], step)
+        rows += forest_raw(query, db, cut, end, [f for f in FOREST_ROLLED if f in numbers], [station], step,
+                           _STORED_COLUMNS)
         unaggregated = sorted(others & set(FOREST_ROLLED))
         if unaggregated:
             cnt = ", ".join(f'count("{f}") AS "{f}"' for f in unaggregated)

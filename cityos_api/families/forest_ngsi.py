@@ -204,7 +204,7 @@ def rolled_up(api: Api, targets: dict[str, Target], attrs: Sequence[str], method
                                   columns)
         if cut < end_ms:
             rows += forest_raw(query, db, cut, end_ms, [f for f in FOREST_ROLLED if f in state.numbers and
-                                                         f in fields], devices, level)
+                                                         f in fields], devices, level, columns)
         return rows
 
     return aggregate_rows(api.read(fetch), targets, attrs, methods, period_ms, start_ms, end_ms)
