@@ -22,7 +22,6 @@ the query); points whose field has another type are counted as skipped.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -376,45 +375,42 @@ def episodes(points: Iterable[tuple[str, int, Assessment]]) -> list[AlertSpan]:
     return join_spans(alert_spans(points, FOREST_STEP_MS), WINDOW_MS)
 
 
-def _raw_alert_spans(query: QueryFn, db: str, start: int, end: int, station: str | None
-                     ) -> tuple[list[AlertSpan], Counter[str]]:
-    """The spans of the raw points at caution or above in ``[start, end)`` per station and 10 minutes, and per
-    station the points whose assessed values were not numbers."""
+def _raw_alert_points(query: QueryFn, db: str, start: int, end: int, station: str | None
+                      ) -> tuple[list[tuple[str, int, Assessment]], list[tuple[str, int]]]:
+    """The raw points at caution or above in ``[start, end)`` as (station, time, assessment), oldest first per
+    station; and (station, time) of those whose assessed values were not numbers."""
     fields = ", ".join(f'"{f}"' for f in ASSESSED_FIELDS)
     q = (f'SELECT {fields} FROM "{MEASUREMENT}" '
          f'{_where(_device([f"time >= {start}ms", f"time < {end}ms", influxql_at_caution()], station))} '
          f'GROUP BY "device"')
-    points = []
-    skipped: Counter[str] = Counter()
+    points: list[tuple[str, int, Assessment]] = []
+    skipped: list[tuple[str, int]] = []
     for tags, rec in _rows(query_results(*query(db, q))[0]):
-        dev = tags.get("device", "")
+        dev, t = tags.get("device", ""), int(rec["time"])
         if clean_point(rec, ASSESSED_FIELDS) is None:
-            skipped[dev] += 1
-            continue
-        points.append((dev, int(rec["time"]), assess(rec)))
-    return alert_spans(points, FOREST_STEP_MS), skipped
+            skipped.append((dev, t))
+        else:
+            points.append((dev, t, assess(rec)))
+    return points, skipped
 
 
 @dataclass(frozen=True)
 class AlertTail:
-    """The spans of every station's raw points at caution or above after the rollup's progress point, up to a
-    day past the read (:data:`ALERT_CONTEXT_MS`, as a range ending now reads): kept by the API for
-    :data:`ALERT_TAIL_TTL_S` (:func:`kept_alert_tail`). Reading them costs InfluxDB ~25 ms at city scale
-    whatever the range (200 stations' four assessed fields: per series and field, not per point), so every
-    ``/alerts`` request reading them itself took 30-35 ms of its 50."""
+    """Every station's raw points at caution or above after the rollup's progress point, up to a day past the
+    read (:data:`ALERT_CONTEXT_MS`, as a range ending now reads), kept by the API for :data:`ALERT_TAIL_TTL_S`
+    (:func:`kept_alert_tail`): a few minutes of a storm's readings at most, between two rollup passes. Reading them
+    costs InfluxDB ~25 ms at city scale whatever the range (200 stations' four assessed fields: InfluxDB 1.x pays
+    per series and field, not per point), so every ``/alerts`` request reading them itself took 25-35 ms of its
+    50."""
 
-    start: int  # the progress point read from (10-minute aligned, as the spans)
+    start: int  # the progress point read from
     read_at: int
-    spans: tuple[AlertSpan, ...]
-    skipped: Mapping[str, int]
-
-    @property
-    def until(self) -> int:
-        return self.read_at + ALERT_CONTEXT_MS
+    points: tuple[tuple[str, int, Assessment], ...]
+    skipped: tuple[tuple[str, int], ...]
 
 
-#: How long the API keeps the :class:`AlertTail` (as the station list: the episodes a request sees may miss the
-#: last seconds' readings, never a reading the rollup has).
+#: How long the API keeps the :class:`AlertTail` (as the station list: an ``/alerts`` answer may miss the last
+#: seconds' readings, never a reading the rollup has).
 ALERT_TAIL_TTL_S = 10.0
 
 
@@ -425,8 +421,8 @@ def kept_alert_tail(api: Api) -> AlertTail | None:
         if state.progress is None:
             return None
         now = int(api.clock() * 1000)
-        spans, skipped = api.read(_raw_alert_spans, state.progress, now + ALERT_CONTEXT_MS, None)
-        return AlertTail(state.progress, now, tuple(spans), dict(skipped))
+        points, skipped = api.read(_raw_alert_points, state.progress, now + ALERT_CONTEXT_MS, None)
+        return AlertTail(state.progress, now, tuple(points), tuple(skipped))
 
     return api.kept("forest alert tail", read, ALERT_TAIL_TTL_S).get()  # type: ignore[no-any-return]
 
@@ -437,18 +433,21 @@ def fetch_alert_spans(query: QueryFn, db: str, rollup_db: str, start: int, end: 
     of readings whose assessed values were not numbers: the rollups' spans up to their progress point, spans of
     the raw points after it (the same either way: :class:`cityos.landslide.AlertSpan`); the whole JST days the
     rollup has joined (``forest_alert_1d``), a few rows a day, where a storm has hundreds of 10 minutes. The raw
-    points' spans from ``tail`` when it covers them (it starts at or before that progress point and the range
-    reaches past its read: a range ending now), else read."""
+    points from ``tail`` when it holds them (it starts at or before that progress point), else read."""
     spans, cut = stored_alert_spans(query, rollup_db, start, end, state.progress,
                                     state.alert_days, None if station is None else [station])
     if cut >= end:
         return spans, 0
-    if tail is not None and tail.start <= cut <= tail.read_at <= tail.until <= end:
-        spans += [sp for sp in tail.spans if bucket_start(sp.first_ms, FOREST_STEP_MS) >= cut
-                  and (station is None or sp.station == station)]
-        return spans, sum(n for dev, n in tail.skipped.items() if station is None or dev == station)
-    raw, skipped = _raw_alert_spans(query, db, cut, end, station)
-    return spans + raw, sum(skipped.values())
+    if tail is not None and tail.start <= cut:
+        def mine(dev: str, t: int) -> bool:
+            return cut <= t < end and (station is None or dev == station)
+
+        points = [p for p in tail.points if mine(p[0], p[1])]
+        skipped = sum(1 for dev, t in tail.skipped if mine(dev, t))
+    else:
+        points, bad = _raw_alert_points(query, db, cut, end, station)
+        skipped = len(bad)
+    return spans + alert_spans(points, FOREST_STEP_MS), skipped
 
 
 # --------------------------------------------------------------------------------------------------------------
