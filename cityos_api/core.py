@@ -26,7 +26,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -238,6 +238,9 @@ def family_parts(api: Api, suffix: str, factory: str) -> list[Any]:
 
 T = TypeVar("T")
 
+#: The threads :meth:`Api.read_side_by_side` reads in (leaf reads only: none of them submits more).
+_SIDE_BY_SIDE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="influx side by side")
+
 #: A snapshot is served while at most this many TTLs old; older, the request reads the state itself.
 MAX_AGE_TTLS = 3
 
@@ -410,6 +413,17 @@ class Api:
             self.metrics.influx_errors.inc()
             log.warning("InfluxDB failed: %s", exc)
             raise HTTPException(status_code=503, detail="InfluxDB unavailable: try again shortly") from None
+
+    def read_side_by_side(self, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """:meth:`read` of each ``(fetch, *args)``, the first in this thread and the others at the same time in
+        :data:`_SIDE_BY_SIDE`; results in order, the first error raised (as one after the other would). InfluxDB
+        1.x runs a query on one core and pays per series read: a read of 100 stations split in two answers in
+        about half the time on a machine with a core to spare (12.8 -> 7.4 ms, docs/benchmarks.md issue 14)."""
+        if len(calls) <= 1:
+            return [self.read(*c) for c in calls]
+        others = [_SIDE_BY_SIDE.submit(self.read, *c) for c in calls[1:]]
+        first = self.read(*calls[0])
+        return [first, *(f.result() for f in others)]
 
     def skipped(self, measurement: str, n: int = 1) -> None:
         if n:

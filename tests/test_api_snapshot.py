@@ -165,6 +165,28 @@ def test_api_snapshot_follows_the_apis_clock():
     api.close()
 
 
+def test_reads_side_by_side_answer_in_order_at_the_same_time_and_fail_as_one():
+    """``Api.read_side_by_side``: each read's answer in its place, the reads overlapping (each waits for all to have
+    started), and InfluxDB failing in any of them the request's 503."""
+    from cityos.influx import InfluxError
+
+    api = Api(ApiSettings())
+    started = threading.Barrier(3, timeout=5)
+
+    def fetch(query: Any, db: str, x: int) -> int:
+        started.wait()
+        if x < 0:
+            raise InfluxError("HTTP 401: authorization failed")
+        return x * 10
+
+    assert api.read_side_by_side([(fetch, 1), (fetch, 2), (fetch, 3)]) == [10, 20, 30]
+    started.reset()
+    with pytest.raises(HTTPException) as err:
+        api.read_side_by_side([(fetch, 1), (fetch, -1), (fetch, 3)])
+    assert err.value.status_code == 503 and "401" not in str(err.value.detail)
+    api.close()
+
+
 def test_json_answers_are_the_same_json_with_their_headers():
     doc = {"dataset": "x", "items": [{"district": "津山", "kwh": 12.5, "big": 1e30, "tiny": 1e-7, "none": None,
                                       "n": 123456789012345678, "ok": True}], "z": 1, "a": 2}

@@ -54,6 +54,8 @@ __all__ = ["FOREST_TYPES", "ForestProvider", "provider"]
 
 MEASUREMENT = "forest"
 LOOKBACK_DAYS = 30
+#: Stations from which an aggregate's rows are read as two halves side by side (:meth:`Api.read_side_by_side`).
+SPLIT_AT = 8
 SDM_WEATHER = "https://smartdatamodels.org/dataModel.Weather/"
 SDM_DEVICE = "https://smartdatamodels.org/dataModel.Device/"
 SDM = "https://smartdatamodels.org/"
@@ -199,7 +201,7 @@ def rolled_up(api: Api, targets: dict[str, Target], attrs: Sequence[str], method
 
     state = kept_state(api)
 
-    def fetch(query: QueryFn, db: str) -> list[tuple[str, int, dict[str, float | int]]]:
+    def fetch(query: QueryFn, db: str, devices: list[str]) -> list[tuple[str, int, dict[str, float | int]]]:
         rows, cut = forest_stored(query, api.settings.rollup_db, start_ms, end_ms, level, state.progress, devices,
                                   columns)
         if cut < end_ms:
@@ -207,7 +209,10 @@ def rolled_up(api: Api, targets: dict[str, Target], attrs: Sequence[str], method
                                                          f in fields], devices, level, columns)
         return rows
 
-    return aggregate_rows(api.read(fetch), targets, attrs, methods, period_ms, start_ms, end_ms)
+    half = len(devices) // 2
+    parts = [devices[:half], devices[half:]] if len(devices) >= SPLIT_AT else [devices]
+    rows = [r for got in api.read_side_by_side([(fetch, p) for p in parts]) for r in got]
+    return aggregate_rows(rows, targets, attrs, methods, period_ms, start_ms, end_ms)
 
 
 def provider(api: Api) -> ForestProvider:

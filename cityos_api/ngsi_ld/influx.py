@@ -2,8 +2,8 @@
 naming the device, one field per temporal attribute. A family's provider maps each entity to a :class:`Target`
 (the tag's value and its attributes' fields) and hands the reading to :class:`InfluxFields`.
 
-Every query is one InfluxDB request of one statement per field (a field alone: InfluxDB 1.x returns only the points
-that have it, so ``lastN`` and the instances' times are per attribute). Tag values are checked against the wire
+Every query is one InfluxDB statement per field, each its own request, side by side (a field alone: InfluxDB 1.x
+returns only the points that have it, so ``lastN`` and the instances' times are per attribute). Tag values are checked against the wire
 contract's id pattern before they reach InfluxQL; field names come from the provider's code. ``valid`` bounds a
 field's values (history and aggregates leave a point outside them out, as a family's own routes skip unservable
 points).
@@ -71,10 +71,11 @@ class InfluxFields:
         if not statements:
             return []
 
-        def fetch(query: QueryFn, db: str) -> list[dict[str, Any]]:
-            return query_results(*query(db, ";\n".join(statements)))
+        def fetch(query: QueryFn, db: str, statement: str) -> list[dict[str, Any]]:
+            return query_results(*query(db, statement))
 
-        return api.read(fetch)  # type: ignore[no-any-return]
+        # one request per statement, side by side (InfluxDB runs a request's statements one after the other)
+        return [r for got in api.read_side_by_side([(fetch, s) for s in statements]) for r in got]
 
     def _series(self, result: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
         return [((s.get("tags") or {}).get(self._tag_name, ""), s["columns"], s.get("values") or [])
