@@ -240,6 +240,9 @@ T = TypeVar("T")
 
 #: The threads :meth:`Api.read_side_by_side` reads in (leaf reads only: none of them submits more).
 _SIDE_BY_SIDE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="influx side by side")
+#: ``active`` in a thread refreshing a :class:`Snapshot` behind the requests: its reads take one of InfluxDB's
+#: cores at a time, leaving the others to the requests.
+_BEHIND = threading.local()
 
 #: A snapshot is served while at most this many TTLs old; older, the request reads the state itself.
 MAX_AGE_TTLS = 3
@@ -306,6 +309,7 @@ class Snapshot(Generic[T]):
         reading.set_result(value)
 
     def _refresh(self, reading: Future[T]) -> None:
+        _BEHIND.active = True  # this thread's reads are one after the other (Api.read_side_by_side)
         self._read(reading)
         exc = reading.exception()
         if isinstance(exc, HTTPException):  # InfluxDB failing: Api.read has logged why
@@ -418,8 +422,9 @@ class Api:
         """:meth:`read` of each ``(fetch, *args)``, the first in this thread and the others at the same time in
         :data:`_SIDE_BY_SIDE`; results in order, the first error raised (as one after the other would). InfluxDB
         1.x runs a query on one core and pays per series read: a read of 100 stations split in two answers in
-        about half the time on a machine with a core to spare (12.8 -> 7.4 ms, docs/benchmarks.md issue 14)."""
-        if len(calls) <= 1:
+        about half the time on a machine with a core to spare (12.8 -> 7.4 ms, docs/benchmarks.md issue 14). A
+        snapshot refreshing behind the requests reads one after the other: it is not waited for, they are."""
+        if len(calls) <= 1 or getattr(_BEHIND, "active", False):
             return [self.read(*c) for c in calls]
         others = [_SIDE_BY_SIDE.submit(self.read, *c) for c in calls[1:]]
         first = self.read(*calls[0])

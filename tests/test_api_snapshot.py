@@ -187,6 +187,32 @@ def test_reads_side_by_side_answer_in_order_at_the_same_time_and_fail_as_one():
     api.close()
 
 
+def test_a_refresh_behind_the_requests_reads_one_after_the_other():
+    api = Api(ApiSettings())
+    clock = [5_000.0]
+    api.clock = lambda: clock[0]
+    threads: list[set[str]] = []
+
+    def fetch(query: Any, db: str, x: int) -> str:
+        time.sleep(0.01)
+        return threading.current_thread().name
+
+    def state() -> int:
+        threads.append(set(api.read_side_by_side([(fetch, 1), (fetch, 2), (fetch, 3)])))
+        return len(threads)
+
+    s = api.snapshot("test reads", state, TTL)
+    assert s.get() == 1 and len(threads[0]) == 3  # a request waiting for it: side by side
+    clock[0] += TTL + 1
+    assert s.get() == 1
+    for _ in range(100):
+        if len(threads) == 2:
+            break
+        time.sleep(0.01)
+    assert len(threads) == 2 and len(threads[1]) == 1 and next(iter(threads[1])).startswith("snapshot")
+    api.close()
+
+
 def test_json_answers_are_the_same_json_with_their_headers():
     doc = {"dataset": "x", "items": [{"district": "津山", "kwh": 12.5, "big": 1e30, "tiny": 1e-7, "none": None,
                                       "n": 123456789012345678, "ok": True}], "z": 1, "a": 2}
