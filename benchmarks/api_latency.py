@@ -548,9 +548,10 @@ def run_rollup(info: StackInfo) -> dict[str, Any]:
 
 #: How long a shard goes without writes before InfluxDB compacts it fully (``compact-full-write-cold-duration``;
 #: InfluxDB's default is 4 h). A deployment's month of data sits in shards compacted long ago; the benchmark's were
-#: written minutes before, so its stack compacts a shard 10 s after its last write (the live shard, written every
-#: 15 s by the feeder, stays as a deployment's would) and :func:`wait_quiet` waits for it.
-COLD_AFTER = "10s"
+#: written minutes before, so its stack compacts a shard 30 s after its last write (the live shard, written every
+#: 15 s by the feeder while the API is measured, stays as a deployment's would) and :func:`wait_quiet` waits for it.
+COLD_AFTER = "30s"
+QUIET_S = 45.0
 
 
 class AtRestStack(Stack):
@@ -998,7 +999,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rollup: {out['rollup']['note']}", file=sys.stderr)
         if args.write_only:
             return 0
-        out["influx_quiet"] = wait_quiet(info)
+        out["influx_quiet"] = wait_quiet(info, QUIET_S)
         print(f"InfluxDB compactions: {out['influx_quiet']}", file=sys.stderr)
         cfg, token = api_config(info, work)
         api = ApiProcess(cfg, work)
