@@ -46,7 +46,7 @@ import math
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -483,17 +483,36 @@ def forest_row(rec: Mapping[str, Any], fields: tuple[str, ...] = FOREST_ROLLED) 
     row: ``readings`` and, per field with values, ``_sum`` (and of ``_min``/``_max`` those read) and ``_n`` where
     it differs from ``readings``. A field whose aggregates read are not all finite numbers is left out.
     ``fields``: the rolled-up fields of the row's family (the forest's, or :data:`TRUCK_ROLLED`)."""
-    readings = int(_num(rec.get("readings")) or 0)
+    return _row(tuple(rec.values()), *_plan(tuple(rec), fields))
+
+
+_Plan = tuple[tuple[str, int, "int | None", "int | None", "int | None", str, str, str], ...]
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(columns: tuple[str, ...], fields: tuple[str, ...]) -> tuple[int | None, _Plan]:
+    """Where :func:`_row` finds ``readings`` and each field's columns in a record of ``columns`` (once per
+    shape of InfluxDB's answer, not per row: a page is hundreds of rows)."""
+    pos = {c: i for i, c in enumerate(columns)}
+    return pos.get("readings"), tuple(
+        (k_sum, pos[k_sum], pos.get(k_n), pos.get(k_min), pos.get(k_max), k_n, k_min, k_max)
+        for _f, k_sum, k_n, k_min, k_max in _columns(fields) if k_sum in pos)
+
+
+def _row(v: Sequence[Any], i_readings: int | None, plan: _Plan) -> dict[str, float | int]:
+    """:func:`forest_row` of the values ``v`` of a record laid out as :func:`_plan` found."""
+    readings = int(_num(v[i_readings]) or 0) if i_readings is not None else 0
     row: dict[str, float | int] = {"readings": readings}
-    for _f, k_sum, k_n, k_min, k_max in _columns(fields):
-        s = rec.get(k_sum)
+    for k_sum, i_sum, i_n, i_min, i_max, k_n, k_min, k_max in plan:
+        s = v[i_sum]
         if s is None or (s := _num(s)) is None:
             continue
-        n_raw = rec.get(k_n)
+        n_raw = None if i_n is None else v[i_n]
         n = readings if n_raw is None else int(n_raw) if _num(n_raw) is not None else 0
         if n <= 0:
             continue
-        lo, hi = rec.get(k_min), rec.get(k_max)
+        lo = None if i_min is None else v[i_min]
+        hi = None if i_max is None else v[i_max]
         if (lo is not None and _num(lo) is None) or (hi is not None and _num(hi) is None):
             continue
         row[k_sum] = s
@@ -569,10 +588,10 @@ def _forest_rows(results: Iterable[Mapping[str, Any]], fields: tuple[str, ...] =
     for result in results:
         for s in result.get("series", []):
             dev = (s.get("tags") or {}).get("device") or ""
-            cols = s["columns"]
-            for v in s.get("values", []):
-                rec = dict(zip(cols, v, strict=True))
-                out.append((dev, int(rec["time"]), forest_row(rec, fields)))
+            cols = tuple(s["columns"])
+            i_time = cols.index("time")
+            i_readings, plan = _plan(cols, fields)
+            out += [(dev, int(v[i_time]), _row(v, i_readings, plan)) for v in s.get("values", [])]
     return out
 
 
