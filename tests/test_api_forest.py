@@ -417,6 +417,11 @@ def test_alert_episodes_after_the_rollup_are_at_most_ten_seconds_behind(stack_in
                 break
             time.sleep(0.02)
         assert got == [(st, "warning", _iso(NOW - 8000), 2)]
+        # the rollup stopped (over 6 h behind): nothing kept, every request reads its own range
+        clock[0] = (NOW + 7 * 3_600_000) / 1000
+        assert len(alerts()) == 1
+        influx_write(stack_info, influx_db, [reading(NOW + 7 * 3_600_000 - 3000, 0.6)])
+        assert [e[2] for e in alerts()] == [_iso(NOW - 8000), _iso(NOW + 7 * 3_600_000 - 3000)]
 
 # ---- errors
 

@@ -412,15 +412,19 @@ class AlertTail:
 #: How long the API keeps the :class:`AlertTail` (as the station list: an ``/alerts`` answer may miss the last
 #: seconds' readings, never a reading the rollup has).
 ALERT_TAIL_TTL_S = 10.0
+#: The rollup this far behind (stopped), nothing is kept: a storm's readings since would be held and read again every
+#: 10 s; each request reads its own range instead (as without rollups).
+ALERT_TAIL_MAX_MS = 6 * 3_600_000
 
 
 def kept_alert_tail(api: Api) -> AlertTail | None:
-    """This API's :class:`AlertTail` (None without rollups: a request reads its whole range itself)."""
+    """This API's :class:`AlertTail` (None without rollups, or with a rollup :data:`ALERT_TAIL_MAX_MS` behind: a
+    request reads its whole range itself)."""
     def read() -> AlertTail | None:
         state = kept_state(api)
-        if state.progress is None:
-            return None
         now = int(api.clock() * 1000)
+        if state.progress is None or now - state.progress > ALERT_TAIL_MAX_MS:
+            return None
         points, skipped = api.read(_raw_alert_points, state.progress, now + ALERT_CONTEXT_MS, None)
         return AlertTail(state.progress, now, tuple(points), tuple(skipped))
 
