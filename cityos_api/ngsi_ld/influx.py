@@ -3,10 +3,10 @@ naming the device, one field per temporal attribute. A family's provider maps ea
 (the tag's value and its attributes' fields) and hands the reading to :class:`InfluxFields`.
 
 Every query is one InfluxDB statement per field, each its own request, side by side (a field alone: InfluxDB 1.x
-returns only the points that have it, so ``lastN`` and the instances' times are per attribute). Tag values are checked against the wire
-contract's id pattern before they reach InfluxQL; field names come from the provider's code. ``valid`` bounds a
-field's values (history and aggregates leave a point outside them out, as a family's own routes skip unservable
-points).
+returns only the points that have it, so ``lastN`` and the instances' times are per attribute). Tag values are
+checked against the wire contract's id pattern before they reach InfluxQL; field names come from the provider's
+code. ``valid`` bounds a field's values (history and aggregates leave a point outside them out, as a family's own
+routes skip unservable points).
 """
 
 from __future__ import annotations
