@@ -884,6 +884,34 @@ def test_forest_provider_alone(stack_info, influx_db):
     api.close()
 
 
+
+def test_forest_current_state_of_stations_silent_for_days(stack_info, influx_db):
+    """Each attribute's newest value over the 30 days looked back, though the last day is looked in first: a
+    station silent for 3 days is an entity with its last values, a field a station stopped sending keeps its
+    older value, one older than 30 days is gone."""
+    now = int(time.time() * 1000)
+    day = 86_400_000
+    readings = [
+        _forest("forest-09-01", now - 2 * day, soil_moisture_pct=30.0, soil_moisture_deep_pct=25.0),
+        _forest("forest-09-01", now - 60_000, soil_moisture_pct=31.0),  # no deep value since 2 days
+        _forest("forest-09-02", now - 3 * day, soil_moisture_pct=40.0, lat=35.1, lon=134.0),  # silent 3 days
+        _forest("forest-09-03", now - 31 * day, soil_moisture_pct=50.0),  # beyond the 30 days
+    ]
+    influx_write(stack_info, influx_db, batch_to_lines(checked(TelemetryBatch(
+        gateway_id="gw-forest-09", boot_id="boot-0001", seq=1, sent_at=now, readings=readings))))
+    api = Api(ApiSettings(influx=InfluxSettings(**influx_settings(stack_info, "reader", influx_db))))
+    got = {e.id: e for e in ForestProvider().entities(api)}
+    assert sorted(got) == ["urn:ngsi-ld:DeviceMeasurement:forest-09-01-soilMoisture",
+                           "urn:ngsi-ld:DeviceMeasurement:forest-09-01-soilMoistureDeep",
+                           "urn:ngsi-ld:DeviceMeasurement:forest-09-02-soilMoisture"]
+    deep = got["urn:ngsi-ld:DeviceMeasurement:forest-09-01-soilMoistureDeep"].attrs["numValue"]
+    assert (deep.value, deep.observed_ms) == (25.0, now - 2 * day)
+    assert got["urn:ngsi-ld:DeviceMeasurement:forest-09-01-soilMoisture"].attrs["numValue"].value == 31.0
+    silent = got["urn:ngsi-ld:DeviceMeasurement:forest-09-02-soilMoisture"].attrs
+    assert silent["numValue"].value == 40.0 and silent["location"].value == {"type": "Point",
+                                                                             "coordinates": [134.0, 35.1]}
+    api.close()
+
 def test_current_entities_are_kept_and_refreshed_behind_the_requests(token, monkeypatch):
     """A platform polling every second costs one build of every provider's state per WORLD_TTL_S, not one per
     request; after it, a request starts a rebuild and is answered at once, and changes show."""

@@ -141,10 +141,11 @@ class ForestProvider:
         self.clock = clock
 
     def entities(self, api: Api) -> list[Entity]:
-        since = int(self.clock() * 1000) - LOOKBACK_DAYS * 86_400_000
+        now = int(self.clock() * 1000)
+        since = now - LOOKBACK_DAYS * 86_400_000
         out: list[Entity] = []
         bad = 0
-        for device, values in sorted(self.influx.latest(api, _FIELDS, since).items()):
+        for device, values in sorted(self.influx.latest(api, _FIELDS, since, now - 86_400_000).items()):
             loc = _location(values)
             if loc is None and ("lat" in values or "lon" in values):
                 bad += 1

@@ -82,15 +82,31 @@ class InfluxFields:
                 for s in result.get("series", [])]
 
     # ---- current state
-    def latest(self, api: Api, fields: Sequence[str], since_ms: int) -> dict[str, dict[str, tuple[Any, int]]]:
-        """tag value → field → its newest ``(value, ms)`` since ``since_ms``."""
-        stmts = [f"SELECT LAST({_ident(f)}) FROM {self.measurement} WHERE time >= {int(since_ms)}ms"
-                 f"{self._bounds(f)} GROUP BY {self.tag}" for f in fields]
-        out: dict[str, dict[str, tuple[Any, int]]] = {}
+    def latest(self, api: Api, fields: Sequence[str], since_ms: int, recent_ms: int | None = None
+               ) -> dict[str, dict[str, tuple[Any, int]]]:
+        """tag value → field → its newest ``(value, ms)`` since ``since_ms``. With ``recent_ms`` (after
+        ``since_ms``), looked for from there first, and before it only for the tag values not found there with that
+        field (a device silent since): ``LAST()`` over a month reads every shard of it for every series, over the
+        last day one (200 stations' eleven fields: ~230 -> ~130 ms of InfluxDB at each NGSI-LD state refresh)."""
+        first = since_ms if recent_ms is None or recent_ms <= since_ms else recent_ms
+        out = self._latest(api, fields, first, None, {})
+        if first > since_ms:
+            self._latest(api, fields, since_ms, first, out)
+        return out
+
+    def _latest(self, api: Api, fields: Sequence[str], start_ms: int, end_ms: int | None,
+                out: dict[str, dict[str, tuple[Any, int]]]) -> dict[str, dict[str, tuple[Any, int]]]:
+        """:meth:`latest` over ``[start_ms, end_ms)``, for the tag values without the field in ``out`` (added)."""
+        stmts = []
+        for f in fields:
+            cond = [f"time >= {int(start_ms)}ms", *([f"time < {int(end_ms)}ms"] if end_ms is not None else [])]
+            cond += [f"{self.tag} != {literal(tag)}" for tag, have in sorted(out.items()) if f in have]
+            stmts.append(f"SELECT LAST({_ident(f)}) FROM {self.measurement} WHERE {' AND '.join(cond)}"
+                         f"{self._bounds(f)} GROUP BY {self.tag}")
         for f, result in zip(fields, self._run(api, stmts), strict=True):
             for tag, _cols, rows in self._series(result):
                 for row in rows:
-                    if row[1] is not None:
+                    if row[1] is not None and f not in out.get(tag, {}):
                         out.setdefault(tag, {})[f] = (row[1], int(row[0]))
         return out
 
