@@ -85,28 +85,37 @@ class InfluxFields:
     def latest(self, api: Api, fields: Sequence[str], since_ms: int, recent_ms: int | None = None
                ) -> dict[str, dict[str, tuple[Any, int]]]:
         """tag value → field → its newest ``(value, ms)`` since ``since_ms``. With ``recent_ms`` (after
-        ``since_ms``), looked for from there first, and before it only for the tag values not found there with that
-        field (a device silent since): ``LAST()`` over a month reads every shard of it for every series, over the
-        last day one (200 stations' eleven fields: ~230 -> ~130 ms of InfluxDB at each NGSI-LD state refresh)."""
-        first = since_ms if recent_ms is None or recent_ms <= since_ms else recent_ms
-        out = self._latest(api, fields, first, None, {})
-        if first > since_ms:
-            self._latest(api, fields, since_ms, first, out)
-        return out
+        ``since_ms``), looked for from there first, and before it only for the tag values (of ``SHOW TAG VALUES``)
+        without that field there: a device silent since, a field it stopped sending. ``LAST()`` over a month reads
+        every shard of it for every series, over the last day one or two (200 stations' eleven fields: 284 -> 100 ms
+        of InfluxDB at each refresh of the NGSI-LD state, docs/benchmarks.md issue 14)."""
+        if recent_ms is None or recent_ms <= since_ms:
+            return self._latest(api, {f: None for f in fields}, since_ms, None, {})
+        out = self._latest(api, {f: None for f in fields}, recent_ms, None, {})
 
-    def _latest(self, api: Api, fields: Sequence[str], start_ms: int, end_ms: int | None,
+        def tags(query: QueryFn, db: str) -> list[str]:
+            res = query_results(*query(db, f"SHOW TAG VALUES FROM {self.measurement} WITH KEY = {self.tag}"))
+            return [str(v[1]) for r in res for s in r.get("series", []) for v in s.get("values", [])]
+
+        known = [t for t in api.read(tags) if _ID_RE.fullmatch(t)]
+        missing = {f: ts for f in fields if (ts := [t for t in known if f not in out.get(t, {})])}
+        return self._latest(api, missing, since_ms, recent_ms, out) if missing else out
+
+    def _latest(self, api: Api, fields: Mapping[str, Sequence[str] | None], start_ms: int, end_ms: int | None,
                 out: dict[str, dict[str, tuple[Any, int]]]) -> dict[str, dict[str, tuple[Any, int]]]:
-        """:meth:`latest` over ``[start_ms, end_ms)``, for the tag values without the field in ``out`` (added)."""
+        """:meth:`latest` over ``[start_ms, end_ms)`` of each field for its tag values (None: all), added to
+        ``out``."""
         stmts = []
-        for f in fields:
-            cond = [f"time >= {int(start_ms)}ms", *([f"time < {int(end_ms)}ms"] if end_ms is not None else [])]
-            cond += [f"{self.tag} != {literal(tag)}" for tag, have in sorted(out.items()) if f in have]
-            stmts.append(f"SELECT LAST({_ident(f)}) FROM {self.measurement} WHERE {' AND '.join(cond)}"
-                         f"{self._bounds(f)} GROUP BY {self.tag}")
+        for f, only in fields.items():
+            cond = f"time >= {int(start_ms)}ms" + ("" if end_ms is None else f" AND time < {int(end_ms)}ms")
+            if only is not None:
+                cond += f" AND {self._tags(only)}"
+            stmts.append(f"SELECT LAST({_ident(f)}) FROM {self.measurement} WHERE {cond}{self._bounds(f)} "
+                         f"GROUP BY {self.tag}")
         for f, result in zip(fields, self._run(api, stmts), strict=True):
             for tag, _cols, rows in self._series(result):
                 for row in rows:
-                    if row[1] is not None and f not in out.get(tag, {}):
+                    if row[1] is not None:
                         out.setdefault(tag, {})[f] = (row[1], int(row[0]))
         return out
 
