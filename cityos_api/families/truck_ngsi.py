@@ -25,9 +25,9 @@ import functools
 import math
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from cityos.influx import QueryFn
 from cityos.rollups import (
     HOUR_MS,
     ROLLUP_METHODS,
@@ -62,8 +62,6 @@ from cityos_api.params import TimeRange
 
 __all__ = ["TRUCK_TYPES", "TruckProvider", "provider"]
 
-#: The positions of a trucks' history page are read beside its loads (each a scan of the page's trucks).
-_READS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="truck history")
 LOOKBACK_DAYS = 30
 DAY_MS = 86_400_000
 #: Seconds the cargo rollup's progress point is kept (the rollup passes every 5 minutes).
@@ -253,16 +251,15 @@ class TruckProvider:
         :data:`TRIP_LOOKBACK_MS` before ``start_ms``, then :func:`_cut`, without reading them."""
         limit = last_n or max_n
 
-        def read(loads: bool, positions: bool) -> truck.TruckHistory:
-            return api.read(lambda q, db: truck.fetch_truck_history(  # type: ignore[no-any-return]
-                q, db, TimeRange(start_ms, end_ms), devices, loads=loads, positions=positions, limit=limit,
-                newest=bool(last_n)))
+        def fetch(q: QueryFn, db: str, loads: bool, positions: bool) -> truck.TruckHistory:
+            return truck.fetch_truck_history(q, db, TimeRange(start_ms, end_ms), devices, loads=loads,
+                                             positions=positions, limit=limit, newest=bool(last_n))
 
         if "cargoWeight" in attrs and "location" in attrs:  # two requests side by side: InfluxDB's two cores
-            positions = _READS.submit(read, False, True)
-            h = dataclasses.replace(read(True, False), positions=positions.result().positions)
+            h, p = api.read_side_by_side([(fetch, True, False), (fetch, False, True)])
+            h = dataclasses.replace(h, positions=p.positions)
         else:
-            h = read("cargoWeight" in attrs, "location" in attrs)
+            h = api.read(fetch, "cargoWeight" in attrs, "location" in attrs)
         api.skipped(truck.TRIP, h.skipped_trips)
         out: dict[str, dict[str, list[tuple[Any, int]]]] = {}
         for dev, pos in h.positions.items():
