@@ -554,14 +554,6 @@ COLD_AFTER = "30s"
 QUIET_S = 45.0
 
 
-class AtRestStack(Stack):
-    """The private stack with InfluxDB's cold-shard compaction after :data:`COLD_AFTER`."""
-
-    def _influxdb_conf(self, http_port: int, rpc_port: int) -> str:
-        conf = super()._influxdb_conf(http_port, rpc_port)
-        return conf.replace("[data]\n", f'[data]\n  compact-full-write-cold-duration = "{COLD_AFTER}"\n', 1)
-
-
 def wait_quiet(info: StackInfo, quiet_s: float = 20.0, most_s: float = 900.0) -> dict[str, Any]:
     """Wait until InfluxDB has compacted what the run just wrote (the top-up, the rollup pass): no cache or TSM
     compaction active (its ``/debug/vars``) for ``quiet_s`` in a row, at most ``most_s``. The timed requests then
@@ -984,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     city = City(households=args.households, stations=args.stations, trucks=args.trucks,
                 station_interval_s=args.station_interval, meter_health_hours=args.meter_health_hours)
-    stack = AtRestStack(args.run_dir)
+    stack = Stack(args.run_dir, compact_cold_after=COLD_AFTER)
     info = stack.up()
     work = args.run_dir / "api-latency"
     out: dict[str, Any] = {"started": iso_jst(int(time.time() * 1000)), "argv": sys.argv[1:],

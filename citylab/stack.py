@@ -33,6 +33,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -339,10 +340,15 @@ _INFLUX = _Service("influxdb", "influxd", "influxdb", "influxdb.conf", "influxd.
 class Stack:
     """Mosquitto + InfluxDB 1.x under ``run_dir``; every method is safe to call twice."""
 
-    def __init__(self, run_dir: Path | str, *, db: str = DEFAULT_DB) -> None:
+    def __init__(self, run_dir: Path | str, *, db: str = DEFAULT_DB, compact_cold_after: str | None = None) -> None:
+        """``compact_cold_after``: InfluxDB's ``compact-full-write-cold-duration`` (a duration such as ``30s``;
+        None: InfluxDB's 4 h), for a benchmark whose data must sit in shards compacted as a deployment's are."""
         # Absolute and resolved: it ends up in the services' command lines, which is how we recognise them.
         self.run_dir = Path(run_dir).expanduser().resolve()
         self.db = db
+        if compact_cold_after is not None and not re.fullmatch(r"\d{1,6}(ms|s|m|h)", compact_cold_after):
+            raise StackError(f"compact_cold_after: a duration such as 30s, not {compact_cold_after!r}")
+        self.compact_cold_after = compact_cold_after
 
     def __repr__(self) -> str:
         return f"Stack({str(self.run_dir)!r}, db={self.db!r})"
@@ -748,6 +754,8 @@ class Stack:
 
     def _influxdb_conf(self, http_port: int, rpc_port: int) -> str:
         d = self._dir(_INFLUX)
+        cold = "" if self.compact_cold_after is None else \
+            f'\n  compact-full-write-cold-duration = "{self.compact_cold_after}"'
         return f"""\
 # Written by citylab.stack: regenerated on every start, edits are lost.
 reporting-disabled = true
@@ -758,7 +766,7 @@ bind-address = "{HOST}:{rpc_port}"
   dir = "{d / "meta"}"
 
 [data]
-  dir = "{d / "data"}"
+  dir = "{d / "data"}"{cold}
   wal-dir = "{d / "wal"}"
   query-log-enabled = false
 

@@ -486,7 +486,9 @@ def forest_row(rec: Mapping[str, Any], fields: tuple[str, ...] = FOREST_ROLLED) 
     return _row(tuple(rec.values()), *_plan(tuple(rec), fields))
 
 
-_Plan = tuple[tuple[str, int, "int | None", "int | None", "int | None", str, str, str], ...]
+#: Per field: its sum column's name and index, the indexes of its count, minimum and maximum (None: not read),
+#: and their names.
+_Plan = tuple[tuple[str, int, int | None, int | None, int | None, str, str, str], ...]
 
 
 @functools.lru_cache(maxsize=256)

@@ -320,3 +320,14 @@ def test_missing_influxd_starts_nothing(tmp_path: Path, monkeypatch: pytest.Monk
         s.up()
     assert not s.status()["mosquitto"]["running"]
     assert not (s.run_dir / "stack.json").exists()
+
+
+def test_cold_shard_compaction_is_set_only_when_asked(tmp_path):
+    """A benchmark's stack compacts shards not written for ``compact_cold_after`` (InfluxDB's 4 h otherwise); the
+    value reaches the config file only as a duration."""
+    assert "compact-full-write-cold-duration" not in Stack(tmp_path)._influxdb_conf(1, 2)
+    conf = Stack(tmp_path, compact_cold_after="30s")._influxdb_conf(1, 2)
+    data = conf[conf.index("[data]"):conf.index("[monitor]")]
+    assert 'compact-full-write-cold-duration = "30s"' in data
+    with pytest.raises(StackError, match="compact_cold_after"):
+        Stack(tmp_path, compact_cold_after='30s"\n[http]')
