@@ -587,15 +587,20 @@ def router(api: Api) -> APIRouter:
             columns = ["time", "backfill", *FIELDS, "alert_level", "alert_criteria"]
         else:
             start = first if key is None else key["t"] + step
-            # a page is at most limit + 1 buckets of a fixed length (a JST day is 24 h): read that far first, the
-            # rest of the range only when buckets without a reading left the page short
+            # a page is at most limit + 1 buckets of a fixed length (a JST day is 24 h): read that far first; when
+            # buckets without a reading left the page short, as many more as it lacks, then the rest of the range
+            # (a station silent a day at the range's start made every 31-day page read 744 hours for 500)
             state = kept_state(api)
             end = min(tr.end_ms, start + (limit + 1) * step)
             buckets, skipped = api.read(fetch_buckets, api.settings.rollup_db, sid, start, end, step, state)
-            if len(buckets) <= limit and end < tr.end_ms:
-                rest, skipped_rest = api.read(fetch_buckets, api.settings.rollup_db, sid, end, tr.end_ms, step, state)
+            for last_read in (False, True):
+                if len(buckets) > limit or end >= tr.end_ms:
+                    break
+                nxt_end = tr.end_ms if last_read else min(tr.end_ms, end + (limit + 1 - len(buckets)) * step)
+                rest, skipped_rest = api.read(fetch_buckets, api.settings.rollup_db, sid, end, nxt_end, step, state)
                 buckets += rest
                 skipped += skipped_rest
+                end = nxt_end
             more = len(buckets) > limit
             buckets = buckets[:limit]
             last = buckets[-1][0] if buckets else None
