@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,8 @@ def test_collection_points(client, service):
 
 
 def test_collection_points_are_whole_jst_days_of_the_rollup(client, service, stack_info, waste):
+    clock = [_ms("2026-12-02", 6, 5) / 1000]
+    client.app.state.api.clock = lambda: clock[0]  # type: ignore[attr-defined]
     url = f"/v1/waste/collection-points?from={D2}T09:05:00%2B09:00&to={D2}T09:15:00%2B09:00"
     doc = client.get(url, headers=service).json()
     assert doc["from"] == "2026-12-01T00:00:00+09:00" and doc["to"] == "2026-12-02T00:00:00+09:00", \
@@ -270,14 +273,32 @@ def test_collection_points_are_whole_jst_days_of_the_rollup(client, service, sta
     assert got == {(35.095, 134.015, "ichinomiya"): (60.0, 1), (35.06, 133.96, "innosho"): (450.5, 2),
                    (35.065, 133.965, "innosho"): (75.0, 1)}
     assert doc["pickups_without_position"] == 1
-    # a pickup the rollup has not summed yet is listed after its next pass, as in the districts' days
+    # a pickup the rollup has not summed yet is listed after its next pass, as in the districts' days: the days
+    # the rollup still recomputes are kept 10 s (RECENT_CELLS_TTL_S), so within 10 s of that pass
     _write(stack_info, waste, "gw-truck-02", [_pickup("truck-02", _ms(D2, 11, 0), "innosho", 24.5, 2, 1, INNO_A)])
     assert client.get(url, headers=service).json()["items"] == doc["items"]
     run_once(RollupConfig.model_validate({"influx": influx_settings(stack_info, "rollup", waste)}),
              _ms("2026-12-02", 6, 10))
-    again = {(r["lat"], r["lon"], r["district"]): (r["kg"], r["pickups"])
-             for r in client.get(url, headers=service).json()["items"]}
+
+    def cells() -> dict[tuple[float, float, str], tuple[float, int]]:
+        return {(r["lat"], r["lon"], r["district"]): (r["kg"], r["pickups"])
+                for r in client.get(url, headers=service).json()["items"]}
+
+    clock[0] += 5
+    assert cells() == got  # kept: read 5 s ago
+    clock[0] += 6  # 11 s: the first request after it refreshes behind itself, the next ones see the pass
+    cells()
+    for _ in range(100):
+        if (again := cells()) != got:
+            break
+        time.sleep(0.02)
     assert again == {**got, (35.06, 133.96, "innosho"): (475.0, 3)}
+    # the rollup stopped (its progress point over 7 days behind): nothing kept, each request sums its own days
+    clock[0] += 9 * 86_400
+    _write(stack_info, waste, "gw-truck-02", [_pickup("truck-02", _ms(D2, 12, 0), "innosho", 5.5, 2, 2, INNO_A)])
+    run_once(RollupConfig.model_validate({"influx": influx_settings(stack_info, "rollup", waste)}),
+             _ms("2026-12-02", 6, 15))
+    assert cells() == {**got, (35.06, 133.96, "innosho"): (480.5, 4)}
 
 
 def test_collection_points_of_settled_days_are_kept_and_answer_as_a_fresh_read(stack_info, waste, service, tmp_path,

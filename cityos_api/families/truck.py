@@ -278,12 +278,60 @@ def fetch_cell_days(query: QueryFn, db: str, tr: TimeRange) -> tuple[dict[int, C
     return out, unusable
 
 
-def kept_cells(api: Api, tr: TimeRange, district: str | None) -> tuple[Cells, int]:
-    """:func:`fetch_cells` over ``tr`` (whole JST days), the days the rollup no longer recomputes (before its
-    ``waste_cells`` progress point) from the API's :class:`~cityos_api.core.FrozenDays` (read once), the rest
-    summed by InfluxDB at each request: 31 days of 1,200 cells were 30 ms of InfluxDB grouping per cell."""
+@dataclass(frozen=True)
+class RecentCells:
+    """The cells of the days the rollup still recomputes (from its ``waste_cells`` progress point's JST day to the
+    end of today), per JST day, kept by the API for :data:`RECENT_CELLS_TTL_S` (:func:`kept_recent_cells`): they
+    change only when a rollup pass rewrites them (every few minutes), and summing them per cell at each request
+    was most of a collection-point answer (1,200 cells' series grouped by InfluxDB: 15-18 ms of ~20)."""
+
+    progress: int  # the waste_cells job's progress point read with them
+    start: int  # its JST day: the first day held
+    end: int  # the end of the last day held (today's, when read)
+    days: dict[int, Cells]
+    unusable: int
+
+
+#: How long the API keeps the :class:`RecentCells` (as the forest's station list: an answer may miss a rollup
+#: pass of the last seconds, never one older).
+RECENT_CELLS_TTL_S = 10.0
+#: The rollup this far behind (stopped), nothing is kept: each request sums its own range (as without a keep).
+RECENT_CELLS_MAX_DAYS = 7
+
+
+def fetch_recent_cells(query: QueryFn, rollup_db: str, now_ms: int) -> RecentCells | None:
+    """:class:`RecentCells` as of ``now_ms``; None when nothing is rolled up or the rollup is over
+    :data:`RECENT_CELLS_MAX_DAYS` behind."""
+    progress = job_progress(query, rollup_db, WASTE_CELLS)
+    if progress is None:
+        return None
+    start, end = jst_day(progress), jst_day(now_ms) + DAY_MS
+    if end - start > RECENT_CELLS_MAX_DAYS * DAY_MS:
+        return None
+    days, unusable = fetch_cell_days(query, rollup_db, TimeRange(start, end))
+    return RecentCells(progress, start, end, days, unusable)
+
+
+def kept_recent_cells(api: Api) -> RecentCells | None:
+    """This API's :class:`RecentCells`, read at most every :data:`RECENT_CELLS_TTL_S` (:meth:`Api.kept`)."""
     db = api.settings.rollup_db
-    progress = api.read(lambda query, _db: job_progress(query, db, WASTE_CELLS))
+    return api.kept("waste recent cells",  # type: ignore[no-any-return]
+                    lambda: api.read(lambda query, _db: fetch_recent_cells(query, db, int(api.clock() * 1000))),
+                    RECENT_CELLS_TTL_S).get()
+
+
+def kept_cells(api: Api, tr: TimeRange, district: str | None) -> tuple[Cells, int]:
+    """:func:`fetch_cells` over ``tr`` (whole JST days): the days the rollup no longer recomputes (before its
+    ``waste_cells`` progress point) from the API's :class:`~cityos_api.core.FrozenDays` (read once), the days it
+    still recomputes from the :class:`RecentCells` kept 10 s, and only a range reaching past those (the day
+    turned since they were read) or a stopped rollup summed by InfluxDB at the request: 31 days of 1,200 cells
+    were 30 ms of InfluxDB grouping per cell."""
+    db = api.settings.rollup_db
+    recent = kept_recent_cells(api)
+    if recent is not None:
+        progress: int | None = recent.progress
+    else:
+        progress = api.read(lambda query, _db: job_progress(query, db, WASTE_CELLS))
     cut = tr.start_ms if progress is None else max(tr.start_ms, min(tr.end_ms, jst_day(progress)))
     cache = api.frozen_days(WASTE_CELL_1D)
     kept = {d: cache.get(d) for d in range(tr.start_ms, cut, DAY_MS)}
@@ -297,9 +345,13 @@ def kept_cells(api: Api, tr: TimeRange, district: str | None) -> tuple[Cells, in
             cache.put(d, kept[d])
     days = [cells for cells in kept.values() if cells]
     if cut < tr.end_ms:
-        recent, bad = api.read(lambda query, _db: fetch_cells(query, db, TimeRange(cut, tr.end_ms), district))
-        days.append(recent)
-        unusable += bad
+        if recent is not None and tr.end_ms <= recent.end:
+            days += [cells for d, cells in sorted(recent.days.items()) if cut <= d < tr.end_ms and cells]
+            unusable += recent.unusable
+        else:
+            got, bad = api.read(lambda query, _db: fetch_cells(query, db, TimeRange(cut, tr.end_ms), district))
+            days.append(got)
+            unusable += bad
     if len(days) == 1 and district is None:
         return days[0], unusable
     out: dict[tuple[tuple[int, int] | None, str], list[float]] = {}
