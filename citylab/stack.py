@@ -63,13 +63,18 @@ from fleet.influxdb import ensure_database, ensure_rollup_database, ensure_user
 from fleet.registry import BrokerSettings, Identity, Registry
 
 __all__ = [
-    "INFLUX_READER", "INFLUX_ROLLUP", "INFLUX_WRITER", "Stack", "StackError", "StackInfo", "find_binary", "identity",
-    "influx_client", "influx_query", "influx_settings", "load_info", "mqtt_client", "mqtt_settings",
+    "INFLUX_READER", "INFLUX_ROLLUP", "INFLUX_WRITER", "Stack", "StackError", "StackInfo", "deployed_influx_gogc",
+    "find_binary", "identity", "influx_client", "influx_query", "influx_settings", "load_info", "mqtt_client",
+    "mqtt_settings",
 ]
 
 HOST = "127.0.0.1"
 INFLUX_USERNAME = "cityos"
 DEFAULT_DB = "cityos"
+
+#: The systemd drop-in that sets influxd's ``GOGC`` where InfluxDB serves the City OS API (docs/operations.md): the
+#: one place the number lives; a benchmark's stack runs InfluxDB so (:func:`deployed_influx_gogc`).
+INFLUX_GOGC_DROP_IN = Path(__file__).resolve().parents[1] / "deploy" / "cloud" / "influxdb-gogc.conf"
 
 #: Searched after $PATH: Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH.
 EXTRA_BIN_DIRS: tuple[str, ...] = ("/usr/sbin", "/usr/local/sbin", "/sbin")
@@ -337,18 +342,33 @@ _MQTT = _Service("mosquitto", "mosquitto", "mosquitto", "mosquitto.conf", "mosqu
 _INFLUX = _Service("influxdb", "influxd", "influxdb", "influxdb.conf", "influxd.log", "influxd.pid")
 
 
+def deployed_influx_gogc(drop_in: Path = INFLUX_GOGC_DROP_IN) -> int:
+    """The ``GOGC`` the deployment's drop-in gives influxd (its ``Environment=GOGC=<percent>`` line)."""
+    m = re.search(r"^Environment=GOGC=(\d{1,5})\s*$", drop_in.read_text(), re.MULTILINE)
+    if m is None:
+        raise StackError(f"{drop_in}: no Environment=GOGC=<percent> line")
+    return int(m.group(1))
+
+
 class Stack:
     """Mosquitto + InfluxDB 1.x under ``run_dir``; every method is safe to call twice."""
 
-    def __init__(self, run_dir: Path | str, *, db: str = DEFAULT_DB, compact_cold_after: str | None = None) -> None:
+    def __init__(self, run_dir: Path | str, *, db: str = DEFAULT_DB, compact_cold_after: str | None = None,
+                 influx_gogc: int | None = None) -> None:
         """``compact_cold_after``: InfluxDB's ``compact-full-write-cold-duration`` (a duration such as ``30s``;
-        None: InfluxDB's 4 h), for a benchmark whose data must sit in shards compacted as a deployment's are."""
+        None: InfluxDB's 4 h), for a benchmark whose data must sit in shards compacted as a deployment's are.
+        ``influx_gogc``: influxd's ``GOGC`` (Go's heap growth before a collection, in percent; None: Go's 100),
+        for a benchmark running InfluxDB as docs/operations.md deploys it for the City OS API."""
         # Absolute and resolved: it ends up in the services' command lines, which is how we recognise them.
         self.run_dir = Path(run_dir).expanduser().resolve()
         self.db = db
         if compact_cold_after is not None and not re.fullmatch(r"\d{1,6}(ms|s|m|h)", compact_cold_after):
             raise StackError(f"compact_cold_after: a duration such as 30s, not {compact_cold_after!r}")
         self.compact_cold_after = compact_cold_after
+        if influx_gogc is not None and (isinstance(influx_gogc, bool) or not isinstance(influx_gogc, int)
+                                        or not 25 <= influx_gogc <= 10_000):
+            raise StackError(f"influx_gogc: a percentage from 25 to 10000, not {influx_gogc!r}")
+        self.influx_gogc = influx_gogc
 
     def __repr__(self) -> str:
         return f"Stack({str(self.run_dir)!r}, db={self.db!r})"
@@ -790,6 +810,14 @@ bind-address = "{HOST}:{rpc_port}"
   enabled = false
 """
 
+    def _influx_env(self) -> dict[str, str]:
+        """influxd's environment: ours without ``INFLUXDB_*`` (they would override the config file: keep ours
+        authoritative), with ``GOGC`` when :attr:`influx_gogc` is set."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}
+        if self.influx_gogc is not None:
+            env["GOGC"] = str(self.influx_gogc)
+        return env
+
     def _start_influx(self, info: StackInfo, rpc_port: int, deadline: float) -> None:
         influxd = find_binary("influxd")
         d = self._dir(_INFLUX)
@@ -803,10 +831,9 @@ bind-address = "{HOST}:{rpc_port}"
                 )
         conf = self._conf(_INFLUX)
         conf.write_text(self._influxdb_conf(info.influx_port, rpc_port))
-        # influxd lets INFLUXDB_* environment variables override the config file: keep ours authoritative.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}
         proc = self._spawn(
-            _INFLUX, [influxd, "run", "-config", str(conf), "-pidfile", str(self._pidfile(_INFLUX))], env=env
+            _INFLUX, [influxd, "run", "-config", str(conf), "-pidfile", str(self._pidfile(_INFLUX))],
+            env=self._influx_env(),
         )
 
         self._wait_ready(_INFLUX, proc, info.influx_port, deadline, influx_client(info).ping)

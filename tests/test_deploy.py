@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from citylab.pipeline import ingest_config
-from citylab.stack import Stack
+from citylab.stack import Stack, StackError, deployed_influx_gogc
 from cityos_api.settings import load_settings
 from ingest.config import load_config
 from rollup import load_config as load_rollup_config
@@ -46,6 +46,18 @@ def test_cloud_units_verify_and_are_hardened(unit: Path, tmp_path: Path) -> None
     res = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60)
     problems = [line for line in (res.stdout + res.stderr).splitlines() if unit.name in line]
     assert res.returncode == 0 and not problems, problems
+
+
+def test_influxdb_drop_in_sets_a_gogc_the_benchmark_runs(tmp_path: Path) -> None:
+    """deploy/cloud/influxdb-gogc.conf is a ``[Service]`` drop-in whose one setting is ``GOGC``, a value the
+    benchmark's stack takes as it is (docs/operations.md, "InfluxDB")."""
+    text = (ROOT / "deploy" / "cloud" / "influxdb-gogc.conf").read_text()
+    settings = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    assert settings == ["[Service]", f"Environment=GOGC={deployed_influx_gogc()}"]
+    assert Stack(tmp_path, influx_gogc=deployed_influx_gogc())._influx_env()["GOGC"] == "400"
+    (tmp_path / "bad.conf").write_text("[Service]\nEnvironment=GOGC=off\n")
+    with pytest.raises(StackError, match="GOGC"):
+        deployed_influx_gogc(tmp_path / "bad.conf")
 
 
 def test_example_configs_load() -> None:

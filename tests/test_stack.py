@@ -331,3 +331,16 @@ def test_cold_shard_compaction_is_set_only_when_asked(tmp_path):
     assert 'compact-full-write-cold-duration = "30s"' in data
     with pytest.raises(StackError, match="compact_cold_after"):
         Stack(tmp_path, compact_cold_after='30s"\n[http]')
+
+
+def test_influxd_gets_gogc_only_when_asked_and_never_influxdb_overrides(tmp_path, monkeypatch):
+    """``influx_gogc`` (the benchmark's InfluxDB as docs/operations.md deploys it) reaches influxd as ``GOGC``; the
+    environment's ``INFLUXDB_*`` never do (they would override the config file)."""
+    monkeypatch.setenv("INFLUXDB_HTTP_AUTH_ENABLED", "false")
+    monkeypatch.delenv("GOGC", raising=False)
+    plain = Stack(tmp_path)._influx_env()
+    assert "GOGC" not in plain and not any(k.startswith("INFLUXDB_") for k in plain)
+    assert Stack(tmp_path, influx_gogc=400)._influx_env()["GOGC"] == "400"
+    for bad in (0, 24, 10_001, True, "400"):
+        with pytest.raises(StackError, match="influx_gogc"):
+            Stack(tmp_path, influx_gogc=bad)  # type: ignore[arg-type]
