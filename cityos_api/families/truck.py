@@ -280,39 +280,36 @@ def fetch_cell_days(query: QueryFn, db: str, tr: TimeRange) -> tuple[dict[int, C
 
 @dataclass(frozen=True)
 class RecentCells:
-    """The cells of the days the rollup still recomputes (from its ``waste_cells`` progress point's JST day to the
-    end of today), per JST day, kept by the API for :data:`RECENT_CELLS_TTL_S` (:func:`kept_recent_cells`): they
-    change only when a rollup pass rewrites them (every few minutes), and summing them per cell at each request
-    was most of a collection-point answer (1,200 cells' series grouped by InfluxDB: 15-18 ms of ~20)."""
+    """The ``waste_cells`` job's progress point and the cells of the days the rollup still recomputes (from that
+    point's JST day to the end of today), per JST day, kept by the API for :data:`RECENT_CELLS_TTL_S`
+    (:func:`kept_recent_cells`): they change only when a rollup pass rewrites them (every few minutes), and
+    summing them per cell at each request was most of a collection-point answer (1,200 cells' series grouped by
+    InfluxDB: 15-18 ms of ~20)."""
 
-    progress: int  # the waste_cells job's progress point read with them
-    start: int  # its JST day: the first day held
+    progress: int | None  # None: nothing rolled up
     end: int  # the end of the last day held (today's, when read)
-    days: dict[int, Cells]
+    days: dict[int, Cells] | None  # None: the rollup over RECENT_CELLS_MAX_DAYS behind (stopped), nothing held
     unusable: int
 
 
 #: How long the API keeps the :class:`RecentCells` (as the forest's station list: an answer may miss a rollup
 #: pass of the last seconds, never one older).
 RECENT_CELLS_TTL_S = 10.0
-#: The rollup this far behind (stopped), nothing is kept: each request sums its own range (as without a keep).
+#: The rollup this far behind (stopped), no days are kept: each request sums its own range (as without a keep).
 RECENT_CELLS_MAX_DAYS = 7
 
 
-def fetch_recent_cells(query: QueryFn, rollup_db: str, now_ms: int) -> RecentCells | None:
-    """:class:`RecentCells` as of ``now_ms``; None when nothing is rolled up or the rollup is over
-    :data:`RECENT_CELLS_MAX_DAYS` behind."""
+def fetch_recent_cells(query: QueryFn, rollup_db: str, now_ms: int) -> RecentCells:
+    """:class:`RecentCells` as of ``now_ms``."""
     progress = job_progress(query, rollup_db, WASTE_CELLS)
-    if progress is None:
-        return None
-    start, end = jst_day(progress), jst_day(now_ms) + DAY_MS
-    if end - start > RECENT_CELLS_MAX_DAYS * DAY_MS:
-        return None
-    days, unusable = fetch_cell_days(query, rollup_db, TimeRange(start, end))
-    return RecentCells(progress, start, end, days, unusable)
+    end = jst_day(now_ms) + DAY_MS
+    if progress is None or end - jst_day(progress) > RECENT_CELLS_MAX_DAYS * DAY_MS:
+        return RecentCells(progress, end, None, 0)
+    days, unusable = fetch_cell_days(query, rollup_db, TimeRange(jst_day(progress), end))
+    return RecentCells(progress, end, days, unusable)
 
 
-def kept_recent_cells(api: Api) -> RecentCells | None:
+def kept_recent_cells(api: Api) -> RecentCells:
     """This API's :class:`RecentCells`, read at most every :data:`RECENT_CELLS_TTL_S` (:meth:`Api.kept`)."""
     db = api.settings.rollup_db
     return api.kept("waste recent cells",  # type: ignore[no-any-return]
@@ -328,10 +325,7 @@ def kept_cells(api: Api, tr: TimeRange, district: str | None) -> tuple[Cells, in
     were 30 ms of InfluxDB grouping per cell."""
     db = api.settings.rollup_db
     recent = kept_recent_cells(api)
-    if recent is not None:
-        progress: int | None = recent.progress
-    else:
-        progress = api.read(lambda query, _db: job_progress(query, db, WASTE_CELLS))
+    progress = recent.progress
     cut = tr.start_ms if progress is None else max(tr.start_ms, min(tr.end_ms, jst_day(progress)))
     cache = api.frozen_days(WASTE_CELL_1D)
     kept = {d: cache.get(d) for d in range(tr.start_ms, cut, DAY_MS)}
@@ -345,7 +339,7 @@ def kept_cells(api: Api, tr: TimeRange, district: str | None) -> tuple[Cells, in
             cache.put(d, kept[d])
     days = [cells for cells in kept.values() if cells]
     if cut < tr.end_ms:
-        if recent is not None and tr.end_ms <= recent.end:
+        if recent.days is not None and tr.end_ms <= recent.end:
             days += [cells for d, cells in sorted(recent.days.items()) if cut <= d < tr.end_ms and cells]
             unusable += recent.unusable
         else:
