@@ -404,7 +404,6 @@ class AlertTail:
     50."""
 
     start: int  # the progress point read from
-    read_at: int
     points: tuple[tuple[str, int, Assessment], ...]
     skipped: tuple[tuple[str, int], ...]
 
@@ -426,7 +425,7 @@ def kept_alert_tail(api: Api) -> AlertTail | None:
         if state.progress is None or now - state.progress > ALERT_TAIL_MAX_MS:
             return None
         points, skipped = api.read(_raw_alert_points, state.progress, now + ALERT_CONTEXT_MS, None)
-        return AlertTail(state.progress, now, tuple(points), tuple(skipped))
+        return AlertTail(state.progress, tuple(points), tuple(skipped))
 
     return api.kept("forest alert tail", read, ALERT_TAIL_TTL_S).get()  # type: ignore[no-any-return]
 
