@@ -884,7 +884,6 @@ def test_forest_provider_alone(stack_info, influx_db):
     api.close()
 
 
-
 def test_forest_current_state_of_stations_silent_for_days(stack_info, influx_db):
     """Each attribute's newest value over the 30 days looked back, though the last day is looked in first: a
     station silent for 3 days is an entity with its last values, a field a station stopped sending keeps its
@@ -911,6 +910,7 @@ def test_forest_current_state_of_stations_silent_for_days(stack_info, influx_db)
     assert silent["numValue"].value == 40.0 and silent["location"].value == {"type": "Point",
                                                                              "coordinates": [134.0, 35.1]}
     api.close()
+
 
 def test_current_entities_are_kept_and_refreshed_behind_the_requests(token, monkeypatch):
     """A platform polling every second costs one build of every provider's state per WORLD_TTL_S, not one per
